@@ -16,7 +16,31 @@ class ModelNotFoundError(EmberError):
 
 
 class CudaError(EmberError):
-    """A CUDA driver call failed; carries the driver's error name and text."""
+    """A CUDA driver call failed; carries the driver's error name and text.
+
+    `call` is the driver function (e.g. ``cuMemAlloc``), `code` the numeric ``CUresult`` and
+    `name`/`text` what ``cuGetErrorName``/``cuGetErrorString`` say about it. All are None when
+    the error did not come from a driver call (e.g. no driver installed).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        call: str | None = None,
+        code: int | None = None,
+        name: str | None = None,
+        text: str | None = None,
+    ) -> None:
+        self.call = call
+        self.code = code
+        self.name = name
+        self.text = text
+        super().__init__(message)
+
+
+class CudaUnavailableError(CudaError):
+    """No usable CUDA here: cuda-bindings missing, no driver, driver too old, or no GPU."""
 
 
 class InvalidRequestError(EmberError, ValueError):

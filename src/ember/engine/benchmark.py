@@ -1,0 +1,83 @@
+"""Engine throughput: prefill tokens/s and aggregate decode tokens/s at several batch sizes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ember.engine.llm_engine import LLMEngine
+from ember.engine.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class BenchResult:
+    work: str
+    batch: int
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _random_prompt(rng: np.random.Generator, engine: LLMEngine, length: int) -> list[int]:
+    # Ordinary (non-special) vocabulary: ids above the first few hundred special/byte tokens.
+    return rng.integers(300, engine.model_config.vocab_size, size=length).tolist()
+
+
+def bench_prefill(engine: LLMEngine, prompt_tokens: int, rng: np.random.Generator) -> BenchResult:
+    params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+    engine.add_request("bench-prefill", _random_prompt(rng, engine, prompt_tokens), params)
+    started = time.perf_counter()
+    while engine.has_unfinished_requests():
+        engine.step()
+    return BenchResult("prefill", 1, prompt_tokens, time.perf_counter() - started)
+
+
+def bench_decode(
+    engine: LLMEngine, batch: int, decode_tokens: int, prompt_tokens: int, rng: np.random.Generator
+) -> BenchResult:
+    """Aggregate decode rate: only steps where every sequence is decoding are timed."""
+    params = SamplingParams(max_tokens=decode_tokens + 1, temperature=0.0, ignore_eos=True)
+    for i in range(batch):
+        engine.add_request(f"bench-decode-{i}", _random_prompt(rng, engine, prompt_tokens), params)
+    started_ids: set[str] = set()
+    while len(started_ids) < batch:  # prefill, possibly over several steps
+        for out in engine.step():
+            started_ids.add(out.request_id)
+    tokens = 0
+    started = time.perf_counter()
+    while engine.has_unfinished_requests():
+        tokens += sum(len(out.new_token_ids) for out in engine.step())
+    return BenchResult("decode", batch, tokens, time.perf_counter() - started)
+
+
+def run_benchmarks(
+    engine: LLMEngine,
+    batch_sizes: Iterable[int],
+    decode_tokens: int,
+    prompt_tokens: int,
+    prefill_tokens: int,
+    seed: int = 0,
+) -> list[BenchResult]:
+    rng = np.random.default_rng(seed)
+    bench_prefill(engine, min(64, prefill_tokens), rng)  # warm-up: first-touch of KV pages
+    engine.pool.reset_prefix_cache()
+    results = [bench_prefill(engine, prefill_tokens, rng)]
+    for batch in batch_sizes:
+        engine.pool.reset_prefix_cache()
+        results.append(bench_decode(engine, batch, decode_tokens, prompt_tokens, rng))
+    return results
+
+
+def format_table(results: list[BenchResult]) -> str:
+    lines = [f"{'work':<8} {'batch':>5} {'tokens':>7} {'seconds':>8} {'tok/s':>9}"]
+    for r in results:
+        lines.append(
+            f"{r.work:<8} {r.batch:>5} {r.tokens:>7} {r.seconds:>8.2f} {r.tokens_per_second:>9.1f}"
+        )
+    return "\n".join(lines)

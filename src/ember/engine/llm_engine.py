@@ -1,0 +1,205 @@
+"""The engine loop: requests in, one scheduled and executed batch per step, outputs out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence as SequenceOf
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ember.engine.kv_cache_pool import KVCachePool
+from ember.engine.model_runner import ModelRunner, SampledToken
+from ember.engine.request_output import RequestOutput
+from ember.engine.sampling_params import SamplingParams
+from ember.engine.scheduler import Scheduler, SchedulerConfig
+from ember.engine.sequence import FinishReason, Sequence, SequenceStatus, TokenLogprob
+from ember.engine.text_stream import TextStream
+from ember.errors import InvalidRequestError, PromptTooLongError
+from ember.model.loader import LoadedModel, load_model
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    model: str | None = None
+    device: str = "cpu"
+    block_size: int = 16
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 1024
+    num_kv_blocks: int | None = None  # None: as many as kv_cache_memory_bytes holds
+    kv_cache_memory_bytes: int = 1 << 30
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    show_progress: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_usage: float
+    num_kv_blocks: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+    last_batch_size: int
+
+
+@dataclass(slots=True, eq=False)
+class _Request:
+    seq: Sequence
+    text: TextStream
+    stop_ids: frozenset[int]
+    pending_tokens: list[int] = field(default_factory=list)
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, model: LoadedModel | None = None) -> None:
+        self.config = config
+        self.model = model or load_model(config.model, config.device, config.show_progress)
+        self.model_config = self.model.config
+        self.tokenizer = self.model.tokenizer
+        backend = self.model.backend
+        num_blocks = config.num_kv_blocks or max(
+            1, config.kv_cache_memory_bytes // (backend.kv_bytes_per_token() * config.block_size)
+        )
+        backend.allocate_kv_cache(num_blocks, config.block_size)
+        self.pool = KVCachePool(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.pool
+        )
+        self.runner = ModelRunner(backend, config.block_size)
+        self._requests: dict[str, _Request] = {}
+        self._next_seq_id = 0
+        self._seed_rng = np.random.default_rng(config.seed)
+        self._last_batch_size = 0
+
+    def encode_prompt(self, prompt: str | SequenceOf[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_special_tokens=True)
+        ids = [int(t) for t in prompt]
+        vocab = self.model_config.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequestError(
+                f"prompt token ids must be in [0, {vocab}); got {bad[:5]}"
+            )
+        return ids
+
+    def add_request(
+        self, request_id: str, prompt: str | SequenceOf[int], params: SamplingParams
+    ) -> list[int]:
+        """Queue a request; returns its prompt token ids. Raises on requests that cannot run."""
+        if request_id in self._requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        prompt_ids = self.encode_prompt(prompt)
+        self.check_fits(len(prompt_ids), params.max_tokens)
+        seed = params.seed if params.seed is not None else int(self._seed_rng.integers(2**63))
+        seq = Sequence(
+            seq_id=self._next_seq_id,
+            request_id=request_id,
+            token_ids=prompt_ids,
+            num_prompt_tokens=len(prompt_ids),
+            params=params,
+            rng=np.random.default_rng(seed),
+            arrival_time=time.monotonic(),
+        )
+        self._next_seq_id += 1
+        stop_ids = frozenset(params.stop_token_ids) | (
+            frozenset() if params.ignore_eos else self.tokenizer.stop_ids
+        )
+        self._requests[request_id] = _Request(seq, TextStream(self.tokenizer, params), stop_ids)
+        self.scheduler.add(seq)
+        return list(prompt_ids)
+
+    def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        if num_prompt_tokens == 0:
+            raise InvalidRequestError("the prompt is empty")
+        context = self.model_config.context_length
+        if num_prompt_tokens + max_tokens > context:
+            raise PromptTooLongError(num_prompt_tokens, max_tokens, context)
+        needed = self.pool.blocks_for(num_prompt_tokens + max_tokens)
+        if needed > self.pool.num_blocks:
+            raise InvalidRequestError(
+                f"prompt ({num_prompt_tokens} tokens) plus max_tokens ({max_tokens}) needs "
+                f"{needed} KV blocks but the cache holds {self.pool.num_blocks}; "
+                "lower max_tokens or give the engine more KV cache memory"
+            )
+
+    def abort(self, request_id: str) -> bool:
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return False
+        self.scheduler.finish(request.seq, FinishReason.ABORT)
+        return True
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests)
+
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        self._last_batch_size = len(batch)
+        if not batch.seqs:
+            return []
+        sampled = self.runner.run(batch)
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            seq.num_computed_tokens += n
+            self.pool.register_computed(seq)
+        outputs = []
+        for token in sampled:
+            request = self._requests[token.seq.request_id]
+            finish = self._accept(request, token)
+            outputs.append(self._report(request, finish))
+        return outputs
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_usage=self.pool.usage,
+            num_kv_blocks=self.pool.num_blocks,
+            prefix_cache_queries=self.pool.stats.queries,
+            prefix_cache_hits=self.pool.stats.hits,
+            num_preemptions=self.scheduler.num_preemptions,
+            last_batch_size=self._last_batch_size,
+        )
+
+    def _accept(self, request: _Request, token: SampledToken) -> FinishReason | None:
+        seq = request.seq
+        if seq.first_token_time is None:
+            seq.first_token_time = time.monotonic()
+        seq.append_token(token.token_id)
+        request.pending_tokens.append(token.token_id)
+        if token.logprob is not None:
+            request.pending_logprobs.append(token.logprob)
+        if token.token_id in request.stop_ids:
+            return FinishReason.STOP
+        if request.text.push(token.token_id):
+            return FinishReason.STOP
+        if seq.num_output_tokens >= seq.params.max_tokens:
+            return FinishReason.STOP if request.text.finish() else FinishReason.LENGTH
+        return None
+
+    def _report(self, request: _Request, finish: FinishReason | None) -> RequestOutput:
+        seq = request.seq
+        if finish is not None:
+            self.scheduler.finish(seq, finish)
+            del self._requests[seq.request_id]
+        output = RequestOutput(
+            request_id=seq.request_id,
+            new_token_ids=request.pending_tokens,
+            new_text=request.text.take_delta(final=finish is not None),
+            new_logprobs=request.pending_logprobs,
+            finished=finish is not None,
+            finish_reason=finish,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_cached_prompt_tokens=seq.num_cached_prompt_tokens,
+            num_output_tokens=seq.num_output_tokens,
+        )
+        request.pending_tokens, request.pending_logprobs = [], []
+        return output
+
+    def is_running(self, request_id: str) -> bool:
+        request = self._requests.get(request_id)
+        return request is not None and request.seq.status is SequenceStatus.RUNNING

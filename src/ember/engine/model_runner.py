@@ -1,0 +1,71 @@
+"""Execute a scheduled batch: build the backend's ForwardBatch, run it, sample the tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ember.engine.sampler import Sampler
+from ember.engine.scheduler import ScheduledBatch
+from ember.engine.sequence import Sequence, TokenLogprob
+from ember.model.backend import ForwardBackend
+from ember.model.forward_batch import ForwardBatch
+
+
+@dataclass(frozen=True, slots=True)
+class SampledToken:
+    seq: Sequence
+    token_id: int
+    logprob: TokenLogprob | None
+
+
+class ModelRunner:
+    def __init__(self, backend: ForwardBackend, block_size: int) -> None:
+        self.backend = backend
+        self.block_size = block_size
+        self.sampler = Sampler()
+
+    def run(self, batch: ScheduledBatch) -> list[SampledToken]:
+        """Compute the batch; sequences whose prompt is now fully computed get a token."""
+        forward_batch, sampling_seqs = self.prepare(batch)
+        logits = self.backend.forward(forward_batch)
+        if not sampling_seqs:
+            return []
+        picks = self.sampler.sample(logits, sampling_seqs)
+        return [SampledToken(seq, tok, lp) for seq, (tok, lp) in zip(sampling_seqs, picks, strict=True)]
+
+    def prepare(self, batch: ScheduledBatch) -> tuple[ForwardBatch, list[Sequence]]:
+        bs = self.block_size
+        token_ids: list[int] = []
+        positions: list[np.ndarray] = []
+        slots: list[np.ndarray] = []
+        query_starts = [0]
+        context_lens: list[int] = []
+        logits_indices: list[int] = []
+        sampling_seqs: list[Sequence] = []
+        max_blocks = max(len(seq.block_table) for seq in batch.seqs)
+        block_tables = np.full((len(batch.seqs), max_blocks), -1, dtype=np.int32)
+        for row, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+            start = seq.num_computed_tokens
+            token_ids.extend(seq.token_ids[start : start + n])
+            pos = np.arange(start, start + n, dtype=np.int32)
+            table = np.asarray(seq.block_table, dtype=np.int32)
+            block_tables[row, : table.shape[0]] = table
+            positions.append(pos)
+            slots.append(table[pos // bs] * bs + pos % bs)
+            query_starts.append(query_starts[-1] + n)
+            context_lens.append(start + n)
+            if start + n == seq.num_tokens:
+                logits_indices.append(query_starts[-1] - 1)
+                sampling_seqs.append(seq)
+        forward_batch = ForwardBatch(
+            token_ids=np.asarray(token_ids, dtype=np.int32),
+            positions=np.concatenate(positions),
+            slot_mapping=np.concatenate(slots).astype(np.int32),
+            query_starts=np.asarray(query_starts, dtype=np.int32),
+            context_lens=np.asarray(context_lens, dtype=np.int32),
+            block_tables=block_tables,
+            logits_indices=np.asarray(logits_indices, dtype=np.int32),
+        )
+        return forward_batch, sampling_seqs

@@ -1,0 +1,20 @@
+"""What the engine reports about a request after each step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ember.engine.sequence import FinishReason, TokenLogprob
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutput:
+    request_id: str
+    new_token_ids: list[int]
+    new_text: str
+    new_logprobs: list[TokenLogprob]
+    finished: bool
+    finish_reason: FinishReason | None
+    num_prompt_tokens: int
+    num_cached_prompt_tokens: int
+    num_output_tokens: int

@@ -1,0 +1,129 @@
+"""Launching a kernel: typed argument packing and cuLaunchKernel.
+
+The driver reads kernel arguments through `void** kernelParams`, one pointer per argument to
+where its value lies. Each Kernel builds that pointer array once, over a fixed block of 8-byte
+slots, and a launch only writes the new values into the slots with one `struct.pack_into` and
+passes the array's address as an int. That is the cheapest form cuda-bindings accepts: its
+`((values), (ctypes types))` tuple form allocates and converts per argument on every call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from collections.abc import Sequence
+from enum import Enum
+from typing import Any, Final
+
+from ember.gpu.driver import api, call, error_from_result
+from ember.gpu.stream import Stream
+
+Dim3 = tuple[int, int, int]
+
+# Every argument gets an 8-byte slot: each slot is then aligned for any scalar the driver may
+# copy from it, and the slot layout does not depend on the kernel's own parameter layout.
+_SLOT_BYTES: Final = 8
+
+
+class Arg(Enum):
+    """A kernel parameter's type, as the `struct` format that writes it into its slot."""
+
+    PTR = "Q"  # device address, an int (DeviceBuffer.ptr)
+    I32 = "i4x"
+    I64 = "q"
+    U32 = "I4x"
+    F32 = "f4x"
+
+
+class ArgPack:
+    """The kernelParams array of one kernel signature, refilled in place for every launch.
+
+    Not thread-safe: two threads launching through one ArgPack at once would mix values. The
+    driver copies the values during cuLaunchKernel, so reuse right after a launch is safe.
+    """
+
+    __slots__ = ("_pack_into", "_pointers", "_slots", "address", "signature")
+
+    def __init__(self, signature: Sequence[Arg]) -> None:
+        self.signature = tuple(signature)
+        count = max(len(self.signature), 1)
+        self._slots = (ctypes.c_uint64 * count)()
+        base = ctypes.addressof(self._slots)
+        self._pointers = (ctypes.c_void_p * count)(
+            *(base + _SLOT_BYTES * i for i in range(count))
+        )
+        self.address = ctypes.addressof(self._pointers) if self.signature else 0
+        self._pack_into = struct.Struct("<" + "".join(a.value for a in self.signature)).pack_into
+
+    def pack(self, args: tuple[int | float, ...]) -> int:
+        """Write `args` into the slots; returns the kernelParams address."""
+        try:
+            self._pack_into(self._slots, 0, *args)
+        except struct.error as exc:
+            expected = ", ".join(a.name for a in self.signature)
+            raise ValueError(f"kernel arguments {args!r} do not match ({expected}): {exc}") from exc
+        return self.address
+
+    def slot_bytes(self) -> bytes:
+        """The packed slots as bytes (for tests and debugging)."""
+        return bytes(self._slots)
+
+
+class Kernel:
+    """A `__global__` function of a loaded Module, with its argument signature.
+
+    Launch it from a thread whose current context is the one its module was loaded in.
+    """
+
+    __slots__ = ("_args", "_launch", "_null_stream", "function", "name")
+
+    def __init__(self, function: Any, name: str, signature: Sequence[Arg]) -> None:
+        cu = api()
+        self.function = function  # CUfunction
+        self.name = name
+        self._args = ArgPack(signature)
+        self._launch = cu.cuLaunchKernel
+        self._null_stream = cu.CUstream(0)
+
+    @property
+    def signature(self) -> tuple[Arg, ...]:
+        return self._args.signature
+
+    def launch(
+        self,
+        grid: Dim3,
+        block: Dim3,
+        *args: int | float,
+        stream: Stream | None = None,
+        shared_mem: int = 0,
+    ) -> None:
+        params = self._args.pack(args)
+        handle = self._null_stream if stream is None else stream.handle
+        (err,) = self._launch(
+            self.function,
+            grid[0],
+            grid[1],
+            grid[2],
+            block[0],
+            block[1],
+            block[2],
+            shared_mem,
+            handle,
+            params,
+            0,
+        )
+        if err:
+            raise error_from_result(f"cuLaunchKernel({self.name})", err)
+
+    def attribute(self, which: str) -> int:
+        """A CU_FUNC_ATTRIBUTE_* value, e.g. attribute("NUM_REGS")."""
+        cu = api()
+        attr = getattr(cu.CUfunction_attribute, f"CU_FUNC_ATTRIBUTE_{which}")
+        return int(call(cu.cuFuncGetAttribute, attr, self.function))
+
+    def set_max_dynamic_shared_memory(self, nbytes: int) -> None:
+        """Allow launches with up to `nbytes` of dynamic shared memory; above 48 KiB the driver
+        refuses a launch unless this limit was raised first."""
+        cu = api()
+        attr = cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        call(cu.cuFuncSetAttribute, self.function, attr, nbytes)

@@ -1,0 +1,119 @@
+"""Loading compiled kernels: the shipped cubin for the device's SM, else the PTX through the
+driver's JIT compiler.
+
+Artifacts are named `<family>.sm_<XY>.cubin` and `<family>.compute_<XY>.ptx`
+(scripts/build_kernels.py writes them with these names).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+from ember.errors import CudaError
+from ember.gpu.device import Device
+from ember.gpu.driver import api, call
+from ember.gpu.launch import Arg, Kernel
+
+# Ampere (A100, A10/RTX 30xx), Ada (L4/RTX 40xx) and Hopper (H100/H200) machine code ships;
+# newer GPUs JIT the PTX, which is built for the oldest of them so that it runs on all.
+SHIPPED_SMS: Final = (80, 86, 89, 90)
+PTX_SM: Final = 80
+
+# ELF (cubin) and fatbin headers; any other image is PTX text.
+_BINARY_MAGICS: Final = (b"\x7fELF", b"\x50\xed\x55\xba")
+
+
+def cubin_filename(family: str, sm: int) -> str:
+    return f"{family}.sm_{sm}.cubin"
+
+
+def ptx_filename(family: str) -> str:
+    return f"{family}.compute_{PTX_SM}.ptx"
+
+
+def select_image(bin_dir: Path, family: str, compute_capability: tuple[int, int]) -> Path:
+    """The artifact a device of `compute_capability` should load.
+
+    A cubin runs on its own major version at the same or a higher minor one (sm_86 code on an
+    sm_87 device), never across major versions; anything else needs the PTX.
+    """
+    major, minor = compute_capability
+    sm = major * 10 + minor
+    if sm < PTX_SM:
+        raise CudaError(
+            f"GPU with compute capability {major}.{minor} is too old: Ember's kernels need "
+            f"{PTX_SM // 10}.{PTX_SM % 10} (Ampere) or newer"
+        )
+    compatible = [s for s in SHIPPED_SMS if s // 10 == major and s % 10 <= minor]
+    for candidate in sorted(compatible, reverse=True):
+        path = bin_dir / cubin_filename(family, candidate)
+        if path.is_file():
+            return path
+    ptx = bin_dir / ptx_filename(family)
+    if ptx.is_file():
+        return ptx
+    raise CudaError(
+        f"no kernel image for '{family}' on sm_{sm} in {bin_dir}: "
+        "run python3 scripts/build_kernels.py"
+    )
+
+
+class Module:
+    """A loaded cubin or PTX image in the current context; unload it before the context goes."""
+
+    __slots__ = ("_unloaded", "handle", "source")
+
+    def __init__(self, handle: Any, source: str) -> None:
+        self.handle = handle  # CUmodule
+        self.source = source
+        self._unloaded = False
+
+    @classmethod
+    def load(cls, bin_dir: Path, family: str, device: Device) -> Module:
+        path = select_image(bin_dir, family, device.compute_capability)
+        return cls.from_image(path.read_bytes(), source=str(path))
+
+    @classmethod
+    def from_image(cls, image: bytes, *, source: str = "<memory>") -> Module:
+        """Load a cubin, fatbin or PTX image; PTX is compiled by the driver's JIT here."""
+        if not image.startswith(_BINARY_MAGICS):
+            # PTX is read as a C string: without the NUL the driver reads past the buffer.
+            image = image + b"\0"
+        try:
+            handle = call(api().cuModuleLoadData, image)
+        except CudaError as exc:
+            raise CudaError(
+                f"loading kernels from {source}: {exc}",
+                call=exc.call,
+                code=exc.code,
+                name=exc.name,
+                text=exc.text,
+            ) from exc
+        return cls(handle, source)
+
+    def function(self, name: str, signature: Sequence[Arg]) -> Kernel:
+        """The kernel `name` (its `extern "C"` name) with its parameter types."""
+        if self._unloaded:
+            raise CudaError(f"module {self.source} was unloaded")
+        handle = call(api().cuModuleGetFunction, self.handle, name.encode())
+        return Kernel(handle, name, signature)
+
+    def unload(self) -> None:
+        if self._unloaded:
+            raise CudaError(f"module {self.source} unloaded twice")
+        self._unloaded = True
+        call(api().cuModuleUnload, self.handle)
+
+    def __enter__(self) -> Module:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.unload()

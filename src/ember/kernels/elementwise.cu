@@ -1,0 +1,40 @@
+// Elementwise kernels: one output element from the elements at the same index of the inputs.
+//
+// Each thread handles VEC consecutive elements, with one 16-byte load per input and one
+// 16-byte store when the pointers allow it: these kernels are bound by memory bandwidth, and
+// wide accesses need fewer instructions and transactions for the same bytes.
+#include "common.cuh"
+
+namespace {
+
+constexpr int VEC = 4;
+
+struct Add {
+    __device__ __forceinline__ float operator()(float x, float y) const { return x + y; }
+};
+
+template <typename Op>
+__device__ __forceinline__ void binary_f32(
+    const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out,
+    long long n, Op op) {
+    const long long i = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
+    if (i >= n) return;
+    if (i + VEC <= n && ember::aligned16(a, b, out)) {
+        const float4 x = *reinterpret_cast<const float4*>(a + i);
+        const float4 y = *reinterpret_cast<const float4*>(b + i);
+        *reinterpret_cast<float4*>(out + i) =
+            make_float4(op(x.x, y.x), op(x.y, y.y), op(x.z, y.z), op(x.w, y.w));
+    } else {
+        const long long end = i + VEC < n ? i + VEC : n;
+        for (long long k = i; k < end; ++k) out[k] = op(a[k], b[k]);
+    }
+}
+
+}  // namespace
+
+// out[i] = a[i] + b[i] for i < n; launch with ceil(n / 4) threads.
+extern "C" __global__ void vector_add_f32(
+    const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out,
+    long long n) {
+    binary_f32(a, b, out, n, Add{});
+}

@@ -1,0 +1,81 @@
+"""Llama-family weights from a GGUF, dequantized to float32 NumPy arrays for the CPU backend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from ember.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from ember.model.gguf_file import GGUFFile
+
+F32 = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class LayerWeights:
+    attn_norm: F32  # [d_model]
+    wqkv: F32  # [q_dim + 2 * kv_dim, d_model]: q, k, v projections stacked (one GEMM)
+    wo: F32  # [d_model, q_dim]
+    ffn_norm: F32  # [d_model]
+    w_gate_up: F32  # [2 * ffn_dim, d_model]: gate and up stacked (one GEMM)
+    w_down: F32  # [d_model, ffn_dim]
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaWeights:
+    token_embd: F32  # [vocab, d_model]
+    layers: tuple[LayerWeights, ...]
+    output_norm: F32  # [d_model]
+    lm_head: F32  # [vocab, d_model]; the embedding itself when tied
+
+    @classmethod
+    def load(
+        cls,
+        gguf: GGUFFile,
+        config: ModelConfig,
+        progress: Callable[[int], None] | None = None,
+    ) -> LlamaWeights:
+        """Dequantize every tensor; `progress(n)` is called after each layer with n done."""
+        c = config
+        embd = gguf.load("token_embd.weight", (c.vocab_size, c.d_model))
+        layers = []
+        for i in range(c.n_layers):
+            p = f"blk.{i}."
+            layers.append(
+                LayerWeights(
+                    attn_norm=gguf.load(p + "attn_norm.weight", (c.d_model,)),
+                    wqkv=np.concatenate(
+                        [
+                            gguf.load(p + "attn_q.weight", (c.q_dim, c.d_model)),
+                            gguf.load(p + "attn_k.weight", (c.kv_dim, c.d_model)),
+                            gguf.load(p + "attn_v.weight", (c.kv_dim, c.d_model)),
+                        ]
+                    ),
+                    wo=gguf.load(p + "attn_output.weight", (c.d_model, c.q_dim)),
+                    ffn_norm=gguf.load(p + "ffn_norm.weight", (c.d_model,)),
+                    w_gate_up=np.concatenate(
+                        [
+                            gguf.load(p + "ffn_gate.weight", (c.ffn_dim, c.d_model)),
+                            gguf.load(p + "ffn_up.weight", (c.ffn_dim, c.d_model)),
+                        ]
+                    ),
+                    w_down=gguf.load(p + "ffn_down.weight", (c.d_model, c.ffn_dim)),
+                )
+            )
+            if progress is not None:
+                progress(i + 1)
+        lm_head = (
+            embd if c.tied_embeddings else gguf.load("output.weight", (c.vocab_size, c.d_model))
+        )
+        return cls(
+            token_embd=embd,
+            layers=tuple(layers),
+            output_norm=gguf.load("output_norm.weight", (c.d_model,)),
+            lm_head=lm_head,
+        )

@@ -1,0 +1,99 @@
+"""Open a GGUF and build everything a model needs: config, tokenizer, chat template, backend."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ember.errors import EmberError, ModelFormatError
+from ember.model.backend import ForwardBackend
+from ember.model.chat_template import ChatTemplate
+from ember.model.config import ModelConfig
+from ember.model.default_model import resolve_model_path
+from ember.model.gguf_file import GGUFFile
+from ember.model.llama_weights import LlamaWeights
+from ember.model.numpy_llama import NumpyLlama
+from ember.model.tokenizer import Tokenizer
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    path: Path
+    config: ModelConfig
+    tokenizer: Tokenizer
+    chat_template: ChatTemplate | None
+    backend: ForwardBackend
+    load_seconds: float
+
+
+def resolve_device(device: str) -> str:
+    """`auto` picks CUDA when a usable GPU is present, else the CPU."""
+    if device not in DEVICES:
+        raise EmberError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return "cpu"
+    available, reason = _cuda_status()
+    if device == "auto":
+        return "cuda" if available else "cpu"
+    if not available:
+        raise EmberError(f"--device cuda: {reason}")
+    return "cuda"
+
+
+def load_model(
+    model: str | Path | None = None, device: str = "cpu", show_progress: bool = True
+) -> LoadedModel:
+    started = time.perf_counter()
+    path = resolve_model_path(model)
+    device = resolve_device(device)
+    gguf = GGUFFile.open(path)
+    config = ModelConfig.from_gguf(gguf)
+    tokenizer = Tokenizer.from_gguf(gguf)
+    if tokenizer.vocab_size < config.vocab_size:
+        raise ModelFormatError(
+            f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model's "
+            f"vocabulary is {config.vocab_size}"
+        )
+    has_template = gguf.get("tokenizer.chat_template") is not None
+    chat_template = ChatTemplate.from_gguf(gguf) if has_template else None
+    if device != "cpu":
+        raise EmberError("the CUDA backend is not available in this build; use --device cpu")
+    with _progress(f"loading {path.name}", config.n_layers, show_progress) as advance:
+        weights = LlamaWeights.load(gguf, config, progress=advance)
+    backend = NumpyLlama(config, weights)
+    return LoadedModel(
+        path=path,
+        config=config,
+        tokenizer=tokenizer,
+        chat_template=chat_template,
+        backend=backend,
+        load_seconds=time.perf_counter() - started,
+    )
+
+
+@contextmanager
+def _progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+    # delay=1.0: the bar appears only when loading takes over a second.
+    with tqdm(total=total, desc=label, unit="layer", delay=1.0, disable=not enabled, leave=False) as bar:
+
+        def advance(done: int) -> None:
+            bar.update(done - bar.n)
+
+        yield advance
+
+
+
+def _cuda_status() -> tuple[bool, str]:
+    try:
+        from ember.gpu import cuda_available  # type: ignore[attr-defined]
+    except ImportError:
+        return False, "the CUDA backend is not installed"
+    result: tuple[bool, str] = cuda_available()
+    return result

@@ -1,0 +1,172 @@
+"""The Llama forward pass in NumPy: the CPU backend and the reference for every GPU kernel.
+
+Weights are float32 (dequantized once at load); the KV cache is a float32 pool of slots,
+`[n_layers, n_slots, n_kv_heads, head_dim]`, addressed by slot = block_id * block_size + offset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ember.errors import EmberError
+from ember.model.config import ModelConfig
+from ember.model.forward_batch import ForwardBatch
+from ember.model.llama_weights import LlamaWeights
+from ember.model.rope import RotaryEmbedding
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+
+def rms_norm(x: F32, weight: F32, eps: float) -> F32:
+    variance = np.mean(np.square(x), axis=-1, keepdims=True)
+    out: F32 = x * (1.0 / np.sqrt(variance + eps)).astype(np.float32) * weight
+    return out
+
+
+def silu_mul(gate: F32, up: F32) -> F32:
+    out: F32 = gate / (1.0 + np.exp(-gate)) * up
+    return out
+
+
+def softmax_rows(scores: F32) -> F32:
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return scores
+
+
+@dataclass(frozen=True, slots=True)
+class _AttentionPlan:
+    """Layer-independent gather indices for one batch, computed once per step."""
+
+    decode_rows: I64  # flat token rows of single-token (decode) sequences
+    decode_slots: I64  # [D, max_ctx] cache slots each decode row attends to
+    decode_mask: npt.NDArray[np.bool_]  # [D, max_ctx] True where the slot is past the context
+    prefill: tuple[tuple[int, int, I64, I64], ...]  # (row start, row end, slots, positions)
+
+
+class NumpyLlama:
+    """CPU backend implementing `ForwardBackend`."""
+
+    def __init__(self, config: ModelConfig, weights: LlamaWeights) -> None:
+        self._config = config
+        self.weights = weights
+        self.rope = RotaryEmbedding(config.rope, config.context_length)
+        self.k_cache: F32 = np.zeros((config.n_layers, 0, config.n_kv_heads, config.head_dim), np.float32)
+        self.v_cache: F32 = self.k_cache
+        self.block_size = 0
+
+    @property
+    def config(self) -> ModelConfig:
+        return self._config
+
+    @property
+    def device_name(self) -> str:
+        return "cpu (numpy)"
+
+    def kv_bytes_per_token(self) -> int:
+        c = self._config
+        return 2 * c.n_layers * c.kv_dim * 4
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        c = self._config
+        shape = (c.n_layers, num_blocks * block_size, c.n_kv_heads, c.head_dim)
+        # np.empty: pages are touched only when a slot is first written.
+        self.k_cache = np.empty(shape, np.float32)
+        self.v_cache = np.empty(shape, np.float32)
+        self.block_size = block_size
+
+    def forward(self, batch: ForwardBatch) -> F32:
+        if self.block_size == 0:
+            raise EmberError("allocate_kv_cache must be called before forward")
+        c, w = self._config, self.weights
+        plan = self._plan_attention(batch)
+        cos, sin = self.rope.cos_sin(batch.positions)
+        slots = batch.slot_mapping.astype(np.int64)
+        x = w.token_embd[batch.token_ids]
+        for layer_idx, lw in enumerate(w.layers):
+            h = rms_norm(x, lw.attn_norm, c.rms_eps)
+            qkv = h @ lw.wqkv.T
+            q = qkv[:, : c.q_dim].reshape(-1, c.n_heads, c.head_dim)
+            k = qkv[:, c.q_dim : c.q_dim + c.kv_dim].reshape(-1, c.n_kv_heads, c.head_dim)
+            v = qkv[:, c.q_dim + c.kv_dim :].reshape(-1, c.n_kv_heads, c.head_dim)
+            q = self.rope.apply(q, cos, sin)
+            k = self.rope.apply(k, cos, sin)
+            self.k_cache[layer_idx, slots] = k
+            self.v_cache[layer_idx, slots] = v
+            attn = self._attention(layer_idx, q, plan)
+            x = x + attn.reshape(-1, c.q_dim) @ lw.wo.T
+            h = rms_norm(x, lw.ffn_norm, c.rms_eps)
+            gate_up = h @ lw.w_gate_up.T
+            x = x + silu_mul(gate_up[:, : c.ffn_dim], gate_up[:, c.ffn_dim :]) @ lw.w_down.T
+        last = rms_norm(x[batch.logits_indices], w.output_norm, c.rms_eps)
+        logits: F32 = last @ w.lm_head.T
+        return logits
+
+    def _plan_attention(self, batch: ForwardBatch) -> _AttentionPlan:
+        bs = self.block_size
+        starts = batch.query_starts
+        decode_rows: list[int] = []
+        decode_seqs: list[int] = []
+        prefill: list[tuple[int, int, I64, I64]] = []
+        for s in range(batch.num_seqs):
+            start, end = int(starts[s]), int(starts[s + 1])
+            ctx = int(batch.context_lens[s])
+            if end - start == 1:
+                decode_rows.append(start)
+                decode_seqs.append(s)
+                continue
+            table = batch.block_tables[s, : (ctx + bs - 1) // bs].astype(np.int64)
+            slots = (table[:, None] * bs + np.arange(bs)).reshape(-1)[:ctx]
+            prefill.append((start, end, slots, batch.positions[start:end].astype(np.int64)))
+        if decode_seqs:
+            ctx_lens = batch.context_lens[decode_seqs].astype(np.int64)
+            max_ctx = int(ctx_lens.max())
+            offsets = np.arange(max_ctx, dtype=np.int64)
+            tables = batch.block_tables[decode_seqs].astype(np.int64)
+            block_idx = np.minimum(offsets // bs, tables.shape[1] - 1)
+            decode_slots = tables[:, block_idx] * bs + offsets % bs
+            decode_mask = offsets[None, :] >= ctx_lens[:, None]
+            decode_slots[decode_mask] = 0
+        else:
+            decode_slots = np.zeros((0, 0), np.int64)
+            decode_mask = np.zeros((0, 0), np.bool_)
+        return _AttentionPlan(
+            decode_rows=np.asarray(decode_rows, np.int64),
+            decode_slots=decode_slots,
+            decode_mask=decode_mask,
+            prefill=tuple(prefill),
+        )
+
+    def _attention(self, layer_idx: int, q: F32, plan: _AttentionPlan) -> F32:
+        """Causal GQA attention of every query row over its sequence's cached keys."""
+        c = self._config
+        group = c.n_heads // c.n_kv_heads
+        scale = np.float32(1.0 / np.sqrt(c.head_dim))
+        out = np.empty_like(q)
+        k_layer, v_layer = self.k_cache[layer_idx], self.v_cache[layer_idx]
+        if plan.decode_rows.size:
+            # [D, kvh, group, d] x [D, kvh, d, ctx] -> [D, kvh, group, ctx]
+            qd = q[plan.decode_rows].reshape(-1, c.n_kv_heads, group, c.head_dim)
+            kd = k_layer[plan.decode_slots].transpose(0, 2, 3, 1)
+            vd = v_layer[plan.decode_slots].transpose(0, 2, 1, 3)
+            scores = np.matmul(qd, kd) * scale
+            scores[np.broadcast_to(plan.decode_mask[:, None, None, :], scores.shape)] = -np.inf
+            probs = softmax_rows(scores)
+            out[plan.decode_rows] = np.matmul(probs, vd).reshape(-1, c.n_heads, c.head_dim)
+        for start, end, slots, positions in plan.prefill:
+            n = end - start
+            qp = q[start:end].reshape(n, c.n_kv_heads, group, c.head_dim).transpose(1, 2, 0, 3)
+            kp = k_layer[slots].transpose(1, 2, 0)  # [kvh, d, ctx]
+            vp = v_layer[slots].transpose(1, 0, 2)  # [kvh, ctx, d]
+            scores = np.matmul(qp, kp[:, None]) * scale  # [kvh, group, n, ctx]
+            future = np.arange(slots.shape[0])[None, :] > positions[:, None]  # [n, ctx]
+            scores[:, :, future] = -np.inf
+            probs = softmax_rows(scores)
+            attn = np.matmul(probs, vp[:, None])  # [kvh, group, n, d]
+            out[start:end] = attn.transpose(2, 0, 1, 3).reshape(n, c.n_heads, c.head_dim)
+        return out

@@ -6,8 +6,8 @@ dequantizes every tensor to float32, as Ember's NumPy path does), and this scrip
 four prompts, the HF token ids, the logits at the last prompt position and the first 24 greedy
 tokens, plus the logits at every position of the short prompt 1.
 
-transformers and torch are NOT Ember dependencies (CI never has them); this script is run by
-hand, offline:
+transformers, torch, gguf and accelerate (transformers needs it to load a GGUF) are NOT Ember
+dependencies (CI never has them); this script is run by hand, offline:
 
     python3 scripts/make_golden_fixtures.py [--model PATH] [--out tests/fixtures/golden_smollm2.npz]
 """

@@ -40,11 +40,11 @@ def tiny_weights(seed: int = 0, config: ModelConfig = TINY) -> LlamaWeights:
     layers = tuple(
         LayerWeights(
             attn_norm=norm(),
-            wqkv=mat(c.q_dim + 2 * c.kv_dim, c.d_model),
-            wo=mat(c.d_model, c.q_dim),
+            wqkv=mat(c.d_model, c.q_dim + 2 * c.kv_dim),
+            wo=mat(c.q_dim, c.d_model),
             ffn_norm=norm(),
-            w_gate_up=mat(2 * c.ffn_dim, c.d_model),
-            w_down=mat(c.d_model, c.ffn_dim),
+            w_gate_up=mat(c.d_model, 2 * c.ffn_dim),
+            w_down=mat(c.ffn_dim, c.d_model),
         )
         for _ in range(c.n_layers)
     )
@@ -61,7 +61,7 @@ def dense_logits(weights: LlamaWeights, tokens: list[int], config: ModelConfig =
     causal = np.triu(np.ones((n, n), dtype=bool), k=1)
     for lw in weights.layers:
         h = rms_norm(x, lw.attn_norm, c.rms_eps)
-        qkv = h @ lw.wqkv.T
+        qkv = h @ lw.wqkv
         q = rope.apply(qkv[:, : c.q_dim].reshape(n, c.n_heads, c.head_dim), cos, sin)
         k = rope.apply(qkv[:, c.q_dim : c.q_dim + c.kv_dim].reshape(n, c.n_kv_heads, c.head_dim), cos, sin)
         v = qkv[:, c.q_dim + c.kv_dim :].reshape(n, c.n_kv_heads, c.head_dim)
@@ -71,9 +71,9 @@ def dense_logits(weights: LlamaWeights, tokens: list[int], config: ModelConfig =
             scores = (q[:, head] @ k[:, kv].T) / np.sqrt(c.head_dim)
             scores[causal] = -np.inf
             out[:, head] = softmax_rows(scores.astype(np.float32)) @ v[:, kv]
-        x = x + out.reshape(n, c.q_dim) @ lw.wo.T
+        x = x + out.reshape(n, c.q_dim) @ lw.wo
         h = rms_norm(x, lw.ffn_norm, c.rms_eps)
-        gu = h @ lw.w_gate_up.T
-        x = x + silu_mul(gu[:, : c.ffn_dim], gu[:, c.ffn_dim :]) @ lw.w_down.T
+        gu = h @ lw.w_gate_up
+        x = x + silu_mul(gu[:, : c.ffn_dim], gu[:, c.ffn_dim :]) @ lw.w_down
     result: np.ndarray = rms_norm(x, weights.output_norm, c.rms_eps) @ weights.lm_head.T
     return result

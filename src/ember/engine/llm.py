@@ -31,8 +31,15 @@ class Completion:
 class LLM:
     """`LLM()` loads the default model on the CPU; `LLM(model=path, device=...)` any GGUF."""
 
-    def __init__(self, model: str | None = None, device: str = "cpu", **engine_options: Any):
-        self.engine = LLMEngine(EngineConfig(model=model, device=device, **engine_options))
+    def __init__(
+        self,
+        model: str | None = None,
+        device: str = "cpu",
+        *,
+        engine: LLMEngine | None = None,
+        **engine_options: Any,
+    ) -> None:
+        self.engine = engine or LLMEngine(EngineConfig(model=model, device=device, **engine_options))
         self._ids = itertools.count()
 
     @property

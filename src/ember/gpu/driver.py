@@ -26,6 +26,27 @@ except ImportError as exc:  # the CPU backend must still work without the packag
 MIN_DRIVER_VERSION: Final = 13000
 
 
+# cuInit failures with a known cause, by CUresult name, and what to do about each.
+_INIT_FAILURES: Final = {
+    "CUDA_ERROR_NO_DEVICE": (
+        "the NVIDIA driver is installed but sees no GPU (check nvidia-smi and "
+        "CUDA_VISIBLE_DEVICES), or run with --device cpu"
+    ),
+    "CUDA_ERROR_STUB_LIBRARY": (
+        "the libcuda.so found is the CUDA toolkit's stub, not the NVIDIA driver: install the "
+        "driver, or take the toolkit's stubs/ folder off LD_LIBRARY_PATH"
+    ),
+    "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH": (
+        "the NVIDIA driver's library (libcuda.so) and kernel module are different versions: "
+        "reinstall the driver or reboot"
+    ),
+    "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE": (
+        "the CUDA forward-compatibility driver in use does not support this GPU: install a "
+        "native NVIDIA driver R580 or newer"
+    ),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class DriverInfo:
     """What the initialised driver reports about itself."""
@@ -50,6 +71,13 @@ def api() -> Any:
             f"({_IMPORT_ERROR}); install it with: pip install 'ember-llm[cuda]'"
         )
     return _driver
+
+
+def _result_name(cu: Any, code: Any) -> str:
+    try:
+        return str(cu.CUresult(code).name)
+    except ValueError:  # a code newer than these bindings
+        return f"CUresult {int(code)}"
 
 
 def error_from_result(call_name: str, code: Any) -> CudaError:
@@ -105,16 +133,9 @@ def init() -> DriverInfo:
             "libcuda.so (the NVIDIA driver) could not be loaded: install the NVIDIA driver "
             f"(R580 or newer), or run with --device cpu ({exc})"
         ) from exc
-    if err == cu.CUresult.CUDA_ERROR_NO_DEVICE:
-        raise CudaUnavailableError(
-            "the NVIDIA driver is installed but sees no GPU (check nvidia-smi and "
-            "CUDA_VISIBLE_DEVICES), or run with --device cpu"
-        )
-    if err == cu.CUresult.CUDA_ERROR_INSUFFICIENT_DRIVER:
-        raise CudaUnavailableError(
-            "the NVIDIA driver is too old for this CUDA runtime; Ember needs a driver with "
-            "CUDA 13.0 support (R580 or newer)"
-        )
+    known = _INIT_FAILURES.get(_result_name(cu, err))
+    if known is not None:
+        raise CudaUnavailableError(known)
     if err:
         cause = error_from_result("cuInit", err)
         raise CudaUnavailableError(

@@ -49,9 +49,7 @@ class ArgPack:
         count = max(len(self.signature), 1)
         self._slots = (ctypes.c_uint64 * count)()
         base = ctypes.addressof(self._slots)
-        self._pointers = (ctypes.c_void_p * count)(
-            *(base + _SLOT_BYTES * i for i in range(count))
-        )
+        self._pointers = (ctypes.c_void_p * count)(*(base + _SLOT_BYTES * i for i in range(count)))
         self.address = ctypes.addressof(self._pointers) if self.signature else 0
         self._pack_into = struct.Struct("<" + "".join(a.value for a in self.signature)).pack_into
 
@@ -60,9 +58,12 @@ class ArgPack:
         try:
             self._pack_into(self._slots, 0, *args)
         except struct.error as exc:
-            expected = ", ".join(a.name for a in self.signature)
-            raise ValueError(f"kernel arguments {args!r} do not match ({expected}): {exc}") from exc
+            raise self.mismatch(args, exc) from exc
         return self.address
+
+    def mismatch(self, args: tuple[int | float, ...], exc: struct.error) -> ValueError:
+        expected = ", ".join(a.name for a in self.signature)
+        return ValueError(f"kernel arguments {args!r} do not match ({expected}): {exc}")
 
     def slot_bytes(self) -> bytes:
         """The packed slots as bytes (for tests and debugging)."""
@@ -75,13 +76,27 @@ class Kernel:
     Launch it from a thread whose current context is the one its module was loaded in.
     """
 
-    __slots__ = ("_args", "_launch", "_null_stream", "function", "name")
+    __slots__ = (
+        "_args",
+        "_launch",
+        "_null_stream",
+        "_pack_into",
+        "_params",
+        "_slots",
+        "function",
+        "name",
+    )
 
     def __init__(self, function: Any, name: str, signature: Sequence[Arg]) -> None:
         cu = api()
         self.function = function  # CUfunction
         self.name = name
         self._args = ArgPack(signature)
+        # Bound here so that a launch does no attribute lookups through ArgPack (measured:
+        # each Python-level call or lookup saved is ~0.1 µs of a ~5 µs launch on an H100 host).
+        self._pack_into = self._args._pack_into
+        self._slots = self._args._slots
+        self._params = self._args.address
         self._launch = cu.cuLaunchKernel
         self._null_stream = cu.CUstream(0)
 
@@ -97,7 +112,10 @@ class Kernel:
         stream: Stream | None = None,
         shared_mem: int = 0,
     ) -> None:
-        params = self._args.pack(args)
+        try:
+            self._pack_into(self._slots, 0, *args)
+        except struct.error as exc:
+            raise self._args.mismatch(args, exc) from exc
         handle = self._null_stream if stream is None else stream.handle
         (err,) = self._launch(
             self.function,
@@ -109,7 +127,7 @@ class Kernel:
             block[2],
             shared_mem,
             handle,
-            params,
+            self._params,
             0,
         )
         if err:

@@ -9,6 +9,7 @@ one they are synchronous.
 from __future__ import annotations
 
 import ctypes
+import math
 from types import TracebackType
 from typing import Any
 
@@ -198,18 +199,16 @@ class PinnedHostBuffer:
             flags |= cu.CU_MEMHOSTALLOC_WRITECOMBINED
         return cls(int(call(cu.cuMemHostAlloc, nbytes, flags)), nbytes)
 
-    def array(
-        self, dtype: npt.DTypeLike, shape: tuple[int, ...] | None = None
-    ) -> npt.NDArray[Any]:
+    def array(self, dtype: npt.DTypeLike, shape: tuple[int, ...] | None = None) -> npt.NDArray[Any]:
         """A numpy view of this memory (no copy)."""
         if self._freed:
             raise CudaError("pinned host buffer used after it was freed")
         dt = np.dtype(dtype)
-        count = self.nbytes // dt.itemsize if shape is None else int(np.prod(shape))
+        count = self.nbytes // dt.itemsize if shape is None else math.prod(shape)
         if count * dt.itemsize > self.nbytes:
             raise ValueError(f"{count} x {dt} does not fit in {self.nbytes} pinned bytes")
-        raw = (ctypes.c_char * (count * dt.itemsize)).from_address(self.ptr)
-        view = np.frombuffer(raw, dtype=dt, count=count)
+        raw = (ctypes.c_uint8 * (count * dt.itemsize)).from_address(self.ptr)
+        view: npt.NDArray[Any] = np.frombuffer(memoryview(raw), dtype=dt, count=count)
         return view if shape is None else view.reshape(shape)
 
     def free(self) -> None:

@@ -19,12 +19,14 @@ F32 = npt.NDArray[np.float32]
 
 @dataclass(frozen=True, slots=True)
 class LayerWeights:
+    # Projections are stored transposed, [in, out], C-contiguous: OpenBLAS runs `x @ w` for
+    # small batches ~1.5x faster than `x @ w.T` (measured on the 2-core CI machine kind).
     attn_norm: F32  # [d_model]
-    wqkv: F32  # [q_dim + 2 * kv_dim, d_model]: q, k, v projections stacked (one GEMM)
-    wo: F32  # [d_model, q_dim]
+    wqkv: F32  # [d_model, q_dim + 2 * kv_dim]: q, k, v projections side by side (one GEMM)
+    wo: F32  # [q_dim, d_model]
     ffn_norm: F32  # [d_model]
-    w_gate_up: F32  # [2 * ffn_dim, d_model]: gate and up stacked (one GEMM)
-    w_down: F32  # [d_model, ffn_dim]
+    w_gate_up: F32  # [d_model, 2 * ffn_dim]: gate and up side by side (one GEMM)
+    w_down: F32  # [ffn_dim, d_model]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +34,7 @@ class LlamaWeights:
     token_embd: F32  # [vocab, d_model]
     layers: tuple[LayerWeights, ...]
     output_norm: F32  # [d_model]
-    lm_head: F32  # [vocab, d_model]; the embedding itself when tied
+    lm_head: F32  # [vocab, d_model] (GGUF layout); the embedding itself when tied
 
     @classmethod
     def load(
@@ -50,22 +52,18 @@ class LlamaWeights:
             layers.append(
                 LayerWeights(
                     attn_norm=gguf.load(p + "attn_norm.weight", (c.d_model,)),
-                    wqkv=np.concatenate(
-                        [
-                            gguf.load(p + "attn_q.weight", (c.q_dim, c.d_model)),
-                            gguf.load(p + "attn_k.weight", (c.kv_dim, c.d_model)),
-                            gguf.load(p + "attn_v.weight", (c.kv_dim, c.d_model)),
-                        ]
+                    wqkv=_stacked_transposed(
+                        gguf.load(p + "attn_q.weight", (c.q_dim, c.d_model)),
+                        gguf.load(p + "attn_k.weight", (c.kv_dim, c.d_model)),
+                        gguf.load(p + "attn_v.weight", (c.kv_dim, c.d_model)),
                     ),
-                    wo=gguf.load(p + "attn_output.weight", (c.d_model, c.q_dim)),
+                    wo=_stacked_transposed(gguf.load(p + "attn_output.weight", (c.d_model, c.q_dim))),
                     ffn_norm=gguf.load(p + "ffn_norm.weight", (c.d_model,)),
-                    w_gate_up=np.concatenate(
-                        [
-                            gguf.load(p + "ffn_gate.weight", (c.ffn_dim, c.d_model)),
-                            gguf.load(p + "ffn_up.weight", (c.ffn_dim, c.d_model)),
-                        ]
+                    w_gate_up=_stacked_transposed(
+                        gguf.load(p + "ffn_gate.weight", (c.ffn_dim, c.d_model)),
+                        gguf.load(p + "ffn_up.weight", (c.ffn_dim, c.d_model)),
                     ),
-                    w_down=gguf.load(p + "ffn_down.weight", (c.d_model, c.ffn_dim)),
+                    w_down=_stacked_transposed(gguf.load(p + "ffn_down.weight", (c.d_model, c.ffn_dim))),
                 )
             )
             if progress is not None:
@@ -79,3 +77,8 @@ class LlamaWeights:
             output_norm=gguf.load("output_norm.weight", (c.d_model,)),
             lm_head=lm_head,
         )
+
+
+def _stacked_transposed(*weights: F32) -> F32:
+    """GGUF's [out, in] matrices stacked along `out`, returned as one C-contiguous [in, out]."""
+    return np.ascontiguousarray(np.concatenate(weights).T)

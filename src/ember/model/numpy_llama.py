@@ -90,7 +90,7 @@ class NumpyLlama:
         x = w.token_embd[batch.token_ids]
         for layer_idx, lw in enumerate(w.layers):
             h = rms_norm(x, lw.attn_norm, c.rms_eps)
-            qkv = h @ lw.wqkv.T
+            qkv = h @ lw.wqkv
             q = qkv[:, : c.q_dim].reshape(-1, c.n_heads, c.head_dim)
             k = qkv[:, c.q_dim : c.q_dim + c.kv_dim].reshape(-1, c.n_kv_heads, c.head_dim)
             v = qkv[:, c.q_dim + c.kv_dim :].reshape(-1, c.n_kv_heads, c.head_dim)
@@ -99,12 +99,13 @@ class NumpyLlama:
             self.k_cache[layer_idx, slots] = k
             self.v_cache[layer_idx, slots] = v
             attn = self._attention(layer_idx, q, plan)
-            x = x + attn.reshape(-1, c.q_dim) @ lw.wo.T
+            x = x + attn.reshape(-1, c.q_dim) @ lw.wo
             h = rms_norm(x, lw.ffn_norm, c.rms_eps)
-            gate_up = h @ lw.w_gate_up.T
-            x = x + silu_mul(gate_up[:, : c.ffn_dim], gate_up[:, c.ffn_dim :]) @ lw.w_down.T
+            gate_up = h @ lw.w_gate_up
+            x = x + silu_mul(gate_up[:, : c.ffn_dim], gate_up[:, c.ffn_dim :]) @ lw.w_down
         last = rms_norm(x[batch.logits_indices], w.output_norm, c.rms_eps)
-        logits: F32 = last @ w.lm_head.T
+        # (E @ h.T).T reads the [vocab, d] head without a transposed copy, at `h @ E_t` speed.
+        logits: F32 = np.ascontiguousarray((w.lm_head @ last.T).T)
         return logits
 
     def _plan_attention(self, batch: ForwardBatch) -> _AttentionPlan:

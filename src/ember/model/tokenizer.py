@@ -1,0 +1,451 @@
+"""The model's tokenizer, rebuilt from a GGUF's `tokenizer.ggml.*` metadata.
+
+A GGUF carries no `tokenizer.json`: only the vocabulary, the merges, a token-type array, the
+special ids and the name of the pre-tokenizer (`tokenizer.ggml.pre`). We rebuild the byte-level
+BPE tokenizer those describe with the `tokenizers` library, picking the text splitting the
+vocabulary was trained with, so ids match the model's own Hugging Face tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING
+
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as BackendTokenizer
+
+from ember.errors import InvalidRequestError, ModelFormatError
+
+if TYPE_CHECKING:
+    from ember.model.gguf_file import GGUFFile
+
+SUPPORTED_MODELS = ("gpt2",)
+
+# llama.cpp's token types (`llama_token_type`); other values are treated as normal text.
+_CONTROL = 3
+_USER_DEFINED = 4
+
+# Control tokens that end a turn or a document. llama.cpp stops on these too ("end of
+# generation" tokens), whether or not the file names them as EOS.
+_END_OF_TURN_TEXTS = frozenset(
+    {
+        "<|im_end|>",
+        "<|endoftext|>",
+        "<|end_of_text|>",
+        "<|eot_id|>",
+        "<|eom_id|>",
+        "<|end|>",
+        "<end_of_turn>",
+        "<|return|>",
+        "<|END_OF_TURN_TOKEN|>",
+        "<｜end▁of▁sentence｜>",
+    }
+)
+
+
+_END_OF_TURN_KEYS = ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
+
+
+@dataclass(frozen=True, slots=True)
+class _Splitting:
+    """How raw text is cut before BPE runs, i.e. the pre-tokenizer the merges were learned with."""
+
+    # None: GPT-2's own regex, built into the ByteLevel pre-tokenizer.
+    regex: str | None = None
+    # StarCoder-style vocabularies put every digit in a piece of its own; splitting digits first
+    # also changes how the whitespace in front of them groups ("  1" -> "ĠĠ", "1").
+    individual_digits: bool = False
+    # Llama 3's tokenizer.json sets `ignore_merges`: a piece found whole in the vocabulary is
+    # one token, without running the merges (llama.cpp does the same for that pre-type).
+    ignore_merges: bool = False
+
+
+# Regexes as llama.cpp (src/llama-vocab.cpp) and the models' tokenizer.json files spell them.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+_GPT2 = _Splitting()
+_DIGITS_THEN_GPT2 = _Splitting(individual_digits=True)
+_LLAMA3 = _Splitting(regex=_LLAMA3_SPLIT, ignore_merges=True)
+_QWEN2 = _Splitting(regex=_QWEN2_SPLIT)
+
+# `tokenizer.ggml.pre` values, grouped as llama.cpp groups them. Golden ids from the model's own
+# Hugging Face tokenizer check 'smollm' (tests/fixtures/tokenizer_golden.json); the others follow
+# llama.cpp's table. An unknown name is refused rather than tokenized slightly wrong.
+_SPLITTINGS: Mapping[str, _Splitting] = {
+    "default": _GPT2,
+    "gpt2": _GPT2,
+    "gpt-2": _GPT2,
+    "mpt": _GPT2,
+    "olmo": _GPT2,
+    "smollm": _DIGITS_THEN_GPT2,
+    "starcoder": _DIGITS_THEN_GPT2,
+    "refact": _DIGITS_THEN_GPT2,
+    "codeshell": _DIGITS_THEN_GPT2,
+    "llama3": _LLAMA3,
+    "llama-v3": _LLAMA3,
+    "llama-bpe": _LLAMA3,
+    "smaug-bpe": _LLAMA3,
+    "falcon3": _LLAMA3,
+    "qwen2": _QWEN2,
+    "deepseek-r1-qwen": _QWEN2,
+}
+
+
+@cache
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-to-character map, inverted: each vocabulary character to the byte it spells.
+
+    Printable bytes stand for themselves; the other 68 are shifted to U+0100 and up so that
+    every token is printable text (a space is 'Ġ', a newline 'Ċ').
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    chars: dict[str, int] = {chr(b): b for b in printable}
+    shifted = 0
+    for b in range(256):
+        if b not in printable:
+            chars[chr(256 + shifted)] = b
+            shifted += 1
+    return chars
+
+
+class Tokenizer:
+    """Text <-> token ids for one model: `encode`, `decode`, and the special ids around them."""
+
+    __slots__ = (
+        "_added_ids",
+        "_backend",
+        "_pieces",
+        "_special_ids",
+        "_texts",
+        "add_bos",
+        "bos_id",
+        "eos_id",
+        "pad_id",
+        "source",
+        "stop_ids",
+        "unk_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        backend: BackendTokenizer,
+        texts: Sequence[str],
+        special_ids: frozenset[int],
+        added_ids: frozenset[int],
+        bos_id: int | None,
+        eos_id: int,
+        unk_id: int | None,
+        pad_id: int | None,
+        stop_ids: frozenset[int],
+        add_bos: bool,
+        source: str,
+    ) -> None:
+        self._backend = backend
+        self._texts = tuple(texts)
+        # Filled on first use: streaming touches a few thousand distinct tokens, not 50k.
+        self._pieces: list[bytes | None] = [None] * len(self._texts)
+        self._special_ids = special_ids
+        self._added_ids = added_ids
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self.unk_id = unk_id
+        self.pad_id = pad_id
+        self.stop_ids = stop_ids
+        self.add_bos = add_bos
+        self.source = source
+
+    @classmethod
+    def from_gguf(cls, gguf: GGUFFile) -> Tokenizer:
+        return cls.from_metadata(gguf.metadata, source=str(gguf.path))
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, object], source: str = "<metadata>") -> Tokenizer:
+        """Build from decoded GGUF metadata; `ModelFormatError` naming `source` if unusable."""
+        fields = _Fields(metadata, source)
+        model = fields.require_str("tokenizer.ggml.model")
+        if model not in SUPPORTED_MODELS:
+            raise ModelFormatError(
+                f"{source}: unsupported tokenizer model {model!r} (tokenizer.ggml.model); "
+                f"Ember supports byte-level BPE ({', '.join(SUPPORTED_MODELS)}) only"
+            )
+        pre = fields.optional_str("tokenizer.ggml.pre") or "default"
+        splitting = _SPLITTINGS.get(pre)
+        if splitting is None:
+            raise ModelFormatError(
+                f"{source}: unsupported pre-tokenizer {pre!r} (tokenizer.ggml.pre); "
+                f"Ember knows {', '.join(sorted(_SPLITTINGS))}"
+            )
+        tokens = fields.require_str_list("tokenizer.ggml.tokens")
+        token_types = fields.optional_int_list("tokenizer.ggml.token_type", len(tokens))
+        merges = _parse_merges(fields.require_str_list("tokenizer.ggml.merges"), source)
+        bos_id = fields.optional_token_id("tokenizer.ggml.bos_token_id", len(tokens))
+        eos_id = fields.optional_token_id("tokenizer.ggml.eos_token_id", len(tokens))
+        if eos_id is None:
+            raise ModelFormatError(f"{source}: tokenizer.ggml.eos_token_id is missing")
+        unk_id = fields.optional_token_id("tokenizer.ggml.unknown_token_id", len(tokens))
+        pad_id = fields.optional_token_id("tokenizer.ggml.padding_token_id", len(tokens))
+        add_bos = fields.optional_bool("tokenizer.ggml.add_bos_token", default=False)
+
+        respelled = [_in_alphabet(token, _byte_alphabet()) for token in tokens]
+        named = {i for i in (bos_id, eos_id, unk_id, pad_id) if i is not None}
+        special, user_defined = _added_token_ids(tokens, token_types, respelled, named)
+        backend = _build_backend(respelled, merges, splitting, tokens, special, user_defined)
+        declared = [fields.optional_token_id(key, len(tokens)) for key in _END_OF_TURN_KEYS]
+        stop_ids = frozenset(
+            {eos_id}
+            | {i for i in declared if i is not None}
+            | {i for i in special if tokens[i] in _END_OF_TURN_TEXTS}
+        )
+        return cls(
+            backend=backend,
+            texts=tokens,
+            special_ids=special,
+            added_ids=special | user_defined,
+            bos_id=bos_id,
+            eos_id=eos_id,
+            unk_id=unk_id,
+            pad_id=pad_id,
+            stop_ids=stop_ids,
+            add_bos=add_bos,
+            source=source,
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._texts)
+
+    @property
+    def bos_text(self) -> str:
+        return "" if self.bos_id is None else self._texts[self.bos_id]
+
+    @property
+    def eos_text(self) -> str:
+        return self._texts[self.eos_id]
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of `text`; special-token strings in it become their single ids.
+
+        `add_special_tokens` prepends BOS only where the file asks for it (`add_bos_token`).
+        """
+        ids: list[int] = self._backend.encode(text, add_special_tokens=False).ids
+        return self._with_bos(ids) if add_special_tokens else ids
+
+    def encode_batch(
+        self, texts: Sequence[str], add_special_tokens: bool = False
+    ) -> list[list[int]]:
+        encodings = self._backend.encode_batch(list(texts), add_special_tokens=False)
+        if add_special_tokens:
+            return [self._with_bos(e.ids) for e in encodings]
+        return [e.ids for e in encodings]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        self._check_ids(ids)
+        text: str = self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return text
+
+    def token_text(self, token_id: int) -> str:
+        """One token's text on its own; a piece of a multi-byte character shows as U+FFFD."""
+        return self.token_bytes(token_id).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for (for special tokens, their text as UTF-8)."""
+        self._check_id(token_id)
+        piece = self._pieces[token_id]
+        if piece is None:
+            text = self._texts[token_id]
+            # Added tokens decode verbatim, the others through the byte alphabet.
+            piece = text.encode("utf-8") if token_id in self._added_ids else _token_bytes(text)
+            self._pieces[token_id] = piece
+        return piece
+
+    def is_special(self, token_id: int) -> bool:
+        """Control tokens (BOS, EOS, `<|im_end|>` ...): never split, skippable on decode."""
+        return token_id in self._special_ids
+
+    def is_added(self, token_id: int) -> bool:
+        """Special or user-defined tokens: matched whole in text and decoded as their own text,
+        which ends any pending run of bytes (decoding flushes a partial character there)."""
+        return token_id in self._added_ids
+
+    def _with_bos(self, ids: list[int]) -> list[int]:
+        if self.add_bos and self.bos_id is not None:
+            return [self.bos_id, *ids]
+        return ids
+
+    def _check_id(self, token_id: int) -> None:
+        if not 0 <= token_id < len(self._texts):
+            raise InvalidRequestError(
+                f"token id {token_id} is outside the vocabulary [0, {len(self._texts)})"
+            )
+
+    def _check_ids(self, ids: Sequence[int]) -> None:
+        size = len(self._texts)
+        for token_id in ids:
+            if not 0 <= token_id < size:
+                raise InvalidRequestError(
+                    f"token id {token_id} is outside the vocabulary [0, {size})"
+                )
+
+
+def _added_token_ids(
+    tokens: Sequence[str], token_types: Sequence[int], respelled: Sequence[str], named: set[int]
+) -> tuple[frozenset[int], frozenset[int]]:
+    """(special, user-defined) token ids: the ones matched whole in text instead of by BPE.
+
+    Like transformers' GGUF converter: a token written outside the byte alphabet is a llama.cpp
+    mislabel and stays ordinary text; the ids the file names as BOS/EOS/UNK/PAD are special
+    whatever their type, as they are in transformers.
+    """
+    special = frozenset(
+        i
+        for i, token in enumerate(tokens)
+        if (token_types[i] == _CONTROL or i in named) and token == respelled[i]
+    )
+    user_defined = frozenset(
+        i
+        for i, kind in enumerate(token_types)
+        if kind == _USER_DEFINED and i not in special and tokens[i] == respelled[i]
+    )
+    return special, user_defined
+
+
+def _build_backend(
+    vocab_tokens: Sequence[str],
+    merges: list[tuple[str, str]],
+    splitting: _Splitting,
+    tokens: Sequence[str],
+    special: frozenset[int],
+    user_defined: frozenset[int],
+) -> BackendTokenizer:
+    vocab = {token: i for i, token in enumerate(vocab_tokens)}
+    bpe = models.BPE(
+        vocab=vocab,
+        merges=merges,
+        fuse_unk=False,
+        byte_fallback=False,
+        ignore_merges=splitting.ignore_merges,
+    )
+    backend = BackendTokenizer(bpe)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=splitting.regex is None)
+    steps: list[pre_tokenizers.PreTokenizer] = []
+    if splitting.individual_digits:
+        steps.append(pre_tokenizers.Digits(individual_digits=True))
+    if splitting.regex is not None:
+        steps.append(pre_tokenizers.Split(Regex(splitting.regex), behavior="isolated"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([*steps, byte_level]) if steps else byte_level
+    backend.decoder = decoders.ByteLevel()
+    # normalized=False: match the token's text as written, before the byte-level respelling.
+    backend.add_special_tokens(
+        [AddedToken(tokens[i], special=True, normalized=False) for i in sorted(special)]
+    )
+    if user_defined:
+        backend.add_tokens(
+            [AddedToken(tokens[i], special=False, normalized=False) for i in sorted(user_defined)]
+        )
+    return backend
+
+
+def _in_alphabet(token: str, alphabet: Mapping[str, int]) -> str:
+    """The token spelled in the byte alphabet, as the merges expect (almost always unchanged)."""
+    if all(ch in alphabet for ch in token):
+        return token
+    spelling = {b: ch for ch, b in alphabet.items()}
+    return "".join(spelling[b] for b in token.encode("utf-8"))
+
+
+def _token_bytes(token: str) -> bytes:
+    # Same rule as the ByteLevel decoder in `tokenizers`: a token spelled in the byte alphabet
+    # maps back char by char; anything else is its own UTF-8.
+    alphabet = _byte_alphabet()
+    try:
+        return bytes(alphabet[ch] for ch in token)
+    except KeyError:
+        return token.encode("utf-8")
+
+
+def _parse_merges(merges: Sequence[str], source: str) -> list[tuple[str, str]]:
+    pairs = [merge.split(" ") for merge in merges]
+    for merge, pair in zip(merges, pairs, strict=True):
+        if len(pair) != 2 or not pair[0] or not pair[1]:
+            raise ModelFormatError(
+                f"{source}: tokenizer.ggml.merges has a malformed entry {merge!r} "
+                "(expected two tokens separated by one space)"
+            )
+    return [(left, right) for left, right in pairs]
+
+
+class _Fields:
+    """Typed reads of the tokenizer keys, each failure a `ModelFormatError` naming the key."""
+
+    __slots__ = ("_metadata", "_source")
+
+    def __init__(self, metadata: Mapping[str, object], source: str) -> None:
+        self._metadata = metadata
+        self._source = source
+
+    def _fail(self, key: str, problem: str) -> ModelFormatError:
+        return ModelFormatError(f"{self._source}: {key} {problem}")
+
+    def require_str(self, key: str) -> str:
+        value = self._metadata.get(key)
+        if value is None:
+            raise self._fail(key, "is missing")
+        if not isinstance(value, str):
+            raise self._fail(key, f"must be a string, not {type(value).__name__}")
+        return value
+
+    def optional_str(self, key: str) -> str | None:
+        return None if self._metadata.get(key) is None else self.require_str(key)
+
+    def optional_bool(self, key: str, default: bool) -> bool:
+        value = self._metadata.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self._fail(key, f"must be a boolean, not {type(value).__name__}")
+        return value
+
+    def require_str_list(self, key: str) -> list[str]:
+        value = self._metadata.get(key)
+        if value is None:
+            raise self._fail(key, "is missing")
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+            raise self._fail(key, "must be an array of strings")
+        if not value:
+            raise self._fail(key, "is empty")
+        if not set(map(type, value)) <= {str}:
+            raise self._fail(key, "must be an array of strings")
+        return list(value)
+
+    def optional_int_list(self, key: str, length: int) -> list[int]:
+        """The array, or all zeros (no type information) when absent."""
+        value = self._metadata.get(key)
+        if value is None:
+            return [0] * length
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+            raise self._fail(key, "must be an array of integers")
+        if len(value) != length:
+            raise self._fail(key, f"has {len(value)} entries for {length} tokens")
+        if not set(map(type, value)) <= {int}:
+            raise self._fail(key, "must be an array of integers")
+        return [int(item) for item in value]
+
+    def optional_token_id(self, key: str, vocab_size: int) -> int | None:
+        value = self._metadata.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self._fail(key, f"must be an integer, not {type(value).__name__}")
+        if not 0 <= value < vocab_size:
+            raise self._fail(key, f"is {value}, outside the vocabulary of {vocab_size} tokens")
+        return value

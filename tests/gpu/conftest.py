@@ -1,0 +1,50 @@
+"""GPU test fixtures. Tests marked `gpu` skip, with the reason, where CUDA is not usable."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from ember.gpu import Context, Device, Stream, cuda_available
+from ember.kernels.elementwise import Elementwise
+
+_AVAILABLE, _REASON = cuda_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _AVAILABLE:
+        return
+    skip = pytest.mark.skip(reason=f"no usable CUDA: {_REASON}")
+    for item in items:
+        # Not `"gpu" in item.keywords`: keywords hold the folder name, so that would match
+        # every test in this folder, CPU-only ones included.
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def device() -> Device:
+    return Device.get(0)
+
+
+@pytest.fixture(scope="session")
+def context(device: Device) -> Iterator[Context]:
+    ctx = device.retain_primary_context()
+    ctx.make_current()
+    yield ctx
+    ctx.synchronize()
+    ctx.release()
+
+
+@pytest.fixture
+def stream(context: Context) -> Iterator[Stream]:
+    with Stream.create() as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def elementwise(context: Context, device: Device) -> Iterator[Elementwise]:
+    family = Elementwise.load(device)
+    yield family
+    family.unload()

@@ -1,0 +1,145 @@
+"""The GGUF-built tokenizer against SmolLM2's Hugging Face tokenizer (golden ids)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ember.errors import InvalidRequestError, ModelFormatError
+from ember.model.tokenizer import Tokenizer
+
+from .gguf_metadata_reader import default_tokenizer_metadata
+
+GOLDEN = json.loads(
+    (Path(__file__).parent.parent / "fixtures" / "tokenizer_golden.json").read_text("utf-8")
+)
+TEXTS: list[dict[str, Any]] = GOLDEN["texts"]
+
+
+def _text_id(entry: dict[str, Any]) -> str:
+    return repr(entry["text"][:24])
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return Tokenizer.from_metadata(default_tokenizer_metadata(), source="default model")
+
+
+@pytest.mark.parametrize("entry", TEXTS, ids=_text_id)
+def test_ids_match_hugging_face(tokenizer: Tokenizer, entry: dict[str, Any]) -> None:
+    assert tokenizer.encode(entry["text"]) == entry["ids"]
+
+
+def test_encode_batch_matches_encode(tokenizer: Tokenizer) -> None:
+    texts = [entry["text"] for entry in TEXTS]
+    assert tokenizer.encode_batch(texts) == [entry["ids"] for entry in TEXTS]
+
+
+@pytest.mark.parametrize("entry", TEXTS, ids=_text_id)
+def test_decode_round_trips(tokenizer: Tokenizer, entry: dict[str, Any]) -> None:
+    assert tokenizer.decode(entry["ids"], skip_special_tokens=False) == entry["text"]
+
+
+def test_decode_skips_special_tokens(tokenizer: Tokenizer) -> None:
+    ids = tokenizer.encode("<|im_start|>user\nhi<|im_end|>\n")
+    assert ids[0] == tokenizer.bos_id
+    assert tokenizer.decode(ids) == "user\nhi\n"
+    assert tokenizer.decode(ids, skip_special_tokens=False) == "<|im_start|>user\nhi<|im_end|>\n"
+
+
+def test_only_digit_texts_differ_from_transformers_gguf_converter() -> None:
+    # transformers' GGUF converter has no 'smollm' pre-tokenizer and splits like GPT-2; the
+    # real SmolLM2 tokenizer splits digits first, which regroups whitespace before digits.
+    differing = [e["text"] for e in TEXTS if "transformers_gguf_ids" in e]
+    assert differing, "the fixture should exercise the whitespace-before-digit difference"
+    assert all(any(ch.isnumeric() for ch in text) for text in differing)
+
+
+def test_special_ids_match_hugging_face(tokenizer: Tokenizer) -> None:
+    special = GOLDEN["special_tokens"]
+    assert (tokenizer.bos_text, tokenizer.bos_id) == tuple(special["bos"])
+    assert (tokenizer.eos_text, tokenizer.eos_id) == tuple(special["eos"])
+    assert (tokenizer.token_text(tokenizer.unk_id or 0), tokenizer.unk_id) == tuple(special["unk"])
+    assert tokenizer.pad_id == special["pad"][1]
+    assert tokenizer.vocab_size == 49152
+    assert tokenizer.add_bos is False
+
+
+def test_stop_ids_are_eos_and_end_of_text(tokenizer: Tokenizer) -> None:
+    assert tokenizer.stop_ids == frozenset({tokenizer.eos_id, 0})
+    assert tokenizer.token_text(0) == "<|endoftext|>"
+    assert tokenizer.token_text(tokenizer.eos_id) == "<|im_end|>"
+
+
+def test_control_tokens_are_special_and_never_split(tokenizer: Tokenizer) -> None:
+    for token_id in range(17):  # SmolLM2's control tokens: <|endoftext|> ... <empty_output>
+        assert tokenizer.is_special(token_id)
+        assert tokenizer.encode(tokenizer.token_text(token_id)) == [token_id]
+    assert not tokenizer.is_special(17)
+
+
+def test_add_special_tokens_prepends_bos_only_when_the_file_asks(tokenizer: Tokenizer) -> None:
+    plain = tokenizer
+    assert plain.encode("hi", add_special_tokens=True) == plain.encode("hi")
+    metadata = {**default_tokenizer_metadata(), "tokenizer.ggml.add_bos_token": True}
+    with_bos = Tokenizer.from_metadata(metadata)
+    assert with_bos.encode("hi", add_special_tokens=True) == [1, *plain.encode("hi")]
+    assert with_bos.encode_batch(["hi"], add_special_tokens=True) == [[1, *plain.encode("hi")]]
+    assert with_bos.encode("hi") == plain.encode("hi")
+
+
+def test_token_bytes_of_a_partial_character(tokenizer: Tokenizer) -> None:
+    ids = tokenizer.encode("😀")
+    assert b"".join(tokenizer.token_bytes(i) for i in ids) == "😀".encode()
+    assert "\ufffd" in tokenizer.token_text(ids[-1])
+
+
+def test_out_of_range_ids_are_rejected(tokenizer: Tokenizer) -> None:
+    with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
+        tokenizer.decode([1, tokenizer.vocab_size])
+    with pytest.raises(InvalidRequestError):
+        tokenizer.token_text(-1)
+
+
+def test_sentencepiece_model_is_unsupported() -> None:
+    metadata = {**default_tokenizer_metadata(), "tokenizer.ggml.model": "llama"}
+    with pytest.raises(ModelFormatError, match="unsupported tokenizer model 'llama'"):
+        Tokenizer.from_metadata(metadata, source="m.gguf")
+
+
+def test_unknown_pre_tokenizer_is_unsupported() -> None:
+    metadata = {**default_tokenizer_metadata(), "tokenizer.ggml.pre": "mystery"}
+    with pytest.raises(ModelFormatError, match="unsupported pre-tokenizer 'mystery'"):
+        Tokenizer.from_metadata(metadata, source="m.gguf")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.eos_token_id",
+    ],
+)
+def test_missing_keys_are_format_errors(key: str) -> None:
+    metadata = {k: v for k, v in default_tokenizer_metadata().items() if k != key}
+    with pytest.raises(ModelFormatError, match=f"m.gguf: {key} is missing"):
+        Tokenizer.from_metadata(metadata, source="m.gguf")
+
+
+def test_malformed_values_are_format_errors() -> None:
+    base = default_tokenizer_metadata()
+    bad: list[tuple[str, object, str]] = [
+        ("tokenizer.ggml.eos_token_id", 10**6, "outside the vocabulary"),
+        ("tokenizer.ggml.token_type", [1, 2, 3], "entries for 49152 tokens"),
+        ("tokenizer.ggml.merges", ["a b c"], "malformed entry"),
+        ("tokenizer.ggml.tokens", "not a list", "array of strings"),
+        ("tokenizer.ggml.add_bos_token", "yes", "must be a boolean"),
+    ]
+    for key, value, message in bad:
+        with pytest.raises(ModelFormatError, match=message):
+            Tokenizer.from_metadata({**base, key: value}, source="m.gguf")

@@ -109,7 +109,9 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     except ValueError:
-        raise EmberError(f"--batch-sizes must be comma-separated integers: {args.batch_sizes!r}")
+        raise EmberError(
+            f"--batch-sizes must be comma-separated integers: {args.batch_sizes!r}"
+        ) from None
     engine = LLMEngine(
         EngineConfig(
             model=args.model,

@@ -36,7 +36,9 @@ def one_at_a_time(default_model) -> list[list[int]]:  # type: ignore[no-untyped-
     return [texts(llm, [p])[0] for p in PROMPTS]
 
 
-def test_batched_greedy_equals_one_at_a_time(make_llm: MakeLLM, one_at_a_time: list[list[int]]) -> None:
+def test_batched_greedy_equals_one_at_a_time(
+    make_llm: MakeLLM, one_at_a_time: list[list[int]]
+) -> None:
     # A small token budget forces chunked prefills to share steps with decodes.
     llm = make_llm(max_num_batched_tokens=24)
     assert texts(llm, PROMPTS) == one_at_a_time
@@ -86,12 +88,16 @@ def test_stop_string_cuts_text(make_llm: MakeLLM) -> None:
     llm = make_llm()
     full = llm.generate("1, 2, 3, 4,", SamplingParams(max_tokens=12, temperature=0.0))[0].text
     assert " 7" in full
-    out = llm.generate("1, 2, 3, 4,", SamplingParams(max_tokens=12, temperature=0.0, stop=[" 7"]))[0]
+    out = llm.generate("1, 2, 3, 4,", SamplingParams(max_tokens=12, temperature=0.0, stop=[" 7"]))[
+        0
+    ]
     assert out.finish_reason == "stop"
     assert out.text == full[: full.index(" 7")]
     kept = llm.generate(
         "1, 2, 3, 4,",
-        SamplingParams(max_tokens=12, temperature=0.0, stop=[" 7"], include_stop_str_in_output=True),
+        SamplingParams(
+            max_tokens=12, temperature=0.0, stop=[" 7"], include_stop_str_in_output=True
+        ),
     )[0]
     assert kept.text == full[: full.index(" 7") + 2]
 
@@ -100,19 +106,28 @@ def test_stop_token_ids(make_llm: MakeLLM) -> None:
     llm = make_llm()
     free = llm.generate(PROMPTS[3], GREEDY)[0]
     stopper = free.token_ids[3]
-    out = llm.generate(PROMPTS[3], SamplingParams(max_tokens=12, temperature=0.0, stop_token_ids=[stopper]))[0]
-    assert out.finish_reason == "stop" and out.token_ids == free.token_ids[: free.token_ids.index(stopper) + 1]
+    out = llm.generate(
+        PROMPTS[3], SamplingParams(max_tokens=12, temperature=0.0, stop_token_ids=[stopper])
+    )[0]
+    assert (
+        out.finish_reason == "stop"
+        and out.token_ids == free.token_ids[: free.token_ids.index(stopper) + 1]
+    )
 
 
 def test_chat_stops_at_end_of_turn(make_llm: MakeLLM) -> None:
-    out = make_llm().chat([{"role": "user", "content": "What is the capital of France?"}],
-                          SamplingParams(max_tokens=64, temperature=0.0))[0]
+    out = make_llm().chat(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        SamplingParams(max_tokens=64, temperature=0.0),
+    )[0]
     assert "Paris" in out.text
     assert out.finish_reason == "stop" and "<|im_end|>" not in out.text
 
 
 def test_logprobs_top_n(make_llm: MakeLLM) -> None:
-    out = make_llm().generate(PROMPTS[0], SamplingParams(max_tokens=4, temperature=0.0, logprobs=3))[0]
+    out = make_llm().generate(
+        PROMPTS[0], SamplingParams(max_tokens=4, temperature=0.0, logprobs=3)
+    )[0]
     assert out.logprobs is not None and len(out.logprobs) == 4
     for token, lp in zip(out.token_ids, out.logprobs, strict=True):
         assert lp.token_id == token and len(lp.top) == 3

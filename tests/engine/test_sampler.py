@@ -33,7 +33,9 @@ def test_top_k_limits_candidates(logits: np.ndarray) -> None:
     top3 = set(np.argsort(-logits)[:3].tolist())
     counts = draws(logits, SamplingParams(temperature=5.0, top_k=3))
     assert set(counts) == top3
-    assert set(draws(logits, SamplingParams(temperature=5.0, top_k=1), n=20)) == {int(logits.argmax())}
+    assert set(draws(logits, SamplingParams(temperature=5.0, top_k=1), n=20)) == {
+        int(logits.argmax())
+    }
 
 
 def test_top_p_keeps_smallest_set_reaching_p() -> None:

@@ -27,7 +27,9 @@ from ember import SamplingParams, SamplingParamsError
         ("stop_token_ids", [-1], "stop_token_ids"),
     ],
 )
-def test_invalid_parameters_raise_value_error_with_message(field: str, value: object, words: str) -> None:
+def test_invalid_parameters_raise_value_error_with_message(
+    field: str, value: object, words: str
+) -> None:
     with pytest.raises(SamplingParamsError, match=None) as info:
         SamplingParams(**{field: value})  # type: ignore[arg-type]
     assert isinstance(info.value, ValueError)

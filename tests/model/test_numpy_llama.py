@@ -24,7 +24,11 @@ class PagedSeq:
     def chunk(self, n: int) -> tuple[list[int], np.ndarray, np.ndarray]:
         pos = np.arange(self.done, self.done + n, dtype=np.int32)
         table = np.asarray(self.blocks, np.int32)
-        return self.tokens[self.done : self.done + n], pos, table[pos // BLOCK] * BLOCK + pos % BLOCK
+        return (
+            self.tokens[self.done : self.done + n],
+            pos,
+            table[pos // BLOCK] * BLOCK + pos % BLOCK,
+        )
 
 
 def make_batch(work: list[tuple[PagedSeq, int]], all_logits: bool = False) -> ForwardBatch:
@@ -88,7 +92,9 @@ def test_mixed_batch_of_prefills_and_decodes_matches_each_alone(model: NumpyLlam
     rng = np.random.default_rng(4)
     lengths = [9, 14, 3, 17]
     seqs = [
-        PagedSeq(rng.integers(0, TINY.vocab_size, n + 2).tolist(), blocks=list(range(6 * i, 6 * i + 6)))
+        PagedSeq(
+            rng.integers(0, TINY.vocab_size, n + 2).tolist(), blocks=list(range(6 * i, 6 * i + 6))
+        )
         for i, n in enumerate(lengths)
     ]
     refs = [dense_logits(model.weights, s.tokens) for s in seqs]
@@ -111,4 +117,6 @@ def test_shared_prefix_blocks_are_read_not_recomputed(model: NumpyLlama) -> None
     b = PagedSeq(prefix + tail, blocks=[10, 11, 13])
     b.done = 8  # the first two blocks come from `a`'s cache
     logits = model.forward(make_batch([(b, 4)]))
-    np.testing.assert_allclose(logits[0], dense_logits(model.weights, prefix + tail)[-1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        logits[0], dense_logits(model.weights, prefix + tail)[-1], rtol=1e-4, atol=1e-4
+    )

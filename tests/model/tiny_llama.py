@@ -51,7 +51,9 @@ def tiny_weights(seed: int = 0, config: ModelConfig = TINY) -> LlamaWeights:
     return LlamaWeights(token_embd=embd, layers=layers, output_norm=norm(), lm_head=embd)
 
 
-def dense_logits(weights: LlamaWeights, tokens: list[int], config: ModelConfig = TINY) -> np.ndarray:
+def dense_logits(
+    weights: LlamaWeights, tokens: list[int], config: ModelConfig = TINY
+) -> np.ndarray:
     """Logits at every position of one sequence, with plain causal attention (no KV cache)."""
     c = config
     rope = RotaryEmbedding(c.rope, c.context_length)
@@ -63,7 +65,9 @@ def dense_logits(weights: LlamaWeights, tokens: list[int], config: ModelConfig =
         h = rms_norm(x, lw.attn_norm, c.rms_eps)
         qkv = h @ lw.wqkv
         q = rope.apply(qkv[:, : c.q_dim].reshape(n, c.n_heads, c.head_dim), cos, sin)
-        k = rope.apply(qkv[:, c.q_dim : c.q_dim + c.kv_dim].reshape(n, c.n_kv_heads, c.head_dim), cos, sin)
+        k = rope.apply(
+            qkv[:, c.q_dim : c.q_dim + c.kv_dim].reshape(n, c.n_kv_heads, c.head_dim), cos, sin
+        )
         v = qkv[:, c.q_dim + c.kv_dim :].reshape(n, c.n_kv_heads, c.head_dim)
         out = np.empty_like(q)
         for head in range(c.n_heads):

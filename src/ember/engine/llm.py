@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Iterator, Mapping
 from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ember.engine.llm_engine import EngineConfig, LLMEngine
 from ember.engine.sampling_params import SamplingParams
@@ -39,7 +39,9 @@ class LLM:
         engine: LLMEngine | None = None,
         **engine_options: Any,
     ) -> None:
-        self.engine = engine or LLMEngine(EngineConfig(model=model, device=device, **engine_options))
+        self.engine = engine or LLMEngine(
+            EngineConfig(model=model, device=device, **engine_options)
+        )
         self._ids = itertools.count()
 
     @property
@@ -73,11 +75,11 @@ class LLM:
         params: SamplingParams | SequenceOf[SamplingParams] | None = None,
     ) -> list[Completion]:
         """One completion per conversation (a single conversation is a list of messages)."""
-        conversations: SequenceOf[SequenceOf[Message]]
-        if messages and isinstance(messages[0], Mapping):
-            conversations = [messages]  # type: ignore[list-item]
-        else:
-            conversations = messages  # type: ignore[assignment]
+        conversations = (
+            [cast("SequenceOf[Message]", messages)]
+            if messages and isinstance(messages[0], Mapping)
+            else cast("SequenceOf[SequenceOf[Message]]", messages)
+        )
         return self.generate([self.render_chat(c) for c in conversations], params)
 
     def render_chat(self, messages: SequenceOf[Message]) -> list[int]:
@@ -156,9 +158,7 @@ def _as_params_list(
         return [params] * count
     params_list = list(params)
     if len(params_list) != count:
-        raise InvalidRequestError(
-            f"got {len(params_list)} SamplingParams for {count} prompts"
-        )
+        raise InvalidRequestError(f"got {len(params_list)} SamplingParams for {count} prompts")
     return params_list
 
 

@@ -82,9 +82,7 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
-            raise InvalidRequestError(
-                f"prompt token ids must be in [0, {vocab}); got {bad[:5]}"
-            )
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab}); got {bad[:5]}")
         return ids
 
     def add_request(

@@ -33,7 +33,9 @@ class ModelRunner:
         if not sampling_seqs:
             return []
         picks = self.sampler.sample(logits, sampling_seqs)
-        return [SampledToken(seq, tok, lp) for seq, (tok, lp) in zip(sampling_seqs, picks, strict=True)]
+        return [
+            SampledToken(seq, tok, lp) for seq, (tok, lp) in zip(sampling_seqs, picks, strict=True)
+        ]
 
     def prepare(self, batch: ScheduledBatch) -> tuple[ForwardBatch, list[Sequence]]:
         bs = self.block_size

@@ -81,9 +81,7 @@ def token_logprob(logprobs: F32, token_id: int, top_n: int) -> TokenLogprob:
 
 
 class Sampler:
-    def sample(
-        self, logits: F32, seqs: list[Sequence]
-    ) -> list[tuple[int, TokenLogprob | None]]:
+    def sample(self, logits: F32, seqs: list[Sequence]) -> list[tuple[int, TokenLogprob | None]]:
         """One token per row of `logits` (row i belongs to seqs[i])."""
         results: list[tuple[int, TokenLogprob | None]] = []
         plain_greedy = [s.params.greedy and not s.params.has_penalties for s in seqs]

@@ -60,8 +60,9 @@ class SamplingParams:
         _check_int("top_k", self.top_k, low=0)
         _check_number("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
         _check_number("min_p", self.min_p, low=0.0, high=1.0)
-        _check_number("repetition_penalty", self.repetition_penalty, low=0.0, high=100.0,
-                      low_open=True)
+        _check_number(
+            "repetition_penalty", self.repetition_penalty, low=0.0, high=100.0, low_open=True
+        )
         _check_number("presence_penalty", self.presence_penalty, low=-2.0, high=2.0)
         _check_number("frequency_penalty", self.frequency_penalty, low=-2.0, high=2.0)
         if self.seed is not None:

@@ -35,7 +35,9 @@ def default_model_path() -> Path:
             candidate = Path(location) / Path(DEFAULT_MODEL_FILE).name
             if candidate.is_file():
                 return candidate
-    raise ModelNotFoundError(f"the default model ({DEFAULT_MODEL_NAME}) is not installed; {_INSTALL_HINT}")
+    raise ModelNotFoundError(
+        f"the default model ({DEFAULT_MODEL_NAME}) is not installed; {_INSTALL_HINT}"
+    )
 
 
 def resolve_model_path(model: str | Path | None) -> Path:

@@ -57,13 +57,17 @@ class LlamaWeights:
                         gguf.load(p + "attn_k.weight", (c.kv_dim, c.d_model)),
                         gguf.load(p + "attn_v.weight", (c.kv_dim, c.d_model)),
                     ),
-                    wo=_stacked_transposed(gguf.load(p + "attn_output.weight", (c.d_model, c.q_dim))),
+                    wo=_stacked_transposed(
+                        gguf.load(p + "attn_output.weight", (c.d_model, c.q_dim))
+                    ),
                     ffn_norm=gguf.load(p + "ffn_norm.weight", (c.d_model,)),
                     w_gate_up=_stacked_transposed(
                         gguf.load(p + "ffn_gate.weight", (c.ffn_dim, c.d_model)),
                         gguf.load(p + "ffn_up.weight", (c.ffn_dim, c.d_model)),
                     ),
-                    w_down=_stacked_transposed(gguf.load(p + "ffn_down.weight", (c.d_model, c.ffn_dim))),
+                    w_down=_stacked_transposed(
+                        gguf.load(p + "ffn_down.weight", (c.d_model, c.ffn_dim))
+                    ),
                 )
             )
             if progress is not None:

@@ -81,13 +81,14 @@ def load_model(
 @contextmanager
 def _progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
     # delay=1.0: the bar appears only when loading takes over a second.
-    with tqdm(total=total, desc=label, unit="layer", delay=1.0, disable=not enabled, leave=False) as bar:
+    with tqdm(
+        total=total, desc=label, unit="layer", delay=1.0, disable=not enabled, leave=False
+    ) as bar:
 
         def advance(done: int) -> None:
             bar.update(done - bar.n)
 
         yield advance
-
 
 
 def _cuda_status() -> tuple[bool, str]:

@@ -28,7 +28,8 @@ def rms_norm(x: F32, weight: F32, eps: float) -> F32:
 
 
 def silu_mul(gate: F32, up: F32) -> F32:
-    out: F32 = gate / (1.0 + np.exp(-gate)) * up
+    sigmoid = np.reciprocal(np.exp(-gate) + np.float32(1.0), dtype=np.float32)
+    out: F32 = gate * sigmoid * up
     return out
 
 
@@ -56,7 +57,9 @@ class NumpyLlama:
         self._config = config
         self.weights = weights
         self.rope = RotaryEmbedding(config.rope, config.context_length)
-        self.k_cache: F32 = np.zeros((config.n_layers, 0, config.n_kv_heads, config.head_dim), np.float32)
+        self.k_cache: F32 = np.zeros(
+            (config.n_layers, 0, config.n_kv_heads, config.head_dim), np.float32
+        )
         self.v_cache: F32 = self.k_cache
         self.block_size = 0
 

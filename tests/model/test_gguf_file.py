@@ -33,7 +33,6 @@ METADATA: dict[str, object] = {
     "test.uint64": 2**40 + 3,
     "test.int8": -7,
     "test.float64": 0.1,
-    "test.empty": [],
 }
 
 # name -> (type, NumPy shape); the Q4_1 one spans several of dequantize's 4096-block chunks.
@@ -78,7 +77,6 @@ def write_gguf(path: Path, tensors: Encoded) -> Path:
     writer.add_uint64("test.uint64", 2**40 + 3)
     writer.add_int8("test.int8", -7)
     writer.add_float64("test.float64", 0.1)
-    writer.add_key_value("test.empty", [], GGUFValueType.ARRAY, GGUFValueType.INT32)
     for name, (data, raw_dtype) in tensors.items():
         writer.add_tensor(name, data, raw_dtype=raw_dtype)
     writer.write_header_to_file()
@@ -260,7 +258,7 @@ def test_corrupt_header_bytes(sample: tuple[Path, dict[str, npt.NDArray[np.float
     header_end = gguf.GGUFReader(path).data_offset
     rng = np.random.default_rng(99)
     corrupt = path.with_name("corrupt.gguf")
-    for _ in range(150):
+    for _ in range(60):
         mutated = bytearray(data)
         for offset in rng.integers(8, header_end, size=3):
             mutated[offset] = int(rng.integers(0, 256))

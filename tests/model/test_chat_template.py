@@ -11,7 +11,7 @@ import pytest
 from ember.errors import InvalidRequestError, ModelFormatError
 from ember.model.chat_template import ChatTemplate
 
-from .gguf_metadata_reader import default_tokenizer_metadata
+from .default_metadata import default_tokenizer_metadata
 
 GOLDEN = json.loads(
     (Path(__file__).parent.parent / "fixtures" / "tokenizer_golden.json").read_text("utf-8")

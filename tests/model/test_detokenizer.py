@@ -11,7 +11,7 @@ import pytest
 from ember.model.detokenizer import IncrementalDetokenizer
 from ember.model.tokenizer import Tokenizer
 
-from .gguf_metadata_reader import default_tokenizer_metadata
+from .default_metadata import default_tokenizer_metadata
 
 GOLDEN = json.loads(
     (Path(__file__).parent.parent / "fixtures" / "tokenizer_golden.json").read_text("utf-8")

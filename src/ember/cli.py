@@ -103,7 +103,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ember.engine.benchmark import format_table, run_benchmarks
+    from ember.engine.benchmark import format_table, memory_reference, run_benchmarks
     from ember.engine.llm_engine import EngineConfig, LLMEngine
 
     try:
@@ -125,6 +125,8 @@ def _bench(args: argparse.Namespace) -> int:
         engine, batch_sizes, args.decode_tokens, args.prompt_tokens, args.prefill_tokens
     )
     print(format_table(results))
+    reference = memory_reference()
+    print(f"reference: float32 GEMV sweep at {reference:.1f} GB/s (median) on this machine now")
     return 0
 
 

@@ -8,6 +8,9 @@ import pytest
 
 from ember.gpu import Context, Device, Stream, cuda_available
 from ember.kernels.elementwise import Elementwise
+from ember.kernels.norm import Norm
+from ember.kernels.quant_gemv import QuantGemv
+from ember.kernels.rope import Rope
 
 _AVAILABLE, _REASON = cuda_available()
 
@@ -46,5 +49,26 @@ def stream(context: Context) -> Iterator[Stream]:
 @pytest.fixture(scope="session")
 def elementwise(context: Context, device: Device) -> Iterator[Elementwise]:
     family = Elementwise.load(device)
+    yield family
+    family.unload()
+
+
+@pytest.fixture(scope="session")
+def norm(context: Context, device: Device) -> Iterator[Norm]:
+    family = Norm.load(device)
+    yield family
+    family.unload()
+
+
+@pytest.fixture(scope="session")
+def rope(context: Context, device: Device) -> Iterator[Rope]:
+    family = Rope.load(device)
+    yield family
+    family.unload()
+
+
+@pytest.fixture(scope="session")
+def quant_gemv(context: Context, device: Device) -> Iterator[QuantGemv]:
+    family = QuantGemv.load(device)
     yield family
     family.unload()

@@ -97,6 +97,25 @@ def run_benchmarks(
     return results
 
 
+def memory_reference(seed: int = 0) -> float:
+    """Median GB/s of a fixed float32 GEMV sweep over 64 MB: this machine's state, right now.
+
+    Printed beside the engine's figures so that runs on noisy machines can be compared as ratios.
+    """
+    rng = np.random.default_rng(seed)
+    weights = [rng.standard_normal((576, 3584), dtype=np.float32) for _ in range(8)]
+    x = rng.standard_normal((1, 576), dtype=np.float32)
+    out = np.empty((1, 3584), np.float32)
+    nbytes = sum(w.nbytes for w in weights)
+    rates = []
+    for _ in range(15):
+        started = time.perf_counter()
+        for w in weights:
+            np.matmul(x, w, out=out)
+        rates.append(nbytes / (time.perf_counter() - started) / 1e9)
+    return float(np.median(rates))
+
+
 def format_table(results: list[BenchResult]) -> str:
     header = f"{'work':<8} {'batch':>5} {'tokens':>7} {'seconds':>8} {'tok/s':>9}"
     lines = [f"{header} {'median-step tok/s':>18}"]

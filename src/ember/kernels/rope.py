@@ -1,0 +1,89 @@
+"""Launch wrapper for rope.cu: rotary embeddings in place on q and k, adjacent-pair convention."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+
+from ember.gpu.array import DeviceArray
+from ember.gpu.device import Device
+from ember.gpu.launch import Arg, Kernel
+from ember.gpu.module import Module
+from ember.gpu.stream import Stream
+from ember.kernels.binaries import load_family
+
+_F32: Final = np.dtype(np.float32)
+_I32: Final = np.dtype(np.int32)
+_THREADS: Final = 256  # per block: pairs x heads per pass
+
+
+class Rope:
+    """The rope kernel family, loaded in the current context."""
+
+    __slots__ = ("_rope_f32", "module")
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+        self._rope_f32: Kernel = module.function(
+            "rope_f32",
+            (Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.I32, Arg.I32, Arg.I32, Arg.F32, Arg.F32),
+        )
+
+    @classmethod
+    def load(cls, device: Device) -> Rope:
+        return cls(load_family("rope", device))
+
+    def apply(
+        self,
+        q: DeviceArray,
+        k: DeviceArray,
+        positions: DeviceArray,
+        base: float,
+        rot_dim: int | None = None,
+        linear_factor: float = 1.0,
+        stream: Stream | None = None,
+    ) -> None:
+        """Rotate q [T, q_heads, head_dim] and k [T, kv_heads, head_dim] in place.
+
+        Pair i of the first `rot_dim` (default head_dim) elements of each head at position p
+        turns by p / linear_factor * base ** (-2i / rot_dim), as ember.model.rope does.
+        """
+        if q.dtype != _F32 or k.dtype != _F32 or positions.dtype != _I32:
+            raise TypeError(
+                f"rope needs float32 q, k and int32 positions, got {q.dtype}, {k.dtype}, "
+                f"{positions.dtype}"
+            )
+        if len(q.shape) != 3 or len(k.shape) != 3 or q.shape[::2] != k.shape[::2]:
+            raise ValueError(f"rope needs q, k as [T, heads, head_dim], got {q.shape}, {k.shape}")
+        tokens, q_heads, head_dim = q.shape
+        rot = head_dim if rot_dim is None else rot_dim
+        if positions.shape != (tokens,):
+            raise ValueError(f"rope needs positions [{tokens}], got {positions.shape}")
+        if rot <= 0 or rot % 2 or rot > min(head_dim, 2048) or head_dim % 2:
+            raise ValueError(
+                f"rope needs an even rot_dim <= an even head_dim, got {rot}, {head_dim}"
+            )
+        if (q.ptr | k.ptr) % 8:
+            raise ValueError("rope needs q and k 8-byte aligned (pairs are read as float2)")
+        if tokens == 0:
+            return
+        pairs = rot // 2
+        block = (pairs, max(1, _THREADS // pairs), 1)
+        self._rope_f32.launch(
+            (tokens, 1, 1),
+            block,
+            q.ptr,
+            k.ptr,
+            positions.ptr,
+            q_heads,
+            k.shape[1],
+            head_dim,
+            rot,
+            base,
+            linear_factor,
+            stream=stream,
+        )
+
+    def unload(self) -> None:
+        self.module.unload()

@@ -1,0 +1,52 @@
+"""The `ember` command line, run as a user would (real model, real subprocess for errors)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ember.cli import main
+
+
+def ember(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ember.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_info_prints_config_and_tensor_types(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "layers         30" in out and "heads          9 (kv 3, head dim 64)" in out
+    assert "Q4_1" in out and "Q8_0" in out and "tokenizer.ggml.model" in out
+
+
+def test_run_streams_a_chat_answer(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        ["run", "--chat", "What is the capital of France?", "--temperature", "0", "--max-tokens", "12"]
+    )
+    assert code == 0
+    assert "Paris" in capsys.readouterr().out
+
+
+def test_missing_model_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    result = ember("run", "hi", "--model", str(tmp_path / "nope.gguf"))
+    assert result.returncode == 2
+    assert "model file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_corrupt_model_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x01" * 10)
+    result = ember("info", str(bad))
+    assert result.returncode == 2
+    assert "bad.gguf" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_invalid_sampling_flag_is_a_clear_error() -> None:
+    result = ember("run", "hi", "--top-p", "1.5")
+    assert result.returncode == 2
+    assert "top_p must be in (0.0, 1.0]" in result.stderr and "Traceback" not in result.stderr

@@ -25,9 +25,8 @@ def test_info_prints_config_and_tensor_types(capsys: pytest.CaptureFixture[str])
 
 
 def test_run_streams_a_chat_answer(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(
-        ["run", "--chat", "What is the capital of France?", "--temperature", "0", "--max-tokens", "12"]
-    )
+    question = "What is the capital of France?"
+    code = main(["run", "--chat", question, "--temperature", "0", "--max-tokens", "12"])
     assert code == 0
     assert "Paris" in capsys.readouterr().out
 

@@ -5,7 +5,9 @@
 // The fused form saves a separate add kernel and one round trip of the hidden state.
 #include "common.cuh"
 
-namespace {
+// A named namespace, not an anonymous one: internal-linkage names embed a hash of the source
+// path, which would make the PTX differ between checkouts and fail the artifact check.
+namespace ember_norm {
 
 constexpr int MAX_WARPS = 32;
 
@@ -70,7 +72,7 @@ __device__ __forceinline__ void rms_norm_row(
     }
 }
 
-}  // namespace
+}  // namespace ember_norm
 
 // out[r] = rmsnorm(x[r]) * w for each row r of x [rows, n]; launch one block per row.
 extern "C" __global__ void rms_norm_f32(

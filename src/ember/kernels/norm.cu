@@ -74,6 +74,8 @@ __device__ __forceinline__ void rms_norm_row(
 
 }  // namespace ember_norm
 
+using ember_norm::rms_norm_row;
+
 // out[r] = rmsnorm(x[r]) * w for each row r of x [rows, n]; launch one block per row.
 extern "C" __global__ void rms_norm_f32(
     const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out, int n,

@@ -10,7 +10,7 @@ from ember.gpu.context import Context
 from ember.gpu.device import Device
 from ember.gpu.driver import DriverInfo, cuda_available, init
 from ember.gpu.graph import CaptureMode, Graph, GraphExec, StreamCapture
-from ember.gpu.launch import Arg, ArgPack, Dim3, Kernel
+from ember.gpu.launch import Arg, ArgPack, Dim3, Kernel, Launch
 from ember.gpu.memory import DeviceBuffer, PinnedHostBuffer
 from ember.gpu.module import Module
 from ember.gpu.peer import PeerGroup
@@ -30,6 +30,7 @@ __all__ = [
     "Graph",
     "GraphExec",
     "Kernel",
+    "Launch",
     "Module",
     "PeerGroup",
     "PinnedHostBuffer",

@@ -70,6 +70,15 @@ class DeviceArray:
         view = self.buffer.view(start * item, (stop - start) * item)
         return DeviceArray(view, (stop - start,), self.dtype)
 
+    def view(
+        self, shape: tuple[int, ...], dtype: npt.DTypeLike, offset_bytes: int = 0
+    ) -> DeviceArray:
+        """A non-owning array of `shape` and `dtype` over this one's memory from `offset_bytes`:
+        how one workspace allocation is carved into a forward pass's activations."""
+        dt = np.dtype(dtype)
+        nbytes = max(math.prod(shape), 1) * dt.itemsize
+        return DeviceArray(self.buffer.view(offset_bytes, nbytes), tuple(shape), dt)
+
     def free(self) -> None:
         self.buffer.free()
 

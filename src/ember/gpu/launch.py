@@ -145,3 +145,33 @@ class Kernel:
         cu = api()
         attr = cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
         call(cu.cuFuncSetAttribute, self.function, attr, nbytes)
+
+
+class Launch:
+    """One kernel launch with its grid and arguments fixed: what a wrapper returns after
+    checking shapes and dtypes once, so that a forward pass (or a graph capture) replays a
+    list of launches without re-checking anything."""
+
+    __slots__ = ("args", "block", "grid", "kernel", "shared_mem")
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        grid: Dim3,
+        block: Dim3,
+        args: tuple[int | float, ...],
+        shared_mem: int = 0,
+    ) -> None:
+        self.kernel = kernel
+        self.grid = grid
+        self.block = block
+        self.args = args
+        self.shared_mem = shared_mem
+
+    def __call__(self, stream: Stream | None = None) -> None:
+        self.kernel.launch(
+            self.grid, self.block, *self.args, stream=stream, shared_mem=self.shared_mem
+        )
+
+    def __repr__(self) -> str:
+        return f"Launch({self.kernel.name}, grid={self.grid}, block={self.block})"

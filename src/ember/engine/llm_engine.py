@@ -27,7 +27,7 @@ class EngineConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 1024
     num_kv_blocks: int | None = None  # None: as many as kv_cache_memory_bytes holds
-    kv_cache_memory_bytes: int = 1 << 30
+    kv_cache_memory_bytes: int | None = None  # None: the backend's default for these limits
     enable_prefix_caching: bool = True
     seed: int = 0
     show_progress: bool = True
@@ -61,10 +61,19 @@ class LLMEngine:
         self.model_config = self.model.config
         self.tokenizer = self.model.tokenizer
         backend = self.model.backend
+        context = self.model_config.context_length
+        kv_bytes = config.kv_cache_memory_bytes or backend.default_kv_cache_bytes(
+            config.max_num_seqs * context
+        )
         num_blocks = config.num_kv_blocks or max(
-            1, config.kv_cache_memory_bytes // (backend.kv_bytes_per_token() * config.block_size)
+            1, kv_bytes // (backend.kv_bytes_per_token() * config.block_size)
         )
         backend.allocate_kv_cache(num_blocks, config.block_size)
+        backend.reserve(
+            config.max_num_batched_tokens,
+            config.max_num_seqs,
+            -(-context // config.block_size),
+        )
         self.pool = KVCachePool(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.pool
@@ -102,6 +111,7 @@ class LLMEngine:
             params=params,
             rng=np.random.default_rng(seed),
             arrival_time=time.monotonic(),
+            seed=seed,
         )
         self._next_seq_id += 1
         stop_ids = frozenset(params.stop_token_ids) | (

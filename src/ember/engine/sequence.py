@@ -51,6 +51,8 @@ class Sequence:
     # Counts of generated tokens, for presence/frequency penalties.
     output_counts: dict[int, int] = field(default_factory=dict)
     first_token_time: float | None = None
+    # The seed `rng` was made from; a device sampler derives its draws from it and the step.
+    seed: int = 0
 
     @property
     def num_tokens(self) -> int:

@@ -38,3 +38,30 @@ extern "C" __global__ void vector_add_f32(
     long long n) {
     binary_f32(a, b, out, n, Add{});
 }
+
+// SwiGLU's gate: out[r, j] = silu(gu[r, j]) * gu[r, f + j] for the fused gate/up projection's
+// output gu [rows, 2f]. Launch with ceil(rows * f / 4) threads (4 outputs each).
+extern "C" __global__ void silu_mul_f32(
+    const float* __restrict__ gu, float* __restrict__ out, int f, long long rows) {
+    const long long i = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
+    const long long n = rows * f;
+    if (i >= n) return;
+    const long long end = i + VEC < n ? i + VEC : n;
+    for (long long k = i; k < end; ++k) {
+        const long long r = k / f;
+        const long long j = k - r * f;
+        const float g = gu[r * 2 * f + j];
+        const float u = gu[r * 2 * f + f + j];
+        out[k] = g / (1.0f + expf(-g)) * u;
+    }
+}
+
+// dst[l, :] = src[index[l], :] for rows of n floats: picks the rows whose logits are needed.
+// Grid (L), any block.
+extern "C" __global__ void gather_rows_f32(
+    const float* __restrict__ src, const int* __restrict__ index, float* __restrict__ dst,
+    int n) {
+    const long long l = blockIdx.x;
+    const float* row = src + static_cast<long long>(index[l]) * n;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) dst[l * n + i] = row[i];
+}

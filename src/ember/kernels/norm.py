@@ -8,7 +8,7 @@ import numpy as np
 
 from ember.gpu.array import DeviceArray
 from ember.gpu.device import Device
-from ember.gpu.launch import Arg, Kernel
+from ember.gpu.launch import Arg, Kernel, Launch
 from ember.gpu.module import Module
 from ember.gpu.stream import Stream
 from ember.kernels.binaries import load_family
@@ -55,6 +55,35 @@ class Norm:
     def load(cls, device: Device) -> Norm:
         return cls(load_family("norm", device))
 
+    def rms_norm_launch(
+        self, x: DeviceArray, weight: DeviceArray, out: DeviceArray, eps: float
+    ) -> Launch:
+        """out = x / sqrt(mean(x**2) + eps) * weight over the last axis, float32."""
+        rows, n = _check("rms_norm", weight, x, out)
+        return Launch(
+            self._rms_norm_f32,
+            (max(rows, 1), 1, 1),
+            (_threads(n), 1, 1),
+            (x.ptr, weight.ptr, out.ptr, n, eps),
+        )
+
+    def add_rms_norm_launch(
+        self,
+        x: DeviceArray,
+        residual: DeviceArray,
+        weight: DeviceArray,
+        out: DeviceArray,
+        eps: float,
+    ) -> Launch:
+        """residual += x, then out = rms_norm(residual) * weight: a layer's add and next norm."""
+        rows, n = _check("add_rms_norm", weight, x, residual, out)
+        return Launch(
+            self._add_rms_norm_f32,
+            (max(rows, 1), 1, 1),
+            (_threads(n), 1, 1),
+            (x.ptr, residual.ptr, weight.ptr, out.ptr, n, eps),
+        )
+
     def rms_norm(
         self,
         x: DeviceArray,
@@ -63,12 +92,9 @@ class Norm:
         eps: float,
         stream: Stream | None = None,
     ) -> None:
-        """out = x / sqrt(mean(x**2) + eps) * weight over the last axis, float32."""
-        rows, n = _check("rms_norm", weight, x, out)
-        if rows:
-            self._rms_norm_f32.launch(
-                (rows, 1, 1), (_threads(n), 1, 1), x.ptr, weight.ptr, out.ptr, n, eps, stream=stream
-            )
+        launch = self.rms_norm_launch(x, weight, out, eps)
+        if x.size:
+            launch(stream)
 
     def add_rms_norm(
         self,
@@ -79,20 +105,9 @@ class Norm:
         eps: float,
         stream: Stream | None = None,
     ) -> None:
-        """residual += x, then out = rms_norm(residual) * weight: a layer's add and next norm."""
-        rows, n = _check("add_rms_norm", weight, x, residual, out)
-        if rows:
-            self._add_rms_norm_f32.launch(
-                (rows, 1, 1),
-                (_threads(n), 1, 1),
-                x.ptr,
-                residual.ptr,
-                weight.ptr,
-                out.ptr,
-                n,
-                eps,
-                stream=stream,
-            )
+        launch = self.add_rms_norm_launch(x, residual, weight, out, eps)
+        if x.size:
+            launch(stream)
 
     def unload(self) -> None:
         self.module.unload()

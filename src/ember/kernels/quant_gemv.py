@@ -9,7 +9,7 @@ import numpy as np
 
 from ember.gpu.array import DeviceArray
 from ember.gpu.device import Device
-from ember.gpu.launch import Arg, Kernel
+from ember.gpu.launch import Arg, Kernel, Launch
 from ember.gpu.module import Module
 from ember.gpu.stream import Stream
 from ember.kernels.binaries import load_family
@@ -66,6 +66,13 @@ class QuantGemv:
         y: DeviceArray,
         stream: Stream | None = None,
     ) -> None:
+        launch = self.gemv_launch(weight, quant, x, y)
+        if weight.shape[0]:
+            launch(stream)
+
+    def gemv_launch(
+        self, weight: DeviceArray, quant: QuantType, x: DeviceArray, y: DeviceArray
+    ) -> Launch:
         """y[b, n] = sum_k x[b, k] * W[n, k] for a batch of 1 to 8 rows of x.
 
         `weight` is the tensor's raw bytes as uint8 [N, K / 32 * block bytes]; x is float32
@@ -98,12 +105,13 @@ class QuantGemv:
             )
         if (weight.ptr | x.ptr) % 16:
             raise ValueError("gemv needs weight and x 16-byte aligned (read as 16-byte vectors)")
-        if n == 0:
-            return
         tier = next(t for t in BATCH_TIERS if t >= batch)
-        blocks = (n + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK
-        self._kernels[quant, tier].launch(
-            (blocks, 1, 1), (_THREADS, 1, 1), weight.ptr, x.ptr, y.ptr, n, k, batch, stream=stream
+        blocks = max(1, (n + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK)
+        return Launch(
+            self._kernels[quant, tier],
+            (blocks, 1, 1),
+            (_THREADS, 1, 1),
+            (weight.ptr, x.ptr, y.ptr, n, k, batch),
         )
 
     def unload(self) -> None:

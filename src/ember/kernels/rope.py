@@ -8,26 +8,32 @@ import numpy as np
 
 from ember.gpu.array import DeviceArray
 from ember.gpu.device import Device
-from ember.gpu.launch import Arg, Kernel
+from ember.gpu.launch import Arg, Kernel, Launch
 from ember.gpu.module import Module
 from ember.gpu.stream import Stream
 from ember.kernels.binaries import load_family
 
 _F32: Final = np.dtype(np.float32)
 _I32: Final = np.dtype(np.int32)
+_F16: Final = np.dtype(np.float16)
 _THREADS: Final = 256  # per block: pairs x heads per pass
 
 
 class Rope:
     """The rope kernel family, loaded in the current context."""
 
-    __slots__ = ("_rope_f32", "module")
+    __slots__ = ("_rope_f32", "_rope_qkv_cache_f32", "module")
 
     def __init__(self, module: Module) -> None:
         self.module = module
         self._rope_f32: Kernel = module.function(
             "rope_f32",
             (Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.I32, Arg.I32, Arg.I32, Arg.F32, Arg.F32),
+        )
+        self._rope_qkv_cache_f32: Kernel = module.function(
+            "rope_qkv_cache_f32",
+            (Arg.PTR, Arg.PTR, Arg.PTR, Arg.PTR, Arg.PTR)
+            + (Arg.I32, Arg.I32, Arg.I32, Arg.I32, Arg.F32, Arg.F32),
         )
 
     @classmethod
@@ -83,6 +89,56 @@ class Rope:
             base,
             linear_factor,
             stream=stream,
+        )
+
+    def qkv_cache_launch(
+        self,
+        qkv: DeviceArray,
+        positions: DeviceArray,
+        slots: DeviceArray,
+        k_cache: DeviceArray,
+        v_cache: DeviceArray,
+        n_q_heads: int,
+        base: float,
+        rot_dim: int | None = None,
+        linear_factor: float = 1.0,
+    ) -> Launch:
+        """Rotate the q and k heads of qkv [T, (q_heads + 2 kv_heads) * head_dim] in place and
+        store k and v in fp16 at cache slots [T] of k_cache, v_cache [num_slots, kv_heads,
+        head_dim]; a negative slot stores nothing."""
+        if qkv.dtype != _F32 or k_cache.dtype != _F16 or v_cache.dtype != _F16:
+            raise TypeError(
+                f"rope_qkv_cache needs float32 qkv and float16 caches, got {qkv.dtype}, "
+                f"{k_cache.dtype}, {v_cache.dtype}"
+            )
+        if positions.dtype != _I32 or slots.dtype != _I32:
+            raise TypeError("rope_qkv_cache needs int32 positions and slots")
+        if len(k_cache.shape) != 3 or k_cache.shape != v_cache.shape:
+            raise ValueError(
+                f"rope_qkv_cache needs caches [slots, kv_heads, head_dim], got "
+                f"{k_cache.shape}, {v_cache.shape}"
+            )
+        _, kv_heads, head_dim = k_cache.shape
+        tokens = qkv.shape[0]
+        if qkv.shape != (tokens, (n_q_heads + 2 * kv_heads) * head_dim):
+            raise ValueError(
+                f"qkv {qkv.shape} does not hold {n_q_heads} q and 2 x {kv_heads} kv heads of "
+                f"{head_dim}"
+            )
+        if positions.shape != (tokens,) or slots.shape != (tokens,):
+            raise ValueError(f"rope_qkv_cache needs positions and slots [{tokens}]")
+        rot = head_dim if rot_dim is None else rot_dim
+        if rot <= 0 or rot % 2 or rot > head_dim or head_dim % 2 or head_dim > 2048:
+            raise ValueError(
+                f"rope needs an even rot_dim <= an even head_dim, got {rot}, {head_dim}"
+            )
+        pairs = head_dim // 2
+        return Launch(
+            self._rope_qkv_cache_f32,
+            (max(1, tokens), 1, 1),
+            (pairs, max(1, _THREADS // pairs), 1),
+            (qkv.ptr, positions.ptr, slots.ptr, k_cache.ptr, v_cache.ptr)
+            + (n_q_heads, kv_heads, head_dim, rot, base, linear_factor),
         )
 
     def unload(self) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +30,47 @@ class ForwardBackend(Protocol):
         """Preallocate the KV pool; block ids in later batches index into it."""
         ...
 
+    def default_kv_cache_bytes(self, max_tokens: int) -> int:
+        """The KV cache size to use when the engine is not told one; `max_tokens` is the most
+        that could ever be cached at once (sequences x context)."""
+        ...
+
+    def reserve(self, max_num_tokens: int, max_num_seqs: int, max_blocks_per_seq: int) -> None:
+        """Preallocate per-step buffers for batches up to these sizes (before the first step)."""
+        ...
+
     def forward(self, batch: ForwardBatch) -> npt.NDArray[np.float32]:
         """Write the batch's K/V into the cache and return logits [len(logits_indices), vocab]."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingBatch:
+    """How to pick the next token of each logits row, for a backend that samples on device.
+
+    Rows with temperature 0 are greedy. `seeds` and `steps` (the sequence's count of generated
+    tokens) make a draw depend only on the sequence, never on what it is batched with.
+    `host_rows` lists the rows whose logits must also come back to the host (for penalties or
+    logprobs, which the engine's own sampler applies).
+    """
+
+    temperature: npt.NDArray[np.float32]
+    top_k: npt.NDArray[np.int32]
+    top_p: npt.NDArray[np.float32]
+    min_p: npt.NDArray[np.float32]
+    seeds: npt.NDArray[np.uint64]
+    steps: npt.NDArray[np.int32]
+    host_rows: npt.NDArray[np.int32]
+
+
+@dataclass(frozen=True, slots=True)
+class SampledStep:
+    token_ids: npt.NDArray[np.int32]  # [L], one per logits row
+    host_logits: npt.NDArray[np.float32] | None  # [len(host_rows), vocab]
+
+
+@runtime_checkable
+class DeviceSamplingBackend(ForwardBackend, Protocol):
+    """A backend that samples where the logits are, so only token ids cross to the host."""
+
+    def forward_sample(self, batch: ForwardBatch, sampling: SamplingBatch) -> SampledStep: ...

@@ -83,6 +83,12 @@ class NumpyLlama:
         self.v_cache = np.empty(shape, np.float32)
         self.block_size = block_size
 
+    def default_kv_cache_bytes(self, max_tokens: int) -> int:
+        return min(1 << 30, max_tokens * self.kv_bytes_per_token())
+
+    def reserve(self, max_num_tokens: int, max_num_seqs: int, max_blocks_per_seq: int) -> None:
+        """Nothing to preallocate: NumPy allocates each step's activations as it goes."""
+
     def forward(self, batch: ForwardBatch) -> F32:
         if self.block_size == 0:
             raise EmberError("allocate_kv_cache must be called before forward")

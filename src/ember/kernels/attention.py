@@ -1,0 +1,149 @@
+"""Launch wrapper for attention.cu: paged GQA attention over the fp16 KV cache."""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+import numpy as np
+
+from ember.gpu.array import DeviceArray
+from ember.gpu.device import Device
+from ember.gpu.launch import Arg, Kernel, Launch
+from ember.gpu.module import Module
+from ember.kernels.binaries import load_family
+
+_F32: Final = np.dtype(np.float32)
+_F16: Final = np.dtype(np.float16)
+_I32: Final = np.dtype(np.int32)
+_THREADS: Final = 128  # attention.cu's WARPS * 32
+# (head_dim, query heads per kv head) pairs attention.cu is instantiated for.
+SHAPES: Final = (
+    (64, 1),
+    (64, 2),
+    (64, 3),
+    (64, 4),
+    (64, 8),
+    (128, 1),
+    (128, 2),
+    (128, 4),
+    (128, 8),
+)
+MAX_SPLITS: Final = 32
+
+
+def partials_size(tokens: int, q_heads: int, head_dim: int, splits: int) -> int:
+    """float32 elements of the split workspace for `tokens` query rows (0 when unsplit)."""
+    return 0 if splits <= 1 else tokens * q_heads * splits * (head_dim + 2)
+
+
+def choose_splits(tokens: int, kv_heads: int, multiprocessors: int, max_keys: int) -> int:
+    """Splits of the keys that give about two blocks per SM, keeping >= 64 keys per split."""
+    blocks = max(1, tokens * kv_heads)
+    wanted = math.ceil(2 * multiprocessors / blocks)
+    by_keys = max(1, max_keys // 64)
+    return max(1, min(wanted, by_keys, MAX_SPLITS))
+
+
+class Attention:
+    """The attention kernel family, loaded in the current context."""
+
+    __slots__ = ("_attend", "_combine", "module")
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+        attend = (Arg.PTR,) * 6 + (Arg.I32, Arg.PTR, Arg.PTR, Arg.I32, Arg.I32, Arg.F32)
+        self._attend: dict[tuple[int, int], Kernel] = {
+            (hd, g): module.function(f"paged_attention_hd{hd}_g{g}", attend) for hd, g in SHAPES
+        }
+        self._combine: dict[tuple[int, int], Kernel] = {
+            (hd, g): module.function(
+                f"attention_combine_hd{hd}_g{g}", (Arg.PTR, Arg.PTR, Arg.I32, Arg.I32)
+            )
+            for hd, g in SHAPES
+        }
+
+    @classmethod
+    def load(cls, device: Device) -> Attention:
+        return cls(load_family("attention", device))
+
+    @staticmethod
+    def supports(head_dim: int, q_heads: int, kv_heads: int) -> bool:
+        return q_heads % kv_heads == 0 and (head_dim, q_heads // kv_heads) in SHAPES
+
+    def launches(
+        self,
+        qkv: DeviceArray,
+        k_cache: DeviceArray,
+        v_cache: DeviceArray,
+        positions: DeviceArray,
+        token_seq: DeviceArray,
+        block_tables: DeviceArray,
+        out: DeviceArray,
+        block_size: int,
+        splits: int = 1,
+        partials: DeviceArray | None = None,
+    ) -> list[Launch]:
+        """out [T, q_heads * head_dim] = causal attention of the q heads in qkv [T, (q_heads +
+        2 kv_heads) * head_dim] over keys 0..positions[t] of sequence token_seq[t], whose slots
+        are block_tables [S, max_blocks] (block ids) * block_size + offset in k_cache, v_cache
+        [num_slots, kv_heads, head_dim]. With splits > 1, `partials` holds partials_size()."""
+        if qkv.dtype != _F32 or out.dtype != _F32:
+            raise TypeError(f"attention needs float32 qkv and out, got {qkv.dtype}, {out.dtype}")
+        if k_cache.dtype != _F16 or v_cache.dtype != _F16:
+            raise TypeError("attention needs float16 caches")
+        if any(a.dtype != _I32 for a in (positions, token_seq, block_tables)):
+            raise TypeError("attention needs int32 positions, token_seq and block_tables")
+        if len(k_cache.shape) != 3 or k_cache.shape != v_cache.shape:
+            raise ValueError(f"caches must be [slots, kv_heads, head_dim], got {k_cache.shape}")
+        _, kv_heads, head_dim = k_cache.shape
+        tokens = qkv.shape[0]
+        if len(out.shape) != 2 or out.shape[0] != tokens or out.shape[1] % head_dim:
+            raise ValueError(f"out must be [{tokens}, q_heads * {head_dim}], got {out.shape}")
+        q_heads = out.shape[1] // head_dim
+        if not self.supports(head_dim, q_heads, kv_heads):
+            raise ValueError(
+                f"no attention kernel for head_dim {head_dim} with {q_heads} q heads over "
+                f"{kv_heads} kv heads (have {SHAPES})"
+            )
+        if qkv.shape != (tokens, (q_heads + 2 * kv_heads) * head_dim):
+            raise ValueError(f"qkv {qkv.shape} does not match out {out.shape}")
+        if positions.shape != (tokens,) or token_seq.shape != (tokens,):
+            raise ValueError(f"attention needs positions and token_seq [{tokens}]")
+        if len(block_tables.shape) != 2:
+            raise ValueError(f"block_tables must be [S, max_blocks], got {block_tables.shape}")
+        if block_size <= 0 or block_size & (block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {block_size}")
+        if not 1 <= splits <= MAX_SPLITS:
+            raise ValueError(f"splits must be 1..{MAX_SPLITS}, got {splits}")
+        need = partials_size(tokens, q_heads, head_dim, splits)
+        if need and (partials is None or partials.dtype != _F32 or partials.size < need):
+            raise ValueError(f"{splits} splits need a float32 partials workspace of {need}")
+        group = q_heads // kv_heads
+        key = (head_dim, group)
+        workspace = partials.ptr if need and partials is not None else 0
+        scale_log2 = math.log2(math.e) / math.sqrt(head_dim)
+        grid = (max(1, tokens), kv_heads, splits)
+        result = [
+            Launch(
+                self._attend[key],
+                grid,
+                (_THREADS, 1, 1),
+                (qkv.ptr, k_cache.ptr, v_cache.ptr, positions.ptr, token_seq.ptr)
+                + (block_tables.ptr, block_tables.shape[1], out.ptr, workspace, kv_heads)
+                + (block_size.bit_length() - 1, scale_log2),
+            )
+        ]
+        if splits > 1:
+            result.append(
+                Launch(
+                    self._combine[key],
+                    (max(1, tokens), kv_heads, 1),
+                    (group * head_dim, 1, 1),
+                    (workspace, out.ptr, kv_heads, splits),
+                )
+            )
+        return result
+
+    def unload(self) -> None:
+        self.module.unload()

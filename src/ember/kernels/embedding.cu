@@ -1,0 +1,84 @@
+// Token embedding lookup: out[t, :] = the dequantised row token_ids[t] of a GGUF table.
+//
+// One block per token. Tables are stored as GGUF has them (Q8_0 for the default model's tied
+// embedding), so the lookup dequantises on the fly instead of keeping a float copy of a
+// vocabulary-sized matrix. An id outside [0, vocab) gives a zero row rather than reading out
+// of bounds: padded rows of a captured batch carry such ids.
+#include "common.cuh"
+
+namespace ember_embedding {
+
+template <typename Block>
+__device__ __forceinline__ float dequant(const Block& b, int j);
+
+template <>
+__device__ __forceinline__ float dequant(const ember::block_q8_0& b, int j) {
+    return __half2float(b.d) * static_cast<float>(b.qs[j]);
+}
+
+template <>
+__device__ __forceinline__ float dequant(const ember::block_q4_0& b, int j) {
+    const int q = j < 16 ? b.qs[j] & 0xF : b.qs[j - 16] >> 4;
+    return __half2float(b.d) * static_cast<float>(q - 8);
+}
+
+template <>
+__device__ __forceinline__ float dequant(const ember::block_q4_1& b, int j) {
+    const int q = j < 16 ? b.qs[j] & 0xF : b.qs[j - 16] >> 4;
+    return fmaf(__half2float(b.d), static_cast<float>(q), __half2float(b.m));
+}
+
+template <typename Block>
+__device__ __forceinline__ void embed_quant(
+    const uint8_t* __restrict__ table, const int* __restrict__ ids, float* __restrict__ out,
+    int d, int vocab) {
+    const long long t = blockIdx.x;
+    const int id = ids[t];
+    float* row_out = out + t * d;
+    if (id < 0 || id >= vocab) {
+        for (int i = threadIdx.x; i < d; i += blockDim.x) row_out[i] = 0.0f;
+        return;
+    }
+    const Block* row = reinterpret_cast<const Block*>(
+        table + static_cast<long long>(id) * (d / 32) * static_cast<long long>(sizeof(Block)));
+    for (int i = threadIdx.x; i < d; i += blockDim.x) row_out[i] = dequant(row[i >> 5], i & 31);
+}
+
+template <typename T>
+__device__ __forceinline__ void embed_float(
+    const T* __restrict__ table, const int* __restrict__ ids, float* __restrict__ out, int d,
+    int vocab) {
+    const long long t = blockIdx.x;
+    const int id = ids[t];
+    float* row_out = out + t * d;
+    const bool valid = id >= 0 && id < vocab;
+    const T* row = table + static_cast<long long>(valid ? id : 0) * d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x)
+        row_out[i] = valid ? static_cast<float>(row[i]) : 0.0f;
+}
+
+}  // namespace ember_embedding
+
+// table: raw GGUF bytes [vocab, row bytes]; ids [T]; out float32 [T, d]. Grid (T), any block.
+#define EMBER_EMBEDDING_QUANT(TYPE)                                                        \
+    extern "C" __global__ void embedding_##TYPE(                                           \
+        const uint8_t* __restrict__ table, const int* __restrict__ ids,                    \
+        float* __restrict__ out, int d, int vocab) {                                       \
+        ember_embedding::embed_quant<ember::block_##TYPE>(table, ids, out, d, vocab);      \
+    }
+
+EMBER_EMBEDDING_QUANT(q4_0)
+EMBER_EMBEDDING_QUANT(q4_1)
+EMBER_EMBEDDING_QUANT(q8_0)
+
+extern "C" __global__ void embedding_f32(
+    const float* __restrict__ table, const int* __restrict__ ids, float* __restrict__ out, int d,
+    int vocab) {
+    ember_embedding::embed_float(table, ids, out, d, vocab);
+}
+
+extern "C" __global__ void embedding_f16(
+    const half* __restrict__ table, const int* __restrict__ ids, float* __restrict__ out, int d,
+    int vocab) {
+    ember_embedding::embed_float(table, ids, out, d, vocab);
+}

@@ -1,0 +1,95 @@
+"""Launch wrapper for embedding.cu: token ids to float32 rows of a (quantised) GGUF table."""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from ember.gpu.array import DeviceArray
+from ember.gpu.device import Device
+from ember.gpu.launch import Arg, Kernel, Launch
+from ember.gpu.module import Module
+from ember.gpu.stream import Stream
+from ember.kernels.binaries import load_family
+
+_I32: Final = np.dtype(np.int32)
+_F32: Final = np.dtype(np.float32)
+_THREADS: Final = 256
+# Bytes per row of d weights, by table type.
+_ROW_BYTES: Final = {
+    GGMLQuantizationType.F32: lambda d: 4 * d,
+    GGMLQuantizationType.F16: lambda d: 2 * d,
+    GGMLQuantizationType.Q4_0: lambda d: d // 32 * 18,
+    GGMLQuantizationType.Q4_1: lambda d: d // 32 * 20,
+    GGMLQuantizationType.Q8_0: lambda d: d // 32 * 34,
+}
+
+
+class Embedding:
+    """The embedding kernel family, loaded in the current context."""
+
+    __slots__ = ("_kernels", "module")
+
+    def __init__(self, module: Module) -> None:
+        self.module = module
+        signature = (Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.I32)
+        self._kernels: dict[GGMLQuantizationType, Kernel] = {
+            t: module.function(f"embedding_{t.name.lower()}", signature) for t in _ROW_BYTES
+        }
+
+    @classmethod
+    def load(cls, device: Device) -> Embedding:
+        return cls(load_family("embedding", device))
+
+    @staticmethod
+    def supports(table_type: GGMLQuantizationType) -> bool:
+        return table_type in _ROW_BYTES
+
+    def lookup_launch(
+        self,
+        table: DeviceArray,
+        table_type: GGMLQuantizationType,
+        ids: DeviceArray,
+        out: DeviceArray,
+    ) -> Launch:
+        """out[t] = row ids[t] of `table` (raw GGUF bytes as uint8 [vocab, row bytes]), float32
+        [T, d]; an id outside the vocabulary gives a row of zeros."""
+        if table_type not in _ROW_BYTES:
+            raise ValueError(f"no embedding kernel for {table_type.name} tables")
+        if ids.dtype != _I32 or out.dtype != _F32 or len(out.shape) != 2:
+            raise TypeError(
+                f"embedding needs int32 ids and float32 out [T, d], got "
+                f"{ids.dtype}, {out.dtype}{list(out.shape)}"
+            )
+        tokens, d = out.shape
+        if ids.shape != (tokens,):
+            raise ValueError(f"embedding needs ids [{tokens}], got {ids.shape}")
+        if len(table.shape) != 2 or table.nbytes // table.shape[0] != _ROW_BYTES[table_type](d):
+            raise ValueError(
+                f"{table_type.name} table of shape {table.shape} ({table.dtype}) "
+                f"does not hold rows of {d} values"
+            )
+        if table_type not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16) and d % 32:
+            raise ValueError(f"a quantised table needs d a multiple of 32, got {d}")
+        return Launch(
+            self._kernels[table_type],
+            (max(1, tokens), 1, 1),
+            (_THREADS, 1, 1),
+            (table.ptr, ids.ptr, out.ptr, d, table.shape[0]),
+        )
+
+    def lookup(
+        self,
+        table: DeviceArray,
+        table_type: GGMLQuantizationType,
+        ids: DeviceArray,
+        out: DeviceArray,
+        stream: Stream | None = None,
+    ) -> None:
+        if ids.size:
+            self.lookup_launch(table, table_type, ids, out)(stream)
+
+    def unload(self) -> None:
+        self.module.unload()

@@ -1,0 +1,257 @@
+"""Llama weights in device memory, as GGUF stores them: quantised blocks are read in place.
+
+All tensors live in one device allocation (the arena), each at a 256-byte aligned offset. They
+are copied from the memory-mapped GGUF through two pinned staging buffers in turn, so a copy
+engine transfer of one chunk overlaps the host's copy of the next out of the page cache; no
+tensor becomes a Python object on the way. The q/k/v projections, and gate/up, are stored
+back to back, which makes them one [q + 2 kv, d] (or [2 ffn, d]) matrix for one GEMV/GEMM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import numpy.typing as npt
+from gguf import GGMLQuantizationType
+
+from ember.errors import ModelFormatError
+from ember.gpu.array import DeviceArray
+from ember.gpu.memory import DeviceBuffer, PinnedHostBuffer
+from ember.gpu.stream import Event, Stream
+from ember.kernels.quant_gemv import QuantType
+from ember.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from ember.model.gguf_file import GGUFFile
+
+_ALIGN: Final = 256
+_STAGING_BYTES: Final = 32 << 20
+LINEAR_TYPES: Final = {
+    GGMLQuantizationType.Q4_0: QuantType.Q4_0,
+    GGMLQuantizationType.Q4_1: QuantType.Q4_1,
+    GGMLQuantizationType.Q8_0: QuantType.Q8_0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class QuantMatrix:
+    """A [rows, cols] weight matrix as raw quantised blocks (uint8 [rows, row bytes])."""
+
+    data: DeviceArray
+    quant: QuantType
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True, slots=True)
+class CudaLayerWeights:
+    attn_norm: DeviceArray  # float32 [d]
+    wqkv: QuantMatrix  # [q_dim + 2 kv_dim, d]
+    wo: QuantMatrix  # [d, q_dim]
+    ffn_norm: DeviceArray
+    w_gate_up: QuantMatrix  # [2 ffn, d]
+    w_down: QuantMatrix  # [d, ffn]
+
+
+@dataclass(frozen=True, slots=True)
+class CudaWeights:
+    arena: DeviceBuffer
+    token_embd: DeviceArray  # raw bytes [vocab, row bytes] (or float rows)
+    token_embd_type: GGMLQuantizationType
+    layers: tuple[CudaLayerWeights, ...]
+    output_norm: DeviceArray
+    lm_head: QuantMatrix  # [vocab, d]; the embedding's own bytes when tied
+
+    @property
+    def nbytes(self) -> int:
+        return self.arena.nbytes
+
+    def free(self) -> None:
+        self.arena.free()
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One tensor to place: its name(s) (several are stacked row-wise) and expected shape."""
+
+    names: tuple[str, ...]
+    rows: tuple[int, ...]
+    cols: int
+
+
+def _parts(config: ModelConfig) -> Iterator[_Part]:
+    c = config
+    yield _Part(("token_embd.weight",), (c.vocab_size,), c.d_model)
+    for i in range(c.n_layers):
+        p = f"blk.{i}."
+        yield _Part((p + "attn_norm.weight",), (1,), c.d_model)
+        qkv = (p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight")
+        yield _Part(qkv, (c.q_dim, c.kv_dim, c.kv_dim), c.d_model)
+        yield _Part((p + "attn_output.weight",), (c.d_model,), c.q_dim)
+        yield _Part((p + "ffn_norm.weight",), (1,), c.d_model)
+        yield _Part((p + "ffn_gate.weight", p + "ffn_up.weight"), (c.ffn_dim, c.ffn_dim), c.d_model)
+        yield _Part((p + "ffn_down.weight",), (c.d_model,), c.ffn_dim)
+    yield _Part(("output_norm.weight",), (1,), c.d_model)
+    if not c.tied_embeddings:
+        yield _Part(("output.weight",), (c.vocab_size,), c.d_model)
+
+
+def _row_bytes(kind: GGMLQuantizationType, cols: int) -> int:
+    if kind is GGMLQuantizationType.F32:
+        return 4 * cols
+    if kind is GGMLQuantizationType.F16:
+        return 2 * cols
+    if kind in LINEAR_TYPES:
+        return LINEAR_TYPES[kind].row_bytes(cols)
+    raise ModelFormatError(f"tensor type {kind.name} is not supported by the CUDA backend")
+
+
+class _Uploader:
+    """Copies host byte ranges to device addresses through two pinned staging buffers."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.staging = [PinnedHostBuffer.alloc(_STAGING_BYTES) for _ in range(2)]
+        self.views = [s.array(np.uint8) for s in self.staging]
+        self.done = [Event.create(timing=False) for _ in range(2)]
+        self.used = [False, False]
+        self.turn = 0
+
+    def copy(self, src: npt.NDArray[np.uint8], dst: DeviceBuffer) -> None:
+        for start in range(0, src.nbytes, _STAGING_BYTES):
+            chunk = src[start : start + _STAGING_BYTES]
+            i = self.turn
+            if self.used[i]:
+                self.done[i].synchronize()
+            self.views[i][: chunk.nbytes] = chunk
+            dst.view(start, chunk.nbytes).copy_from_host(self.views[i][: chunk.nbytes], self.stream)
+            self.done[i].record(self.stream)
+            self.used[i] = True
+            self.turn = 1 - i
+
+    def close(self) -> None:
+        self.stream.synchronize()
+        for s in self.staging:
+            s.free()
+        for e in self.done:
+            e.destroy()
+
+
+def upload_weights(
+    gguf: GGUFFile,
+    config: ModelConfig,
+    stream: Stream,
+    progress: Callable[[int], None] | None = None,
+) -> CudaWeights:
+    """Copy every tensor the forward pass needs into one device allocation."""
+    plan: list[tuple[_Part, GGMLQuantizationType, int]] = []
+    offset = 0
+    for part in _parts(config):
+        kinds = {_tensor_type(gguf, name) for name in part.names}
+        if len(kinds) != 1:
+            raise ModelFormatError(
+                f"{gguf.path}: {', '.join(part.names)} are stored in different types "
+                f"({', '.join(sorted(k.name for k in kinds))}); the CUDA backend needs one"
+            )
+        (kind,) = kinds
+        for name, rows in zip(part.names, part.rows, strict=True):
+            expected = (rows, part.cols) if rows > 1 else (part.cols,)
+            shape = gguf.tensors[name].shape
+            if shape != expected and not (rows == 1 and shape == (1, part.cols)):
+                raise ModelFormatError(
+                    f"{gguf.path}: tensor {name!r} has shape {shape}, expected {expected}"
+                )
+        plan.append((part, kind, offset))
+        offset += -(-sum(part.rows) * _row_bytes(kind, part.cols) // _ALIGN) * _ALIGN
+    arena = DeviceBuffer.alloc(offset)
+    uploader = _Uploader(stream)
+    try:
+        arrays: list[tuple[DeviceArray, GGMLQuantizationType, _Part]] = []
+        layers_done = 0
+        for part, kind, start in plan:
+            at = start
+            for name in part.names:
+                raw = np.ascontiguousarray(gguf.raw(name)).reshape(-1).view(np.uint8)
+                uploader.copy(raw, arena.view(at, raw.nbytes))
+                at += raw.nbytes
+            nbytes = sum(part.rows) * _row_bytes(kind, part.cols)
+            view = DeviceArray(arena.view(start, nbytes), _shape(kind, part), _dtype(kind))
+            arrays.append((view, kind, part))
+            if progress is not None and part.names[0].endswith("ffn_down.weight"):
+                layers_done += 1
+                progress(layers_done)
+    except BaseException:
+        uploader.close()
+        arena.free()
+        raise
+    uploader.close()
+    return _assemble(arena, arrays, config)
+
+
+def _tensor_type(gguf: GGUFFile, name: str) -> GGMLQuantizationType:
+    if not gguf.has_tensor(name):
+        raise ModelFormatError(f"{gguf.path}: missing tensor {name!r}")
+    return GGMLQuantizationType(gguf.tensors[name].ggml_type)
+
+
+def _shape(kind: GGMLQuantizationType, part: _Part) -> tuple[int, ...]:
+    rows = sum(part.rows)
+    if kind in LINEAR_TYPES:
+        return (rows, _row_bytes(kind, part.cols))
+    return (rows, part.cols) if rows > 1 else (part.cols,)
+
+
+def _dtype(kind: GGMLQuantizationType) -> np.dtype[Any]:
+    if kind is GGMLQuantizationType.F32:
+        return np.dtype(np.float32)
+    if kind is GGMLQuantizationType.F16:
+        return np.dtype(np.float16)
+    return np.dtype(np.uint8)
+
+
+def _assemble(
+    arena: DeviceBuffer,
+    arrays: list[tuple[DeviceArray, GGMLQuantizationType, _Part]],
+    config: ModelConfig,
+) -> CudaWeights:
+    def matrix(i: int) -> QuantMatrix:
+        array, kind, part = arrays[i]
+        if kind not in LINEAR_TYPES:
+            raise ModelFormatError(
+                f"{part.names[0]} is {kind.name}; the CUDA backend's matrix kernels take "
+                f"{', '.join(k.name for k in LINEAR_TYPES)}"
+            )
+        return QuantMatrix(array, LINEAR_TYPES[kind], sum(part.rows), part.cols)
+
+    def norm(i: int) -> DeviceArray:
+        array, kind, part = arrays[i]
+        if kind is not GGMLQuantizationType.F32:
+            raise ModelFormatError(f"{part.names[0]} is {kind.name}, expected F32")
+        return array
+
+    layers = []
+    for layer in range(config.n_layers):
+        base = 1 + 6 * layer
+        layers.append(
+            CudaLayerWeights(
+                attn_norm=norm(base),
+                wqkv=matrix(base + 1),
+                wo=matrix(base + 2),
+                ffn_norm=norm(base + 3),
+                w_gate_up=matrix(base + 4),
+                w_down=matrix(base + 5),
+            )
+        )
+    embd, embd_kind, _ = arrays[0]
+    head_index = 0 if config.tied_embeddings else 2 + 6 * config.n_layers
+    return CudaWeights(
+        arena=arena,
+        token_embd=embd,
+        token_embd_type=embd_kind,
+        layers=tuple(layers),
+        output_norm=norm(1 + 6 * config.n_layers),
+        lm_head=matrix(head_index),
+    )

@@ -11,6 +11,7 @@ from ember.kernels.elementwise import Elementwise
 from ember.kernels.norm import Norm
 from ember.kernels.quant_gemv import QuantGemv
 from ember.kernels.rope import Rope
+from ember.kernels.sampling import Sampling
 
 _AVAILABLE, _REASON = cuda_available()
 
@@ -70,5 +71,12 @@ def rope(context: Context, device: Device) -> Iterator[Rope]:
 @pytest.fixture(scope="session")
 def quant_gemv(context: Context, device: Device) -> Iterator[QuantGemv]:
     family = QuantGemv.load(device)
+    yield family
+    family.unload()
+
+
+@pytest.fixture(scope="session")
+def sampling(context: Context, device: Device) -> Iterator[Sampling]:
+    family = Sampling.load(device)
     yield family
     family.unload()

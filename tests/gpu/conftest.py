@@ -9,6 +9,7 @@ import pytest
 from ember.gpu import Context, Device, Stream, cuda_available
 from ember.kernels.elementwise import Elementwise
 from ember.kernels.norm import Norm
+from ember.kernels.quant_gemm import QuantGemm
 from ember.kernels.quant_gemv import QuantGemv
 from ember.kernels.rope import Rope
 from ember.kernels.sampling import Sampling
@@ -71,6 +72,13 @@ def rope(context: Context, device: Device) -> Iterator[Rope]:
 @pytest.fixture(scope="session")
 def quant_gemv(context: Context, device: Device) -> Iterator[QuantGemv]:
     family = QuantGemv.load(device)
+    yield family
+    family.unload()
+
+
+@pytest.fixture(scope="session")
+def quant_gemm(context: Context, device: Device) -> Iterator[QuantGemm]:
+    family = QuantGemm.load(device)
     yield family
     family.unload()
 

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Time ember.kernels.quant_gemm on the default model's and Llama-8B's shapes and print a table.
+
+    PYTHONPATH=src python3 scripts/bench_quant_gemm.py
+
+Each timing replays a CUDA graph of LAUNCHES gemms, cycling through enough copies of the
+weight (over 256 MiB in all) that none is still in the 50 MiB L2 when read again, so the
+small-M rows measure reading W from HBM, not from L2, and not Python's launch rate. TFLOP/s
+counts 2 M N K; GB/s counts the bytes of W only (the kernel reads W once per M tile, the rest
+of the M tiles hit L2).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from ember.gpu import Device, DeviceArray, Event, Stream, StreamCapture
+from ember.kernels.quant_gemm import QuantGemm, choose_tile
+from ember.kernels.quant_gemv import QuantType
+
+# (N, K): the default model's (q and o; fused q, k, v; gate or up; fused gate and up; the
+# output head; down), then Llama 8B's (q and o; fused q, k, v; fused gate and up; down).
+SHAPES = [
+    (576, 576),
+    (960, 576),
+    (1536, 576),
+    (3072, 576),
+    (49152, 576),
+    (576, 1536),
+    (4096, 4096),
+    (6144, 4096),
+    (28672, 4096),
+    (4096, 14336),
+]
+ROWS = (16, 64, 256, 512, 1024)
+LAUNCHES = 32
+REPLAYS = 5
+ROTATE_BYTES = 256 << 20
+
+
+def time_gemm(
+    gemm: QuantGemm,
+    stream: Stream,
+    quant: QuantType,
+    n: int,
+    k: int,
+    x: DeviceArray,
+    y: DeviceArray,
+) -> float:
+    """Seconds per gemm, the best of REPLAYS graph replays."""
+    nbytes = n * quant.row_bytes(k)
+    copies = max(2, -(-ROTATE_BYTES // nbytes))
+    weights = [DeviceArray.empty((n, quant.row_bytes(k)), np.uint8) for _ in range(copies)]
+    for w in weights:
+        w.buffer.memset_d32(0x3C003C00, stream)  # fp16 1.0 everywhere: finite scales, any quants
+    launches = [gemm.gemm_launch(w, quant, x, y) for w in weights]
+    with StreamCapture(stream) as capture:
+        for i in range(LAUNCHES):
+            launches[i % copies](stream)
+    exec_ = capture.graph.instantiate()
+    exec_.launch(stream)
+    stream.synchronize()
+    best = float("inf")
+    with Event.create() as start, Event.create() as end:
+        for _ in range(REPLAYS):
+            start.record(stream)
+            exec_.launch(stream)
+            end.record(stream)
+            end.synchronize()
+            best = min(best, start.elapsed_ms(end) / 1e3 / LAUNCHES)
+    exec_.destroy()
+    capture.graph.destroy()
+    for w in weights:
+        w.free()
+    return best
+
+
+def main() -> None:
+    device = Device.get(0)
+    context = device.retain_primary_context()
+    context.make_current()
+    gemm = QuantGemm.load(device)
+    print(f"{device.name}, {device.multiprocessor_count} SMs\n")
+    print("| type | N | K | M | tile | µs | TFLOP/s | W GB/s |\n|---|---|---|---|---|---|---|---|")
+    with Stream.create() as stream:
+        for quant in QuantType:
+            for n, k in SHAPES:
+                for m in ROWS:
+                    with (
+                        DeviceArray.from_numpy(np.ones((m, k), np.float32)) as x,
+                        DeviceArray.empty((m, n), np.float32) as y,
+                    ):
+                        seconds = time_gemm(gemm, stream, quant, n, k, x, y)
+                    tile = choose_tile(m, n, gemm.multiprocessors).name.lower()
+                    flops = 2 * m * n * k
+                    w_bytes = n * quant.row_bytes(k)
+                    print(
+                        f"| {quant.name} | {n} | {k} | {m} | {tile} | {seconds * 1e6:.1f} "
+                        f"| {flops / seconds / 1e12:.1f} | {w_bytes / seconds / 1e9:.0f} |",
+                        flush=True,
+                    )
+    gemm.unload()
+    context.release()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""ember.kernels.quant_gemm against ember.model.quant.dequantize(raw) @ x on random blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from gguf import GGMLQuantizationType
+
+from ember.gpu import Context, DeviceArray, Launch, Stream
+from ember.kernels.quant_gemm import GemmTile, QuantGemm
+from ember.kernels.quant_gemv import QuantType
+from ember.model.quant import dequantize
+from tests.gpu.quant_data import random_weight
+
+pytestmark = pytest.mark.gpu
+
+# (N, K): the small model's projections (q and o; fused q, k, v; gate or up; fused gate and up;
+# tied output head; down), Llama 8B's, and ragged ones: N not a multiple of any tile (or 1), K of 1, 2, 3, 33
+# and 65 blocks (a last K step with fewer blocks than the others, and more steps than W buffers).
+SHAPES = [
+    (576, 576),
+    (960, 576),
+    (1536, 576),
+    (3072, 576),
+    (49152, 576),
+    (576, 1536),
+    (4096, 4096),
+    (6144, 4096),
+    (28672, 4096),
+    (4096, 14336),
+    (1003, 96),
+    (37, 1056),
+    (250, 2080),
+    (129, 32),
+    (1, 64),
+]
+ROWS = (1, 16, 17, 64, 200, 512)
+
+# The kernel rounds x to fp16 and each weight to fp16 once (relative error at most 2^-11 each;
+# the product of two fp16 values is exact in fp32), so every term x*w is off by at most ~2^-10
+# of |x*w|: the sum by at most 2^-10 of sum |x*w| = (|x| @ |W|.T). Summing in fp32 (tensor cores
+# truncate) and the float32 reference add far less: below 2^-19 of it in a NumPy simulation of
+# truncating fp32 accumulation at K 14336. Hence 2^-9. (Random data stays below 2^-13.)
+ROUNDED = 2.0**-9
+# Against a reference that rounds x and W to fp16 the same way, only the order and precision of
+# the fp32 sums differ (below 2^-19 in that simulation), so this bound can be much tighter: a
+# block of 32 weights read from the wrong place moves the median output by ~2^-11 of the scale
+# at K 14336, and by more at smaller K.
+SUMMED = 2.0**-13
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """Products to compare the kernel's rows against, for x's first rows."""
+
+    want: npt.NDArray[np.float32]  # x @ W.T
+    want16: npt.NDArray[np.float32]  # the same with x and W rounded to fp16
+    scale: npt.NDArray[np.float32]  # |x| @ |W|.T
+
+    @classmethod
+    def of(
+        cls, raw: npt.NDArray[np.uint8], quant: QuantType, x: npt.NDArray[np.float32]
+    ) -> Reference:
+        n, k = raw.shape[0], x.shape[1]
+        weight = dequantize(raw, GGMLQuantizationType[quant.name], (n, k))
+        want = x @ weight.T
+        x16 = x.astype(np.float16).astype(np.float32)
+        want16 = x16 @ weight.astype(np.float16).astype(np.float32).T
+        scale = np.abs(x) @ np.abs(weight, out=weight).T
+        return cls(want, want16, scale)
+
+    def check(self, got: npt.NDArray[np.float32], what: str) -> None:
+        m = got.shape[0]
+        assert np.isfinite(got).all(), f"{what}: outputs left unwritten (NaN) or not finite"
+        scale = self.scale[:m] + 1e-6
+        error = np.abs(got - self.want[:m]) / scale
+        assert error.max() <= ROUNDED, f"{what}: worst error {error.max():.3g} of |x| @ |W|.T"
+        error16 = np.abs(got - self.want16[:m]) / scale
+        assert error16.max() <= SUMMED, (
+            f"{what}: worst error {error16.max():.3g} of |x| @ |W|.T against fp16-rounded inputs"
+        )
+
+
+def run_gemm(
+    quant_gemm: QuantGemm,
+    weight: DeviceArray,
+    quant: QuantType,
+    x: npt.NDArray[np.float32],
+    stream: Stream,
+    tile: GemmTile | None = None,
+) -> npt.NDArray[np.float32]:
+    n = weight.shape[0]
+    with (
+        DeviceArray.from_numpy(x) as dx,
+        DeviceArray.empty((x.shape[0], n), np.float32) as dy,
+    ):
+        dy.buffer.memset_d32(0xFFFFFFFF, stream)  # NaN: any output left unwritten fails
+        quant_gemm.gemm_launch(weight, quant, dx, dy, tile)(stream)
+        stream.synchronize()
+        return dy.to_numpy()
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("quant", list(QuantType), ids=lambda q: q.name)
+def test_gemm_matches_dequantized_matmul(
+    quant_gemm: QuantGemm, stream: Stream, quant: QuantType, shape: tuple[int, int]
+) -> None:
+    n, k = shape
+    raw = random_weight(quant, n, k, seed=n + k)
+    x = np.random.default_rng(k).standard_normal((max(ROWS), k)).astype(np.float32)
+    reference = Reference.of(raw, quant, x)
+    with DeviceArray.from_numpy(raw) as dw:
+        for m in ROWS:
+            reference.check(run_gemm(quant_gemm, dw, quant, x[:m], stream), f"M {m}")
+
+
+@pytest.mark.parametrize("tile", list(GemmTile), ids=lambda t: t.name)
+@pytest.mark.parametrize("quant", list(QuantType), ids=lambda q: q.name)
+def test_every_tile_matches(
+    quant_gemm: QuantGemm, stream: Stream, quant: QuantType, tile: GemmTile
+) -> None:
+    """Each tile shape on M and N that are not multiples of it, with several M tiles."""
+    for n, k in [(1003, 96), (250, 2080), (130, 576)]:
+        raw = random_weight(quant, n, k, seed=n * k)
+        x = np.random.default_rng(n).standard_normal((300, k)).astype(np.float32)
+        reference = Reference.of(raw, quant, x)
+        with DeviceArray.from_numpy(raw) as dw:
+            for m in (1, 17, 130, 300):
+                got = run_gemm(quant_gemm, dw, quant, x[:m], stream, tile)
+                reference.check(got, f"{n}x{k}, M {m}")
+
+
+def test_gemm_writes_unaligned_rows(quant_gemm: QuantGemm, stream: Stream) -> None:
+    """y 4 bytes past an 8-byte boundary with N even: pairs of outputs are stored one by one."""
+    n, k, m = 64, 64, 5
+    raw = random_weight(QuantType.Q4_0, n, k, seed=3)
+    x = np.random.default_rng(4).standard_normal((m, k)).astype(np.float32)
+    reference = Reference.of(raw, QuantType.Q4_0, x)
+    with (
+        DeviceArray.from_numpy(raw) as dw,
+        DeviceArray.from_numpy(x) as dx,
+        DeviceArray.empty((m * n + 1,), np.float32) as space,
+    ):
+        space.buffer.memset_d32(0xFFFFFFFF, stream)
+        dy = space.view((m, n), np.float32, offset_bytes=4)
+        quant_gemm.gemm(dw, QuantType.Q4_0, dx, dy, stream)
+        stream.synchronize()
+        reference.check(dy.to_numpy(), "unaligned y")
+
+
+def test_gemm_launch_replays(quant_gemm: QuantGemm, stream: Stream) -> None:
+    n, k, m = 200, 128, 40
+    raw = random_weight(QuantType.Q8_0, n, k, seed=5)
+    x = np.random.default_rng(6).standard_normal((m, k)).astype(np.float32)
+    reference = Reference.of(raw, QuantType.Q8_0, x)
+    with (
+        DeviceArray.from_numpy(raw) as dw,
+        DeviceArray.from_numpy(x) as dx,
+        DeviceArray.empty((m, n), np.float32) as dy,
+    ):
+        launch = quant_gemm.gemm_launch(dw, QuantType.Q8_0, dx, dy)
+        assert isinstance(launch, Launch)
+        assert launch.grid == GemmTile.M64.grid(m, n)
+        for _ in range(2):
+            dy.buffer.memset_d32(0xFFFFFFFF, stream)
+            launch(stream)
+            stream.synchronize()
+            reference.check(dy.to_numpy(), "replayed launch")
+
+
+def test_gemm_checks_arguments(quant_gemm: QuantGemm, context: Context) -> None:
+    row_bytes = QuantType.Q8_0.row_bytes(64)
+    with (
+        DeviceArray.empty((8, row_bytes), np.uint8) as w,
+        DeviceArray.empty((8 * row_bytes + 16,), np.uint8) as spare,
+        DeviceArray.empty((3, 64), np.float32) as x,
+        DeviceArray.empty((3, 8), np.float32) as y,
+        DeviceArray.empty((3, 64), np.float16) as x16,
+        DeviceArray.empty((0, 64), np.float32) as x0,
+        DeviceArray.empty((0, 8), np.float32) as y0,
+    ):
+        with pytest.raises(TypeError, match="float16"):
+            quant_gemm.gemm_launch(w, QuantType.Q8_0, x16, y)
+        with pytest.raises(ValueError, match="do not fit"):
+            quant_gemm.gemm_launch(w, QuantType.Q4_0, x, y)
+        with pytest.raises(ValueError, match="at least one row"):
+            quant_gemm.gemm_launch(w, QuantType.Q8_0, x0, y0)
+        unaligned = spare.flat_slice(2, 2 + 8 * row_bytes)
+        view = DeviceArray(unaligned.buffer, (8, row_bytes), w.dtype)
+        with pytest.raises(ValueError, match="aligned"):
+            quant_gemm.gemm_launch(view, QuantType.Q8_0, x, y)

@@ -7,7 +7,9 @@ from collections.abc import Iterator
 import pytest
 
 from ember.gpu import Context, Device, Stream, cuda_available
+from ember.kernels.attention import Attention
 from ember.kernels.elementwise import Elementwise
+from ember.kernels.embedding import Embedding
 from ember.kernels.norm import Norm
 from ember.kernels.quant_gemm import QuantGemm
 from ember.kernels.quant_gemv import QuantGemv
@@ -79,6 +81,20 @@ def quant_gemv(context: Context, device: Device) -> Iterator[QuantGemv]:
 @pytest.fixture(scope="session")
 def quant_gemm(context: Context, device: Device) -> Iterator[QuantGemm]:
     family = QuantGemm.load(device)
+    yield family
+    family.unload()
+
+
+@pytest.fixture(scope="session")
+def attention(context: Context, device: Device) -> Iterator[Attention]:
+    family = Attention.load(device)
+    yield family
+    family.unload()
+
+
+@pytest.fixture(scope="session")
+def embedding(context: Context, device: Device) -> Iterator[Embedding]:
+    family = Embedding.load(device)
     yield family
     family.unload()
 

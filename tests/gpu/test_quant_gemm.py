@@ -18,8 +18,9 @@ from tests.gpu.quant_data import random_weight
 pytestmark = pytest.mark.gpu
 
 # (N, K): the small model's projections (q and o; fused q, k, v; gate or up; fused gate and up;
-# tied output head; down), Llama 8B's, and ragged ones: N not a multiple of any tile (or 1), K of 1, 2, 3, 33
-# and 65 blocks (a last K step with fewer blocks than the others, and more steps than W buffers).
+# tied output head; down), Llama 8B's, and ragged ones: N not a multiple of any tile (or 1), K of
+# 1, 2, 3, 33 and 65 blocks (a last K step with fewer blocks than the others, and more steps
+# than W buffers).
 SHAPES = [
     (576, 576),
     (960, 576),

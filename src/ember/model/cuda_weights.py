@@ -9,6 +9,7 @@ back to back, which makes them one [q + 2 kv, d] (or [2 ffn, d]) matrix for one 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -22,6 +23,7 @@ from ember.gpu.array import DeviceArray
 from ember.gpu.memory import DeviceBuffer, PinnedHostBuffer
 from ember.gpu.stream import Event, Stream
 from ember.kernels.quant_gemv import QuantType
+from ember.kernels.synthetic import Synthetic
 from ember.model.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -147,39 +149,26 @@ def upload_weights(
     progress: Callable[[int], None] | None = None,
 ) -> CudaWeights:
     """Copy every tensor the forward pass needs into one device allocation."""
-    plan: list[tuple[_Part, GGMLQuantizationType, int]] = []
-    offset = 0
+    kinds = []
     for part in _parts(config):
-        kinds = {_tensor_type(gguf, name) for name in part.names}
-        if len(kinds) != 1:
+        part_kinds = {_tensor_type(gguf, name) for name in part.names}
+        if len(part_kinds) != 1:
             raise ModelFormatError(
                 f"{gguf.path}: {', '.join(part.names)} are stored in different types "
-                f"({', '.join(sorted(k.name for k in kinds))}); the CUDA backend needs one"
+                f"({', '.join(sorted(k.name for k in part_kinds))}); the CUDA backend needs one"
             )
-        (kind,) = kinds
-        for name, rows in zip(part.names, part.rows, strict=True):
-            expected = (rows, part.cols) if rows > 1 else (part.cols,)
-            shape = gguf.tensors[name].shape
-            if shape != expected and not (rows == 1 and shape == (1, part.cols)):
-                raise ModelFormatError(
-                    f"{gguf.path}: tensor {name!r} has shape {shape}, expected {expected}"
-                )
-        plan.append((part, kind, offset))
-        offset += -(-sum(part.rows) * _row_bytes(kind, part.cols) // _ALIGN) * _ALIGN
-    arena = DeviceBuffer.alloc(offset)
+        _check_shapes(gguf, part)
+        kinds.append(part_kinds.pop())
+    arena, arrays = _layout(config, kinds)
     uploader = _Uploader(stream)
     try:
-        arrays: list[tuple[DeviceArray, GGMLQuantizationType, _Part]] = []
         layers_done = 0
-        for part, kind, start in plan:
-            at = start
+        for view, _, part in arrays:
+            at = 0
             for name in part.names:
                 raw = np.ascontiguousarray(gguf.raw(name)).reshape(-1).view(np.uint8)
-                uploader.copy(raw, arena.view(at, raw.nbytes))
+                uploader.copy(raw, view.buffer.view(at, raw.nbytes))
                 at += raw.nbytes
-            nbytes = sum(part.rows) * _row_bytes(kind, part.cols)
-            view = DeviceArray(arena.view(start, nbytes), _shape(kind, part), _dtype(kind))
-            arrays.append((view, kind, part))
             if progress is not None and part.names[0].endswith("ffn_down.weight"):
                 layers_done += 1
                 progress(layers_done)
@@ -189,6 +178,65 @@ def upload_weights(
         raise
     uploader.close()
     return _assemble(arena, arrays, config)
+
+
+def synthetic_weights(
+    config: ModelConfig,
+    quant: QuantType,
+    head_quant: QuantType,
+    synthetic: Synthetic,
+    stream: Stream,
+    seed: int = 0,
+) -> CudaWeights:
+    """Random weights of `config`'s shapes made on the device: matrices and the embedding in
+    `quant` blocks, the output head in `head_quant`, norms near 1."""
+    to_gguf = {v: k for k, v in LINEAR_TYPES.items()}
+    kinds = []
+    for part in _parts(config):
+        if part.rows == (1,):
+            kinds.append(GGMLQuantizationType.F32)
+        else:
+            head = part.names == ("output.weight",)
+            kinds.append(to_gguf[head_quant if head else quant])
+    arena, arrays = _layout(config, kinds)
+    for i, (view, kind, part) in enumerate(arrays):
+        if kind is GGMLQuantizationType.F32:
+            synthetic.fill_f32(view, seed + i, 0.9, 1.1, stream)
+        else:
+            # Scales like a trained model's at this fan-in keep activations finite.
+            scale = 0.5 / math.sqrt(part.cols)
+            synthetic.fill_quant(view, LINEAR_TYPES[kind], seed + i, scale, stream)
+    stream.synchronize()
+    return _assemble(arena, arrays, config)
+
+
+def _check_shapes(gguf: GGUFFile, part: _Part) -> None:
+    for name, rows in zip(part.names, part.rows, strict=True):
+        expected = (rows, part.cols) if rows > 1 else (part.cols,)
+        shape = gguf.tensors[name].shape
+        if shape != expected and not (rows == 1 and shape == (1, part.cols)):
+            raise ModelFormatError(
+                f"{gguf.path}: tensor {name!r} has shape {shape}, expected {expected}"
+            )
+
+
+def _layout(
+    config: ModelConfig, kinds: list[GGMLQuantizationType]
+) -> tuple[DeviceBuffer, list[tuple[DeviceArray, GGMLQuantizationType, _Part]]]:
+    """One arena for all parts, each at an aligned offset, and a typed view of each."""
+    parts = list(_parts(config))
+    offsets = []
+    total = 0
+    for part, kind in zip(parts, kinds, strict=True):
+        offsets.append(total)
+        total += -(-sum(part.rows) * _row_bytes(kind, part.cols) // _ALIGN) * _ALIGN
+    arena = DeviceBuffer.alloc(total)
+    arrays = []
+    for part, kind, start in zip(parts, kinds, offsets, strict=True):
+        nbytes = sum(part.rows) * _row_bytes(kind, part.cols)
+        view = DeviceArray(arena.view(start, nbytes), _shape(kind, part), _dtype(kind))
+        arrays.append((view, kind, part))
+    return arena, arrays
 
 
 def _tensor_type(gguf: GGUFFile, name: str) -> GGMLQuantizationType:

@@ -18,6 +18,7 @@ from ember.model.default_model import resolve_model_path
 from ember.model.gguf_file import GGUFFile
 from ember.model.llama_weights import LlamaWeights
 from ember.model.numpy_llama import NumpyLlama
+from ember.model.synthetic import is_synthetic, load_synthetic_backend, preset, synthetic_tokenizer
 from ember.model.tokenizer import Tokenizer
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -51,6 +52,8 @@ def load_model(
     model: str | Path | None = None, device: str = "cpu", show_progress: bool = True
 ) -> LoadedModel:
     started = time.perf_counter()
+    if is_synthetic(model):
+        return _load_synthetic(str(model), device, started)
     path = resolve_model_path(model)
     device = resolve_device(device)
     gguf = GGUFFile.open(path)
@@ -63,17 +66,34 @@ def load_model(
         )
     has_template = gguf.get("tokenizer.chat_template") is not None
     chat_template = ChatTemplate.from_gguf(gguf) if has_template else None
-    if device != "cpu":
-        # The driver layer (ember.gpu) and kernels exist; the CUDA forward pass does not yet.
-        raise EmberError("the CUDA model backend is not implemented yet; use --device cpu")
+    backend: ForwardBackend
     with _progress(f"loading {path.name}", config.n_layers, show_progress) as advance:
-        weights = LlamaWeights.load(gguf, config, progress=advance)
-    backend = NumpyLlama(config, weights)
+        if device == "cuda":
+            from ember.model.cuda_llama import CudaLlama
+
+            backend = CudaLlama.load(gguf, config, progress=advance)
+        else:
+            backend = NumpyLlama(config, LlamaWeights.load(gguf, config, progress=advance))
     return LoadedModel(
         path=path,
         config=config,
         tokenizer=tokenizer,
         chat_template=chat_template,
+        backend=backend,
+        load_seconds=time.perf_counter() - started,
+    )
+
+
+def _load_synthetic(model: str, device: str, started: float) -> LoadedModel:
+    config, _, _ = preset(model)
+    if resolve_device(device) != "cuda":
+        raise EmberError(f"{model} is generated on the GPU; it needs --device cuda (or auto)")
+    backend = load_synthetic_backend(model)
+    return LoadedModel(
+        path=Path(model),
+        config=config,
+        tokenizer=synthetic_tokenizer(config.vocab_size),
+        chat_template=None,
         backend=backend,
         load_seconds=time.perf_counter() - started,
     )

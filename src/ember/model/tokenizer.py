@@ -117,6 +117,12 @@ def _byte_alphabet() -> dict[str, int]:
     return chars
 
 
+def byte_alphabet_tokens() -> list[str]:
+    """The 256 single-byte tokens of a byte-level vocabulary, in byte order."""
+    by_byte = {b: c for c, b in _byte_alphabet().items()}
+    return [by_byte[b] for b in range(256)]
+
+
 class Tokenizer:
     """Text <-> token ids for one model: `encode`, `decode`, and the special ids around them."""
 

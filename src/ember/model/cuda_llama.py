@@ -1,0 +1,353 @@
+"""The CUDA backend: a Llama forward pass of our own kernels, replayed as CUDA graphs.
+
+A step of T tokens and L logits rows is padded to a bucket (T_b, L_b); each bucket's launch
+sequence (about ten kernels per layer) is captured once into a CUDA graph and replayed for
+every later step of that size, so a step costs Python one metadata copy, one graph launch and
+one copy of the sampled token ids back. Decode buckets (B, B) for B = 1, 2, 4, ... up to the
+engine's sequence limit are captured when the buffers are reserved; prefill buckets when first
+used. Projections run as quantised GEMV for up to 8 rows and as a tensor-core GEMM above.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from ember.errors import EmberError
+from ember.gpu.array import DeviceArray
+from ember.gpu.context import Context
+from ember.gpu.device import Device
+from ember.gpu.graph import GraphExec, StreamCapture
+from ember.gpu.launch import Launch
+from ember.gpu.memory import PinnedHostBuffer
+from ember.gpu.stream import Stream
+from ember.kernels.attention import Attention, choose_splits, partials_size
+from ember.kernels.kernel_set import KernelSet
+from ember.kernels.quant_gemv import MAX_BATCH as GEMV_MAX_ROWS
+from ember.kernels.quant_gemv import QuantType
+from ember.model.activations import Activations, ActivationViews
+from ember.model.backend import SampledStep, SamplingBatch
+from ember.model.config import ModelConfig
+from ember.model.cuda_weights import CudaWeights, QuantMatrix
+from ember.model.forward_batch import ForwardBatch
+from ember.model.step_inputs import StepArrays, StepInputs
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ember.model.gguf_file import GGUFFile
+
+F32 = npt.NDArray[np.float32]
+# Token-row buckets above 256 grow in steps of 256 (prefill chunks).
+_POW2_LIMIT: Final = 256
+# Share of free device memory the KV cache takes by default, and its cap.
+_KV_MEMORY_SHARE: Final = 0.5
+_KV_MEMORY_CAP: Final = 16 << 30
+
+
+def buckets(limit: int) -> list[int]:
+    """Sizes a step is padded to: powers of two up to 256, then multiples of 256, then limit."""
+    sizes = [b for b in (1 << i for i in range(9)) if b < limit]
+    sizes += list(range(2 * _POW2_LIMIT, limit, _POW2_LIMIT))
+    return sorted({*sizes, limit})
+
+
+def _bucket(sizes: list[int], n: int) -> int:
+    for size in sizes:
+        if size >= n:
+            return size
+    raise EmberError(f"a step of {n} exceeds the reserved {sizes[-1]}")
+
+
+class CudaLlama:
+    """`ForwardBackend` and `DeviceSamplingBackend` on one GPU."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: CudaWeights,
+        device: Device,
+        context: Context,
+        stream: Stream,
+        kernels: KernelSet,
+    ) -> None:
+        if not Attention.supports(config.head_dim, config.n_heads, config.n_kv_heads):
+            raise EmberError(
+                f"the CUDA backend has no attention kernel for head_dim {config.head_dim} with "
+                f"{config.n_heads} q heads over {config.n_kv_heads} kv heads"
+            )
+        self._config = config
+        self.weights = weights
+        self.device = device
+        self.context = context
+        self.stream = stream
+        self.kernels = kernels
+        self.kv_cache: DeviceArray | None = None
+        self.block_size = 0
+        self.inputs: StepInputs | None = None
+        self.activations: Activations | None = None
+        self._token_buckets: list[int] = []
+        self._row_buckets: list[int] = []
+        self._graphs: dict[tuple[int, int], GraphExec] = {}
+        self._ids_host = PinnedHostBuffer.alloc(4 * 1024)
+        self._logits_host: PinnedHostBuffer | None = None
+        self.use_graphs = True
+
+    @classmethod
+    def load(
+        cls,
+        gguf: GGUFFile,
+        config: ModelConfig,
+        ordinal: int = 0,
+        progress: Callable[[int], None] | None = None,
+    ) -> CudaLlama:
+        from ember.model.cuda_weights import upload_weights
+
+        device = Device.get(ordinal)
+        context = device.retain_primary_context()
+        context.make_current()
+        stream = Stream.create()
+        kernels = KernelSet.load(device)
+        weights = upload_weights(gguf, config, stream, progress)
+        return cls(config, weights, device, context, stream, kernels)
+
+    @classmethod
+    def synthetic(
+        cls, config: ModelConfig, quant: QuantType, head_quant: QuantType, ordinal: int = 0
+    ) -> CudaLlama:
+        """Random weights of `config`'s shapes, generated on the device (for benchmarks)."""
+        from ember.kernels.synthetic import Synthetic
+        from ember.model.cuda_weights import synthetic_weights
+
+        device = Device.get(ordinal)
+        context = device.retain_primary_context()
+        context.make_current()
+        stream = Stream.create()
+        kernels = KernelSet.load(device)
+        generator = Synthetic.load(device)
+        try:
+            weights = synthetic_weights(config, quant, head_quant, generator, stream)
+        finally:
+            generator.unload()
+        return cls(config, weights, device, context, stream, kernels)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self._config
+
+    @property
+    def device_name(self) -> str:
+        return f"cuda:{self.device.ordinal} ({self.device.name})"
+
+    def kv_bytes_per_token(self) -> int:
+        c = self._config
+        return 2 * c.n_layers * c.kv_dim * 2  # fp16 K and V
+
+    def default_kv_cache_bytes(self, max_tokens: int) -> int:
+        free, _ = self.context.memory_info()
+        share = int(free * _KV_MEMORY_SHARE)
+        return max(1, min(max_tokens * self.kv_bytes_per_token(), share, _KV_MEMORY_CAP))
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        if block_size & (block_size - 1):
+            raise EmberError(f"the CUDA backend needs a power-of-two block size, not {block_size}")
+        c = self._config
+        if self.kv_cache is not None:
+            self._drop_graphs()
+            self.kv_cache.free()
+        shape = (c.n_layers, 2, num_blocks * block_size, c.n_kv_heads, c.head_dim)
+        self.kv_cache = DeviceArray.empty(shape, np.float16)
+        self.kv_cache.buffer.memset_d8(0, self.stream)
+        self.block_size = block_size
+
+    def reserve(self, max_num_tokens: int, max_num_seqs: int, max_blocks_per_seq: int) -> None:
+        if self.kv_cache is None:
+            raise EmberError("allocate_kv_cache must be called before reserve")
+        c = self._config
+        max_tokens = max(max_num_tokens, max_num_seqs)
+        max_rows = min(max_num_seqs, max_tokens)
+        self._drop_graphs()
+        if self.inputs is not None:
+            self.inputs.free()
+        if self.activations is not None:
+            self.activations.free()
+        self._token_buckets = buckets(max_tokens)
+        self._row_buckets = buckets(max_rows)
+        self.inputs = StepInputs(max_tokens, max_rows, max_num_seqs, max_blocks_per_seq)
+        partials = max(
+            partials_size(t, c.n_heads, c.head_dim, self._splits(t)) for t in self._token_buckets
+        )
+        self.activations = Activations(c, max_tokens, max_rows, partials)
+        if self._ids_host.nbytes < 4 * max_rows:
+            self._ids_host.free()
+            self._ids_host = PinnedHostBuffer.alloc(4 * max_rows)
+        for rows in self._row_buckets:
+            self._graph(_bucket(self._token_buckets, rows), rows)
+
+    def forward(self, batch: ForwardBatch) -> F32:
+        rows = batch.logits_indices.shape[0]
+        step = self._step(batch, None, np.arange(rows, dtype=np.int32))
+        assert step.host_logits is not None
+        return step.host_logits
+
+    def forward_sample(self, batch: ForwardBatch, sampling: SamplingBatch) -> SampledStep:
+        return self._step(batch, sampling, sampling.host_rows)
+
+    def close(self) -> None:
+        self.context.make_current()
+        self.stream.synchronize()
+        self._drop_graphs()
+        for owned in (self.inputs, self.activations, self.kv_cache, self._logits_host):
+            if owned is not None:
+                owned.free()
+        self._ids_host.free()
+        self.weights.free()
+        self.kernels.unload()
+        self.stream.destroy()
+        self.context.release()
+
+    # -- one step -------------------------------------------------------------------------
+
+    def _step(
+        self, batch: ForwardBatch, sampling: SamplingBatch | None, host_rows: npt.NDArray[np.int32]
+    ) -> SampledStep:
+        inputs = self.inputs
+        if inputs is None:
+            raise EmberError("reserve must be called before the first forward")
+        rows = batch.logits_indices.shape[0]
+        tokens_b = _bucket(self._token_buckets, batch.num_tokens)
+        rows_b = min(_bucket(self._row_buckets, max(rows, 1)), tokens_b)
+        inputs.fill(batch, sampling, tokens_b, rows_b)
+        graph = self._graph(tokens_b, rows_b) if self.use_graphs else None
+        inputs.upload(self.stream)
+        if graph is not None:
+            graph.launch(self.stream)
+        else:
+            for launch in self._plan(tokens_b, rows_b):
+                launch(self.stream)
+        views = self._views(tokens_b, rows_b)
+        ids = self._ids_host.array(np.int32, (rows,))
+        if rows:
+            views.sampled.buffer.view(0, 4 * rows).copy_to_host(ids, self.stream)
+        logits = None
+        if host_rows.shape[0]:
+            logits = self._copy_logits(views, rows)
+        self.stream.synchronize()
+        host_logits = None if logits is None else logits[host_rows].copy()
+        return SampledStep(token_ids=ids.copy(), host_logits=host_logits)
+
+    def _copy_logits(self, views: ActivationViews, rows: int) -> F32:
+        vocab = self._config.vocab_size
+        need = 4 * rows * vocab
+        if self._logits_host is None or self._logits_host.nbytes < need:
+            if self._logits_host is not None:
+                self._logits_host.free()
+            assert self.inputs is not None
+            self._logits_host = PinnedHostBuffer.alloc(4 * self.inputs.max_rows * vocab)
+        out: F32 = self._logits_host.array(np.float32, (rows, vocab))
+        views.logits.buffer.view(0, need).copy_to_host(out, self.stream)
+        return out
+
+    def _views(self, tokens: int, rows: int) -> ActivationViews:
+        assert self.activations is not None
+        return self.activations.views(tokens, rows)
+
+    def _graph(self, tokens: int, rows: int) -> GraphExec:
+        graph = self._graphs.get((tokens, rows))
+        if graph is None:
+            plan = self._plan(tokens, rows)
+            with StreamCapture(self.stream) as capture:
+                for launch in plan:
+                    launch(self.stream)
+            graph = capture.graph.instantiate()
+            capture.graph.destroy()
+            self._graphs[tokens, rows] = graph
+        return graph
+
+    def _drop_graphs(self) -> None:
+        for graph in self._graphs.values():
+            graph.destroy()
+        self._graphs.clear()
+
+    def _splits(self, tokens: int) -> int:
+        c = self._config
+        return choose_splits(
+            tokens, c.n_kv_heads, self.device.multiprocessor_count, c.context_length
+        )
+
+    # -- the forward pass as a list of launches --------------------------------------------
+
+    def _plan(self, tokens: int, rows: int) -> list[Launch]:
+        assert self.inputs is not None and self.kv_cache is not None
+        c, w, k = self._config, self.weights, self.kernels
+        a = self._views(tokens, rows)
+        s = self.inputs.arrays(tokens, rows)
+        eps = c.rms_eps
+        plan = [
+            k.embedding.lookup_launch(w.token_embd, w.token_embd_type, s.tokens, a.residual),
+            k.norm.rms_norm_launch(a.residual, w.layers[0].attn_norm, a.x, eps),
+        ]
+        for i, layer in enumerate(w.layers):
+            next_norm = w.layers[i + 1].attn_norm if i + 1 < len(w.layers) else w.output_norm
+            plan += self._attention_block(i, layer.wqkv, layer.wo, a, s)
+            plan.append(k.norm.add_rms_norm_launch(a.delta, a.residual, layer.ffn_norm, a.x, eps))
+            plan.append(self._linear(a.x, layer.w_gate_up, a.gate_up))
+            plan.append(k.elementwise.silu_mul_launch(a.gate_up, a.act))
+            plan.append(self._linear(a.act, layer.w_down, a.delta))
+            plan.append(k.norm.add_rms_norm_launch(a.delta, a.residual, next_norm, a.x, eps))
+        plan.append(k.elementwise.gather_rows_launch(a.x, s.logits_rows, a.last))
+        plan.append(self._linear(a.last, w.lm_head, a.logits))
+        plan.append(k.sampling.sample_launch(a.logits, s.params, a.sampled))
+        return plan
+
+    def _attention_block(
+        self, layer: int, wqkv: QuantMatrix, wo: QuantMatrix, a: ActivationViews, s: StepArrays
+    ) -> list[Launch]:
+        c, k = self._config, self.kernels
+        k_cache, v_cache = self._layer_cache(layer)
+        tokens = a.qkv.shape[0]
+        return [
+            self._linear(a.x, wqkv, a.qkv),
+            k.rope.qkv_cache_launch(
+                a.qkv,
+                s.positions,
+                s.slots,
+                k_cache,
+                v_cache,
+                c.n_heads,
+                c.rope.base,
+                c.head_dim,
+                c.rope.linear_factor,
+            ),
+            *k.attention.launches(
+                a.qkv,
+                k_cache,
+                v_cache,
+                s.positions,
+                s.token_seq,
+                s.block_tables,
+                a.attn,
+                self.block_size,
+                self._splits(tokens),
+                a.partials,
+            ),
+            self._linear(a.attn, wo, a.delta),
+        ]
+
+    def _layer_cache(self, layer: int) -> tuple[DeviceArray, DeviceArray]:
+        assert self.kv_cache is not None
+        _, _, slots, heads, dim = self.kv_cache.shape
+        per = slots * heads * dim * 2
+        base = 2 * layer * per
+        shape = (slots, heads, dim)
+        return (
+            self.kv_cache.view(shape, np.float16, base),
+            self.kv_cache.view(shape, np.float16, base + per),
+        )
+
+    def _linear(self, x: DeviceArray, m: QuantMatrix, y: DeviceArray) -> Launch:
+        if x.shape[0] <= GEMV_MAX_ROWS:
+            return self.kernels.quant_gemv.gemv_launch(m.data, m.quant, x, y)
+        return self.kernels.quant_gemm.gemm_launch(m.data, m.quant, x, y)

@@ -1,0 +1,122 @@
+"""ember.kernels.attention against a NumPy causal GQA attention over the same paged fp16 cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from ember.gpu import DeviceArray, Stream
+from ember.kernels.attention import Attention, partials_size
+
+pytestmark = pytest.mark.gpu
+
+
+def reference(
+    qkv: npt.NDArray[np.float32],
+    k_cache: npt.NDArray[np.float16],
+    v_cache: npt.NDArray[np.float16],
+    positions: npt.NDArray[np.int32],
+    token_seq: npt.NDArray[np.int32],
+    tables: npt.NDArray[np.int32],
+    q_heads: int,
+    block: int,
+) -> npt.NDArray[np.float32]:
+    _, kv_heads, hd = k_cache.shape
+    group = q_heads // kv_heads
+    out = np.zeros((qkv.shape[0], q_heads * hd), np.float64)
+    for t, pos in enumerate(positions):
+        if pos < 0:
+            continue
+        keys = np.arange(pos + 1)
+        slots = tables[token_seq[t], keys // block] * block + keys % block
+        for h in range(q_heads):
+            q = qkv[t, h * hd : (h + 1) * hd].astype(np.float64)
+            k = k_cache[slots, h // group].astype(np.float64)
+            v = v_cache[slots, h // group].astype(np.float64)
+            s = k @ q / np.sqrt(hd)
+            p = np.exp(s - s.max())
+            out[t, h * hd : (h + 1) * hd] = p @ v / p.sum()
+    return out.astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("q_heads", "kv_heads", "head_dim", "lengths", "splits"),
+    [
+        (9, 3, 64, [1, 17, 300], 1),  # SmolLM heads, decode-like rows
+        (9, 3, 64, [700], 8),  # one long sequence split over the context
+        (32, 8, 128, [5, 129], 1),  # Llama 8B heads
+        (32, 8, 128, [1000, 3], 4),
+        (4, 4, 64, [40], 2),  # no grouping
+    ],
+)
+def test_decode_rows_match_numpy(
+    attention: Attention,
+    stream: Stream,
+    q_heads: int,
+    kv_heads: int,
+    head_dim: int,
+    lengths: list[int],
+    splits: int,
+) -> None:
+    block = 16
+    rng = np.random.default_rng(sum(lengths) + head_dim)
+    seqs = len(lengths)
+    width = max(-(-n // block) for n in lengths)
+    num_blocks = seqs * width + 3
+    # Each sequence's blocks are a random, non-contiguous choice of the pool.
+    tables = rng.permutation(num_blocks)[: seqs * width].reshape(seqs, width).astype(np.int32)
+    cache_shape = (num_blocks * block, kv_heads, head_dim)
+    k_cache = rng.standard_normal(cache_shape).astype(np.float16)
+    v_cache = rng.standard_normal(cache_shape).astype(np.float16)
+    # One decode row per sequence at its last position, plus a padded row (position -1).
+    positions = np.array([n - 1 for n in lengths] + [-1], np.int32)
+    token_seq = np.array(list(range(seqs)) + [0], np.int32)
+    tokens = len(positions)
+    qkv = rng.standard_normal((tokens, (q_heads + 2 * kv_heads) * head_dim)).astype(np.float32)
+    want = reference(qkv, k_cache, v_cache, positions, token_seq, tables, q_heads, block)
+    scratch = max(partials_size(tokens, q_heads, head_dim, splits), 1)
+    arrays = [qkv, k_cache, v_cache, positions, token_seq, tables]
+    devs = [DeviceArray.from_numpy(a) for a in arrays]
+    out = DeviceArray.empty((tokens, q_heads * head_dim), np.float32)
+    partials = DeviceArray.empty((scratch,), np.float32)
+    try:
+        out.buffer.memset_d32(0x7FC00000)  # NaN: every element must be written
+        for launch in attention.launches(*devs, out, block, splits, partials):
+            launch(stream)
+        stream.synchronize()
+        got = out.to_numpy()
+    finally:
+        for d in (*devs, out, partials):
+            d.free()
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+    assert not got[-1].any()
+
+
+def test_prefill_chunk_after_cached_prefix_matches_numpy(
+    attention: Attention, stream: Stream
+) -> None:
+    """A chunk of tokens 40..71 of a sequence whose first 40 keys were cached earlier, next to
+    a second sequence's chunk: each token sees exactly its causal prefix."""
+    q_heads, kv_heads, hd, block = 9, 3, 64, 16
+    rng = np.random.default_rng(7)
+    tables = np.array([[5, 2, 7, 0, 3], [1, 4, 6, -1, -1]], np.int32)
+    cache_shape = (8 * block, kv_heads, hd)
+    k_cache = rng.standard_normal(cache_shape).astype(np.float16)
+    v_cache = rng.standard_normal(cache_shape).astype(np.float16)
+    positions = np.concatenate([np.arange(40, 72), np.arange(0, 45)]).astype(np.int32)
+    token_seq = np.array([0] * 32 + [1] * 45, np.int32)
+    qkv = rng.standard_normal((len(positions), (q_heads + 2 * kv_heads) * hd)).astype(np.float32)
+    want = reference(qkv, k_cache, v_cache, positions, token_seq, tables, q_heads, block)
+    arrays = [qkv, k_cache, v_cache, positions, token_seq, tables]
+    devs = [DeviceArray.from_numpy(a) for a in arrays]
+    out = DeviceArray.empty((len(positions), q_heads * hd), np.float32)
+    try:
+        for launch in attention.launches(*devs, out, block):
+            launch(stream)
+        stream.synchronize()
+        got = out.to_numpy()
+    finally:
+        for d in (*devs, out):
+            d.free()
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)

@@ -1,0 +1,101 @@
+"""The forward pass's small kernels (embedding, rope + cache store, silu_mul, gather) vs NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType
+
+from ember.gpu import DeviceArray, Stream
+from ember.kernels.elementwise import Elementwise
+from ember.kernels.embedding import Embedding
+from ember.kernels.quant_gemv import QuantType
+from ember.kernels.rope import Rope
+from ember.model.config import RopeConfig
+from ember.model.quant import dequantize
+from ember.model.rope import RotaryEmbedding
+from tests.gpu.quant_data import random_weight
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "Q4_0", "Q4_1", "F16", "F32"])
+def test_embedding_rows_match_dequantized_table(
+    embedding: Embedding, stream: Stream, kind: str
+) -> None:
+    vocab, d = 300, 576
+    rng = np.random.default_rng(3)
+    gtype = GGMLQuantizationType[kind]
+    if kind in ("F16", "F32"):
+        raw = rng.standard_normal((vocab, d)).astype(np.float16 if kind == "F16" else np.float32)
+        table = raw.astype(np.float32)
+    else:
+        raw = random_weight(QuantType[kind], vocab, d, seed=5)
+        table = dequantize(raw, gtype, (vocab, d))
+    ids = np.array([0, 299, 17, 17, -1, 300, 5], np.int32)  # -1 and 300 are padding: zeros
+    with (
+        DeviceArray.from_numpy(raw) as dt,
+        DeviceArray.from_numpy(ids) as di,
+        DeviceArray.empty((len(ids), d), np.float32) as out,
+    ):
+        embedding.lookup(dt, gtype, di, out, stream)
+        stream.synchronize()
+        got = out.to_numpy()
+    valid = (ids >= 0) & (ids < vocab)
+    np.testing.assert_array_equal(got[valid], table[ids[valid]])
+    assert not got[~valid].any()
+
+
+def test_rope_qkv_cache_rotates_and_stores_fp16(rope: Rope, stream: Stream) -> None:
+    q_heads, kv_heads, hd, tokens = 9, 3, 64, 6
+    rng = np.random.default_rng(11)
+    qkv = rng.standard_normal((tokens, (q_heads + 2 * kv_heads) * hd)).astype(np.float32)
+    positions = np.array([0, 1, 2, 900, 4096, 5], np.int32)
+    slots = np.array([3, 0, 7, 1, -1, 2], np.int32)  # -1: a padded row, stores nothing
+    cache = np.full((8, kv_heads, hd), 1.5, np.float16)
+    emb = RotaryEmbedding(RopeConfig(base=100000.0, dim=hd), 8192)
+    cos, sin = emb.cos_sin(positions)
+    q = qkv[:, : q_heads * hd].reshape(tokens, q_heads, hd)
+    k = qkv[:, q_heads * hd : (q_heads + kv_heads) * hd].reshape(tokens, kv_heads, hd)
+    v = qkv[:, (q_heads + kv_heads) * hd :].reshape(tokens, kv_heads, hd)
+    want_q, want_k = emb.apply(q, cos, sin), emb.apply(k, cos, sin)
+    with (
+        DeviceArray.from_numpy(qkv) as dqkv,
+        DeviceArray.from_numpy(positions) as dpos,
+        DeviceArray.from_numpy(slots) as dslots,
+        DeviceArray.from_numpy(cache) as kc,
+        DeviceArray.from_numpy(cache) as vc,
+    ):
+        rope.qkv_cache_launch(dqkv, dpos, dslots, kc, vc, q_heads, 100000.0)(stream)
+        stream.synchronize()
+        got, got_k, got_v = dqkv.to_numpy(), kc.to_numpy(), vc.to_numpy()
+    got_q = got[:, : q_heads * hd].reshape(tokens, q_heads, hd)
+    np.testing.assert_allclose(got_q, want_q, rtol=1e-5, atol=1e-5)
+    for t, slot in enumerate(slots):
+        if slot < 0:
+            continue
+        np.testing.assert_allclose(got_k[slot], want_k[t].astype(np.float16), rtol=1e-3, atol=1e-3)
+        np.testing.assert_array_equal(got_v[slot], v[t].astype(np.float16))
+    untouched = sorted(set(range(8)) - set(slots[slots >= 0].tolist()))
+    assert (got_k[untouched] == 1.5).all() and (got_v[untouched] == 1.5).all()
+
+
+def test_silu_mul_and_gather(elementwise: Elementwise, stream: Stream) -> None:
+    rng = np.random.default_rng(2)
+    rows, f = 5, 1536
+    gate_up = (rng.standard_normal((rows, 2 * f)) * 4).astype(np.float32)
+    gate, up = gate_up[:, :f].astype(np.float64), gate_up[:, f:]
+    want = (gate / (1 + np.exp(-gate)) * up).astype(np.float32)
+    index = np.array([4, 0, 4], np.int32)
+    with (
+        DeviceArray.from_numpy(gate_up) as dgu,
+        DeviceArray.empty((rows, f), np.float32) as act,
+        DeviceArray.from_numpy(index) as di,
+        DeviceArray.empty((3, f), np.float32) as picked,
+    ):
+        elementwise.silu_mul_launch(dgu, act)(stream)
+        elementwise.gather_rows_launch(act, di, picked)(stream)
+        stream.synchronize()
+        got, got_rows = act.to_numpy(), picked.to_numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got_rows, got[index])

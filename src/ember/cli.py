@@ -1,4 +1,4 @@
-"""`ember` command line: run, info, bench."""
+"""`ember` command line: run, info, bench, serve."""
 
 from __future__ import annotations
 
@@ -47,7 +47,55 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--decode-tokens", type=int, default=32)
     bench.add_argument("--prompt-tokens", type=int, default=32)
     bench.add_argument("--prefill-tokens", type=int, default=512)
+    bench_forms = bench.add_subparsers(dest="bench_command", metavar="{serve}")
+    bench_serve = bench_forms.add_parser(
+        "serve", help="load-test an OpenAI-compatible server (any, not only Ember)"
+    )
+    _add_bench_serve_args(bench_serve)
+
+    serve = commands.add_parser("serve", help="OpenAI-compatible HTTP server")
+    _add_model_args(serve)
+    _add_serve_args(serve)
     return parser
+
+
+def _add_serve_args(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--host", default="127.0.0.1")
+    add("--port", type=int, default=8000)
+    add("--served-model-name", default=None, help="model id for clients (default: from the file)")
+    add("--in-process", action="store_true", help="run the engine in the server process")
+    add("--max-queued-requests", type=int, default=512, help="waiting requests before 429")
+    add("--request-timeout", type=float, default=600.0, help="seconds per request (0: none)")
+    add("--shutdown-grace-period", type=float, default=30.0, help="seconds to drain on SIGTERM")
+    add("--max-body-bytes", type=int, default=4 << 20)
+    add("--max-choices", type=int, default=16, help="largest n (choices) per request")
+    add("--max-num-seqs", type=int, default=256, help="sequences per engine step")
+    add("--max-num-batched-tokens", type=int, default=1024, help="tokens per engine step")
+    add("--kv-cache-memory-mb", type=int, default=1024)
+    add("--num-kv-blocks", type=int, default=None, help="overrides --kv-cache-memory-mb")
+    add("--block-size", type=int, default=16)
+    add("--no-prefix-caching", action="store_true")
+    add("--seed", type=int, default=0, help="engine seed for requests without their own")
+    add("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    add("--model", default=None, help="model id (default: the first of /v1/models)")
+    add("--api-key", default="EMPTY")
+    add("--endpoint", default="chat", choices=("chat", "completions"))
+    add("--concurrency", type=int, default=16, help="streaming clients at most in flight")
+    add("--requests", type=int, default=64, help="requests in all")
+    add("--rate", type=float, default=None, help="arrivals per second (default: all at once)")
+    add("--arrivals", default="poisson", choices=("poisson", "fixed"))
+    add("--prompt", default="Write a short story about a lighthouse keeper.")
+    add("--max-tokens", type=int, default=64)
+    add("--ignore-eos", action="store_true", help="ask for exactly --max-tokens tokens")
+    add("--temperature", type=float, default=0.0)
+    add("--timeout", type=float, default=600.0, help="seconds per request")
+    add("--seed", type=int, default=0, help="seed of the arrival times")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "info":
             return _info(args)
+        if args.command == "serve":
+            return _serve(args)
+        if args.bench_command == "serve":
+            return _bench_serve(args)
         return _bench(args)
     except EmberError as error:
         print(f"ember: error: {error}", file=sys.stderr)
@@ -127,6 +179,63 @@ def _bench(args: argparse.Namespace) -> int:
     print(format_table(results))
     reference = memory_reference()
     print(f"reference: float32 GEMV sweep at {reference:.1f} GB/s (median) on this machine now")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ember.engine.llm_engine import EngineConfig
+    from ember.serve.config import ServerConfig
+    from ember.serve.server import run_server
+
+    engine = EngineConfig(
+        model=args.model,
+        device=args.device,
+        block_size=args.block_size,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        num_kv_blocks=args.num_kv_blocks,
+        kv_cache_memory_bytes=args.kv_cache_memory_mb << 20,
+        enable_prefix_caching=not args.no_prefix_caching,
+        seed=args.seed,
+    )
+    run_server(
+        ServerConfig(
+            engine=engine,
+            host=args.host,
+            port=args.port,
+            served_model_name=args.served_model_name,
+            in_process=args.in_process,
+            max_queued_requests=args.max_queued_requests,
+            request_timeout=args.request_timeout or None,
+            shutdown_grace_period=args.shutdown_grace_period,
+            max_body_bytes=args.max_body_bytes,
+            max_choices=args.max_choices,
+            log_level=args.log_level,
+        )
+    )
+    return 0
+
+
+def _bench_serve(args: argparse.Namespace) -> int:
+    from ember.serve.load_generator import LoadPlan, format_report, run_load
+
+    plan = LoadPlan(
+        url=args.url,
+        model=args.model,
+        api_key=args.api_key,
+        endpoint=args.endpoint,
+        concurrency=args.concurrency,
+        num_requests=args.requests,
+        rate=args.rate,
+        arrivals=args.arrivals,
+        prompt=args.prompt,
+        max_tokens=args.max_tokens,
+        ignore_eos=args.ignore_eos,
+        temperature=args.temperature,
+        timeout=args.timeout,
+        seed=args.seed,
+    )
+    print(format_report(plan, run_load(plan)))
     return 0
 
 

@@ -31,6 +31,9 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     seed: int = 0
     show_progress: bool = True
+    # False: outputs carry token ids only (no text, no stop strings), for a caller that
+    # detokenizes elsewhere, e.g. the HTTP server in front of an engine worker process.
+    detokenize: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +46,13 @@ class EngineStats:
     prefix_cache_hits: int
     num_preemptions: int
     last_batch_size: int
+    last_batch_tokens: int
 
 
 @dataclass(slots=True, eq=False)
 class _Request:
     seq: Sequence
-    text: TextStream
+    text: TextStream | None
     stop_ids: frozenset[int]
     pending_tokens: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -83,6 +87,7 @@ class LLMEngine:
         self._next_seq_id = 0
         self._seed_rng = np.random.default_rng(config.seed)
         self._last_batch_size = 0
+        self._last_batch_tokens = 0
 
     def encode_prompt(self, prompt: str | SequenceOf[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -117,7 +122,8 @@ class LLMEngine:
         stop_ids = frozenset(params.stop_token_ids) | (
             frozenset() if params.ignore_eos else self.tokenizer.stop_ids
         )
-        self._requests[request_id] = _Request(seq, TextStream(self.tokenizer, params), stop_ids)
+        text = TextStream(self.tokenizer, params) if self.config.detokenize else None
+        self._requests[request_id] = _Request(seq, text, stop_ids)
         self.scheduler.add(seq)
         return list(prompt_ids)
 
@@ -148,6 +154,7 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         batch = self.scheduler.schedule()
         self._last_batch_size = len(batch)
+        self._last_batch_tokens = batch.num_tokens
         if not batch.seqs:
             return []
         sampled = self.runner.run(batch)
@@ -171,6 +178,7 @@ class LLMEngine:
             prefix_cache_hits=self.pool.stats.hits,
             num_preemptions=self.scheduler.num_preemptions,
             last_batch_size=self._last_batch_size,
+            last_batch_tokens=self._last_batch_tokens,
         )
 
     def _accept(self, request: _Request, token: SampledToken) -> FinishReason | None:
@@ -183,10 +191,11 @@ class LLMEngine:
             request.pending_logprobs.append(token.logprob)
         if token.token_id in request.stop_ids:
             return FinishReason.STOP
-        if request.text.push(token.token_id):
+        text = request.text
+        if text is not None and text.push(token.token_id):
             return FinishReason.STOP
         if seq.num_output_tokens >= seq.params.max_tokens:
-            return FinishReason.STOP if request.text.finish() else FinishReason.LENGTH
+            return FinishReason.STOP if text is not None and text.finish() else FinishReason.LENGTH
         return None
 
     def _report(self, request: _Request, finish: FinishReason | None) -> RequestOutput:
@@ -197,7 +206,7 @@ class LLMEngine:
         output = RequestOutput(
             request_id=seq.request_id,
             new_token_ids=request.pending_tokens,
-            new_text=request.text.take_delta(final=finish is not None),
+            new_text="" if request.text is None else request.text.take_delta(finish is not None),
             new_logprobs=request.pending_logprobs,
             finished=finish is not None,
             finish_reason=finish,

@@ -1,0 +1,141 @@
+"""The ASGI application: OpenAI routes, health and metrics, and errors in OpenAI's shape."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ember.serve.api_errors import (
+    APIError,
+    ClientClosedRequestError,
+    InternalServerError,
+    MethodNotAllowedError,
+    NotFoundError,
+)
+from ember.serve.config import ServerConfig
+from ember.serve.engine_client import EngineClient
+from ember.serve.http_body import ClientGoneError
+from ember.serve.metrics import ServerMetrics
+from ember.serve.openai_routes import OpenAIRoutes
+from ember.serve.served_model import ServedModel
+from ember.serve.supervisor import WorkerSupervisor
+
+logger = logging.getLogger("ember.serve")
+
+_PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def build_app(
+    config: ServerConfig,
+    model: ServedModel,
+    client: EngineClient,
+    supervisor: WorkerSupervisor,
+    metrics: ServerMetrics,
+) -> ASGIApp:
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        info = client.worker_info
+        if client.draining:
+            status = "draining"
+        elif info is None:
+            status = "starting" if supervisor.restarts == 0 else "restarting"
+        else:
+            status = "ready"
+        body = {
+            "status": status,
+            "model": model.name,
+            "worker_pid": None if info is None else info.pid,
+            "worker_restarts": supervisor.restarts,
+        }
+        return JSONResponse(body, status_code=200 if status == "ready" else 503)
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=_PROMETHEUS_TYPE)
+
+    routes = [
+        *OpenAIRoutes(config, model, client).routes(),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            APIError: _api_error,
+            HTTPException: _http_exception,
+            ClientGoneError: _client_gone,
+            Exception: _unexpected,
+        },
+    )
+    known_paths = {route.path for route in routes}
+    return HTTPMetricsMiddleware(app, metrics, known_paths)
+
+
+def api_error_response(error: APIError) -> Response:
+    return Response(
+        error.json(),
+        status_code=error.status,
+        headers=error.headers(),
+        media_type="application/json",
+    )
+
+
+async def _api_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, APIError)
+    return api_error_response(error)
+
+
+async def _http_exception(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    if error.status_code == 405:
+        return api_error_response(
+            MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}")
+        )
+    if error.status_code == 404:
+        return api_error_response(NotFoundError(f"no route {request.url.path}"))
+    generic = APIError(str(error.detail))
+    generic.status = error.status_code
+    return api_error_response(generic)
+
+
+async def _client_gone(request: Request, error: Exception) -> Response:
+    return api_error_response(ClientClosedRequestError("the client closed the connection"))
+
+
+async def _unexpected(request: Request, error: Exception) -> Response:
+    logger.exception("unexpected error serving %s %s", request.method, request.url.path)
+    return api_error_response(
+        InternalServerError("the server failed to handle this request; see the server log")
+    )
+
+
+class HTTPMetricsMiddleware:
+    """Counts responses by endpoint and status, outermost, so even 500s are counted."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics, known_paths: set[str]) -> None:
+        self._app = app
+        self._metrics = metrics
+        self._known_paths = known_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        path = scope["path"]
+        endpoint = path if path in self._known_paths else "other"
+        metrics = self._metrics
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                metrics.on_http_response(endpoint, message["status"])
+            await send(message)
+
+        await self._app(scope, receive, counting_send)

@@ -1,0 +1,46 @@
+"""How `ember serve` runs: built from the command line in `ember.cli`, passed down unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ember.engine.llm_engine import EngineConfig
+from ember.errors import EmberError
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # The model id clients send and /v1/models lists; None: the GGUF's default name.
+    served_model_name: str | None = None
+    # Run the engine on a thread of the server process instead of a crash-isolated worker.
+    in_process: bool = False
+    # Requests admitted to the engine but not yet running; beyond this, 429.
+    max_queued_requests: int = 512
+    # Seconds from arrival to the last token; a request's own `request_timeout` may lower it.
+    request_timeout: float | None = 600.0
+    # After SIGTERM: seconds in-flight requests get to finish before they are cut off.
+    shutdown_grace_period: float = 30.0
+    max_body_bytes: int = 4 << 20
+    # Upper bound on `n` (choices per request): each choice is a sequence in the engine.
+    max_choices: int = 16
+    # Seconds before restarting a worker that died, doubling per consecutive failure.
+    restart_backoff: float = 0.5
+    max_restart_backoff: float = 30.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise EmberError(f"--port must be between 0 and 65535, got {self.port}")
+        if self.max_queued_requests < 0:
+            raise EmberError("--max-queued-requests must be >= 0")
+        if self.request_timeout is not None and self.request_timeout <= 0:
+            raise EmberError("--request-timeout must be positive")
+        if self.shutdown_grace_period < 0:
+            raise EmberError("--shutdown-grace-period must be >= 0")
+        if self.max_body_bytes < 1024:
+            raise EmberError("--max-body-bytes must be at least 1024")
+        if self.max_choices < 1:
+            raise EmberError("--max-choices must be >= 1")

@@ -1,0 +1,232 @@
+"""The server's side of the engine: admits requests, routes the worker's tokens to them.
+
+Everything here runs on the event loop. `on_message` is the hot path: one call per engine
+step, handling every running sequence's new tokens (detokenize, stop strings, wake the
+handler) with no per-token allocation beyond the text itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import time
+from typing import Protocol
+
+from ember.engine.sampling_params import SamplingParams
+from ember.serve.api_errors import (
+    APIError,
+    BadRequestError,
+    DeadlineExceededError,
+    QueueFullError,
+    ServiceUnavailableError,
+    WorkerCrashedError,
+)
+from ember.serve.config import ServerConfig
+from ember.serve.generation import Choice, GenerationRequest
+from ember.serve.metrics import ServerMetrics
+from ember.serve.worker_protocol import (
+    AbortSequences,
+    AddSequence,
+    SequenceRejected,
+    ServerMessage,
+    StepReport,
+    WorkerMessage,
+    WorkerReady,
+)
+
+# Seconds a client is told to wait before retrying while no worker is ready or the queue is full.
+RETRY_AFTER_NO_WORKER = 5.0
+RETRY_AFTER_QUEUE_FULL = 1.0
+
+
+class WorkerLink(Protocol):
+    def send(self, message: ServerMessage) -> None: ...
+
+
+class EngineClient:
+    def __init__(self, config: ServerConfig, metrics: ServerMetrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._choices: dict[int, Choice] = {}
+        self._waiting: set[int] = set()
+        self._seq_ids = itertools.count()
+        self._worker: WorkerLink | None = None
+        self.worker_info: WorkerReady | None = None
+        self.draining = False
+
+    @property
+    def ready(self) -> bool:
+        return self._worker is not None and not self.draining
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._choices)
+
+    def attach(self, worker: WorkerLink, info: WorkerReady) -> None:
+        self._worker = worker
+        self.worker_info = info
+        self._metrics.on_worker_ready()
+
+    def detach(self, how: str) -> None:
+        """The worker is gone: every request it held fails, and new ones get 503 until the
+        next worker is ready."""
+        self._worker = None
+        self.worker_info = None
+        self._metrics.on_worker_lost()
+        error = WorkerCrashedError(
+            f"the engine worker {how} while running this request, which was lost; retry it",
+            retry_after=RETRY_AFTER_NO_WORKER,
+        )
+        requests = {choice.owner for choice in self._choices.values()}
+        self._metrics.finished["abort"].inc(len(self._choices))
+        self._choices.clear()
+        self._waiting.clear()
+        for request in requests:
+            self._fail(request, error)
+
+    def submit(self, request: GenerationRequest) -> None:
+        """Send the request's choices to the worker; raises the API error that refuses it."""
+        worker = self._worker
+        if worker is None or self.draining:
+            raise ServiceUnavailableError(
+                "the server is shutting down" if self.draining else "no engine worker is ready",
+                code="draining" if self.draining else None,
+                retry_after=RETRY_AFTER_NO_WORKER,
+            )
+        self._check_kv_capacity(request)
+        if len(self._waiting) + len(request.choices) > max(
+            self._config.max_queued_requests, len(request.choices)
+        ):
+            raise QueueFullError(
+                f"{len(self._waiting)} requests are already waiting for the engine "
+                f"(--max-queued-requests {self._config.max_queued_requests}); retry later",
+                retry_after=RETRY_AFTER_QUEUE_FULL,
+            )
+        for choice in request.choices:
+            seq_id = choice.seq_id = next(self._seq_ids)
+            self._choices[seq_id] = choice
+            self._waiting.add(seq_id)
+            worker.send(AddSequence(seq_id, choice.prompt_ids, _engine_params(choice)))
+        timeout = request.timeout
+        if timeout is not None:
+            loop = asyncio.get_running_loop()
+            request.timer = loop.call_later(timeout, self._expire, request)
+
+    def fail_all(self, error: APIError) -> None:
+        """End every request in flight with `error` (and abort it in the engine)."""
+        for request in {choice.owner for choice in self._choices.values()}:
+            self.abort(request)
+            self._fail(request, error)
+
+    def abort(self, request: GenerationRequest) -> None:
+        """Stop the request's unfinished choices in the engine (frees their KV blocks)."""
+        seq_ids = [c.seq_id for c in request.choices if c.seq_id in self._choices]
+        for seq_id in seq_ids:
+            self._forget(seq_id, "abort")
+        if seq_ids and self._worker is not None:
+            self._worker.send(AbortSequences(seq_ids))
+        if request.timer is not None:
+            request.timer.cancel()
+
+    def on_message(self, message: WorkerMessage) -> None:
+        if isinstance(message, StepReport):
+            self._on_step(message)
+        elif isinstance(message, SequenceRejected):
+            choice = self._choices.get(message.seq_id)
+            if choice is not None:
+                self._forget(message.seq_id, None)
+                self.abort(choice.owner)
+                self._fail(choice.owner, BadRequestError(message.message))
+
+    def _on_step(self, report: StepReport) -> None:
+        now = time.monotonic()
+        metrics = self._metrics
+        choices = self._choices
+        for seq_id in report.started:
+            if seq_id in self._waiting:
+                self._waiting.discard(seq_id)
+                choice = choices.get(seq_id)
+                if choice is not None:
+                    metrics.queue_time.observe(now - choice.owner.arrival_time)
+        to_abort: list[int] = []
+        num_tokens = 0
+        for seq_id, token_ids, logprobs, finish in report.deltas:
+            choice = choices.get(seq_id)
+            if choice is None:
+                continue  # aborted here while the worker was already stepping it
+            num_tokens += len(token_ids)
+            if choice.first_token_time is None:
+                choice.first_token_time = now
+                metrics.ttft.observe(now - choice.owner.arrival_time)
+                metrics.prompt_tokens.inc(len(choice.prompt_ids))
+            elif choice.last_token_time is not None:
+                metrics.itl.observe(now - choice.last_token_time)
+            choice.last_token_time = now
+            if choice.accept(token_ids, logprobs, finish):
+                to_abort.append(seq_id)
+            if choice.finished:
+                self._forget(seq_id, choice.finish_reason)
+                self._on_choice_finished(choice, now)
+                choice.owner.changed.set()
+            elif choice.owner.wake_on_tokens:
+                choice.owner.changed.set()
+        if num_tokens:
+            metrics.generation_tokens.inc(num_tokens)
+        if to_abort and self._worker is not None:
+            self._worker.send(AbortSequences(to_abort))
+        metrics.on_engine_step(report.stats)
+
+    def _on_choice_finished(self, choice: Choice, now: float) -> None:
+        metrics = self._metrics
+        metrics.e2e.observe(now - choice.owner.arrival_time)
+        metrics.request_prompt_tokens.observe(len(choice.prompt_ids))
+        metrics.request_generation_tokens.observe(choice.num_output_tokens)
+        request = choice.owner
+        if request.timer is not None and request.finished:
+            request.timer.cancel()
+
+    def _forget(self, seq_id: int, reason: str | None) -> None:
+        choice = self._choices.pop(seq_id, None)
+        self._waiting.discard(seq_id)
+        if choice is not None and reason is not None:
+            self._metrics.finished[reason if reason in ("stop", "length") else "abort"].inc()
+
+    def _expire(self, request: GenerationRequest) -> None:
+        if request.finished:
+            return
+        self.abort(request)
+        self._fail(
+            request,
+            DeadlineExceededError(
+                f"the request did not finish within its deadline of {request.timeout:g} s"
+            ),
+        )
+
+    def _fail(self, request: GenerationRequest, error: APIError) -> None:
+        if request.timer is not None:
+            request.timer.cancel()
+        request.fail(error)
+
+    def _check_kv_capacity(self, request: GenerationRequest) -> None:
+        info = self.worker_info
+        if info is None:
+            return
+        for choice in request.choices:
+            tokens = len(choice.prompt_ids) + choice.params.max_tokens
+            blocks = -(-tokens // info.block_size)
+            if blocks > info.num_kv_blocks:
+                raise BadRequestError(
+                    f"prompt ({len(choice.prompt_ids)} tokens) plus max_tokens "
+                    f"({choice.params.max_tokens}) needs {blocks} KV blocks but the engine's "
+                    f"cache holds {info.num_kv_blocks}; lower max_tokens",
+                    param="max_tokens",
+                )
+
+
+def _engine_params(choice: Choice) -> SamplingParams:
+    """The parameters the worker needs: stop strings stay here, where the text is."""
+    params = choice.params
+    if not params.stop:
+        return params
+    return dataclasses.replace(params, stop=(), include_stop_str_in_output=False)

@@ -1,0 +1,148 @@
+"""A request in flight, as the HTTP server sees it: its choices, their text so far, its fate.
+
+Token ids arrive from the engine worker once per step; each `Choice` turns them into text
+(incremental detokenization and stop strings, via the engine's `TextStream`) and keeps what
+the HTTP side has not yet taken. A client that reads slowly simply takes several tokens at
+once, so the server never falls behind the engine by doing per-token work twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from ember.engine.sampling_params import SamplingParams
+from ember.engine.sequence import TokenLogprob
+from ember.engine.text_stream import TextStream
+from ember.model.tokenizer import Tokenizer
+from ember.serve.api_errors import APIError
+
+
+@dataclass(slots=True)
+class ChoiceDelta:
+    """What a choice produced since the last `take`."""
+
+    text: str
+    logprobs: list[TokenLogprob]
+    num_tokens: int
+    finish_reason: str | None
+
+
+@dataclass(slots=True, eq=False)
+class Choice:
+    index: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    text: TextStream
+    stop_ids: frozenset[int]
+    owner: GenerationRequest
+    seq_id: int = -1
+    num_output_tokens: int = 0
+    finish_reason: str | None = None
+    first_token_time: float | None = None
+    last_token_time: float | None = None
+    _pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    _pending_tokens: int = 0
+    _taken_finish: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def accept(
+        self,
+        token_ids: list[int],
+        logprobs: list[TokenLogprob] | None,
+        engine_finish: str | None,
+    ) -> bool:
+        """Add the engine's new tokens; True when a stop string ended the choice here while
+        the engine would go on (so the caller must abort it there)."""
+        if self.finish_reason is not None:
+            return False
+        text = self.text
+        stopped_by_text = False
+        count = 0
+        for token_id in token_ids:
+            count += 1
+            if token_id in self.stop_ids:
+                break
+            if text.push(token_id):
+                stopped_by_text = True
+                break
+        self.num_output_tokens += count
+        self._pending_tokens += count
+        if logprobs:
+            self._pending_logprobs.extend(logprobs[:count])
+        if stopped_by_text:
+            self.finish_reason = "stop"
+        elif engine_finish is not None:
+            completed_stop = text.finish()
+            self.finish_reason = "stop" if completed_stop or engine_finish == "stop" else "length"
+        return stopped_by_text and engine_finish is None
+
+    def take(self) -> ChoiceDelta | None:
+        """New text, logprobs and (once) the finish reason; None when nothing is new."""
+        finished = self.finish_reason is not None
+        if not self._pending_tokens and (not finished or self._taken_finish):
+            return None
+        delta = ChoiceDelta(
+            self.text.take_delta(final=finished),
+            self._pending_logprobs,
+            self._pending_tokens,
+            self.finish_reason if finished else None,
+        )
+        self._pending_logprobs = []
+        self._pending_tokens = 0
+        self._taken_finish = finished
+        return delta
+
+    def finish(self, reason: str) -> None:
+        if self.finish_reason is None:
+            self.finish_reason = reason
+
+
+class GenerationRequest:
+    """One HTTP request's sequences, and the event its handler waits on."""
+
+    def __init__(self, request_id: str, timeout: float | None) -> None:
+        self.request_id = request_id
+        self.arrival_time = time.monotonic()
+        self.timeout = timeout  # seconds from submission to the last token
+        self.choices: list[Choice] = []
+        self.error: APIError | None = None
+        self.changed = asyncio.Event()
+        self.timer: asyncio.TimerHandle | None = None
+        # Streams wake per step to forward tokens; a whole response waits for the finish only.
+        self.wake_on_tokens = True
+
+    def add_choice(
+        self, prompt_ids: list[int], params: SamplingParams, tokenizer: Tokenizer
+    ) -> Choice:
+        stop_ids = frozenset(params.stop_token_ids) | (
+            frozenset() if params.ignore_eos else tokenizer.stop_ids
+        )
+        choice = Choice(
+            index=len(self.choices),
+            prompt_ids=prompt_ids,
+            params=params,
+            text=TextStream(tokenizer, params),
+            stop_ids=stop_ids,
+            owner=self,
+        )
+        self.choices.append(choice)
+        return choice
+
+    @property
+    def finished(self) -> bool:
+        return self.error is not None or all(c.finished for c in self.choices)
+
+    def fail(self, error: APIError) -> None:
+        if self.error is None and not self.finished:
+            self.error = error
+        self.changed.set()
+
+    async def wait(self) -> None:
+        """Until something new happened (tokens, a finish, an error)."""
+        await self.changed.wait()
+        self.changed.clear()

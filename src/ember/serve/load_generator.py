@@ -1,0 +1,235 @@
+"""`ember bench serve`: streaming load against any OpenAI-compatible server.
+
+Requests arrive all at once, at a fixed rate or as a Poisson process; at most `concurrency`
+are in flight, the rest wait for a free client. Every request streams (with
+`stream_options.include_usage`, so output tokens are the server's own count when it gives
+one). TTFT runs from sending a request to its first content; ITL is the gap between
+consecutive content chunks, as vLLM's benchmark measures it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+
+from ember.errors import EmberError
+
+
+@dataclass(frozen=True, slots=True)
+class LoadPlan:
+    url: str
+    model: str | None = None
+    api_key: str = "EMPTY"
+    endpoint: str = "chat"  # or "completions"
+    concurrency: int = 16
+    num_requests: int = 64
+    rate: float | None = None  # arrivals per second; None: all at once
+    arrivals: str = "poisson"  # or "fixed"
+    prompt: str = "Write a short story about a lighthouse keeper."
+    max_tokens: int = 64
+    ignore_eos: bool = False
+    temperature: float = 0.0
+    timeout: float = 600.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.num_requests < 1 or self.max_tokens < 1:
+            raise EmberError("--concurrency, --requests and --max-tokens must be positive")
+        if self.rate is not None and self.rate <= 0:
+            raise EmberError("--rate must be positive")
+        if self.endpoint not in ("chat", "completions"):
+            raise EmberError("--endpoint must be 'chat' or 'completions'")
+        if self.arrivals not in ("poisson", "fixed"):
+            raise EmberError("--arrivals must be 'poisson' or 'fixed'")
+
+    def arrival_offsets(self) -> list[float]:
+        """Seconds after the start at which each request arrives."""
+        if self.rate is None:
+            return [0.0] * self.num_requests
+        if self.arrivals == "fixed":
+            return [i / self.rate for i in range(self.num_requests)]
+        rng = random.Random(self.seed)
+        offsets, now = [], 0.0
+        for _ in range(self.num_requests):
+            offsets.append(now)
+            now += rng.expovariate(self.rate)
+        return offsets
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    outcome: str = "ok"  # "ok", an HTTP status, "stream error", "timeout", "connection error"
+    ttft: float | None = None
+    itls: list[float] = field(default_factory=list)
+    output_tokens: int = 0
+    latency: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    model: str
+    duration: float
+    records: list[RequestRecord]
+
+    @property
+    def completed(self) -> list[RequestRecord]:
+        return [r for r in self.records if r.outcome == "ok"]
+
+    @property
+    def requests_per_second(self) -> float:
+        return len(self.completed) / self.duration if self.duration > 0 else 0.0
+
+    @property
+    def output_tokens_per_second(self) -> float:
+        tokens = sum(r.output_tokens for r in self.completed)
+        return tokens / self.duration if self.duration > 0 else 0.0
+
+    def ttft_percentile(self, q: float) -> float | None:
+        return _percentile([r.ttft for r in self.completed if r.ttft is not None], q)
+
+    def itl_percentile(self, q: float) -> float | None:
+        return _percentile([gap for r in self.completed for gap in r.itls], q)
+
+    @property
+    def errors(self) -> Counter[str]:
+        return Counter(r.outcome for r in self.records if r.outcome != "ok")
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def run_load(plan: LoadPlan) -> LoadReport:
+    return asyncio.run(run_load_async(plan))
+
+
+async def run_load_async(plan: LoadPlan) -> LoadReport:
+    base = plan.url.rstrip("/")
+    if not base.endswith("/v1"):
+        base += "/v1"
+    limits = httpx.Limits(max_connections=plan.concurrency, max_keepalive_connections=None)
+    headers = {"Authorization": f"Bearer {plan.api_key}"}
+    async with httpx.AsyncClient(
+        base_url=base, headers=headers, timeout=plan.timeout, limits=limits
+    ) as client:
+        model = plan.model or await _first_model(client)
+        slots = asyncio.Semaphore(plan.concurrency)
+        started = time.perf_counter()
+
+        async def one(offset: float) -> RequestRecord:
+            await asyncio.sleep(max(0.0, started + offset - time.perf_counter()))
+            async with slots:
+                return await _stream_one(client, plan, model)
+
+        records = await asyncio.gather(*(one(o) for o in plan.arrival_offsets()))
+        return LoadReport(model, time.perf_counter() - started, list(records))
+
+
+async def _first_model(client: httpx.AsyncClient) -> str:
+    try:
+        response = await client.get("/models")
+        response.raise_for_status()
+        return str(response.json()["data"][0]["id"])
+    except (httpx.HTTPError, KeyError, IndexError, ValueError) as error:
+        raise EmberError(f"could not list the server's models ({error}); pass --model") from None
+
+
+def _body(plan: LoadPlan, model: str) -> dict[str, object]:
+    body: dict[str, object] = {
+        "model": model,
+        "max_tokens": plan.max_tokens,
+        "temperature": plan.temperature,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if plan.endpoint == "chat":
+        body["messages"] = [{"role": "user", "content": plan.prompt}]
+    else:
+        body["prompt"] = plan.prompt
+    if plan.ignore_eos:
+        body["ignore_eos"] = True
+    return body
+
+
+async def _stream_one(client: httpx.AsyncClient, plan: LoadPlan, model: str) -> RequestRecord:
+    path = "/chat/completions" if plan.endpoint == "chat" else "/completions"
+    record = RequestRecord()
+    sent = last = time.perf_counter()
+    chunks = 0
+    usage_tokens: int | None = None
+    try:
+        async with client.stream("POST", path, json=_body(plan, model)) as response:
+            if response.status_code != 200:
+                await response.aread()
+                record.outcome = str(response.status_code)
+                return record
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    record.outcome = "stream error"
+                    return record
+                if chunk.get("usage"):
+                    usage_tokens = int(chunk["usage"]["completion_tokens"])
+                if any(_has_content(choice) for choice in chunk.get("choices") or ()):
+                    now = time.perf_counter()
+                    if record.ttft is None:
+                        record.ttft = now - sent
+                    else:
+                        record.itls.append(now - last)
+                    last = now
+                    chunks += 1
+    except httpx.TimeoutException:
+        record.outcome = "timeout"
+        return record
+    except (httpx.TransportError, json.JSONDecodeError):
+        record.outcome = "connection error"
+        return record
+    record.output_tokens = usage_tokens if usage_tokens is not None else chunks
+    record.latency = time.perf_counter() - sent
+    return record
+
+
+def _has_content(choice: dict[str, object]) -> bool:
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        return bool(delta.get("content"))
+    return bool(choice.get("text"))
+
+
+def format_report(plan: LoadPlan, report: LoadReport) -> str:
+    arrivals = (
+        "all at once" if plan.rate is None else f"{plan.arrivals} at {plan.rate:g} requests/s"
+    )
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    errors = report.errors
+    lines = [
+        f"server {plan.url}  model {report.model}  endpoint {plan.endpoint}",
+        f"requests {plan.num_requests} ({len(report.completed)} ok), concurrency "
+        f"{plan.concurrency}, arrivals {arrivals}, max_tokens {plan.max_tokens}"
+        + (", ignore_eos" if plan.ignore_eos else ""),
+        f"{'duration (s)':<22}{report.duration:.2f}",
+        f"{'requests/s':<22}{report.requests_per_second:.2f}",
+        f"{'output tok/s':<22}{report.output_tokens_per_second:.1f}",
+        f"{'TTFT p50 / p99 (s)':<22}"
+        f"{seconds(report.ttft_percentile(50))} / {seconds(report.ttft_percentile(99))}",
+        f"{'ITL p50 / p99 (s)':<22}"
+        f"{seconds(report.itl_percentile(50))} / {seconds(report.itl_percentile(99))}",
+        f"{'errors':<22}"
+        + (", ".join(f"{k}: {v}" for k, v in sorted(errors.items())) if errors else "none"),
+    ]
+    return "\n".join(lines)

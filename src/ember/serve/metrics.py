@@ -1,0 +1,159 @@
+"""Prometheus metrics, under vLLM's names where vLLM has one so its dashboards work unchanged.
+
+Each server owns its registry (no process-global state). Label children are resolved once
+here: the per-token path only calls `observe`/`inc` on prebuilt objects.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ember.engine.llm_engine import EngineStats
+
+
+def _buckets(bounds: str) -> tuple[float, ...]:
+    return tuple(float(bound) for bound in bounds.split())
+
+
+# vLLM's buckets (vllm/v1/metrics/loggers.py), so histograms line up across servers.
+_TTFT_BUCKETS = _buckets(
+    "0.001 0.005 0.01 0.02 0.04 0.06 0.08 0.1 0.25 0.5 0.75 1 2.5 5 7.5 10 20 40 80 160 640 2560"
+)
+_ITL_BUCKETS = _buckets(
+    "0.01 0.025 0.05 0.075 0.1 0.15 0.2 0.3 0.4 0.5 0.75 1 2.5 5 7.5 10 20 40 80"
+)
+_REQUEST_LATENCY_BUCKETS = _buckets(
+    "0.3 0.5 0.8 1 1.5 2 2.5 5 10 15 20 30 40 50 60 120 240 480 960 1920 7680"
+)
+_ITERATION_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+_BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def _one_two_five(limit: int) -> list[float]:
+    buckets: list[float] = []
+    scale = 1
+    while True:
+        for mantissa in (1, 2, 5):
+            if mantissa * scale > limit:
+                return buckets
+            buckets.append(float(mantissa * scale))
+        scale *= 10
+
+
+class ServerMetrics:
+    def __init__(self, model_name: str, context_length: int) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        labels = ("model_name", "engine")
+        values = (model_name, "0")
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=r).labels(*values)
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, labels, registry=r).labels(*values)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...] | list[float]) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=r).labels(*values)
+
+        self.running = gauge("vllm:num_requests_running", "Sequences in the engine's batch.")
+        self.waiting = gauge("vllm:num_requests_waiting", "Sequences waiting to be scheduled.")
+        self.kv_usage = gauge("vllm:kv_cache_usage_perc", "KV-cache usage; 1 means 100 percent.")
+        self.prefix_queries = counter(
+            "vllm:prefix_cache_queries", "Prefix cache queries, in prompt tokens looked up."
+        )
+        self.prefix_hits = counter(
+            "vllm:prefix_cache_hits", "Prefix cache hits, in prompt tokens served from cache."
+        )
+        self.preemptions = counter("vllm:num_preemptions", "Sequences preempted by the engine.")
+        self.prompt_tokens = counter("vllm:prompt_tokens", "Prompt tokens of started sequences.")
+        self.generation_tokens = counter("vllm:generation_tokens", "Generated tokens.")
+        self.iteration_tokens = histogram(
+            "vllm:iteration_tokens_total", "Tokens per engine step.", _ITERATION_TOKEN_BUCKETS
+        )
+        self.ttft = histogram(
+            "vllm:time_to_first_token_seconds", "Time to first token.", _TTFT_BUCKETS
+        )
+        self.itl = histogram(
+            "vllm:inter_token_latency_seconds", "Time between consecutive tokens.", _ITL_BUCKETS
+        )
+        self.e2e = histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Arrival to last token, per sequence.",
+            _REQUEST_LATENCY_BUCKETS,
+        )
+        self.queue_time = histogram(
+            "vllm:request_queue_time_seconds",
+            "Time spent waiting before first scheduled.",
+            _REQUEST_LATENCY_BUCKETS,
+        )
+        token_buckets = _one_two_five(context_length)
+        self.request_prompt_tokens = histogram(
+            "vllm:request_prompt_tokens", "Prompt tokens per sequence.", token_buckets
+        )
+        self.request_generation_tokens = histogram(
+            "vllm:request_generation_tokens", "Generated tokens per sequence.", token_buckets
+        )
+        success = Counter(
+            "vllm:request_success",
+            "Finished sequences by finish reason.",
+            (*labels, "finished_reason"),
+            registry=r,
+        )
+        self.finished = {
+            reason: success.labels(*values, reason) for reason in ("stop", "length", "abort")
+        }
+        self.worker_restarts = counter(
+            "ember:worker_restarts", "Engine worker processes restarted after dying."
+        )
+        self.worker_ready = gauge("ember:worker_ready", "1 while an engine worker is ready.")
+        self.batch_size = histogram(
+            "ember:batch_size", "Sequences per engine step.", _BATCH_SIZE_BUCKETS
+        )
+        self._http = Counter(
+            "ember:http_requests",
+            "HTTP responses by endpoint and status code.",
+            ("endpoint", "status"),
+            registry=r,
+        )
+        self._http_children: dict[tuple[str, int], Counter] = {}
+        self._last_stats: EngineStats | None = None
+
+    def on_engine_step(self, stats: EngineStats) -> None:
+        self.running.set(stats.num_running)
+        self.waiting.set(stats.num_waiting)
+        self.kv_usage.set(stats.kv_usage)
+        last = self._last_stats
+        if last is not None:
+            self.prefix_queries.inc(max(0, stats.prefix_cache_queries - last.prefix_cache_queries))
+            self.prefix_hits.inc(max(0, stats.prefix_cache_hits - last.prefix_cache_hits))
+            self.preemptions.inc(max(0, stats.num_preemptions - last.num_preemptions))
+        else:
+            self.prefix_queries.inc(stats.prefix_cache_queries)
+            self.prefix_hits.inc(stats.prefix_cache_hits)
+            self.preemptions.inc(stats.num_preemptions)
+        self._last_stats = stats
+        if stats.last_batch_size:
+            self.batch_size.observe(stats.last_batch_size)
+            self.iteration_tokens.observe(stats.last_batch_tokens)
+
+    def on_worker_ready(self) -> None:
+        """A new worker starts its counters at zero."""
+        self._last_stats = None
+        self.worker_ready.set(1)
+
+    def on_worker_lost(self) -> None:
+        self.worker_ready.set(0)
+        self.running.set(0)
+        self.waiting.set(0)
+        self.kv_usage.set(0)
+
+    def on_http_response(self, endpoint: str, status: int) -> None:
+        key = (endpoint, status)
+        child = self._http_children.get(key)
+        if child is None:
+            child = self._http_children[key] = self._http.labels(endpoint, str(status))
+        child.inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

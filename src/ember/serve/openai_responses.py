@@ -1,0 +1,209 @@
+"""OpenAI response bodies and stream chunks for chat and text completions.
+
+Stream chunks are built from a per-request prefix and one `json.dumps` of the new text: the
+fixed part of every chunk (id, model, created) is encoded once per request, not per token.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ember.engine.sequence import TokenLogprob
+from ember.model.tokenizer import Tokenizer
+from ember.serve.generation import Choice, ChoiceDelta, GenerationRequest
+
+DONE = b"data: [DONE]\n\n"
+
+
+def new_request_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseIdentity:
+    id: str
+    model: str
+    created: int
+
+    @classmethod
+    def new(cls, prefix: str, model: str) -> ResponseIdentity:
+        return cls(new_request_id(prefix), model, int(time.time()))
+
+
+def usage(request: GenerationRequest) -> dict[str, int]:
+    """Prompt tokens count once per distinct prompt, however many choices share it."""
+    prompts = {id(c.prompt_ids): len(c.prompt_ids) for c in request.choices}
+    prompt_tokens = sum(prompts.values())
+    completion_tokens = sum(c.num_output_tokens for c in request.choices)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_logprobs(tokenizer: Tokenizer, logprobs: Sequence[TokenLogprob]) -> dict[str, object]:
+    def entry(token_id: int, logprob: float) -> dict[str, object]:
+        return {
+            "token": tokenizer.token_text(token_id),
+            "logprob": logprob,
+            "bytes": list(tokenizer.token_bytes(token_id)),
+        }
+
+    content = []
+    for lp in logprobs:
+        item = entry(lp.token_id, lp.logprob)
+        item["top_logprobs"] = [entry(t, v) for t, v in lp.top]
+        content.append(item)
+    return {"content": content}
+
+
+def completion_logprobs(
+    tokenizer: Tokenizer, logprobs: Sequence[TokenLogprob], text_offset: int
+) -> dict[str, object]:
+    tokens, token_logprobs, tops, offsets = [], [], [], []
+    offset = text_offset
+    for lp in logprobs:
+        text = tokenizer.token_text(lp.token_id)
+        tokens.append(text)
+        token_logprobs.append(lp.logprob)
+        tops.append({tokenizer.token_text(t): v for t, v in lp.top})
+        offsets.append(offset)
+        offset += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+
+
+def chat_completion_body(
+    identity: ResponseIdentity, request: GenerationRequest, tokenizer: Tokenizer
+) -> dict[str, object]:
+    choices = []
+    for choice in request.choices:
+        delta = _take_all(choice)
+        choices.append(
+            {
+                "index": choice.index,
+                "message": {"role": "assistant", "content": delta.text},
+                "logprobs": (
+                    chat_logprobs(tokenizer, delta.logprobs)
+                    if choice.params.logprobs is not None
+                    else None
+                ),
+                "finish_reason": delta.finish_reason,
+            }
+        )
+    return {
+        "id": identity.id,
+        "object": "chat.completion",
+        "created": identity.created,
+        "model": identity.model,
+        "choices": choices,
+        "usage": usage(request),
+    }
+
+
+def completion_body(
+    identity: ResponseIdentity,
+    request: GenerationRequest,
+    tokenizer: Tokenizer,
+    echo_prompts: Sequence[str] | None,
+) -> dict[str, object]:
+    choices = []
+    for choice in request.choices:
+        delta = _take_all(choice)
+        prefix = "" if echo_prompts is None else echo_prompts[choice.index]
+        choices.append(
+            {
+                "index": choice.index,
+                "text": prefix + delta.text,
+                "logprobs": (
+                    completion_logprobs(tokenizer, delta.logprobs, len(prefix))
+                    if choice.params.logprobs is not None
+                    else None
+                ),
+                "finish_reason": delta.finish_reason,
+            }
+        )
+    return {
+        "id": identity.id,
+        "object": "text_completion",
+        "created": identity.created,
+        "model": identity.model,
+        "choices": choices,
+        "usage": usage(request),
+    }
+
+
+def _take_all(choice: Choice) -> ChoiceDelta:
+    return choice.take() or ChoiceDelta("", [], 0, choice.finish_reason)
+
+
+class ChunkEncoder:
+    """SSE `data:` lines for one streamed request, chat or text completion."""
+
+    def __init__(
+        self, identity: ResponseIdentity, tokenizer: Tokenizer, chat: bool, include_usage: bool
+    ) -> None:
+        self._tokenizer = tokenizer
+        self.is_chat = chat
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        self._head = (
+            f'data: {{"id":{json.dumps(identity.id)},"object":"{obj}",'
+            f'"created":{identity.created},"model":{json.dumps(identity.model)},'
+            '"choices":[{"index":'
+        )
+        self._tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
+        self._usage_head = (
+            f'data: {{"id":{json.dumps(identity.id)},"object":"{obj}",'
+            f'"created":{identity.created},"model":{json.dumps(identity.model)},'
+            '"choices":[],"usage":'
+        )
+
+    def role(self, index: int) -> bytes:
+        """The first chat chunk of a choice: the assistant role, no content yet."""
+        return (
+            f'{self._head}{index},"delta":{{"role":"assistant","content":""}},'
+            f'"logprobs":null,"finish_reason":null}}]{self._tail}'
+        ).encode()
+
+    def delta(self, choice: Choice, delta: ChoiceDelta, text_offset: int = 0) -> bytes:
+        text = json.dumps(delta.text, ensure_ascii=False)
+        if choice.params.logprobs is None:
+            logprobs = "null"
+        elif self.is_chat:
+            logprobs = json.dumps(chat_logprobs(self._tokenizer, delta.logprobs))
+        else:
+            logprobs = json.dumps(completion_logprobs(self._tokenizer, delta.logprobs, text_offset))
+        finish = "null" if delta.finish_reason is None else f'"{delta.finish_reason}"'
+        if self.is_chat:
+            body = '{"content":' + text + "}" if delta.text or not delta.finish_reason else "{}"
+            payload = f'"delta":{body}'
+        else:
+            payload = f'"text":{text}'
+        return (
+            f"{self._head}{choice.index},{payload},"
+            f'"logprobs":{logprobs},"finish_reason":{finish}}}]{self._tail}'
+        ).encode()
+
+    def text(self, index: int, text: str) -> bytes:
+        """A text-completion chunk with fixed text (the echoed prompt)."""
+        return (
+            f"{self._head}{index},"
+            f'"text":{json.dumps(text, ensure_ascii=False)},'
+            f'"logprobs":null,"finish_reason":null}}]{self._tail}'
+        ).encode()
+
+    def usage(self, request: GenerationRequest) -> bytes:
+        return f"{self._usage_head}{json.dumps(usage(request))}}}\n\n".encode()
+
+
+def error_event(body: dict[str, object]) -> bytes:
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n".encode()

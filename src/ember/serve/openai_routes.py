@@ -1,0 +1,251 @@
+"""`/v1/chat/completions`, `/v1/completions` and `/v1/models`.
+
+A generation request goes: body -> typed request (400s) -> prompt token ids (chat template,
+tokenizer) -> context check (400 stating the numbers) -> engine client (429/503) -> either one
+JSON response or a stream of SSE chunks. A client that disconnects, or a deadline that passes,
+aborts the request's sequences in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import TypeVar
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ember.errors import InvalidRequestError
+from ember.serve.api_errors import (
+    BadRequestError,
+    ClientClosedRequestError,
+    ContextLengthExceededError,
+    NotFoundError,
+)
+from ember.serve.config import ServerConfig
+from ember.serve.engine_client import EngineClient
+from ember.serve.event_stream import EventStreamResponse, disconnect_watch
+from ember.serve.generation import GenerationRequest
+from ember.serve.http_body import read_json_object
+from ember.serve.openai_requests import (
+    GenerationOptions,
+    parse_chat_request,
+    parse_completion_request,
+    parse_model,
+)
+from ember.serve.openai_responses import (
+    DONE,
+    ChunkEncoder,
+    ResponseIdentity,
+    chat_completion_body,
+    completion_body,
+    error_event,
+)
+from ember.serve.served_model import ServedModel
+
+# Prompts longer than this are rendered and tokenized off the event loop.
+_OFFLOAD_CHARS = 16_384
+
+T = TypeVar("T")
+
+
+class OpenAIRoutes:
+    def __init__(self, config: ServerConfig, model: ServedModel, client: EngineClient) -> None:
+        self._config = config
+        self._model = model
+        self._client = client
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+        ]
+
+    async def models(self, request: Request) -> Response:
+        model = self._model
+        card = {"id": model.name, "object": "model", "created": model.created, "owned_by": "ember"}
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def chat_completions(self, request: Request) -> Response:
+        body = await read_json_object(request, self._config.max_body_bytes)
+        self._check_model(parse_model(body))
+        chat = parse_chat_request(body, self._config.max_choices)
+        template = self._model.chat_template
+        if template is None:
+            raise BadRequestError(
+                "this model has no chat template; use /v1/completions", param="messages"
+            )
+        tokenizer = self._model.tokenizer
+
+        def render() -> list[int]:
+            return tokenizer.encode(template.render(chat.messages, add_generation_prompt=True))
+
+        size = sum(len(m["content"]) for m in chat.messages)
+        prompt_ids = await _run_user_work(render, offload=size > _OFFLOAD_CHARS)
+        identity = ResponseIdentity.new("chatcmpl", self._model.name)
+        generation = self._start(identity, [prompt_ids], chat.options, "messages")
+        if chat.options.stream:
+            encoder = ChunkEncoder(identity, tokenizer, True, chat.options.include_usage)
+            return self._stream(generation, encoder, chat.options, None)
+        await self._wait(request, generation)
+        return JSONResponse(chat_completion_body(identity, generation, tokenizer))
+
+    async def completions(self, request: Request) -> Response:
+        body = await read_json_object(request, self._config.max_body_bytes)
+        self._check_model(parse_model(body))
+        completion = parse_completion_request(body, self._config.max_choices)
+        tokenizer = self._model.tokenizer
+        texts = [p for p in completion.prompts if isinstance(p, str)]
+
+        def encode() -> list[list[int]]:
+            encoded = iter(tokenizer.encode_batch(texts, add_special_tokens=True) if texts else [])
+            return [next(encoded) if isinstance(p, str) else p for p in completion.prompts]
+
+        size = sum(len(t) for t in texts)
+        prompt_ids = await _run_user_work(encode, offload=size > _OFFLOAD_CHARS)
+        self._check_token_ids(prompt_ids)
+        echo: list[str] | None = None
+        if completion.echo:
+            prompts = [p if isinstance(p, str) else tokenizer.decode(p) for p in completion.prompts]
+            echo = [prompt for prompt in prompts for _ in range(completion.options.n)]
+        identity = ResponseIdentity.new("cmpl", self._model.name)
+        generation = self._start(identity, prompt_ids, completion.options, "prompt")
+        if completion.options.stream:
+            encoder = ChunkEncoder(identity, tokenizer, False, completion.options.include_usage)
+            return self._stream(generation, encoder, completion.options, echo)
+        await self._wait(request, generation)
+        return JSONResponse(completion_body(identity, generation, tokenizer, echo))
+
+    def _check_model(self, name: str) -> None:
+        if name != self._model.name:
+            raise NotFoundError(
+                f"the model '{name}' does not exist; this server serves '{self._model.name}'",
+                param="model",
+                code="model_not_found",
+            )
+
+    def _check_token_ids(self, prompts: Sequence[list[int]]) -> None:
+        vocab = self._model.vocab_size
+        for ids in prompts:
+            bad = [t for t in ids if t >= vocab]
+            if bad:
+                raise BadRequestError(
+                    f"prompt token ids must be below the vocabulary size {vocab}; got {bad[:5]}",
+                    param="prompt",
+                )
+
+    def _start(
+        self,
+        identity: ResponseIdentity,
+        prompts: Sequence[list[int]],
+        options: GenerationOptions,
+        prompt_param: str,
+    ) -> GenerationRequest:
+        limits = [t for t in (self._config.request_timeout, options.timeout) if t is not None]
+        generation = GenerationRequest(identity.id, min(limits) if limits else None)
+        generation.wake_on_tokens = options.stream
+        for prompt_ids in prompts:
+            max_tokens = self._max_tokens(len(prompt_ids), options.max_tokens, prompt_param)
+            for choice in range(options.n):
+                generation.add_choice(
+                    prompt_ids, options.params_for(max_tokens, choice), self._model.tokenizer
+                )
+        self._client.submit(generation)
+        return generation
+
+    def _max_tokens(self, prompt_tokens: int, requested: int | None, prompt_param: str) -> int:
+        if prompt_tokens == 0:
+            raise BadRequestError("the prompt is empty", param=prompt_param)
+        context = self._model.context_length
+        if requested is None:
+            if prompt_tokens >= context:
+                raise ContextLengthExceededError(
+                    f"the prompt has {prompt_tokens} tokens but the model's context length is "
+                    f"{context} tokens, which leaves no room to generate; shorten the prompt",
+                    param=prompt_param,
+                )
+            room = context - prompt_tokens
+            info = self._client.worker_info
+            if info is not None:
+                room = min(room, max(1, info.num_kv_blocks * info.block_size - prompt_tokens))
+            return room
+        if prompt_tokens + requested > context:
+            raise ContextLengthExceededError(
+                f"the prompt has {prompt_tokens} tokens and max_tokens is {requested}: "
+                f"{prompt_tokens + requested} tokens exceed the model's context length of "
+                f"{context} tokens; lower max_tokens or shorten the prompt",
+                param="max_tokens",
+            )
+        return requested
+
+    def _disconnected(self, generation: GenerationRequest) -> None:
+        self._client.abort(generation)
+        generation.fail(ClientClosedRequestError("the client closed the connection"))
+
+    async def _wait(self, request: Request, generation: GenerationRequest) -> None:
+        async with disconnect_watch(request, lambda: self._disconnected(generation)):
+            try:
+                while not generation.finished:
+                    await generation.wait()
+            finally:
+                if not generation.finished:
+                    self._client.abort(generation)
+        if generation.error is not None:
+            raise generation.error
+
+    def _stream(
+        self,
+        generation: GenerationRequest,
+        encoder: ChunkEncoder,
+        options: GenerationOptions,
+        echo: list[str] | None,
+    ) -> Response:
+        events = self._events(generation, encoder, options, echo)
+        return EventStreamResponse(events, lambda: self._disconnected(generation))
+
+    async def _events(
+        self,
+        generation: GenerationRequest,
+        encoder: ChunkEncoder,
+        options: GenerationOptions,
+        echo: list[str] | None,
+    ) -> AsyncGenerator[bytes, None]:
+        choices = generation.choices
+        offsets = [0] * len(choices)
+        try:
+            for choice in choices:
+                if echo is not None:
+                    offsets[choice.index] = len(echo[choice.index])
+                    yield encoder.text(choice.index, echo[choice.index])
+                elif encoder.is_chat:
+                    yield encoder.role(choice.index)
+            while True:
+                for choice in choices:
+                    delta = choice.take()
+                    if delta is None or not (delta.text or delta.finish_reason or delta.logprobs):
+                        continue
+                    yield encoder.delta(choice, delta, offsets[choice.index])
+                    offsets[choice.index] += len(delta.text)
+                if generation.error is not None:
+                    yield error_event(generation.error.body())
+                    yield DONE
+                    return
+                if generation.finished:
+                    break
+                await generation.wait()
+            if options.include_usage:
+                yield encoder.usage(generation)
+            yield DONE
+        finally:
+            if not generation.finished:
+                self._client.abort(generation)
+
+
+async def _run_user_work(work: Callable[[], T], offload: bool) -> T:
+    """Run template rendering / tokenization; its `InvalidRequestError`s are the user's 400s."""
+    try:
+        return await asyncio.to_thread(work) if offload else work()
+    except InvalidRequestError as error:
+        raise BadRequestError(str(error)) from None

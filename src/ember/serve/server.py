@@ -1,0 +1,136 @@
+"""`ember serve`: start the engine worker, then serve HTTP until SIGTERM/SIGINT, then drain.
+
+The server listens only once a worker has loaded the model, so a model that cannot load is a
+startup error with a clear message rather than a server that never becomes ready. On SIGTERM
+it stops accepting connections, answers new requests on open connections with 503, lets
+in-flight requests finish for `--shutdown-grace-period` seconds, ends the rest with an error
+event, stops the worker and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+
+import uvicorn
+
+from ember.serve.api_errors import ServiceUnavailableError
+from ember.serve.app import build_app
+from ember.serve.config import ServerConfig
+from ember.serve.engine_client import EngineClient
+from ember.serve.metrics import ServerMetrics
+from ember.serve.served_model import ServedModel
+from ember.serve.supervisor import WorkerSupervisor
+
+logger = logging.getLogger("ember.serve")
+
+# Time after the grace period for the error events to reach clients before connections close.
+_FLUSH_SECONDS = 2.0
+_SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class EmberServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.model = ServedModel.load(config.engine.model, config.served_model_name)
+        self.metrics = ServerMetrics(self.model.name, self.model.context_length)
+        self.client = EngineClient(config, self.metrics)
+        self.supervisor = WorkerSupervisor(config, self.client, self.metrics)
+        self.app = build_app(config, self.model, self.client, self.supervisor, self.metrics)
+
+    async def serve(self, sock: socket.socket | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        await self.supervisor.start()
+        try:
+            uv_config = uvicorn.Config(
+                self.app,
+                host=self.config.host,
+                port=self.config.port,
+                log_level=self.config.log_level,
+                lifespan="off",
+                timeout_graceful_shutdown=math.ceil(
+                    self.config.shutdown_grace_period + _FLUSH_SECONDS
+                ),
+            )
+
+            # uvicorn calls this from a signal handler: hop onto the loop before touching state.
+            def on_exit() -> None:
+                loop.call_soon_threadsafe(self.drain)
+
+            server = _DrainingServer(uv_config, on_exit)
+            logger.info(
+                "serving %s on http://%s:%d", self.model.name, self.config.host, self.config.port
+            )
+            await server.serve(sockets=None if sock is None else [sock])
+        finally:
+            await self.supervisor.stop()
+
+    def drain(self) -> None:
+        if self.client.draining:
+            return
+        logger.info(
+            "draining: %d sequences in flight get up to %.0f s to finish",
+            self.client.num_in_flight,
+            self.config.shutdown_grace_period,
+        )
+        self.client.draining = True
+        asyncio.get_running_loop().call_later(
+            self.config.shutdown_grace_period, self._end_remaining
+        )
+
+    def _end_remaining(self) -> None:
+        if self.client.num_in_flight:
+            logger.warning(
+                "grace period over: ending %d sequences still in flight", self.client.num_in_flight
+            )
+        self.client.fail_all(
+            ServiceUnavailableError(
+                "the server shut down before this request finished", code="draining"
+            )
+        )
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling us first when a shutdown signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the signal after its shutdown, which would kill the process before
+        # the worker is stopped; a drained shutdown is a clean exit (status 0) instead.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _SHUTDOWN_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
+
+
+def run_server(config: ServerConfig) -> None:
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    server = EmberServer(config)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(server.serve())
+    else:
+        uvloop.run(server.serve())

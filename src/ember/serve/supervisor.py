@@ -1,0 +1,142 @@
+"""Keeps one engine worker alive: starts it, notices when it dies, starts another.
+
+When a worker dies, the requests it held fail at once (the engine client is told), /ready
+turns false, and a new worker is started after a back-off that doubles while workers keep
+dying young. A worker that fails to load its model the very first time stops the server:
+that is a configuration error, not a crash to retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from ember.errors import EmberError
+from ember.serve.config import ServerConfig
+from ember.serve.engine_client import EngineClient
+from ember.serve.metrics import ServerMetrics
+from ember.serve.process_worker import ProcessWorker
+from ember.serve.thread_worker import ThreadWorker
+from ember.serve.worker_protocol import ServerMessage, WorkerFailed, WorkerMessage, WorkerReady
+
+logger = logging.getLogger("ember.serve")
+
+# A worker that stayed up this long counts as healthy: the next failure restarts it promptly.
+_HEALTHY_UPTIME = 60.0
+_STOP_TIMEOUT = 10.0
+
+
+class WorkerStartError(EmberError):
+    """The engine worker could not load the model."""
+
+
+class EngineWorker(Protocol):
+    @property
+    def pid(self) -> int | None: ...
+
+    async def start(self, on_message: Callable[[WorkerMessage], None]) -> None: ...
+
+    def send(self, message: ServerMessage) -> None: ...
+
+    async def wait_exit(self) -> str: ...
+
+    async def stop(self, timeout: float) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class WorkerSupervisor:
+    def __init__(self, config: ServerConfig, client: EngineClient, metrics: ServerMetrics) -> None:
+        # The worker returns token ids only: this process detokenizes.
+        self._engine_config = dataclasses.replace(
+            config.engine, detokenize=False, show_progress=False
+        )
+        self._config = config
+        self._client = client
+        self._metrics = metrics
+        self._worker: EngineWorker | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.restarts = 0
+
+    @property
+    def worker_pid(self) -> int | None:
+        return None if self._worker is None else self._worker.pid
+
+    async def start(self) -> None:
+        """Start the first worker and wait until it has loaded the model."""
+        first_ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._supervise(first_ready))
+        await first_ready
+
+    async def stop(self) -> None:
+        self._stopping = True
+        worker = self._worker
+        if worker is not None:
+            await worker.stop(_STOP_TIMEOUT)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _supervise(self, first_ready: asyncio.Future[None]) -> None:
+        backoff = self._config.restart_backoff
+        while not self._stopping:
+            started = time.monotonic()
+            how, failure = await self._run_one(first_ready)
+            if self._stopping:
+                return
+            if not first_ready.done():
+                first_ready.set_exception(
+                    WorkerStartError(failure or f"the engine worker {how} while starting")
+                )
+                return
+            if time.monotonic() - started > _HEALTHY_UPTIME:
+                backoff = self._config.restart_backoff
+            logger.error("engine worker %s; starting a new one in %.1f s", how, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._config.max_restart_backoff)
+            self.restarts += 1
+            self._metrics.worker_restarts.inc()
+
+    async def _run_one(self, first_ready: asyncio.Future[None]) -> tuple[str, str | None]:
+        """Run one worker until it exits; how it ended, and its load error if it sent one."""
+        worker: EngineWorker = (
+            ThreadWorker(self._engine_config)
+            if self._config.in_process
+            else ProcessWorker(self._engine_config)
+        )
+        self._worker = worker
+        failure: str | None = None
+        client = self._client
+
+        def on_message(message: WorkerMessage) -> None:
+            nonlocal failure
+            if isinstance(message, WorkerReady):
+                logger.info(
+                    "engine worker ready: pid %d, %s, %d KV blocks of %d tokens",
+                    message.pid,
+                    message.device,
+                    message.num_kv_blocks,
+                    message.block_size,
+                )
+                client.attach(worker, message)
+                if not first_ready.done():
+                    first_ready.set_result(None)
+            elif isinstance(message, WorkerFailed):
+                failure = message.message
+            else:
+                client.on_message(message)
+
+        try:
+            await worker.start(on_message)
+        except OSError as error:
+            return f"could not be started ({error})", None
+        how = await worker.wait_exit()
+        client.detach(how)
+        return how, failure

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from ember.gpu.array import DeviceArray
 from ember.gpu.memory import DeviceBuffer, PinnedHostBuffer
 from ember.gpu.stream import Stream
-from ember.kernels.sampling import ROW_PARAMS_DTYPE
+from ember.kernels.sampling import ROW_PARAMS_DTYPE, row_params
 from ember.model.backend import SamplingBatch
 from ember.model.forward_batch import ForwardBatch
 
@@ -41,8 +41,12 @@ class StepArrays:
     block_tables: DeviceArray  # int32 [max_seqs, table_width]
 
 
-class StepInputs:
-    """Owns the pinned and device metadata buffers of a backend's steps."""
+class StepLayout:
+    """Where each input lies in the int32 words of the step buffer, and how a batch fills them.
+
+    Works on any int32 array of `total` words: the pinned buffer in a backend, a plain array in
+    tests.
+    """
 
     def __init__(self, max_tokens: int, max_rows: int, max_seqs: int, table_width: int) -> None:
         self.max_tokens = max_tokens
@@ -50,79 +54,104 @@ class StepInputs:
         self.max_seqs = max_seqs
         self.table_width = table_width
         t, r = max_tokens, max_rows
-        self._tokens = 0
-        self._positions = t
-        self._slots = 2 * t
-        self._token_seq = 3 * t
-        self._rows = 4 * t
-        self._params = 4 * t + r
-        self._tables = self._params + r * _PARAM_INTS
-        total = self._tables + max_seqs * table_width
-        self.host = PinnedHostBuffer.alloc(4 * total)
-        self.device = DeviceBuffer.alloc(4 * total)
-        self._ints = self.host.array(np.int32)
-        self._params_view = self._ints[self._params : self._tables].view(ROW_PARAMS_DTYPE)
-        self._tables_view = self._ints[self._tables :].reshape(max_seqs, table_width)
-        self._used = 4 * self._tables
+        self.tokens = 0
+        self.positions = t
+        self.slots = 2 * t
+        self.token_seq = 3 * t
+        self.rows = 4 * t
+        self.params = 4 * t + r
+        self.tables = self.params + r * _PARAM_INTS
+        self.total = self.tables + max_seqs * table_width
+
+    def fill(
+        self,
+        words: npt.NDArray[np.int32],
+        batch: ForwardBatch,
+        sampling: SamplingBatch | None,
+        tokens: int,
+        rows: int,
+    ) -> int:
+        """Write `batch` padded to `tokens` rows and `rows` logits rows into `words`; returns
+        how many leading words must be copied to the device."""
+        n, s = batch.num_tokens, batch.num_seqs
+        num_rows = batch.logits_indices.shape[0]
+        if n > tokens or num_rows > rows or s > self.max_seqs or tokens > self.max_tokens:
+            raise ValueError(
+                f"a batch of {n} tokens, {num_rows} logits rows and {s} sequences does not fit "
+                f"a bucket of {tokens} tokens and {rows} rows ({self.max_seqs} sequences)"
+            )
+        if rows > self.max_rows:
+            raise ValueError(f"{rows} logits rows exceed the reserved {self.max_rows}")
+        width = batch.block_tables.shape[1]
+        if width > self.table_width:
+            raise ValueError(f"block tables of {width} blocks exceed {self.table_width}")
+        _put(words, self.tokens, batch.token_ids, tokens, -1)
+        _put(words, self.positions, batch.positions, tokens, -1)
+        _put(words, self.slots, batch.slot_mapping, tokens, -1)
+        seq_of_token = np.repeat(np.arange(s, dtype=np.int32), batch.query_lens)
+        _put(words, self.token_seq, seq_of_token, tokens, 0)
+        _put(words, self.rows, batch.logits_indices, rows, 0)
+        params = words[self.params : self.tables].view(ROW_PARAMS_DTYPE)
+        params[:rows] = np.zeros((), ROW_PARAMS_DTYPE)  # greedy for padding rows
+        if sampling is not None and num_rows:
+            row_params(
+                sampling.temperature,
+                sampling.top_k,
+                sampling.top_p,
+                sampling.min_p,
+                sampling.seeds,
+                sampling.steps,
+                out=params,
+            )
+        tables = words[self.tables :].reshape(self.max_seqs, self.table_width)
+        tables[:s, :width] = batch.block_tables
+        return self.tables + s * self.table_width
+
+
+def _put(
+    words: npt.NDArray[np.int32], offset: int, values: npt.NDArray[Any], size: int, pad: int
+) -> None:
+    count = values.shape[0]
+    words[offset : offset + count] = values
+    words[offset + count : offset + size] = pad
+
+
+class StepInputs:
+    """Owns the pinned and device metadata buffers of a backend's steps."""
+
+    def __init__(self, max_tokens: int, max_rows: int, max_seqs: int, table_width: int) -> None:
+        self.layout = StepLayout(max_tokens, max_rows, max_seqs, table_width)
+        self.max_rows = max_rows
+        self.host = PinnedHostBuffer.alloc(4 * self.layout.total)
+        self.device = DeviceBuffer.alloc(4 * self.layout.total)
+        self._words = self.host.array(np.int32)
+        self._used = self.layout.tables
 
     def arrays(self, tokens: int, rows: int) -> StepArrays:
         def view(offset: int, shape: tuple[int, ...], dtype: Any = _I32) -> DeviceArray:
             nbytes = max(int(np.prod(shape)), 1) * np.dtype(dtype).itemsize
             return DeviceArray(self.device.view(4 * offset, nbytes), shape, np.dtype(dtype))
 
+        lay = self.layout
         return StepArrays(
-            tokens=view(self._tokens, (tokens,)),
-            positions=view(self._positions, (tokens,)),
-            slots=view(self._slots, (tokens,)),
-            token_seq=view(self._token_seq, (tokens,)),
-            logits_rows=view(self._rows, (rows,)),
-            params=view(self._params, (rows,), ROW_PARAMS_DTYPE),
-            block_tables=view(self._tables, (self.max_seqs, self.table_width)),
+            tokens=view(lay.tokens, (tokens,)),
+            positions=view(lay.positions, (tokens,)),
+            slots=view(lay.slots, (tokens,)),
+            token_seq=view(lay.token_seq, (tokens,)),
+            logits_rows=view(lay.rows, (rows,)),
+            params=view(lay.params, (rows,), ROW_PARAMS_DTYPE),
+            block_tables=view(lay.tables, (lay.max_seqs, lay.table_width)),
         )
 
     def fill(
         self, batch: ForwardBatch, sampling: SamplingBatch | None, tokens: int, rows: int
     ) -> None:
-        """Write `batch` padded to `tokens` rows and `rows` logits rows into the host buffer."""
-        n, s = batch.num_tokens, batch.num_seqs
-        num_rows = batch.logits_indices.shape[0]
-        if n > tokens or num_rows > rows or s > self.max_seqs:
-            raise ValueError(
-                f"a batch of {n} tokens, {num_rows} logits rows and {s} sequences does not fit "
-                f"a bucket of {tokens} tokens and {rows} rows ({self.max_seqs} sequences)"
-            )
-        width = batch.block_tables.shape[1]
-        if width > self.table_width:
-            raise ValueError(f"block tables of {width} blocks exceed {self.table_width}")
-        self._put(self._tokens, batch.token_ids, tokens, -1)
-        self._put(self._positions, batch.positions, tokens, -1)
-        self._put(self._slots, batch.slot_mapping, tokens, -1)
-        seq_of_token = np.repeat(np.arange(s, dtype=np.int32), batch.query_lens)
-        self._put(self._token_seq, seq_of_token, tokens, 0)
-        self._put(self._rows, batch.logits_indices, rows, 0)
-        params = self._params_view
-        params[:rows] = np.zeros((), ROW_PARAMS_DTYPE)  # greedy for padding rows
-        if sampling is not None and num_rows:
-            p = params[:num_rows]
-            p["temperature"] = sampling.temperature
-            p["top_k"] = sampling.top_k
-            p["top_p"] = sampling.top_p
-            p["min_p"] = sampling.min_p
-            p["seed_lo"] = (sampling.seeds & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-            p["seed_hi"] = (sampling.seeds >> np.uint64(32)).astype(np.uint32)
-            p["step"] = sampling.steps
-        self._tables_view[:s, :width] = batch.block_tables
-        self._used = 4 * (self._tables + s * self.table_width)
+        """Write `batch` padded to the bucket into the pinned buffer (see StepLayout.fill)."""
+        self._used = self.layout.fill(self._words, batch, sampling, tokens, rows)
 
     def upload(self, stream: Stream) -> None:
         """Queue the copy of what `fill` wrote; the host side must not change until it ran."""
-        src = self._ints[: self._used // 4]
-        self.device.copy_from_host(src, stream)
-
-    def _put(self, offset: int, values: npt.NDArray[Any], size: int, pad: int) -> None:
-        count = values.shape[0]
-        self._ints[offset : offset + count] = values
-        self._ints[offset + count : offset + size] = pad
+        self.device.copy_from_host(self._words[: self._used], stream)
 
     def free(self) -> None:
         self.host.free()

@@ -69,7 +69,7 @@ def test_full_queue_is_429_then_killed_worker_fails_its_requests_and_recovers(
     server = small_server
     running = [StreamInBackground(server) for _ in range(2)]
     for stream in running:
-        assert stream.first_token.wait(300)
+        assert stream.first_token.wait(300) and stream.error is None, stream.error
     queued = StreamInBackground(server)  # both engine slots are taken: this one waits
     deadline = time.monotonic() + 60
     while server.metric("vllm:num_requests_waiting") < 1 and time.monotonic() < deadline:

@@ -54,6 +54,7 @@ class EngineClient:
         self._worker: WorkerLink | None = None
         self.worker_info: WorkerReady | None = None
         self.draining = False
+        self._engine_has_waiting = False
 
     @property
     def ready(self) -> bool:
@@ -62,6 +63,21 @@ class EngineClient:
     @property
     def num_in_flight(self) -> int:
         return len(self._choices)
+
+    @property
+    def num_queued(self) -> int:
+        """Sequences sent to the engine that will have to wait for room there.
+
+        Sequences the engine has not started yet but has free batch slots for are not counted
+        (a burst is admitted whole if the engine can run it), unless the engine last reported
+        sequences waiting anyway: then KV space, not slots, is the limit and all of them wait.
+        """
+        waiting = len(self._waiting)
+        if self._engine_has_waiting:
+            return waiting
+        running = len(self._choices) - waiting
+        free_slots = max(0, self._config.engine.max_num_seqs - running)
+        return max(0, waiting - free_slots)
 
     def attach(self, worker: WorkerLink, info: WorkerReady) -> None:
         self._worker = worker
@@ -73,6 +89,7 @@ class EngineClient:
         next worker is ready."""
         self._worker = None
         self.worker_info = None
+        self._engine_has_waiting = False
         self._metrics.on_worker_lost()
         error = WorkerCrashedError(
             f"the engine worker {how} while running this request, which was lost; retry it",
@@ -95,11 +112,12 @@ class EngineClient:
                 retry_after=RETRY_AFTER_NO_WORKER,
             )
         self._check_kv_capacity(request)
-        if len(self._waiting) + len(request.choices) > max(
+        queued = self.num_queued
+        if queued + len(request.choices) > max(
             self._config.max_queued_requests, len(request.choices)
         ):
             raise QueueFullError(
-                f"{len(self._waiting)} requests are already waiting for the engine "
+                f"{queued} requests are already waiting for the engine "
                 f"(--max-queued-requests {self._config.max_queued_requests}); retry later",
                 retry_after=RETRY_AFTER_QUEUE_FULL,
             )
@@ -175,6 +193,7 @@ class EngineClient:
             metrics.generation_tokens.inc(num_tokens)
         if to_abort and self._worker is not None:
             self._worker.send(AbortSequences(to_abort))
+        self._engine_has_waiting = report.stats.num_waiting > 0
         metrics.on_engine_step(report.stats)
 
     def _on_choice_finished(self, choice: Choice, now: float) -> None:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ember.errors import EmberError
+
+if TYPE_CHECKING:
+    from ember.engine.benchmark import BenchResult
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--decode-tokens", type=int, default=32)
     bench.add_argument("--prompt-tokens", type=int, default=32)
     bench.add_argument("--prefill-tokens", type=int, default=512)
+    bench.add_argument(
+        "--compare-llama-cpp",
+        default=None,
+        metavar="DIR",
+        help="also run llama.cpp's llama-bench and llama-batched-bench from DIR on the model",
+    )
+    bench.add_argument(
+        "--cold-start", action="store_true", help="also time a fresh `ember run` to first token"
+    )
     bench_forms = bench.add_subparsers(dest="bench_command", metavar="{serve}")
     bench_serve = bench_forms.add_parser(
         "serve", help="load-test an OpenAI-compatible server (any, not only Ember)"
@@ -155,7 +169,12 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ember.engine.benchmark import format_table, memory_reference, run_benchmarks
+    from ember.engine.benchmark import (
+        cold_start_seconds,
+        format_table,
+        memory_reference,
+        run_benchmarks,
+    )
     from ember.engine.llm_engine import EngineConfig, LLMEngine
 
     try:
@@ -169,17 +188,48 @@ def _bench(args: argparse.Namespace) -> int:
             model=args.model,
             device=args.device,
             max_num_seqs=max(batch_sizes + [1]),
+            max_num_batched_tokens=max(1024, args.prefill_tokens),
             enable_prefix_caching=False,
+            detokenize=False,
         )
     )
-    print(f"model: {engine.model.path.name}  device: {engine.model.backend.device_name}")
+    device = engine.model.backend.device_name
+    print(f"model: {engine.model.path.name}  device: {device}")
     results = run_benchmarks(
         engine, batch_sizes, args.decode_tokens, args.prompt_tokens, args.prefill_tokens
     )
     print(format_table(results))
-    reference = memory_reference()
-    print(f"reference: float32 GEMV sweep at {reference:.1f} GB/s (median) on this machine now")
+    if args.compare_llama_cpp is not None:
+        _print_llama_cpp_comparison(args, engine.model.path, batch_sizes, results)
+    if args.cold_start:
+        seconds = cold_start_seconds(args.model, args.device)
+        print(f"cold start (process start to first token, {args.device}): {seconds:.2f} s")
+    if device.startswith("cpu"):
+        reference = memory_reference()
+        print(f"reference: float32 GEMV sweep at {reference:.1f} GB/s (median) on this machine now")
     return 0
+
+
+def _print_llama_cpp_comparison(
+    args: argparse.Namespace, model: Path, batch_sizes: list[int], results: list[BenchResult]
+) -> None:
+    from ember.engine.llama_cpp_bench import run_llama_cpp
+
+    theirs = run_llama_cpp(
+        Path(args.compare_llama_cpp),
+        model,
+        batch_sizes,
+        args.prompt_tokens,
+        args.decode_tokens,
+        args.prefill_tokens,
+    )
+    print(f"{'work':<8} {'batch':>5} {'ember tok/s':>12} {'llama.cpp tok/s':>16} {'ratio':>6}")
+    for r in results:
+        other = theirs.prefill if r.work == "prefill" else theirs.decode.get(r.batch)
+        ours = r.tokens_per_second
+        ratio = f"{ours / other:6.2f}" if other else "     -"
+        shown = f"{other:16.1f}" if other else f"{'-':>16}"
+        print(f"{r.work:<8} {r.batch:>5} {ours:>12.1f} {shown} {ratio}")
 
 
 def _serve(args: argparse.Namespace) -> int:

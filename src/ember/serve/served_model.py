@@ -16,6 +16,7 @@ from ember.model.chat_template import TEMPLATE_KEY, ChatTemplate
 from ember.model.config import ModelConfig
 from ember.model.default_model import DEFAULT_MODEL_NAME, default_model_path, resolve_model_path
 from ember.model.gguf_file import GGUFFile
+from ember.model.synthetic import is_synthetic, preset, synthetic_tokenizer
 from ember.model.tokenizer import Tokenizer
 
 
@@ -31,6 +32,8 @@ class ServedModel:
 
     @classmethod
     def load(cls, model: str | None, served_name: str | None = None) -> ServedModel:
+        if is_synthetic(model):
+            return cls._synthetic(str(model), served_name)
         path = resolve_model_path(model)
         gguf = GGUFFile.open(path)
         config = ModelConfig.from_gguf(gguf)
@@ -40,6 +43,20 @@ class ServedModel:
             path=path,
             tokenizer=Tokenizer.from_gguf(gguf),
             chat_template=ChatTemplate.from_gguf(gguf) if has_template else None,
+            context_length=config.context_length,
+            vocab_size=config.vocab_size,
+            created=int(time.time()),
+        )
+
+    @classmethod
+    def _synthetic(cls, model: str, served_name: str | None) -> ServedModel:
+        """Random weights of real shapes, for benchmarks; the text is meaningless."""
+        config, _, _ = preset(model)
+        return cls(
+            name=served_name or model,
+            path=Path(model),
+            tokenizer=synthetic_tokenizer(config.vocab_size),
+            chat_template=None,
             context_length=config.context_length,
             vocab_size=config.vocab_size,
             created=int(time.time()),

@@ -189,7 +189,8 @@ class CudaLlama:
     def forward(self, batch: ForwardBatch) -> F32:
         rows = batch.logits_indices.shape[0]
         step = self._step(batch, None, np.arange(rows, dtype=np.int32))
-        assert step.host_logits is not None
+        if step.host_logits is None:  # no logits rows (a prefill chunk short of the prompt end)
+            return np.zeros((0, self._config.vocab_size), np.float32)
         return step.host_logits
 
     def forward_sample(self, batch: ForwardBatch, sampling: SamplingBatch) -> SampledStep:
@@ -231,23 +232,32 @@ class CudaLlama:
         ids = self._ids_host.array(np.int32, (rows,))
         if rows:
             views.sampled.buffer.view(0, 4 * rows).copy_to_host(ids, self.stream)
-        logits = None
-        if host_rows.shape[0]:
-            logits = self._copy_logits(views, rows)
+        logits = self._copy_logits(views, host_rows) if host_rows.shape[0] else None
         self.stream.synchronize()
-        host_logits = None if logits is None else logits[host_rows].copy()
+        host_logits = None if logits is None else logits.copy()
         return SampledStep(token_ids=ids.copy(), host_logits=host_logits)
 
-    def _copy_logits(self, views: ActivationViews, rows: int) -> F32:
+    def _copy_logits(self, views: ActivationViews, host_rows: npt.NDArray[np.int32]) -> F32:
+        """Queue the copy of only the `host_rows` rows of the logits (a decode batch with one
+        logprobs request must not bring back every row: 0.5 MB per row for a 128k vocabulary),
+        one copy per run of consecutive rows."""
         vocab = self._config.vocab_size
-        need = 4 * rows * vocab
-        if self._logits_host is None or self._logits_host.nbytes < need:
+        count = host_rows.shape[0]
+        row_bytes = 4 * vocab
+        if self._logits_host is None or self._logits_host.nbytes < count * row_bytes:
             if self._logits_host is not None:
                 self._logits_host.free()
             assert self.inputs is not None
-            self._logits_host = PinnedHostBuffer.alloc(4 * self.inputs.max_rows * vocab)
-        out: F32 = self._logits_host.array(np.float32, (rows, vocab))
-        views.logits.buffer.view(0, need).copy_to_host(out, self.stream)
+            self._logits_host = PinnedHostBuffer.alloc(self.inputs.max_rows * row_bytes)
+        out: F32 = self._logits_host.array(np.float32, (count, vocab))
+        rows = host_rows.tolist()
+        start = 0
+        for end in range(1, count + 1):
+            if end == count or rows[end] != rows[end - 1] + 1:
+                first, run = rows[start], end - start
+                source = views.logits.buffer.view(first * row_bytes, run * row_bytes)
+                source.copy_to_host(out[start:end], self.stream)
+                start = end
         return out
 
     def _views(self, tokens: int, rows: int) -> ActivationViews:

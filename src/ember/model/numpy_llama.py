@@ -78,9 +78,11 @@ class NumpyLlama:
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         c = self._config
         shape = (c.n_layers, num_blocks * block_size, c.n_kv_heads, c.head_dim)
-        # np.empty: pages are touched only when a slot is first written.
-        self.k_cache = np.empty(shape, np.float32)
-        self.v_cache = np.empty(shape, np.float32)
+        # np.zeros (calloc): pages are still touched only when a slot is first written, and a
+        # masked decode key (gathered from slot 0) is never uninitialised NaN/inf: its zero
+        # softmax weight would not cancel a NaN value in `probs @ v`.
+        self.k_cache = np.zeros(shape, np.float32)
+        self.v_cache = np.zeros(shape, np.float32)
         self.block_size = block_size
 
     def default_kv_cache_bytes(self, max_tokens: int) -> int:

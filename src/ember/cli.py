@@ -86,7 +86,12 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
     add("--max-choices", type=int, default=16, help="largest n (choices) per request")
     add("--max-num-seqs", type=int, default=256, help="sequences per engine step")
     add("--max-num-batched-tokens", type=int, default=1024, help="tokens per engine step")
-    add("--kv-cache-memory-mb", type=int, default=1024)
+    add(
+        "--kv-cache-memory-mb",
+        type=int,
+        default=None,
+        help="KV cache size (default: 1 GiB on the CPU; half the free GPU memory, at most 16 GiB)",
+    )
     add("--num-kv-blocks", type=int, default=None, help="overrides --kv-cache-memory-mb")
     add("--block-size", type=int, default=16)
     add("--no-prefix-caching", action="store_true")
@@ -244,7 +249,9 @@ def _serve(args: argparse.Namespace) -> int:
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         num_kv_blocks=args.num_kv_blocks,
-        kv_cache_memory_bytes=args.kv_cache_memory_mb << 20,
+        kv_cache_memory_bytes=None
+        if args.kv_cache_memory_mb is None
+        else args.kv_cache_memory_mb << 20,
         enable_prefix_caching=not args.no_prefix_caching,
         seed=args.seed,
     )

@@ -6,18 +6,14 @@ from __future__ import annotations
 from enum import Enum
 from typing import Final
 
-import numpy as np
-
 from ember.gpu.array import DeviceArray
 from ember.gpu.device import Device
 from ember.gpu.launch import Arg, Kernel, Launch
 from ember.gpu.module import Module
 from ember.gpu.stream import Stream
 from ember.kernels.binaries import load_family
-from ember.kernels.quant_gemv import BLOCK_WEIGHTS, QuantType
+from ember.kernels.quant_gemv import QuantType, check_fit, check_operands
 
-_F32: Final = np.dtype(np.float32)
-_U8: Final = np.dtype(np.uint8)
 _THREADS: Final = 256  # every tile shape in quant_gemm.cu runs 8 warps
 _MAX_GRID_Y: Final = 65535
 
@@ -99,33 +95,10 @@ class QuantGemm:
         [M, K], y float32 [M, N], M and N at least 1. weight and x must be 16-byte aligned.
         `tile` overrides choose_tile (for tests and tuning).
         """
-        if weight.dtype != _U8 or x.dtype != _F32 or y.dtype != _F32:
-            raise TypeError(
-                f"gemm needs uint8 weight bytes, float32 x and y, got {weight.dtype}, "
-                f"{x.dtype}, {y.dtype}"
-            )
-        if len(x.shape) != 2 or len(y.shape) != 2 or len(weight.shape) != 2:
-            raise ValueError(
-                f"gemm needs weight [N, bytes], x [M, K], y [M, N], got "
-                f"{weight.shape}, {x.shape}, {y.shape}"
-            )
-        m, k = x.shape
-        n = weight.shape[0]
-        if (
-            k == 0
-            or k % BLOCK_WEIGHTS
-            or weight.shape[1] != quant.row_bytes(k)
-            or y.shape != (m, n)
-        ):
-            raise ValueError(
-                f"{quant.name} gemm: x {x.shape} and y {y.shape} do not fit weight bytes "
-                f"{weight.shape} (K a positive multiple of {BLOCK_WEIGHTS}, "
-                f"{quant.block_bytes} bytes per block of a row)"
-            )
+        m, k, n = check_operands("gemm", weight, x, y)
+        check_fit("gemm", weight, quant, x, y)
         if m == 0 or n == 0:
             raise ValueError(f"gemm needs at least one row of x and of W, got M {m}, N {n}")
-        if (weight.ptr | x.ptr) % 16:
-            raise ValueError("gemm needs weight and x 16-byte aligned (read as 8/16-byte vectors)")
         tile = tile or choose_tile(m, n, self.multiprocessors)
         grid = tile.grid(m, n)
         if grid[1] > _MAX_GRID_Y:

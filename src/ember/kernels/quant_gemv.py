@@ -40,6 +40,40 @@ class QuantType(Enum):
         return k // BLOCK_WEIGHTS * self.value
 
 
+def check_operands(
+    op: str, weight: DeviceArray, x: DeviceArray, y: DeviceArray
+) -> tuple[int, int, int]:
+    """(M, K, N) of y = x @ W.T after checking dtypes and ranks: uint8 weight bytes [N, row
+    bytes], float32 x [M, K] and y [M, N]. Shared by the GEMV and GEMM wrappers."""
+    if weight.dtype != _U8 or x.dtype != _F32 or y.dtype != _F32:
+        raise TypeError(
+            f"{op} needs uint8 weight bytes, float32 x and y, got {weight.dtype}, "
+            f"{x.dtype}, {y.dtype}"
+        )
+    if len(x.shape) != 2 or len(y.shape) != 2 or len(weight.shape) != 2:
+        raise ValueError(
+            f"{op} needs weight [N, bytes], x [M, K], y [M, N], got "
+            f"{weight.shape}, {x.shape}, {y.shape}"
+        )
+    return x.shape[0], x.shape[1], weight.shape[0]
+
+
+def check_fit(
+    op: str, weight: DeviceArray, quant: QuantType, x: DeviceArray, y: DeviceArray
+) -> None:
+    """K a positive multiple of 32 matching W's row bytes, y [M, N], W and x 16-byte aligned."""
+    m, k = x.shape
+    n = weight.shape[0]
+    if k == 0 or k % BLOCK_WEIGHTS or weight.shape[1] != quant.row_bytes(k) or y.shape != (m, n):
+        raise ValueError(
+            f"{quant.name} {op}: x {x.shape} and y {y.shape} do not fit weight bytes "
+            f"{weight.shape} (K a positive multiple of {BLOCK_WEIGHTS}, "
+            f"{quant.block_bytes} bytes per block of a row)"
+        )
+    if (weight.ptr | x.ptr) % 16:
+        raise ValueError(f"{op} needs weight and x 16-byte aligned (read as vectors)")
+
+
 class QuantGemv:
     """The quant_gemv kernel family, loaded in the current context."""
 
@@ -78,33 +112,10 @@ class QuantGemv:
         `weight` is the tensor's raw bytes as uint8 [N, K / 32 * block bytes]; x is float32
         [batch, K], y float32 [batch, N]. weight and x must be 16-byte aligned.
         """
-        if weight.dtype != _U8 or x.dtype != _F32 or y.dtype != _F32:
-            raise TypeError(
-                f"gemv needs uint8 weight bytes, float32 x and y, got {weight.dtype}, "
-                f"{x.dtype}, {y.dtype}"
-            )
-        if len(x.shape) != 2 or len(y.shape) != 2 or len(weight.shape) != 2:
-            raise ValueError(
-                f"gemv needs weight [N, bytes], x [batch, K], y [batch, N], got "
-                f"{weight.shape}, {x.shape}, {y.shape}"
-            )
-        batch, k = x.shape
-        n = weight.shape[0]
+        batch, k, n = check_operands("gemv", weight, x, y)
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"gemv takes a batch of 1 to {MAX_BATCH}, got {batch}")
-        if (
-            k == 0
-            or k % BLOCK_WEIGHTS
-            or weight.shape[1] != quant.row_bytes(k)
-            or y.shape != (batch, n)
-        ):
-            raise ValueError(
-                f"{quant.name} gemv: x {x.shape} and y {y.shape} do not fit weight bytes "
-                f"{weight.shape} (K a positive multiple of {BLOCK_WEIGHTS}, "
-                f"{quant.block_bytes} bytes per block of a row)"
-            )
-        if (weight.ptr | x.ptr) % 16:
-            raise ValueError("gemv needs weight and x 16-byte aligned (read as 16-byte vectors)")
+        check_fit("gemv", weight, quant, x, y)
         tier = next(t for t in BATCH_TIERS if t >= batch)
         blocks = max(1, (n + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK)
         return Launch(

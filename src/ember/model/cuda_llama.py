@@ -91,6 +91,8 @@ class CudaLlama:
         self._token_buckets: list[int] = []
         self._row_buckets: list[int] = []
         self._graphs: dict[tuple[int, int], GraphExec] = {}
+        # Per bucket, made once: a step must not rebuild a dozen views to find its outputs.
+        self._bucket_views: dict[tuple[int, int], ActivationViews] = {}
         self._ids_host = PinnedHostBuffer.alloc(4 * 1024)
         self._logits_host: PinnedHostBuffer | None = None
         self.use_graphs = True
@@ -105,13 +107,9 @@ class CudaLlama:
     ) -> CudaLlama:
         from ember.model.cuda_weights import upload_weights
 
-        device = Device.get(ordinal)
-        context = device.retain_primary_context()
-        context.make_current()
-        stream = Stream.create()
-        kernels = KernelSet.load(device)
-        weights = upload_weights(gguf, config, stream, progress)
-        return cls(config, weights, device, context, stream, kernels)
+        return cls._open(
+            config, ordinal, lambda _, stream: upload_weights(gguf, config, stream, progress)
+        )
 
     @classmethod
     def synthetic(
@@ -121,17 +119,29 @@ class CudaLlama:
         from ember.kernels.synthetic import Synthetic
         from ember.model.cuda_weights import synthetic_weights
 
+        def generate(device: Device, stream: Stream) -> CudaWeights:
+            generator = Synthetic.load(device)
+            try:
+                return synthetic_weights(config, quant, head_quant, generator, stream)
+            finally:
+                generator.unload()
+
+        return cls._open(config, ordinal, generate)
+
+    @classmethod
+    def _open(
+        cls,
+        config: ModelConfig,
+        ordinal: int,
+        make_weights: Callable[[Device, Stream], CudaWeights],
+    ) -> CudaLlama:
+        """The GPU's primary context made current, a stream, the kernels, then the weights."""
         device = Device.get(ordinal)
         context = device.retain_primary_context()
         context.make_current()
         stream = Stream.create()
         kernels = KernelSet.load(device)
-        generator = Synthetic.load(device)
-        try:
-            weights = synthetic_weights(config, quant, head_quant, generator, stream)
-        finally:
-            generator.unload()
-        return cls(config, weights, device, context, stream, kernels)
+        return cls(config, make_weights(device, stream), device, context, stream, kernels)
 
     @property
     def config(self) -> ModelConfig:
@@ -180,6 +190,7 @@ class CudaLlama:
             partials_size(t, c.n_heads, c.head_dim, self._splits(t)) for t in self._token_buckets
         )
         self.activations = Activations(c, max_tokens, max_rows, partials)
+        self._bucket_views.clear()
         if self._ids_host.nbytes < 4 * max_rows:
             self._ids_host.free()
             self._ids_host = PinnedHostBuffer.alloc(4 * max_rows)
@@ -261,8 +272,11 @@ class CudaLlama:
         return out
 
     def _views(self, tokens: int, rows: int) -> ActivationViews:
-        assert self.activations is not None
-        return self.activations.views(tokens, rows)
+        views = self._bucket_views.get((tokens, rows))
+        if views is None:
+            assert self.activations is not None
+            views = self._bucket_views[tokens, rows] = self.activations.views(tokens, rows)
+        return views
 
     def _graph(self, tokens: int, rows: int) -> GraphExec:
         graph = self._graphs.get((tokens, rows))

@@ -121,14 +121,22 @@ def find_sources(kernels_dir: Path) -> list[str]:
     return sorted(path.name for path in kernels_dir.glob("*.cu"))
 
 
-def build(nvcc: str, kernels_dir: Path) -> None:
+def build(nvcc: str, kernels_dir: Path, only: list[str] | None = None) -> None:
+    """Build every family, or only the `only` families (their sources' names without .cu) while
+    keeping the others' artifacts; the manifest always describes them all."""
     bin_dir = kernels_dir / "bin"
     sources = find_sources(kernels_dir)
+    chosen = sources if only is None else [f"{family}.cu" for family in only]
+    unknown = sorted(set(chosen) - set(sources))
+    if unknown:
+        raise SystemExit(f"no such kernel source: {', '.join(unknown)}")
     with tempfile.TemporaryDirectory() as tmp:
-        outputs = compile_all(nvcc, kernels_dir, sources, Path(tmp))
+        outputs = compile_all(nvcc, kernels_dir, chosen, Path(tmp))
         bin_dir.mkdir(exist_ok=True)
+        keep = {job.output for s in sources if s not in chosen for job in jobs_for(s)}
         for stale in bin_dir.iterdir():
-            stale.unlink()
+            if stale.name not in keep:
+                stale.unlink()
         for name in outputs:
             shutil.copyfile(Path(tmp) / name, bin_dir / name)
     manifest = describe(nvcc, kernels_dir, sources, bin_dir)
@@ -217,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="verify, do not build")
     parser.add_argument("--no-rebuild", action="store_true", help="with --check: hashes only")
     parser.add_argument("--nvcc", default=shutil.which("nvcc"), help="nvcc to use")
+    parser.add_argument(
+        "--only", help="comma-separated families to rebuild (e.g. quant_gemv), keeping the rest"
+    )
     parser.add_argument("--kernels-dir", type=Path, default=KERNELS_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     kernels_dir = args.kernels_dir.resolve()
@@ -225,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.nvcc is None:
         print("error: nvcc not found on PATH (CUDA toolkit 13.0 needed to build kernels)")
         return 1
-    build(args.nvcc, kernels_dir)
+    build(args.nvcc, kernels_dir, args.only.split(",") if args.only else None)
     return 0
 
 

@@ -188,15 +188,18 @@ def synthetic_weights(
     stream: Stream,
     seed: int = 0,
 ) -> CudaWeights:
-    """Random weights of `config`'s shapes made on the device: matrices and the embedding in
-    `quant` blocks, the output head in `head_quant`, norms near 1."""
+    """Random weights of `config`'s shapes made on the device: matrices in `quant` blocks, the
+    output head (a tied embedding too) in `head_quant`, an untied embedding in `quant`, norms
+    near 1."""
     to_gguf = {v: k for k, v in LINEAR_TYPES.items()}
     kinds = []
     for part in _parts(config):
         if part.rows == (1,):
             kinds.append(GGMLQuantizationType.F32)
         else:
-            head = part.names == ("output.weight",)
+            head = part.names == ("output.weight",) or (
+                config.tied_embeddings and part.names == ("token_embd.weight",)
+            )
             kinds.append(to_gguf[head_quant if head else quant])
     arena, arrays = _layout(config, kinds)
     for i, (view, kind, part) in enumerate(arrays):

@@ -22,8 +22,16 @@ PREFIX: Final = "synthetic:"
 _LLAMA3_VOCAB: Final = 128256
 
 
-def _llama3(
-    name: str, layers: int, d: int, heads: int, kv: int, ffn: int, tied: bool
+def _llama(
+    name: str,
+    layers: int,
+    d: int,
+    heads: int,
+    kv: int,
+    ffn: int,
+    tied: bool,
+    vocab: int = _LLAMA3_VOCAB,
+    rope_base: float = 500000.0,
 ) -> ModelConfig:
     return ModelConfig(
         architecture="llama",
@@ -34,24 +42,31 @@ def _llama3(
         n_kv_heads=kv,
         head_dim=d // heads,
         ffn_dim=ffn,
-        vocab_size=_LLAMA3_VOCAB,
+        vocab_size=vocab,
         context_length=8192,
         rms_eps=1e-5,
-        rope=RopeConfig(base=500000.0, dim=d // heads),
+        rope=RopeConfig(base=rope_base, dim=d // heads),
         tied_embeddings=tied,
     )
 
 
-# name -> (config, matrix quant, output head quant). Llama 3's Q4_0 files keep the output head
-# in Q6_K, which Ember's kernels do not read; Q8_0 stands in for it (8.5 bits, not 6.56).
+# name -> (config, matrix quant, output head quant; a tied embedding is the head). Llama 3's
+# Q4_0 files keep the output head in Q6_K, which Ember's kernels do not read; Q8_0 stands in for
+# it (8.5 bits, not 6.56). smollm2-135m-q4_1 is the default model's exact shape and types, for
+# profiling on a GPU machine that has not been sent the model file.
 PRESETS: Final = {
+    "smollm2-135m-q4_1": (
+        _llama("synthetic SmolLM2-135M shape", 30, 576, 9, 3, 1536, True, 49152, 100000.0),
+        QuantType.Q4_1,
+        QuantType.Q8_0,
+    ),
     "llama-1b-q4_0": (
-        _llama3("synthetic Llama-3.2-1B shape", 16, 2048, 32, 8, 8192, tied=True),
+        _llama("synthetic Llama-3.2-1B shape", 16, 2048, 32, 8, 8192, tied=True),
         QuantType.Q4_0,
         QuantType.Q4_0,
     ),
     "llama-8b-q4_0": (
-        _llama3("synthetic Llama-3.1-8B shape", 32, 4096, 32, 8, 14336, tied=False),
+        _llama("synthetic Llama-3.1-8B shape", 32, 4096, 32, 8, 14336, tied=False),
         QuantType.Q4_0,
         QuantType.Q8_0,
     ),

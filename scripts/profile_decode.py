@@ -1,0 +1,118 @@
+"""Where a CUDA decode step's time goes: engine step vs graph replay, and (under ncu) per kernel.
+
+    python scripts/profile_decode.py --model /tmp/m/model.gguf --batch-sizes 1,64,256
+    ncu --profile-from-start off --graph-profiling node --metrics gpu__time_duration.sum \
+        --csv --print-units base python scripts/profile_decode.py --model ... --ncu > k.csv
+    python scripts/profile_decode.py --summarize k.csv
+
+Without --ncu it prints, per batch size, the wall time of one engine step (Python included)
+and the device time of one replay of the step's CUDA graph (events around 200 replays). With
+--ncu it replays each batch's graph once between cuProfilerStart/Stop, so ncu times each
+kernel node of exactly one decode step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.engine.sampling_params import SamplingParams
+from ember.gpu.driver import api, call
+from ember.gpu.stream import Event
+from ember.model.cuda_llama import CudaLlama, _bucket
+
+
+def _decode_steady(engine: LLMEngine, batch: int, prompt_tokens: int) -> list[float]:
+    rng = np.random.default_rng(batch)
+    params = SamplingParams(max_tokens=48, temperature=0.0, ignore_eos=True)
+    vocab = engine.model_config.vocab_size
+    for i in range(batch):
+        engine.add_request(
+            f"p{batch}-{i}", rng.integers(300, vocab, prompt_tokens).tolist(), params
+        )
+    for _ in range(8):  # prefill, then a few decode steps
+        engine.step()
+    times = []
+    for _ in range(16):
+        started = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def _finish(engine: LLMEngine) -> None:
+    while engine.has_unfinished_requests():
+        engine.step()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model")
+    parser.add_argument("--batch-sizes", default="1,64,256")
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--ncu", action="store_true")
+    parser.add_argument("--summarize")
+    args = parser.parse_args()
+    if args.summarize:
+        return _summarize(args.summarize)
+    engine = LLMEngine(EngineConfig(model=args.model, device="cuda", show_progress=False))
+    model = engine.model.backend
+    assert isinstance(model, CudaLlama)
+    print(f"{'batch':>5} {'engine step ms':>15} {'graph replay ms':>16} {'tok/s (graph)':>14}")
+    for batch in (int(b) for b in args.batch_sizes.split(",")):
+        step_times = _decode_steady(engine, batch, args.prompt_tokens)
+        # The last step's inputs are still on the device: replaying its graph redoes that step.
+        tokens_b = _bucket(model._token_buckets, batch)
+        key = (tokens_b, min(_bucket(model._row_buckets, batch), tokens_b))
+        graph = model._graph(*key)
+        if args.ncu:
+            call(api().cuProfilerStart)
+            graph.launch(model.stream)
+            model.stream.synchronize()
+            call(api().cuProfilerStop)
+            _finish(engine)
+            continue
+        start, end = Event.create(), Event.create()
+        for _ in range(10):
+            graph.launch(model.stream)
+        start.record(model.stream)
+        for _ in range(200):
+            graph.launch(model.stream)
+        end.record(model.stream)
+        end.synchronize()
+        replay = start.elapsed_ms(end) / 200
+        step = float(np.median(step_times)) * 1e3
+        print(f"{batch:>5} {step:>15.3f} {replay:>16.3f} {batch / replay * 1e3:>14.0f}  {key}")
+        _finish(engine)
+    return 0
+
+
+def _summarize(path: str) -> int:
+    totals: dict[str, list[float]] = defaultdict(list)
+    with open(path) as f:
+        lines = [line for line in f if line.startswith('"')]
+    for row in csv.DictReader(lines):
+        if row.get("Metric Name") != "gpu__time_duration.sum":
+            continue
+        name = row["Kernel Name"].split("(")[0]
+        totals[f"{name} {row.get('Grid Size', '')}"].append(float(row["Metric Value"].replace(",", "")))
+    grand = sum(sum(v) for v in totals.values())
+    print(f"{'kernel':<60} {'count':>5} {'total us':>9} {'mean us':>8} {'share':>6}")
+    for name, values in sorted(totals.items(), key=lambda kv: -sum(kv[1])):
+        total = sum(values) / 1e3
+        mean = total / len(values)
+        print(
+            f"{name[:60]:<60} {len(values):>5} {total:>9.1f} {mean:>8.2f} {100 * total / (grand / 1e3):>5.1f}%"
+        )
+    print(f"all kernels: {grand / 1e3:.1f} us")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -101,15 +101,15 @@ def _summarize(path: str) -> int:
         if row.get("Metric Name") != "gpu__time_duration.sum":
             continue
         name = row["Kernel Name"].split("(")[0]
-        totals[f"{name} {row.get('Grid Size', '')}"].append(float(row["Metric Value"].replace(",", "")))
+        value = float(row["Metric Value"].replace(",", ""))
+        totals[f"{name} {row.get('Grid Size', '')}"].append(value)
     grand = sum(sum(v) for v in totals.values())
     print(f"{'kernel':<60} {'count':>5} {'total us':>9} {'mean us':>8} {'share':>6}")
     for name, values in sorted(totals.items(), key=lambda kv: -sum(kv[1])):
         total = sum(values) / 1e3
         mean = total / len(values)
-        print(
-            f"{name[:60]:<60} {len(values):>5} {total:>9.1f} {mean:>8.2f} {100 * total / (grand / 1e3):>5.1f}%"
-        )
+        share = 100 * total / (grand / 1e3)
+        print(f"{name[:60]:<60} {len(values):>5} {total:>9.1f} {mean:>8.2f} {share:>5.1f}%")
     print(f"all kernels: {grand / 1e3:.1f} us")
     return 0
 

@@ -7,7 +7,7 @@ import numpy.typing as npt
 import pytest
 
 from ember.gpu import DeviceArray, Stream
-from ember.kernels.attention import Attention, partials_size
+from ember.kernels.attention import Attention, counters_size, partials_size
 
 pytestmark = pytest.mark.gpu
 
@@ -48,6 +48,9 @@ def reference(
         (32, 8, 128, [5, 129], 1),  # Llama 8B heads
         (32, 8, 128, [1000, 3], 4),
         (4, 4, 64, [40], 2),  # no grouping
+        # Each token uses only the splits its keys need (32 keys each): 1, 2, 4 and all 32.
+        (9, 3, 64, [1, 40, 100, 2000], 32),
+        (16, 2, 64, [32, 33, 64, 65, 97], 3),  # boundaries of the per-token split count
     ],
 )
 def test_decode_rows_match_numpy(
@@ -80,17 +83,22 @@ def test_decode_rows_match_numpy(
     devs = [DeviceArray.from_numpy(a) for a in arrays]
     out = DeviceArray.empty((tokens, q_heads * head_dim), np.float32)
     partials = DeviceArray.empty((scratch,), np.float32)
+    counters = DeviceArray.empty((counters_size(tokens, kv_heads),), np.int32)
+    launch = attention.attention_launch(*devs, out, block, splits, partials, counters)
     try:
-        out.buffer.memset_d32(0x7FC00000)  # NaN: every element must be written
-        for launch in attention.launches(*devs, out, block, splits, partials):
+        counters.buffer.memset_d32(0)
+        partials.buffer.memset_d32(0x7FC00000)  # NaN: only what a split wrote may be read
+        for _ in range(2):  # the second launch relies on the first leaving the counters zero
+            out.buffer.memset_d32(0x7FC00000)  # NaN: every element must be written
             launch(stream)
-        stream.synchronize()
-        got = out.to_numpy()
+            stream.synchronize()
+            got = out.to_numpy()
+            np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+            assert not got[-1].any()
+        assert not counters.to_numpy().any()
     finally:
-        for d in (*devs, out, partials):
+        for d in (*devs, out, partials, counters):
             d.free()
-    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
-    assert not got[-1].any()
 
 
 def test_prefill_chunk_after_cached_prefix_matches_numpy(
@@ -112,8 +120,7 @@ def test_prefill_chunk_after_cached_prefix_matches_numpy(
     devs = [DeviceArray.from_numpy(a) for a in arrays]
     out = DeviceArray.empty((len(positions), q_heads * hd), np.float32)
     try:
-        for launch in attention.launches(*devs, out, block):
-            launch(stream)
+        attention.attention_launch(*devs, out, block)(stream)
         stream.synchronize()
         got = out.to_numpy()
     finally:

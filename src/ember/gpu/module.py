@@ -3,10 +3,14 @@ driver's JIT compiler.
 
 Artifacts are named `<family>.sm_<XY>.cubin` and `<family>.compute_<XY>.ptx`
 (scripts/build_kernels.py writes them with these names).
+
+EMBER_PROGRAMMATIC_LAUNCH=0 turns programmatic dependent launches off (to measure what they
+save, or to rule them out when debugging).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -21,6 +25,8 @@ from ember.gpu.launch import Arg, Kernel
 # newer GPUs JIT the PTX, which is built for the oldest of them so that it runs on all.
 SHIPPED_SMS: Final = (80, 86, 89, 90)
 PTX_SM: Final = 80
+# Programmatic dependent launch (griddepcontrol) exists from Hopper on.
+PROGRAMMATIC_SM: Final = 90
 
 # ELF (cubin) and fatbin headers; any other image is PTX text.
 _BINARY_MAGICS: Final = (b"\x7fELF", b"\x50\xed\x55\xba")
@@ -32,6 +38,14 @@ def cubin_filename(family: str, sm: int) -> str:
 
 def ptx_filename(family: str) -> str:
     return f"{family}.compute_{PTX_SM}.ptx"
+
+
+def _cubin_sm(path: Path) -> int:
+    """The SM of a `<family>.sm_<XY>.cubin` artifact; 0 for PTX."""
+    suffix = path.name.rsplit(".", 2)
+    if len(suffix) == 3 and suffix[2] == "cubin" and suffix[1].startswith("sm_"):
+        return int(suffix[1].removeprefix("sm_"))
+    return 0
 
 
 def select_image(bin_dir: Path, family: str, compute_capability: tuple[int, int]) -> Path:
@@ -64,17 +78,31 @@ def select_image(bin_dir: Path, family: str, compute_capability: tuple[int, int]
 class Module:
     """A loaded cubin or PTX image in the current context; unload it before the context goes."""
 
-    __slots__ = ("_unloaded", "handle", "source")
+    __slots__ = ("_unloaded", "handle", "programmatic", "source")
 
-    def __init__(self, handle: Any, source: str) -> None:
+    def __init__(self, handle: Any, source: str, *, programmatic: bool = False) -> None:
         self.handle = handle  # CUmodule
         self.source = source
+        # Whether its kernels are launched as programmatic dependents (see Kernel).
+        self.programmatic = programmatic
         self._unloaded = False
 
     @classmethod
-    def load(cls, bin_dir: Path, family: str, device: Device) -> Module:
+    def load(
+        cls, bin_dir: Path, family: str, device: Device, *, awaits_prior_grid: bool = False
+    ) -> Module:
+        """`awaits_prior_grid`: every kernel of the family waits for the prior grid first
+        (common.cuh's await_prior_grid). Its kernels are then launched as programmatic
+        dependents where the image is sm_90+ machine code; PTX built for an older SM compiles
+        the wait out, so it never gets the attribute."""
         path = select_image(bin_dir, family, device.compute_capability)
-        return cls.from_image(path.read_bytes(), source=str(path))
+        module = cls.from_image(path.read_bytes(), source=str(path))
+        module.programmatic = (
+            awaits_prior_grid
+            and _cubin_sm(path) >= PROGRAMMATIC_SM
+            and os.environ.get("EMBER_PROGRAMMATIC_LAUNCH", "1") != "0"
+        )
+        return module
 
     @classmethod
     def from_image(cls, image: bytes, *, source: str = "<memory>") -> Module:
@@ -99,7 +127,7 @@ class Module:
         if self._unloaded:
             raise CudaError(f"module {self.source} was unloaded")
         handle = call(api().cuModuleGetFunction, self.handle, name.encode())
-        return Kernel(handle, name, signature)
+        return Kernel(handle, name, signature, programmatic=self.programmatic)
 
     def unload(self) -> None:
         if self._unloaded:

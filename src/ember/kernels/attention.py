@@ -37,8 +37,15 @@ def partials_size(tokens: int, q_heads: int, head_dim: int, splits: int) -> int:
     return 0 if splits <= 1 else tokens * q_heads * splits * (head_dim + 2)
 
 
+def counters_size(tokens: int, kv_heads: int) -> int:
+    """int32 counters a split launch of `tokens` rows needs: zeroed once, left zero after."""
+    return tokens * kv_heads
+
+
 def choose_splits(tokens: int, kv_heads: int, multiprocessors: int, max_keys: int) -> int:
-    """Splits of the keys that give about two blocks per SM, keeping >= 64 keys per split."""
+    """The most splits of a token's keys: about two blocks per SM, keeping >= 64 keys per
+    split of a `max_keys` context. Each launch then uses only as many of them as a token's own
+    keys need (attention.cu's SPLIT_KEYS per split), so short contexts pay for none."""
     blocks = max(1, tokens * kv_heads)
     wanted = math.ceil(2 * multiprocessors / blocks)
     by_keys = max(1, max_keys // 64)
@@ -48,19 +55,13 @@ def choose_splits(tokens: int, kv_heads: int, multiprocessors: int, max_keys: in
 class Attention:
     """The attention kernel family, loaded in the current context."""
 
-    __slots__ = ("_attend", "_combine", "module")
+    __slots__ = ("_attend", "module")
 
     def __init__(self, module: Module) -> None:
         self.module = module
-        attend = (Arg.PTR,) * 6 + (Arg.I32, Arg.PTR, Arg.PTR, Arg.I32, Arg.I32, Arg.F32)
+        attend = (Arg.PTR,) * 6 + (Arg.I32,) + (Arg.PTR,) * 3 + (Arg.I32, Arg.I32, Arg.F32)
         self._attend: dict[tuple[int, int], Kernel] = {
             (hd, g): module.function(f"paged_attention_hd{hd}_g{g}", attend) for hd, g in SHAPES
-        }
-        self._combine: dict[tuple[int, int], Kernel] = {
-            (hd, g): module.function(
-                f"attention_combine_hd{hd}_g{g}", (Arg.PTR, Arg.PTR, Arg.I32, Arg.I32)
-            )
-            for hd, g in SHAPES
         }
 
     @classmethod
@@ -71,7 +72,7 @@ class Attention:
     def supports(head_dim: int, q_heads: int, kv_heads: int) -> bool:
         return q_heads % kv_heads == 0 and (head_dim, q_heads // kv_heads) in SHAPES
 
-    def launches(
+    def attention_launch(
         self,
         qkv: DeviceArray,
         k_cache: DeviceArray,
@@ -83,11 +84,14 @@ class Attention:
         block_size: int,
         splits: int = 1,
         partials: DeviceArray | None = None,
-    ) -> list[Launch]:
+        counters: DeviceArray | None = None,
+    ) -> Launch:
         """out [T, q_heads * head_dim] = causal attention of the q heads in qkv [T, (q_heads +
         2 kv_heads) * head_dim] over keys 0..positions[t] of sequence token_seq[t], whose slots
         are block_tables [S, max_blocks] (block ids) * block_size + offset in k_cache, v_cache
-        [num_slots, kv_heads, head_dim]. With splits > 1, `partials` holds partials_size()."""
+        [num_slots, kv_heads, head_dim]. With splits > 1, `partials` holds partials_size()
+        float32 elements and `counters` counters_size() int32 ones, zero before the first
+        launch; a token uses only the splits its own keys need."""
         if qkv.dtype != _F32 or out.dtype != _F32:
             raise TypeError(f"attention needs float32 qkv and out, got {qkv.dtype}, {out.dtype}")
         if k_cache.dtype != _F16 or v_cache.dtype != _F16:
@@ -119,31 +123,24 @@ class Attention:
         need = partials_size(tokens, q_heads, head_dim, splits)
         if need and (partials is None or partials.dtype != _F32 or partials.size < need):
             raise ValueError(f"{splits} splits need a float32 partials workspace of {need}")
+        count = counters_size(tokens, kv_heads)
+        if need and (counters is None or counters.dtype != _I32 or counters.size < count):
+            raise ValueError(f"{splits} splits need {count} int32 counters")
         group = q_heads // kv_heads
         key = (head_dim, group)
         workspace = partials.ptr if need and partials is not None else 0
+        counter_ptr = counters.ptr if need and counters is not None else 0
         scale_log2 = math.log2(math.e) / math.sqrt(head_dim)
         grid = (max(1, tokens), kv_heads, splits)
-        result = [
-            Launch(
-                self._attend[key],
-                grid,
-                (_THREADS, 1, 1),
-                (qkv.ptr, k_cache.ptr, v_cache.ptr, positions.ptr, token_seq.ptr)
-                + (block_tables.ptr, block_tables.shape[1], out.ptr, workspace, kv_heads)
-                + (block_size.bit_length() - 1, scale_log2),
-            )
-        ]
-        if splits > 1:
-            result.append(
-                Launch(
-                    self._combine[key],
-                    (max(1, tokens), kv_heads, 1),
-                    (group * head_dim, 1, 1),
-                    (workspace, out.ptr, kv_heads, splits),
-                )
-            )
-        return result
+        return Launch(
+            self._attend[key],
+            grid,
+            (_THREADS, 1, 1),
+            (qkv.ptr, k_cache.ptr, v_cache.ptr, positions.ptr, token_seq.ptr)
+            + (block_tables.ptr, block_tables.shape[1], out.ptr, workspace, counter_ptr)
+            + (kv_heads,)
+            + (block_size.bit_length() - 1, scale_log2),
+        )
 
     def unload(self) -> None:
         self.module.unload()

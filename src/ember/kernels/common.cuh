@@ -202,4 +202,17 @@ __device__ __forceinline__ bool aligned16(const Ptrs*... ptrs) {
     return ((reinterpret_cast<uintptr_t>(ptrs) | ...) & 15) == 0;
 }
 
+// Programmatic dependent launch (sm_90 and newer). Every Ember kernel calls this first, before
+// it touches global memory: it waits until the grid launched before it on the stream has
+// completed and its writes are visible, then lets the next grid start launching its blocks, so
+// that a launch's setup overlaps the end of the previous kernel instead of following it. The
+// host asks for this overlap (CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION) only where
+// it loaded sm_90+ machine code; elsewhere, and without the attribute, both are no-ops.
+__device__ __forceinline__ void await_prior_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 }  // namespace ember

@@ -36,6 +36,7 @@ __device__ __forceinline__ void binary_f32(
 extern "C" __global__ void vector_add_f32(
     const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out,
     long long n) {
+    ember::await_prior_grid();
     binary_f32(a, b, out, n, Add{});
 }
 
@@ -43,6 +44,7 @@ extern "C" __global__ void vector_add_f32(
 // output gu [rows, 2f]. Launch with ceil(rows * f / 4) threads (4 outputs each).
 extern "C" __global__ void silu_mul_f32(
     const float* __restrict__ gu, float* __restrict__ out, int f, long long rows) {
+    ember::await_prior_grid();
     const long long i = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * VEC;
     const long long n = rows * f;
     if (i >= n) return;
@@ -61,6 +63,7 @@ extern "C" __global__ void silu_mul_f32(
 extern "C" __global__ void gather_rows_f32(
     const float* __restrict__ src, const int* __restrict__ index, float* __restrict__ dst,
     int n) {
+    ember::await_prior_grid();
     const long long l = blockIdx.x;
     const float* row = src + static_cast<long long>(index[l]) * n;
     for (int i = threadIdx.x; i < n; i += blockDim.x) dst[l * n + i] = row[i];

@@ -64,6 +64,7 @@ __device__ __forceinline__ void embed_float(
     extern "C" __global__ void embedding_##TYPE(                                           \
         const uint8_t* __restrict__ table, const int* __restrict__ ids,                    \
         float* __restrict__ out, int d, int vocab) {                                       \
+        ember::await_prior_grid();                                                         \
         ember_embedding::embed_quant<ember::block_##TYPE>(table, ids, out, d, vocab);      \
     }
 
@@ -74,11 +75,13 @@ EMBER_EMBEDDING_QUANT(q8_0)
 extern "C" __global__ void embedding_f32(
     const float* __restrict__ table, const int* __restrict__ ids, float* __restrict__ out, int d,
     int vocab) {
+    ember::await_prior_grid();
     ember_embedding::embed_float(table, ids, out, d, vocab);
 }
 
 extern "C" __global__ void embedding_f16(
     const half* __restrict__ table, const int* __restrict__ ids, float* __restrict__ out, int d,
     int vocab) {
+    ember::await_prior_grid();
     ember_embedding::embed_float(table, ids, out, d, vocab);
 }

@@ -80,6 +80,7 @@ using ember_norm::rms_norm_row;
 extern "C" __global__ void rms_norm_f32(
     const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out, int n,
     float eps) {
+    ember::await_prior_grid();
     rms_norm_row<false>(x, nullptr, w, out, n, eps);
 }
 
@@ -87,5 +88,6 @@ extern "C" __global__ void rms_norm_f32(
 extern "C" __global__ void add_rms_norm_f32(
     const float* __restrict__ x, float* __restrict__ residual, const float* __restrict__ w,
     float* __restrict__ out, int n, float eps) {
+    ember::await_prior_grid();
     rms_norm_row<true>(x, residual, w, out, n, eps);
 }

@@ -23,6 +23,7 @@ __device__ __forceinline__ void rotate(float* __restrict__ pair, float c, float 
 extern "C" __global__ void rope_f32(
     float* __restrict__ q, float* __restrict__ k, const int* __restrict__ positions,
     int n_q_heads, int n_kv_heads, int head_dim, int rot_dim, float base, float linear_factor) {
+    ember::await_prior_grid();
     const long long t = blockIdx.x;
     const int i = threadIdx.x;
     if (2 * i >= rot_dim) return;
@@ -46,6 +47,7 @@ extern "C" __global__ void rope_qkv_cache_f32(
     float* __restrict__ qkv, const int* __restrict__ positions, const int* __restrict__ slots,
     half* __restrict__ k_cache, half* __restrict__ v_cache, int n_q_heads, int n_kv_heads,
     int head_dim, int rot_dim, float base, float linear_factor) {
+    ember::await_prior_grid();
     const long long t = blockIdx.x;
     const int i = threadIdx.x;
     if (2 * i >= head_dim) return;

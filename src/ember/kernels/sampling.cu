@@ -307,6 +307,7 @@ __device__ __forceinline__ void sample_row(
 extern "C" __global__ void __launch_bounds__(ember_sampling::THREADS, 1) sample_f32(
     const float* __restrict__ logits, const ember_sampling::RowParams* __restrict__ params,
     int* __restrict__ out, int vocab) {
+    ember::await_prior_grid();
     const long long r = blockIdx.x;
     const float* x = logits + r * vocab;
     const ember_sampling::Row row = {x, vocab, (vocab & 3) == 0 && ember::aligned16(x)};

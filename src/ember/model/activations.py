@@ -30,6 +30,7 @@ class ActivationViews:
     logits: DeviceArray  # [L, vocab]
     sampled: DeviceArray  # int32 [L]
     partials: DeviceArray  # float32 attention split workspace
+    counters: DeviceArray  # int32 attention split counters, zero between launches
 
 
 class Activations:
@@ -59,8 +60,12 @@ class Activations:
         place("logits", 4 * max_rows * c.vocab_size)
         place("sampled", 4 * max_rows)
         place("partials", 4 * partials)
+        place("counters", 4 * max_tokens * c.n_kv_heads)
         self.partials_size = partials
         self.buffer = DeviceBuffer.alloc(offset)
+        # Attention's split counters start at zero once; each launch leaves them zero.
+        counters = 4 * max_tokens * c.n_kv_heads
+        self.buffer.view(self._offsets["counters"], counters).memset_d32(0)
 
     def views(self, tokens: int, rows: int) -> ActivationViews:
         def view(
@@ -76,6 +81,7 @@ class Activations:
             logits=view("logits", (rows, self.config.vocab_size)),
             sampled=view("sampled", (rows,), np.dtype(np.int32)),
             partials=view("partials", (max(self.partials_size, 1),)),
+            counters=view("counters", (tokens * self.config.n_kv_heads,), np.dtype(np.int32)),
         )
 
     def free(self) -> None:

@@ -345,7 +345,7 @@ class CudaLlama:
                 c.head_dim,
                 c.rope.linear_factor,
             ),
-            *k.attention.launches(
+            k.attention.attention_launch(
                 a.qkv,
                 k_cache,
                 v_cache,
@@ -356,6 +356,7 @@ class CudaLlama:
                 self.block_size,
                 self._splits(tokens),
                 a.partials,
+                a.counters,
             ),
             self._linear(a.attn, wo, a.delta),
         ]

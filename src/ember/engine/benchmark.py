@@ -66,13 +66,17 @@ def bench_decode(
     engine: LLMEngine, batch: int, decode_tokens: int, prompt_tokens: int, rng: np.random.Generator
 ) -> BenchResult:
     """Aggregate decode rate: only steps where every sequence is decoding are timed."""
-    params = SamplingParams(max_tokens=decode_tokens + 1, temperature=0.0, ignore_eos=True)
+    # One token from the prefill, one from the warm-up step, then `decode_tokens` timed.
+    params = SamplingParams(max_tokens=decode_tokens + 2, temperature=0.0, ignore_eos=True)
     for i in range(batch):
         engine.add_request(f"bench-decode-{i}", _random_prompt(rng, engine, prompt_tokens), params)
     started_ids: set[str] = set()
     while len(started_ids) < batch:  # prefill, possibly over several steps
         for out in engine.step():
             started_ids.add(out.request_id)
+    # One untimed decode step: a backend's first step of a new size may set it up (a CUDA
+    # graph capture), which is start-up cost, not decode rate.
+    engine.step()
     step_tokens: list[int] = []
     step_seconds: list[float] = []
     started = time.perf_counter()

@@ -3,9 +3,10 @@
 A step of T tokens and L logits rows is padded to a bucket (T_b, L_b); each bucket's launch
 sequence (about ten kernels per layer) is captured once into a CUDA graph and replayed for
 every later step of that size, so a step costs Python one metadata copy, one graph launch and
-one copy of the sampled token ids back. Decode buckets (B, B) for B = 1, 2, 4, ... up to the
-engine's sequence limit are captured when the buffers are reserved; prefill buckets when first
-used. Projections run as quantised GEMV for up to 8 rows and as a tensor-core GEMM above.
+one copy of the sampled token ids back. A bucket's graph is captured the first time a step of
+that size runs (a few ms), not up front: capturing every decode bucket at start-up would add
+that to each cold start, for sizes a short-lived process may never use. Projections run as
+quantised GEMV for up to 8 rows and as a tensor-core GEMM above.
 """
 
 from __future__ import annotations
@@ -194,8 +195,6 @@ class CudaLlama:
         if self._ids_host.nbytes < 4 * max_rows:
             self._ids_host.free()
             self._ids_host = PinnedHostBuffer.alloc(4 * max_rows)
-        for rows in self._row_buckets:
-            self._graph(_bucket(self._token_buckets, rows), rows)
 
     def forward(self, batch: ForwardBatch) -> F32:
         rows = batch.logits_indices.shape[0]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,21 +59,26 @@ def load_model(
     device = resolve_device(device)
     gguf = GGUFFile.open(path)
     config = ModelConfig.from_gguf(gguf)
-    tokenizer = Tokenizer.from_gguf(gguf)
-    if tokenizer.vocab_size < config.vocab_size:
-        raise ModelFormatError(
-            f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model's "
-            f"vocabulary is {config.vocab_size}"
-        )
-    has_template = gguf.get("tokenizer.chat_template") is not None
-    chat_template = ChatTemplate.from_gguf(gguf) if has_template else None
     backend: ForwardBackend
     with _progress(f"loading {path.name}", config.n_layers, show_progress) as advance:
         if device == "cuda":
+            # The driver's start-up (context, kernels) and the weight upload run on a thread
+            # while this one builds the tokenizer: the cold start pays for the longer of the
+            # two, not their sum. The driver calls release the GIL.
             from ember.model.cuda_llama import CudaLlama
 
-            backend = CudaLlama.load(gguf, config, progress=advance)
+            with ThreadPoolExecutor(1, thread_name_prefix="ember-load") as pool:
+                loading = pool.submit(CudaLlama.load, gguf, config, progress=advance)
+                try:
+                    tokenizer, chat_template = _text_side(path, gguf, config)
+                except BaseException:
+                    with suppress(Exception):
+                        loading.result().close()
+                    raise
+                backend = loading.result()
+            backend.context.make_current()  # current on the loading thread only, until now
         else:
+            tokenizer, chat_template = _text_side(path, gguf, config)
             backend = NumpyLlama(config, LlamaWeights.load(gguf, config, progress=advance))
     return LoadedModel(
         path=path,
@@ -82,6 +88,19 @@ def load_model(
         backend=backend,
         load_seconds=time.perf_counter() - started,
     )
+
+
+def _text_side(
+    path: Path, gguf: GGUFFile, config: ModelConfig
+) -> tuple[Tokenizer, ChatTemplate | None]:
+    tokenizer = Tokenizer.from_gguf(gguf)
+    if tokenizer.vocab_size < config.vocab_size:
+        raise ModelFormatError(
+            f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model's "
+            f"vocabulary is {config.vocab_size}"
+        )
+    has_template = gguf.get("tokenizer.chat_template") is not None
+    return tokenizer, ChatTemplate.from_gguf(gguf) if has_template else None
 
 
 def _load_synthetic(model: str, device: str, started: float) -> LoadedModel:

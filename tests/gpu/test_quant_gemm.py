@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,13 +10,21 @@ import numpy.typing as npt
 import pytest
 from gguf import GGMLQuantizationType
 
-from ember.gpu import Context, DeviceArray, Launch, Stream
-from ember.kernels.quant_gemm import GemmTile, QuantGemm
+from ember.gpu import Context, Device, DeviceArray, Launch, Stream
+from ember.kernels.quant_gemm import (
+    DEFAULT_RESIDENCY,
+    MAX_SPLITS,
+    GemmPlan,
+    GemmTile,
+    QuantGemm,
+    choose_plan,
+    fills,
+)
 from ember.kernels.quant_gemv import QuantType
 from ember.model.quant import dequantize
 from tests.gpu.quant_data import random_weight
 
-pytestmark = pytest.mark.gpu
+gpu = pytest.mark.gpu
 
 # (N, K): the small model's projections (q and o; fused q, k, v; gate or up; fused gate and up;
 # tied output head; down), Llama 8B's, and ragged ones: N not a multiple of any tile (or 1), K of
@@ -92,32 +101,61 @@ def run_gemm(
     x: npt.NDArray[np.float32],
     stream: Stream,
     tile: GemmTile | None = None,
+    workspace: DeviceArray | None = None,
+    splits: int | None = None,
+    repeats: int = 1,
 ) -> npt.NDArray[np.float32]:
+    """y = x @ W.T by one launch, replayed `repeats` times (each from a NaN-filled y)."""
     n = weight.shape[0]
     with (
         DeviceArray.from_numpy(x) as dx,
         DeviceArray.empty((x.shape[0], n), np.float32) as dy,
     ):
-        dy.buffer.memset_d32(0xFFFFFFFF, stream)  # NaN: any output left unwritten fails
-        quant_gemm.gemm_launch(weight, quant, dx, dy, tile)(stream)
+        launch = quant_gemm.gemm_launch(weight, quant, dx, dy, tile, workspace, splits)
+        for _ in range(repeats):
+            dy.buffer.memset_d32(0xFFFFFFFF, stream)  # NaN: any output left unwritten fails
+            launch(stream)
         stream.synchronize()
         return dy.to_numpy()
 
 
+@pytest.fixture
+def workspace(quant_gemm: QuantGemm, stream: Stream) -> Iterator[DeviceArray]:
+    """Zeros, as much as any plan of gemm_launch's own needs."""
+    with DeviceArray.empty((quant_gemm.max_workspace_bytes,), np.uint8) as space:
+        space.buffer.memset_d32(0, stream)
+        yield space
+
+
+def assert_counters_zero(workspace: DeviceArray) -> None:
+    counters = workspace.view((1024,), np.int32).to_numpy()
+    assert not counters.any(), f"split counters left at {np.flatnonzero(counters)[:8]}"
+
+
+@gpu
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("quant", list(QuantType), ids=lambda q: q.name)
 def test_gemm_matches_dequantized_matmul(
-    quant_gemm: QuantGemm, stream: Stream, quant: QuantType, shape: tuple[int, int]
+    quant_gemm: QuantGemm,
+    stream: Stream,
+    workspace: DeviceArray,
+    quant: QuantType,
+    shape: tuple[int, int],
 ) -> None:
+    """The plan gemm_launch picks itself, split-K where it wants, on every shape and M."""
     n, k = shape
     raw = random_weight(quant, n, k, seed=n + k)
     x = np.random.default_rng(k).standard_normal((max(ROWS), k)).astype(np.float32)
     reference = Reference.of(raw, quant, x)
     with DeviceArray.from_numpy(raw) as dw:
         for m in ROWS:
-            reference.check(run_gemm(quant_gemm, dw, quant, x[:m], stream), f"M {m}")
+            plan = quant_gemm.plan(m, n, k)
+            got = run_gemm(quant_gemm, dw, quant, x[:m], stream, workspace=workspace)
+            reference.check(got, f"M {m}, {plan.tile.name} split {plan.splits}")
+    assert_counters_zero(workspace)
 
 
+@gpu
 @pytest.mark.parametrize("tile", list(GemmTile), ids=lambda t: t.name)
 @pytest.mark.parametrize("quant", list(QuantType), ids=lambda q: q.name)
 def test_every_tile_matches(
@@ -130,10 +168,38 @@ def test_every_tile_matches(
         reference = Reference.of(raw, quant, x)
         with DeviceArray.from_numpy(raw) as dw:
             for m in (1, 17, 130, 300):
-                got = run_gemm(quant_gemm, dw, quant, x[:m], stream, tile)
+                got = run_gemm(quant_gemm, dw, quant, x[:m], stream, tile, splits=1)
                 reference.check(got, f"{n}x{k}, M {m}")
 
 
+@gpu
+@pytest.mark.parametrize("tile", list(GemmTile), ids=lambda t: t.name)
+@pytest.mark.parametrize("quant", list(QuantType), ids=lambda q: q.name)
+def test_split_k_matches(
+    quant_gemm: QuantGemm,
+    stream: Stream,
+    workspace: DeviceArray,
+    quant: QuantType,
+    tile: GemmTile,
+) -> None:
+    """K split 2, 3 and 7 ways: K of 65 blocks (steps that do not divide evenly, a short last
+    step), K of 3 blocks (more splits than steps: empty splits add zeros), N not a multiple of
+    the tile. Each launch runs twice, so a counter it failed to reset would show."""
+    for n, k in [(250, 2080), (1003, 96)]:
+        raw = random_weight(quant, n, k, seed=n + 7 * k)
+        x = np.random.default_rng(k).standard_normal((130, k)).astype(np.float32)
+        reference = Reference.of(raw, quant, x)
+        with DeviceArray.from_numpy(raw) as dw:
+            for splits in (2, 3, 7):
+                for m in (17, 130):
+                    got = run_gemm(
+                        quant_gemm, dw, quant, x[:m], stream, tile, workspace, splits, repeats=2
+                    )
+                    reference.check(got, f"{n}x{k}, M {m}, {splits} splits")
+    assert_counters_zero(workspace)
+
+
+@gpu
 def test_gemm_writes_unaligned_rows(quant_gemm: QuantGemm, stream: Stream) -> None:
     """y 4 bytes past an 8-byte boundary with N even: pairs of outputs are stored one by one."""
     n, k, m = 64, 64, 5
@@ -152,6 +218,7 @@ def test_gemm_writes_unaligned_rows(quant_gemm: QuantGemm, stream: Stream) -> No
         reference.check(dy.to_numpy(), "unaligned y")
 
 
+@gpu
 def test_gemm_launch_replays(quant_gemm: QuantGemm, stream: Stream) -> None:
     n, k, m = 200, 128, 40
     raw = random_weight(QuantType.Q8_0, n, k, seed=5)
@@ -164,7 +231,7 @@ def test_gemm_launch_replays(quant_gemm: QuantGemm, stream: Stream) -> None:
     ):
         launch = quant_gemm.gemm_launch(dw, QuantType.Q8_0, dx, dy)
         assert isinstance(launch, Launch)
-        assert launch.grid == GemmTile.M64.grid(m, n)
+        assert launch.grid == quant_gemm.plan(m, n, k, split=False).grid(m, n)
         for _ in range(2):
             dy.buffer.memset_d32(0xFFFFFFFF, stream)
             launch(stream)
@@ -172,6 +239,7 @@ def test_gemm_launch_replays(quant_gemm: QuantGemm, stream: Stream) -> None:
             reference.check(dy.to_numpy(), "replayed launch")
 
 
+@gpu
 def test_gemm_checks_arguments(quant_gemm: QuantGemm, context: Context) -> None:
     row_bytes = QuantType.Q8_0.row_bytes(64)
     with (
@@ -193,3 +261,72 @@ def test_gemm_checks_arguments(quant_gemm: QuantGemm, context: Context) -> None:
         view = DeviceArray(unaligned.buffer, (8, row_bytes), w.dtype)
         with pytest.raises(ValueError, match="aligned"):
             quant_gemm.gemm_launch(view, QuantType.Q8_0, x, y)
+        with pytest.raises(ValueError, match="workspace of"):
+            quant_gemm.gemm_launch(w, QuantType.Q8_0, x, y, GemmTile.S16, splits=2)
+        small = spare.flat_slice(0, 64)
+        with pytest.raises(ValueError, match="workspace of"):
+            quant_gemm.gemm_launch(w, QuantType.Q8_0, x, y, GemmTile.S16, small, 2)
+        with pytest.raises(ValueError, match="16-byte aligned"):
+            quant_gemm.gemm_launch(w, QuantType.Q8_0, x, y, GemmTile.S16, unaligned, 2)
+        with pytest.raises(ValueError, match="splits K"):
+            quant_gemm.gemm_launch(w, QuantType.Q8_0, x, y, GemmTile.S16, spare, MAX_SPLITS + 1)
+
+
+@gpu
+def test_layouts_fit_the_device(quant_gemm: QuantGemm, device: Device) -> None:
+    """Every tile runs on the GPUs Ember ships cubins for (all within 99 KB of shared memory),
+    and each launch asks for the dynamic shared memory its kernel was built with."""
+    assert set(quant_gemm.residency) == set(GemmTile)
+    for layout in quant_gemm.layouts.values():
+        assert 0 < layout.shared_bytes <= device.max_shared_memory_per_block_optin
+        assert layout.per_sm >= 1
+
+
+# -- planning (no GPU) ------------------------------------------------------------------------
+
+LLAMA_8B = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
+
+
+@pytest.mark.parametrize("m", [9, 16, 32, 64, 128, 256, 512, 2048])
+def test_plans_fill_an_h100_on_llama_8b(m: int) -> None:
+    for n, k in LLAMA_8B:
+        plan = choose_plan(m, n, k, 132)
+        assert fills(plan.blocks(m, n), 132), (m, n, plan)
+        assert plan.tile.rows <= max(2 * m, 16) or m <= 16
+        assert plan.splits <= plan.tile.steps(k)
+
+
+def test_plans_split_small_n() -> None:
+    """The small model's 576-column projections at batch 64 get several times the blocks that
+    one unsplit 64-row tile per 64 columns gave (9)."""
+    plan = choose_plan(64, 576, 576, 132)
+    assert plan.blocks(64, 576) >= 64
+    assert plan.splits > 1
+
+
+def test_plan_without_workspace_never_splits() -> None:
+    for m in (16, 64, 512):
+        for n, k in [*LLAMA_8B, (576, 576)]:
+            assert choose_plan(m, n, k, 132, split=False).splits == 1
+
+
+def test_plan_uses_only_resident_tiles() -> None:
+    residency = {GemmTile.M64: 2, GemmTile.M16: 2}
+    for m in (16, 64, 512):
+        assert choose_plan(m, 4096, 4096, 132, residency).tile in residency
+
+
+def test_workspace_bytes() -> None:
+    plan = GemmPlan(GemmTile.T64, 4)
+    assert plan.workspace_bytes(100, 300) == 4096 + 4 * (2 * 3) * 64 * 128 * 4
+    assert GemmPlan(GemmTile.T64).workspace_bytes(100, 300) == 0
+    bound = 4096 + 128 * 1024 * 132  # QuantGemm.max_workspace_bytes on an H100
+    for m in (9, 16, 32, 48, 64, 128, 256, 512, 1024):
+        for n, k in [*LLAMA_8B, (576, 576), (960, 576), (3072, 576), (576, 1536), (49152, 576)]:
+            assert choose_plan(m, n, k, 132).workspace_bytes(m, n) <= bound
+
+
+def test_default_residency_covers_every_tile() -> None:
+    assert set(DEFAULT_RESIDENCY) == set(GemmTile)
+    assert len({t.value for t in GemmTile}) == len(GemmTile)
+    assert [t.id for t in GemmTile] == list(range(len(GemmTile)))

@@ -1,24 +1,32 @@
-// Quantised GEMM with tensor cores, for prefill and large decode batches:
+// Quantised GEMM with tensor cores, for prefill and decode batches above quant_gemv's:
 // y[m, n] = sum_k x[m, k] * W[n, k], W the raw GGUF bytes of a Q4_0, Q4_1 or Q8_0 tensor [N, K]
 // (row-major, 32 weights per block), x [M, K] and y [M, N] float32 row-major.
 //
-// A block of threads computes a BM x BN tile of y with mma.sync.m16n8k16 (fp16 in, fp32
-// accumulate). Its warps split the tile's columns (WARPS_N) and, for small tiles, the quant
-// blocks of each K step (WARPS_K, reduced through shared memory at the end); every warp covers
-// all BM rows, so each weight is dequantised by exactly one warp.
+// A block of 256 threads computes a BM x BN tile of y with mma.sync.m16n8k16 (fp16 in, fp32
+// accumulate). Its 8 warps are WARPS_M x WARPS_N x WARPS_K: each warp owns a (BM / WARPS_M) x
+// (BN / WARPS_N) sub-tile and every WARPS_K-th quant block of each K step (the K-warps' sums are
+// added through shared memory at the end). A warp dequantises each W fragment once and uses it
+// for all its m16 tiles, so tall warp tiles (64 rows) spend little on dequantising.
 //
 // The K loop moves KB quant blocks (32 * KB weights) per step through shared memory:
 // - W: raw bytes, STAGES steps deep, copied with cp.async. A row's KB blocks are contiguous but
-//   only 2-byte aligned, so each row is copied as the 8-byte-aligned granules that hold it and
-//   remembers its offset (< 8) in the first one. Each lane then reads the bytes of its own mma
+//   only 2-byte aligned, so each row is copied as the 16-byte-aligned granules that hold it and
+//   remembers its offset (< 16) in the first one. Each lane then reads the bytes of its own mma
 //   B fragment straight from there and dequantises them in registers (MmaFragment in
-//   common.cuh): no fp16 copy of W, no second barrier.
-// - x: float32 loaded into registers one step ahead, rounded to fp16 and stored into a double
-//   buffer that ldmatrix reads as mma A fragments.
+//   common.cuh): no fp16 copy of W.
+// - x: rounded to fp16 into a double buffer that ldmatrix reads as mma A fragments. Tiles of few
+//   rows (X_ASYNC) copy x as float32 with cp.async in the same STAGES-deep pipeline as W, and
+//   each thread converts the elements it copied itself; larger tiles load x into registers one
+//   step ahead, which costs no shared-memory bandwidth where that is the limit.
 // One __syncthreads per step: after it, the step's W and x are visible, and every warp is done
 // with the previous step's buffers, which that step's copies then overwrite.
 //
-// Granules are 8-byte aligned and hold at least one byte of W, so the few bytes copied past
+// Split-K (gridDim.z > 1): split z takes a contiguous share of the K steps, writes its tile's
+// sums to `partials`, and the last split of a tile to arrive (a counter per tile) adds all the
+// splits' sums in split order (the same result whichever is last), writes y, and sets the
+// counter back to zero for the next launch.
+//
+// Granules are 16-byte aligned and hold at least one byte of W, so the few bytes copied past
 // either end of a row's blocks never leave W's pages. Rows and columns past M and N are clamped
 // to the last ones on loads and skipped on stores.
 #include "common.cuh"
@@ -27,76 +35,97 @@
 // path, which would make the PTX differ between checkouts and fail the artifact check.
 namespace ember_gemm {
 
-// Static shared memory per block; more would need the opt-in launch attribute.
-constexpr int SMEM_BUDGET = 48 * 1024;
-constexpr int MAX_STAGES = 8;
+constexpr int THREADS = 256;
 
-// Tile shapes, one per kernel suffix; quant_gemm.py's GemmTile repeats each BM and BN and
-// picks one by M (and, above M 64, by how many blocks the largest would make).
-// M <= 16 and <= 32: decode batches, bound by reading W. Narrow column tiles (32) give N / 32
-// blocks (128 for N 4096); two K-warps per column warp give 8 warps to hide latency, and 4
-// blocks per step up to 8 steps deep keep ~28 blocks of each row in flight (2 MB for N 4096).
-struct m16 {
-    static constexpr int BM = 16, BN = 32, WARPS_N = 4, WARPS_K = 2, KB = 4, MIN_BLOCKS = 2;
-};
-struct m32 {
-    static constexpr int BM = 32, BN = 32, WARPS_N = 4, WARPS_K = 2, KB = 4, MIN_BLOCKS = 2;
-};
-// M 33-256: compute-bound from ~M 64 on, yet too few 128 x 128 tiles to fill the GPU unless
-// N is large; each warp does 64 x 16 (8 mma per dequantised fragment).
-struct m64 {
-    static constexpr int BM = 64, BN = 64, WARPS_N = 4, WARPS_K = 2, KB = 2, MIN_BLOCKS = 2;
-};
-// Prefill: 128 x 128 tiles, each warp 128 x 16 (16 mma per dequantised fragment). KB 1 keeps
-// the fp16 x buffers (20 KB) and four W steps within the static budget.
-struct m128 {
-    static constexpr int BM = 128, BN = 128, WARPS_N = 8, WARPS_K = 1, KB = 1, MIN_BLOCKS = 2;
+// A tile shape, one per kernel suffix. ID is its position in quant_gemm.py's GemmTile, which
+// repeats BM, BN and KB and checks them against quant_gemm_layouts when it loads the family.
+// STAGES is as many W (and x) steps as fit BUDGET bytes of shared memory, at most MAX_STAGES.
+template <int ID_, int BM_, int BN_, int WARPS_M_, int WARPS_N_, int WARPS_K_, int KB_,
+          bool X_ASYNC_, int BUDGET_, int MAX_STAGES_, int MIN_BLOCKS_>
+struct Shape {
+    static constexpr int ID = ID_, BM = BM_, BN = BN_, KB = KB_;
+    static constexpr int WARPS_M = WARPS_M_, WARPS_N = WARPS_N_, WARPS_K = WARPS_K_;
+    static constexpr bool X_ASYNC = X_ASYNC_;
+    static constexpr int BUDGET = BUDGET_, MAX_STAGES = MAX_STAGES_, MIN_BLOCKS = MIN_BLOCKS_;
 };
 
-template <typename Block, typename Shape>
+// The first tiles (m16 .. m128) as they were before split-K and dynamic shared memory: every
+// warp covers all BM rows of 8 or 16 columns, 48 KB of shared memory. Kept to compare against.
+struct m16 : Shape<0, 16, 32, 1, 4, 2, 4, false, 48 * 1024, 8, 2> {};
+struct m32 : Shape<1, 32, 32, 1, 4, 2, 4, false, 48 * 1024, 8, 2> {};
+struct m64 : Shape<2, 64, 64, 1, 4, 2, 2, false, 48 * 1024, 8, 2> {};
+struct m128 : Shape<3, 128, 128, 1, 8, 1, 1, false, 48 * 1024, 8, 2> {};
+// Decode batches of up to 16 and 32 rows, bound by reading W: 16 x 32 and 32 x 32 warp tiles,
+// two K-warps, x and W both copied ahead so that no load waits on the one before it (4-6 steps,
+// 14-23 KB of W in flight per block); split-K gives small N enough blocks. 128 columns: x's
+// float32 stage costs BM * 128 bytes per block of K whatever BN is, so wide tiles leave more of
+// the budget to W.
+struct s16 : Shape<4, 16, 128, 1, 4, 2, 2, true, 96 * 1024, 8, 2> {};
+struct s32 : Shape<5, 32, 128, 1, 4, 2, 2, true, 96 * 1024, 8, 2> {};
+// 33-128 rows: 64 x 32 warp tiles (8 mma per dequantised fragment, 4 per ldmatrix). t64 has
+// more blocks, w64 reads x (float32, from L2) half as often per weight.
+struct t64 : Shape<6, 64, 128, 1, 4, 2, 2, false, 96 * 1024, 6, 2> {};
+struct w64 : Shape<7, 64, 256, 1, 8, 1, 2, false, 96 * 1024, 6, 2> {};
+// Prefill: 128 x 128 with 64 x 32 warp tiles, two blocks per SM; 128 x 256 with 64 x 64 warp
+// tiles (half the x traffic and ldmatrix per mma of the former), one block per SM.
+struct t128 : Shape<8, 128, 128, 2, 4, 1, 1, false, 96 * 1024, 6, 2> {};
+struct w128 : Shape<9, 128, 256, 2, 4, 1, 1, false, 96 * 1024, 6, 1> {};
+
+constexpr int cmax(int a, int b) { return a > b ? a : b; }
+constexpr int cmin(int a, int b) { return a < b ? a : b; }
+
+template <typename Block, typename S>
 struct Tile {
-    static constexpr int BM = Shape::BM, BN = Shape::BN;
-    static constexpr int WARPS_N = Shape::WARPS_N, WARPS_K = Shape::WARPS_K, KB = Shape::KB;
-    static constexpr int THREADS = 32 * WARPS_N * WARPS_K;
+    static constexpr int BM = S::BM, BN = S::BN, KB = S::KB;
+    static constexpr int WARPS_M = S::WARPS_M, WARPS_N = S::WARPS_N, WARPS_K = S::WARPS_K;
+    static constexpr int WARPS_MN = WARPS_M * WARPS_N;
+    static constexpr bool X_ASYNC = S::X_ASYNC;
+    static constexpr int WM = BM / WARPS_M;  // rows per warp
     static constexpr int WN = BN / WARPS_N;  // columns per warp
-    static constexpr int MT = BM / 16;       // m16 tiles per warp
+    static constexpr int MT = WM / 16;       // m16 tiles per warp
     static constexpr int NT = WN / 8;        // n8 tiles per warp
     static constexpr int BLOCK_BYTES = static_cast<int>(sizeof(Block));
     // x: fp16 [2][BM][XS]. 16 bytes of padding per row put the 8 rows of an ldmatrix matrix in
     // distinct bank quads (the row pitch is an odd multiple of 16 bytes).
     static constexpr int KS = 32 * KB;
     static constexpr int XS = KS + 8;
-    static constexpr int X_BYTES = 2 * BM * XS * 2;
+    static constexpr int X16_BYTES = 2 * BM * XS * 2;
     static constexpr int X_VECS = BM * KS / 4 / THREADS;  // float4 per thread per step
-    // W: raw [STAGES][BN][W_ROW]. A row's bytes start up to 6 bytes into its first granule; the
-    // pitch is an odd multiple of 16 bytes, so the fragment reads of 8 rows (at most 14 bytes
-    // each) fall in distinct banks.
-    static constexpr int W_GRANULES = (6 + KB * BLOCK_BYTES + 7) / 8;  // most copies per row
-    static constexpr int W_ROW = 16 * (((KB * BLOCK_BYTES + 6 + 15) / 16) | 1);
+    // A stage: W raw [BN][W_ROW], then (X_ASYNC) x float32 [X_VECS][THREADS] float4, each
+    // thread's own. A row's bytes start up to 14 bytes into its first granule; the pitch is an
+    // odd multiple of 16 bytes, so the fragment reads of 8 rows fall in distinct bank quads.
+    static constexpr int W_GRANULES = (14 + KB * BLOCK_BYTES + 15) / 16;  // most copies per row
+    static constexpr int W_ROW = 16 * (W_GRANULES | 1);
     static constexpr int W_STAGE = BN * W_ROW;
-    static constexpr int STAGES_FIT = (SMEM_BUDGET - X_BYTES) / W_STAGE;
-    static constexpr int STAGES = STAGES_FIT < MAX_STAGES ? STAGES_FIT : MAX_STAGES;
-    // The K-warps' partial sums, [WARPS_K - 1][WARPS_N][ACC][32], reuse the buffers at the end.
+    static constexpr int STAGE = W_STAGE + (X_ASYNC ? X_VECS * THREADS * 16 : 0);
+    static constexpr int STAGES = cmin((S::BUDGET - X16_BYTES) / STAGE, S::MAX_STAGES);
+    // The K-warps' partial sums, [WARPS_K - 1][WARPS_MN][ACC][32], reuse the buffers at the end.
     static constexpr int ACC = MT * NT * 4;
-    static constexpr int RED_BYTES = (WARPS_K - 1) * WARPS_N * ACC * 32 * 4;
-    static constexpr int LOOP_BYTES = X_BYTES + STAGES * W_STAGE;
-    static constexpr int SMEM = LOOP_BYTES > RED_BYTES ? LOOP_BYTES : RED_BYTES;
+    static constexpr int RED_BYTES = (WARPS_K - 1) * WARPS_MN * ACC * 32 * 4;
+    static constexpr int SMEM = cmax(X16_BYTES + STAGES * STAGE, RED_BYTES);
+    // Split-K: a tile's sums are BM * BN / 4 float4, in fragment order (warp, m16 x n8 tile,
+    // lane); the last split adds them FIX float4 per thread at a time.
+    static constexpr int TILE_VECS = BM * BN / 4;
+    static constexpr int FIX = cmax(1, cmin(8, TILE_VECS / THREADS));
 
-    static_assert(THREADS == 256, "quant_gemm.py launches 256 threads");
-    static_assert(BM % 16 == 0 && WN % 8 == 0 && BN % WARPS_N == 0, "whole mma tiles per warp");
+    static_assert(32 * WARPS_MN * WARPS_K == THREADS, "quant_gemm.py launches 256 threads");
+    static_assert(WM % 16 == 0 && WN % 8 == 0 && BM % WARPS_M == 0 && BN % WARPS_N == 0,
+                  "whole mma tiles per warp");
     static_assert(KB % WARPS_K == 0, "every K-warp takes the same number of blocks per step");
     static_assert(BM * KS / 4 % THREADS == 0, "x tile is whole float4s per thread");
-    static_assert(W_ROW >= 8 * W_GRANULES && W_ROW % 32 == 16, "W row pitch");
+    static_assert(W_ROW >= 16 * W_GRANULES && W_ROW % 32 == 16, "W row pitch");
+    static_assert(X16_BYTES % 16 == 0 && STAGE % 16 == 0, "16-byte aligned buffers");
     static_assert(STAGES >= 2, "W needs at least double buffering");
-    static_assert(SMEM <= SMEM_BUDGET, "static shared memory");
+    static_assert(SMEM <= S::BUDGET, "shared memory budget");
 };
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-__device__ __forceinline__ void cp_async8(uint32_t dst, const void* src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(dst), "l"(src) : "memory");
+// 16 bytes, cached in L2 only: W is read once, x is shared between blocks through L2.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
 }
 
 __device__ __forceinline__ void cp_async_commit() {
@@ -134,99 +163,213 @@ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
     return bits;
 }
 
+__device__ __forceinline__ void add4(float4& s, const float4& v) {
+    s.x += v.x;
+    s.y += v.y;
+    s.z += v.z;
+    s.w += v.w;
+}
+
+// Outputs (row, col) and (row, col + 1), skipping those past M and N.
+__device__ __forceinline__ void store_pair(
+    float* y, int m, int n, bool pairs, int row, int col, float a, float b) {
+    if (row >= m || col >= n) return;
+    float* out = y + static_cast<long long>(row) * n + col;
+    if (pairs) {
+        *reinterpret_cast<float2*>(out) = make_float2(a, b);
+    } else {
+        out[0] = a;
+        if (col + 1 < n) out[1] = b;
+    }
+}
+
+// (a & mask) | bits in one LOP3 (0xea: a & b | c); written out because the compiler splits it
+// into two when both constants are immediates.
+template <uint32_t MASK>
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t bits) {
+    uint32_t d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(d) : "r"(a), "n"(MASK), "r"(bits));
+    return d;
+}
+
+// The B operand of mma.m16n8k16 for one block of one weight row, as MmaFragment in common.cuh
+// gives it (the same fp16 values, rounded once), in fewer instructions: a high nibble is taken
+// where it lies, as fp16 1024 + 16 q, and brought to q by an exact fma (x / 16 - 64), which
+// saves two shifts and, with the constant in a register, one of the two logic ops per pair.
+template <typename Block>
+struct Fragment {
+    __device__ static __forceinline__ void load(const uint8_t* block, int t, uint32_t (&b)[4]) {
+        ember::MmaFragment<Block>::load(block, t, b);
+    }
+};
+
+template <typename Block>
+__device__ __forceinline__ void q4_fragment_codes(
+    const Block& blk, int t, uint32_t lo_bias, uint32_t hi_bias, uint32_t (&b)[4]) {
+    constexpr uint32_t EXP = 0x64006400u;        // fp16 1024 in both halves
+    constexpr uint32_t SIXTEENTH = 0x2c002c00u;  // fp16 1/16
+    const uint32_t v = ember::q4_fragment_bytes(blk.qs, t);
+    const uint32_t v8 = v >> 8;
+    b[0] = ember::hsub2(and_or<0x000F000Fu>(v, EXP), lo_bias);
+    b[1] = ember::hsub2(and_or<0x000F000Fu>(v8, EXP), lo_bias);
+    b[2] = ember::hfma2(and_or<0x00F000F0u>(v, EXP), SIXTEENTH, hi_bias);
+    b[3] = ember::hfma2(and_or<0x00F000F0u>(v8, EXP), SIXTEENTH, hi_bias);
+}
+
+template <>
+struct Fragment<ember::block_q4_0> {
+    __device__ static __forceinline__ void load(const uint8_t* block, int t, uint32_t (&b)[4]) {
+        const auto& blk = *reinterpret_cast<const ember::block_q4_0*>(block);
+        // q - 8: 1024 + q - 1032, and (1024 + 16 q) / 16 - 72.
+        q4_fragment_codes(blk, t, 0x64086408u, 0xd480d480u, b);
+        const uint32_t d = ember::splat_half(blk.d);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) b[i] = ember::hmul2(b[i], d);
+    }
+};
+
+template <>
+struct Fragment<ember::block_q4_1> {
+    __device__ static __forceinline__ void load(const uint8_t* block, int t, uint32_t (&b)[4]) {
+        const auto& blk = *reinterpret_cast<const ember::block_q4_1*>(block);
+        // q: 1024 + q - 1024, and (1024 + 16 q) / 16 - 64.
+        q4_fragment_codes(blk, t, 0x64006400u, 0xd400d400u, b);
+        const uint32_t d = ember::splat_half(blk.d);
+        const uint32_t m = ember::splat_half(blk.m);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) b[i] = ember::hfma2(b[i], d, m);
+    }
+};
+
 template <typename Block, typename Shape>
 __device__ __forceinline__ void gemm(
     const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int m,
-    int n, int k, uint8_t* smem) {
+    int n, int k, float* __restrict__ partials, int* __restrict__ counters, uint8_t* smem) {
     using T = Tile<Block, Shape>;
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
-    const int wn = warp % T::WARPS_N;
-    const int wk = warp / T::WARPS_N;
+    const int warp_mn = warp % T::WARPS_MN;
+    const int wm = warp_mn / T::WARPS_N;
+    const int wn = warp_mn % T::WARPS_N;
+    const int wk = warp / T::WARPS_MN;
     const int g = lane >> 2;
     const int t = lane & 3;
     const int m0 = blockIdx.x * T::BM;
     const int n0 = blockIdx.y * T::BN;
     const int blocks = k / 32;  // per row
     const int steps = (blocks + T::KB - 1) / T::KB;
-    const long long row_bytes = static_cast<long long>(blocks) * T::BLOCK_BYTES;
+    const int splits = gridDim.z;
+    const int first = static_cast<int>(static_cast<long long>(blockIdx.z) * steps / splits);
+    const int count = static_cast<int>(static_cast<long long>(blockIdx.z + 1) * steps / splits) -
+                      first;
+    // quant_gemm.py keeps W's and x's sizes below 2^31 bytes: 32-bit offsets save registers.
+    const uint32_t row_bytes = static_cast<uint32_t>(blocks * T::BLOCK_BYTES);
 
     half* xs = reinterpret_cast<half*>(smem);
-    uint8_t* ws = smem + T::X_BYTES;
+    uint8_t* stages = smem + T::X16_BYTES;
 
-    // W rows of step s into stage buffer `slot`: row r's bytes start at byte (start & 7) of
-    // its first granule.
+    // W rows of step s into stage `slot`: row r's bytes start at byte (start & 15) of its first
+    // granule.
     auto copy_w = [&](int s, int slot) {
         const int kb0 = s * T::KB;
         const int bytes = min(T::KB, blocks - kb0) * T::BLOCK_BYTES;
-        uint8_t* dst = ws + slot * T::W_STAGE;
+        uint8_t* dst = stages + slot * T::STAGE;
 #pragma unroll
-        for (int i0 = 0; i0 < T::BN * T::W_GRANULES; i0 += T::THREADS) {
+        for (int i0 = 0; i0 < T::BN * T::W_GRANULES; i0 += THREADS) {
             const int i = i0 + tid;
             const int r = i / T::W_GRANULES;
             const int q = i - r * T::W_GRANULES;
-            const long long start =
-                min(n0 + r, n - 1) * row_bytes + static_cast<long long>(kb0) * T::BLOCK_BYTES;
-            const int shift = static_cast<int>(start & 7);
-            if (r < T::BN && 8 * q < shift + bytes)
-                cp_async8(smem_addr(dst + r * T::W_ROW + 8 * q), w + (start - shift) + 8 * q);
+            const uint32_t start = static_cast<uint32_t>(min(n0 + r, n - 1)) * row_bytes +
+                                   static_cast<uint32_t>(kb0 * T::BLOCK_BYTES);
+            const uint32_t shift = start & 15;
+            if (r < T::BN && 16 * q < static_cast<int>(shift) + bytes)
+                cp_async16(smem_addr(dst + r * T::W_ROW + 16 * q), w + (start - shift + 16 * q));
         }
     };
 
-    float4 xv[T::X_VECS];
-    auto load_x = [&](int s) {
-        const int k0 = s * T::KS;
+    // Element (r, c..c+3) of step s's x tile is this thread's float4 v: x_row(v) + s * KS is
+    // its offset in x, valid while x_col(v) + s * KS < k.
+    auto x_col = [&](int v) { return 4 * ((tid + v * THREADS) % (T::KS / 4)); };
+    auto x_row = [&](int v) {
+        const int r = (tid + v * THREADS) / (T::KS / 4);
+        return static_cast<uint32_t>(min(m0 + r, m - 1) * k + x_col(v));
+    };
+    auto store_x = [&](int buf, int v, float4 f) {
+        const int i = tid + v * THREADS;
+        const int r = i / (T::KS / 4);
+        const int c = 4 * (i % (T::KS / 4));
+        *reinterpret_cast<uint2*>(xs + buf * T::BM * T::XS + r * T::XS + c) =
+            make_uint2(pack_half2(f.x, f.y), pack_half2(f.z, f.w));
+    };
+    // X_ASYNC: this thread's float4s of step s into stage `slot` (columns past K are skipped:
+    // no warp reads the quant blocks they would belong to).
+    auto copy_x = [&](int s, int slot) {
+        if constexpr (T::X_ASYNC) {
+            float4* dst = reinterpret_cast<float4*>(stages + slot * T::STAGE + T::W_STAGE);
 #pragma unroll
-        for (int v = 0; v < T::X_VECS; ++v) {
-            const int i = tid + v * T::THREADS;
-            const int r = i / (T::KS / 4);
-            const int c = 4 * (i % (T::KS / 4));
-            xv[v] = k0 + c < k ? __ldg(reinterpret_cast<const float4*>(
-                                     x + static_cast<long long>(min(m0 + r, m - 1)) * k + k0 + c))
-                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            for (int v = 0; v < T::X_VECS; ++v) {
+                if (x_col(v) + s * T::KS < k)
+                    cp_async16(smem_addr(dst + v * THREADS + tid), x + (x_row(v) + s * T::KS));
+            }
         }
     };
-    auto store_x = [&](int buf) {
-        half* dst = xs + buf * T::BM * T::XS;
+    auto convert_x = [&](int slot, int buf) {
+        if constexpr (T::X_ASYNC) {
+            const float4* src =
+                reinterpret_cast<const float4*>(stages + slot * T::STAGE + T::W_STAGE);
 #pragma unroll
-        for (int v = 0; v < T::X_VECS; ++v) {
-            const int i = tid + v * T::THREADS;
-            const int r = i / (T::KS / 4);
-            const int c = 4 * (i % (T::KS / 4));
-            *reinterpret_cast<uint2*>(dst + r * T::XS + c) =
-                make_uint2(pack_half2(xv[v].x, xv[v].y), pack_half2(xv[v].z, xv[v].w));
+            for (int v = 0; v < T::X_VECS; ++v) store_x(buf, v, src[v * THREADS + tid]);
+        }
+    };
+    // Otherwise x goes through registers, one step ahead.
+    float4 xv[T::X_ASYNC ? 1 : T::X_VECS];
+    auto load_x = [&](int s) {
+        if constexpr (!T::X_ASYNC) {
+#pragma unroll
+            for (int v = 0; v < T::X_VECS; ++v) {
+                xv[v] = x_col(v) + s * T::KS < k
+                            ? __ldg(reinterpret_cast<const float4*>(x + (x_row(v) + s * T::KS)))
+                            : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
+        }
+    };
+    auto flush_x = [&](int buf) {
+        if constexpr (!T::X_ASYNC) {
+#pragma unroll
+            for (int v = 0; v < T::X_VECS; ++v) store_x(buf, v, xv[v]);
         }
     };
 
     // This lane's B rows: n8 tile j of the warp, column g.
-    int w_row[T::NT];        // byte offset of the row in a stage buffer
-    uint32_t w_phase[T::NT];  // its start in W, mod 8
+    // This K-warp's first block of a step is block wk, at byte wk * BLOCK_BYTES of a row and
+    // column 32 wk of x.
+    int w_row[T::NT];         // byte offset of the row's block wk in a stage
+    uint32_t w_phase[T::NT];  // the row's start in W, mod 16
 #pragma unroll
     for (int j = 0; j < T::NT; ++j) {
         const int r = wn * T::WN + 8 * j + g;
-        w_row[j] = r * T::W_ROW;
-        w_phase[j] = static_cast<uint32_t>(min(n0 + r, n - 1)) * static_cast<uint32_t>(row_bytes);
+        w_row[j] = r * T::W_ROW + wk * T::BLOCK_BYTES;
+        w_phase[j] = static_cast<uint32_t>(min(n0 + r, n - 1)) * row_bytes;
     }
-    const uint32_t a_lane = smem_addr(xs) + 2 * ((lane & 15) * T::XS + 8 * (lane >> 4));
+    const uint32_t a_lane =
+        smem_addr(xs) + 2 * ((wm * T::WM + (lane & 15)) * T::XS + 8 * (lane >> 4) + 32 * wk);
 
     float acc[T::MT][T::NT][4] = {};
     auto compute = [&](int s, int slot, int buf) {
         const int kb0 = s * T::KB;
         const int nblk = min(T::KB, blocks - kb0);
-        const uint8_t* src = ws + slot * T::W_STAGE;
+        const uint8_t* src = stages + slot * T::STAGE;
         const uint32_t a_buf = a_lane + 2 * buf * T::BM * T::XS;
 #pragma unroll
-        for (int b0 = 0; b0 < T::KB; b0 += T::WARPS_K) {
-            const int b = b0 + wk;
-            if (b >= nblk) break;
+        for (int b = 0; b < T::KB; b += T::WARPS_K) {
+            if (b + wk >= nblk) break;
             uint32_t frag[T::NT][4];
 #pragma unroll
             for (int j = 0; j < T::NT; ++j) {
                 const uint32_t shift =
-                    (w_phase[j] + static_cast<uint32_t>(kb0 * T::BLOCK_BYTES)) & 7;
-                ember::MmaFragment<Block>::load(
-                    src + w_row[j] + shift + b * T::BLOCK_BYTES, t, frag[j]);
+                    (w_phase[j] + static_cast<uint32_t>(kb0 * T::BLOCK_BYTES)) & 15;
+                Fragment<Block>::load(src + w_row[j] + shift + b * T::BLOCK_BYTES, t, frag[j]);
             }
 #pragma unroll
             for (int half_k = 0; half_k < 2; ++half_k) {
@@ -243,23 +386,31 @@ __device__ __forceinline__ void gemm(
     };
 
 #pragma unroll
-    for (int s = 0; s < T::STAGES - 1; ++s) {
-        if (s < steps) copy_w(s, s);
+    for (int p = 0; p < T::STAGES - 1; ++p) {
+        if (p < count) {
+            copy_w(first + p, p);
+            copy_x(first + p, p);
+        }
         cp_async_commit();
     }
-    load_x(0);
-    store_x(0);
+    load_x(first);
+    flush_x(0);
     int read_slot = 0;
     int write_slot = T::STAGES - 1;
-    for (int s = 0; s < steps; ++s) {
-        if (s + 1 < steps) load_x(s + 1);
-        // Copy group s (step s) is done once at most STAGES - 2 newer groups are pending.
+    for (int i = 0; i < count; ++i) {
+        const int s = first + i;
+        if (i + 1 < count) load_x(s + 1);
+        // Copy group i (step s) is done once at most STAGES - 2 newer groups are pending.
         cp_async_wait<T::STAGES - 2>();
+        convert_x(read_slot, i & 1);
         __syncthreads();
-        if (s + T::STAGES - 1 < steps) copy_w(s + T::STAGES - 1, write_slot);
+        if (i + T::STAGES - 1 < count) {
+            copy_w(s + T::STAGES - 1, write_slot);
+            copy_x(s + T::STAGES - 1, write_slot);
+        }
         cp_async_commit();  // possibly empty: keeps one group per step
-        compute(s, read_slot, s & 1);
-        if (s + 1 < steps) store_x((s + 1) & 1);
+        compute(s, read_slot, i & 1);
+        if (i + 1 < count) flush_x((i + 1) & 1);
         read_slot = read_slot + 1 == T::STAGES ? 0 : read_slot + 1;
         write_slot = write_slot + 1 == T::STAGES ? 0 : write_slot + 1;
     }
@@ -267,8 +418,8 @@ __device__ __forceinline__ void gemm(
     if constexpr (T::WARPS_K > 1) {
         cp_async_wait<0>();
         __syncthreads();  // every warp is done with the buffers the partial sums now reuse
-        float* red = reinterpret_cast<float*>(smem) + wn * T::ACC * 32 + lane;
-        constexpr int PART = T::WARPS_N * T::ACC * 32;  // floats per K-warp
+        float* red = reinterpret_cast<float*>(smem) + warp_mn * T::ACC * 32 + lane;
+        constexpr int PART = T::WARPS_MN * T::ACC * 32;  // floats per K-warp
         if (wk > 0) {
 #pragma unroll
             for (int mi = 0; mi < T::MT; ++mi)
@@ -279,67 +430,133 @@ __device__ __forceinline__ void gemm(
                         red[(wk - 1) * PART + ((mi * T::NT + j) * 4 + e) * 32] = acc[mi][j][e];
         }
         __syncthreads();
-        if (wk > 0) return;
+        if (wk == 0) {
 #pragma unroll
-        for (int p = 0; p < T::WARPS_K - 1; ++p)
+            for (int p = 0; p < T::WARPS_K - 1; ++p)
 #pragma unroll
-            for (int mi = 0; mi < T::MT; ++mi)
+                for (int mi = 0; mi < T::MT; ++mi)
 #pragma unroll
-                for (int j = 0; j < T::NT; ++j)
+                    for (int j = 0; j < T::NT; ++j)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        acc[mi][j][e] += red[p * PART + ((mi * T::NT + j) * 4 + e) * 32];
+                        for (int e = 0; e < 4; ++e)
+                            acc[mi][j][e] += red[p * PART + ((mi * T::NT + j) * 4 + e) * 32];
+        }
     }
 
     // Accumulator e of tile (mi, j) is row 16 mi + g + 8 (e / 2), column 8 j + 2 t + e % 2.
     const bool pairs = (n & 1) == 0 && (reinterpret_cast<uintptr_t>(y) & 7) == 0;
+    if (splits == 1) {
+        if (wk > 0) return;
 #pragma unroll
-    for (int mi = 0; mi < T::MT; ++mi) {
+        for (int mi = 0; mi < T::MT; ++mi) {
 #pragma unroll
-        for (int j = 0; j < T::NT; ++j) {
-            const int col = n0 + wn * T::WN + 8 * j + 2 * t;
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int row = m0 + 16 * mi + g + 8 * h;
-                if (row >= m || col >= n) continue;
-                float* out = y + static_cast<long long>(row) * n + col;
-                if (pairs) {
-                    *reinterpret_cast<float2*>(out) =
-                        make_float2(acc[mi][j][2 * h], acc[mi][j][2 * h + 1]);
-                } else {
-                    out[0] = acc[mi][j][2 * h];
-                    if (col + 1 < n) out[1] = acc[mi][j][2 * h + 1];
-                }
+            for (int j = 0; j < T::NT; ++j) {
+                const int row = m0 + wm * T::WM + 16 * mi + g;
+                const int col = n0 + wn * T::WN + 8 * j + 2 * t;
+                store_pair(y, m, n, pairs, row, col, acc[mi][j][0], acc[mi][j][1]);
+                store_pair(y, m, n, pairs, row + 8, col, acc[mi][j][2], acc[mi][j][3]);
             }
+        }
+        return;
+    }
+
+    // Split-K: this split's sums, then the last split of the tile adds them all.
+    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
+    float4* tile_parts = reinterpret_cast<float4*>(partials) +
+                         static_cast<long long>(tile) * splits * T::TILE_VECS;
+    if (wk == 0) {
+        float4* mine = tile_parts + static_cast<long long>(blockIdx.z) * T::TILE_VECS +
+                       warp_mn * (T::ACC / 4) * 32 + lane;
+#pragma unroll
+        for (int mi = 0; mi < T::MT; ++mi)
+#pragma unroll
+            for (int j = 0; j < T::NT; ++j)
+                mine[(mi * T::NT + j) * 32] =
+                    make_float4(acc[mi][j][0], acc[mi][j][1], acc[mi][j][2], acc[mi][j][3]);
+    }
+    __threadfence();  // the sums are visible to the block that sees the counter's last value
+    __syncthreads();  // and every warp is done with shared memory, whose first int is now free
+    int* last = reinterpret_cast<int*>(smem);
+    if (tid == 0) *last = atomicAdd(counters + tile, 1) == splits - 1;
+    __syncthreads();
+    if (!*last) return;
+    __threadfence();
+    if (tid == 0) counters[tile] = 0;  // every split of this launch has counted
+#pragma unroll 1
+    for (int f0 = 0; f0 < T::TILE_VECS; f0 += T::FIX * THREADS) {
+        float4 sum[T::FIX];
+#pragma unroll
+        for (int u = 0; u < T::FIX; ++u) sum[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 2
+        for (int z = 0; z < splits; ++z) {
+#pragma unroll
+            for (int u = 0; u < T::FIX; ++u) {
+                const int f = f0 + u * THREADS + tid;
+                if (f < T::TILE_VECS) add4(sum[u], __ldcg(tile_parts + z * T::TILE_VECS + f));
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < T::FIX; ++u) {
+            const int f = f0 + u * THREADS + tid;
+            if (f >= T::TILE_VECS) continue;
+            // f is (warp, (mi, j), lane) in the order the splits wrote their sums.
+            const int l = f % 32;
+            const int q = f / 32 % (T::ACC / 4);
+            const int wmn = f / (32 * (T::ACC / 4));
+            const int row = m0 + wmn / T::WARPS_N * T::WM + 16 * (q / T::NT) + (l >> 2);
+            const int col = n0 + wmn % T::WARPS_N * T::WN + 8 * (q % T::NT) + 2 * (l & 3);
+            store_pair(y, m, n, pairs, row, col, sum[u].x, sum[u].y);
+            store_pair(y, m, n, pairs, row + 8, col, sum[u].z, sum[u].w);
         }
     }
 }
 
+template <typename Block, typename S>
+__device__ void describe(int* out) {
+    using T = Tile<Block, S>;
+    out[0] = T::BLOCK_BYTES;
+    out[1] = S::ID;
+    out[2] = T::BM;
+    out[3] = T::BN;
+    out[4] = T::KB;
+    out[5] = T::SMEM;
+    out[6] = S::MIN_BLOCKS;
+}
+
 }  // namespace ember_gemm
 
-// Launch grid (ceil(m / BM), ceil(n / BN)), block 32 * WARPS_N * WARPS_K threads (256 for every
-// shape); w and x 16-byte aligned, k a positive multiple of 32. M tiles vary fastest, so the
-// blocks that share a W tile run together and read it from DRAM once.
+// Launch grid (ceil(m / BM), ceil(n / BN), splits), block 256 threads, SMEM bytes of dynamic
+// shared memory (quant_gemm_layouts); w and x 16-byte aligned, k a positive multiple of 32.
+// M tiles vary fastest, so the blocks that share a W tile run together and read it from DRAM
+// once. With splits > 1, partials holds splits * BM * BN floats per tile (16-byte aligned) and
+// counters one int per tile, zero before the launch (the launch leaves them zero).
 #define EMBER_QUANT_GEMM(TYPE, SHAPE)                                                          \
-    extern "C" __global__ void __launch_bounds__(                                              \
-        32 * ember_gemm::SHAPE::WARPS_N * ember_gemm::SHAPE::WARPS_K,                          \
-        ember_gemm::SHAPE::MIN_BLOCKS)                                                         \
+    extern "C" __global__ void __launch_bounds__(ember_gemm::THREADS,                          \
+                                                 ember_gemm::SHAPE::MIN_BLOCKS)                \
         quant_gemm_##TYPE##_##SHAPE(const uint8_t* __restrict__ w, const float* __restrict__ x, \
-                                    float* __restrict__ y, int m, int n, int k) {              \
-        using T = ember_gemm::Tile<ember::block_##TYPE, ember_gemm::SHAPE>;                    \
-        __shared__ __align__(16) uint8_t smem[T::SMEM];                                        \
-        ember_gemm::gemm<ember::block_##TYPE, ember_gemm::SHAPE>(w, x, y, m, n, k, smem);      \
+                                    float* __restrict__ y, int m, int n, int k,                \
+                                    float* __restrict__ partials, int* __restrict__ counters) { \
+        extern __shared__ __align__(16) uint8_t smem[];                                        \
+        ember_gemm::gemm<ember::block_##TYPE, ember_gemm::SHAPE>(                              \
+            w, x, y, m, n, k, partials, counters, smem);                                       \
     }
 
-EMBER_QUANT_GEMM(q4_0, m16)
-EMBER_QUANT_GEMM(q4_0, m32)
-EMBER_QUANT_GEMM(q4_0, m64)
-EMBER_QUANT_GEMM(q4_0, m128)
-EMBER_QUANT_GEMM(q4_1, m16)
-EMBER_QUANT_GEMM(q4_1, m32)
-EMBER_QUANT_GEMM(q4_1, m64)
-EMBER_QUANT_GEMM(q4_1, m128)
-EMBER_QUANT_GEMM(q8_0, m16)
-EMBER_QUANT_GEMM(q8_0, m32)
-EMBER_QUANT_GEMM(q8_0, m64)
-EMBER_QUANT_GEMM(q8_0, m128)
+// Every (type, shape) in quant_gemm.py's order: QuantType, then GemmTile.
+#define EMBER_GEMM_SHAPES(X, TYPE) \
+    X(TYPE, m16) X(TYPE, m32) X(TYPE, m64) X(TYPE, m128) X(TYPE, s16) X(TYPE, s32) X(TYPE, t64) \
+    X(TYPE, w64) X(TYPE, t128) X(TYPE, w128)
+#define EMBER_GEMM_ALL(X) \
+    EMBER_GEMM_SHAPES(X, q4_0) EMBER_GEMM_SHAPES(X, q4_1) EMBER_GEMM_SHAPES(X, q8_0)
+
+#define EMBER_GEMM_KERNEL(TYPE, SHAPE) EMBER_QUANT_GEMM(TYPE, SHAPE)
+EMBER_GEMM_ALL(EMBER_GEMM_KERNEL)
+
+// The layout of every kernel, 7 ints each in EMBER_GEMM_ALL's order: block bytes, shape ID, BM,
+// BN, KB, dynamic shared memory bytes, blocks per SM the registers were fitted for. One thread.
+#define EMBER_GEMM_DESCRIBE(TYPE, SHAPE) \
+    ember_gemm::describe<ember::block_##TYPE, ember_gemm::SHAPE>(out + 7 * i++);
+extern "C" __global__ void quant_gemm_layouts(int* out) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    int i = 0;
+    EMBER_GEMM_ALL(EMBER_GEMM_DESCRIBE)
+}

@@ -1,85 +1,228 @@
 """Launch wrapper for quant_gemm.cu: y = x @ W.T on tensor cores, W a Q4_0, Q4_1 or Q8_0 GGUF
-tensor, for prefill and decode batches too large for quant_gemv."""
+tensor, for prefill and decode batches too large for quant_gemv.
+
+A launch is planned as a tile shape and a number of K splits. Split-K launches need a
+workspace: zero-filled device memory of `QuantGemm.workspace_bytes(m, n, k)` bytes (the most
+over the products it will run), which a launch leaves as it found its counters. Launches that
+share a workspace must run one after another (one stream), never at once.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
+import numpy as np
+
+from ember.errors import EmberError
 from ember.gpu.array import DeviceArray
 from ember.gpu.device import Device
-from ember.gpu.launch import Arg, Kernel, Launch
+from ember.gpu.launch import Arg, Dim3, Kernel, Launch
 from ember.gpu.module import Module
 from ember.gpu.stream import Stream
 from ember.kernels.binaries import load_family
-from ember.kernels.quant_gemv import QuantType, check_fit, check_operands
+from ember.kernels.quant_gemv import BLOCK_WEIGHTS, QuantType, check_fit, check_operands
 
 _THREADS: Final = 256  # every tile shape in quant_gemm.cu runs 8 warps
-_MAX_GRID_Y: Final = 65535
+_MAX_GRID_YZ: Final = 65535
+_SHARED_RESERVED: Final = 1024  # the driver's own shared memory per block
+_INDEX_LIMIT: Final = 2**31  # the kernel indexes W's bytes and x's elements in 32 bits
+_LAYOUT_INTS: Final = 7  # quant_gemm_layouts' record per kernel
+
+MAX_SPLITS: Final = 16
+# Workspace: one int32 counter per tile of a split launch, then the splits' partial sums.
+_COUNTERS: Final = 1024
+_PARTIALS_OFFSET: Final = 4 * _COUNTERS
+# The last split of a tile reads every split's sums alone: capping them per tile keeps that
+# tail within about a microsecond.
+_FIXUP_BYTES: Final = 128 * 1024
+# A split shorter than this many K steps would spend more on filling its pipeline than it saves.
+_MIN_SPLIT_STEPS: Final = 2
 
 
 class GemmTile(Enum):
-    """A tile shape of quant_gemm.cu, (rows of x, rows of W) per block; the name is the kernel
-    suffix."""
+    """A tile shape of quant_gemm.cu: (its ID there, rows of x, rows of W, quant blocks per K
+    step) per block; the name is the kernel suffix."""
 
-    M16 = (16, 32)
-    M32 = (32, 32)
-    M64 = (64, 64)
-    M128 = (128, 128)
+    # The first shapes, kept to compare against (quant_gemm.cu says how they differ).
+    M16 = (0, 16, 32, 4)
+    M32 = (1, 32, 32, 4)
+    M64 = (2, 64, 64, 2)
+    M128 = (3, 128, 128, 1)
+    # Decode of up to 16 or 32 rows: bound by reading W.
+    S16 = (4, 16, 128, 2)
+    S32 = (5, 32, 128, 2)
+    # 33-128 rows.
+    T64 = (6, 64, 128, 2)
+    W64 = (7, 64, 256, 2)
+    # Prefill.
+    T128 = (8, 128, 128, 1)
+    W128 = (9, 128, 256, 1)
 
     @property
-    def rows(self) -> int:
+    def id(self) -> int:
         return self.value[0]
 
     @property
-    def cols(self) -> int:
+    def rows(self) -> int:
         return self.value[1]
 
-    def grid(self, m: int, n: int) -> tuple[int, int, int]:
-        return (-(-m // self.rows), -(-n // self.cols), 1)
+    @property
+    def cols(self) -> int:
+        return self.value[2]
 
-    def blocks(self, m: int, n: int) -> int:
+    @property
+    def step_blocks(self) -> int:
+        return self.value[3]
+
+    def steps(self, k: int) -> int:
+        return -(-(k // BLOCK_WEIGHTS) // self.step_blocks)
+
+    def grid(self, m: int, n: int, splits: int = 1) -> Dim3:
+        return (-(-m // self.rows), -(-n // self.cols), splits)
+
+    def tiles(self, m: int, n: int) -> int:
         grid = self.grid(m, n)
         return grid[0] * grid[1]
 
+    def blocks(self, m: int, n: int) -> int:
+        return self.tiles(m, n)
 
-def choose_tile(m: int, n: int, multiprocessors: int) -> GemmTile:
-    """The tile for an [m, K] x [K, n] product on a GPU with `multiprocessors` SMs.
 
-    Up to 32 rows of x the product is bound by reading W, which each M tile reads once, so the
-    M tile is the smallest that holds x. Above that it is compute-bound: 128 x 128 tiles do the
-    most work per dequantised weight, but 64 x 64 ones are used while the larger would leave
-    SMs idle (M 512 with N 4096, or the small model's narrower matrices).
-    """
-    if m <= GemmTile.M16.rows:
-        return GemmTile.M16
-    if m <= GemmTile.M32.rows:
-        return GemmTile.M32
-    if m <= GemmTile.M64.rows or GemmTile.M128.blocks(m, n) < multiprocessors:
-        return GemmTile.M64
-    return GemmTile.M128
+@dataclass(frozen=True, slots=True)
+class GemmPlan:
+    """A tile shape and how many ways K is split between blocks."""
+
+    tile: GemmTile
+    splits: int = 1
+
+    def grid(self, m: int, n: int) -> Dim3:
+        return self.tile.grid(m, n, self.splits)
+
+    def blocks(self, m: int, n: int) -> int:
+        return self.tile.tiles(m, n) * self.splits
+
+    def workspace_bytes(self, m: int, n: int) -> int:
+        """Bytes of workspace the launch needs (0 unsplit): the counters, then each split's
+        float32 sums of each tile."""
+        if self.splits == 1:
+            return 0
+        tile_bytes = 4 * self.tile.rows * self.tile.cols
+        return _PARTIALS_OFFSET + self.splits * self.tile.tiles(m, n) * tile_bytes
+
+
+# Tiles to try for up to so many rows of x, best first; choose_plan takes the first that fills
+# the GPU. Small batches read W once per 16 or 32 rows; larger ones want tall warp tiles (64
+# rows per dequantised fragment) and wide blocks (x is float32 and read once per block column).
+_PREFERENCE: Final[tuple[tuple[int, tuple[GemmTile, ...]], ...]] = (
+    (16, (GemmTile.S16,)),
+    (32, (GemmTile.S32, GemmTile.S16)),
+    (64, (GemmTile.W64, GemmTile.T64, GemmTile.S32, GemmTile.S16)),
+    (128, (GemmTile.T128, GemmTile.W64, GemmTile.T64, GemmTile.S32)),
+    (_INDEX_LIMIT, (GemmTile.W128, GemmTile.T128, GemmTile.W64, GemmTile.T64)),
+)
+# Blocks per SM each tile's registers were fitted for (quant_gemm.cu's MIN_BLOCKS); the loaded
+# family replaces these with what the device's shared memory allows.
+DEFAULT_RESIDENCY: Final[Mapping[GemmTile, int]] = {
+    tile: 1 if tile is GemmTile.W128 else 2 for tile in GemmTile
+}
+
+
+def fills(blocks: int, multiprocessors: int) -> bool:
+    """Whether a grid of `blocks` keeps (nearly) every SM busy."""
+    return 4 * blocks >= 3 * multiprocessors
+
+
+def split_count(tile: GemmTile, m: int, n: int, k: int, multiprocessors: int, per_sm: int) -> int:
+    """Splits of K that bring `tile`'s grid to about one wave of resident blocks, or 1 where
+    the tiles alone fill the GPU. Each split keeps at least _MIN_SPLIT_STEPS steps, and a tile's
+    splits at most _FIXUP_BYTES of sums."""
+    tiles = tile.tiles(m, n)
+    if fills(tiles, multiprocessors) or tiles > _COUNTERS:
+        return 1
+    by_fill = multiprocessors * per_sm // tiles
+    by_steps = tile.steps(k) // _MIN_SPLIT_STEPS
+    by_fixup = _FIXUP_BYTES // (4 * tile.rows * tile.cols)
+    return max(1, min(by_fill, by_steps, by_fixup, MAX_SPLITS))
+
+
+def choose_plan(
+    m: int,
+    n: int,
+    k: int,
+    multiprocessors: int,
+    residency: Mapping[GemmTile, int] = DEFAULT_RESIDENCY,
+    split: bool = True,
+) -> GemmPlan:
+    """The plan for an [m, K] x [K, n] product: the first preferred tile for m rows whose grid
+    (with K split where `split` allows) fills the GPU, else the one with the most blocks.
+    `residency` holds the tiles that can run and how many blocks of each fit an SM."""
+    candidates = next(tiles for rows, tiles in _PREFERENCE if m <= rows)
+    available = [t for t in candidates if t in residency] or [t for t in GemmTile if t in residency]
+    if not available:
+        raise EmberError("no quant_gemm tile fits this GPU's shared memory")
+    plans = [
+        GemmPlan(t, split_count(t, m, n, k, multiprocessors, residency[t]) if split else 1)
+        for t in available
+    ]
+    filling = [p for p in plans if fills(p.blocks(m, n), multiprocessors)]
+    return filling[0] if filling else max(plans, key=lambda p: p.blocks(m, n))
+
+
+def choose_tile(m: int, n: int, multiprocessors: int, k: int = 4096) -> GemmTile:
+    """The tile of the unsplit plan (see choose_plan)."""
+    return choose_plan(m, n, k, multiprocessors, split=False).tile
+
+
+@dataclass(frozen=True, slots=True)
+class TileLayout:
+    """What quant_gemm_layouts reports for one kernel."""
+
+    shared_bytes: int  # dynamic shared memory per block
+    per_sm: int  # blocks an SM holds (registers and shared memory), 0: cannot run here
 
 
 class QuantGemm:
     """The quant_gemm kernel family, loaded in the current context."""
 
-    __slots__ = ("_kernels", "module", "multiprocessors")
+    __slots__ = ("_kernels", "layouts", "module", "multiprocessors", "residency")
 
-    def __init__(self, module: Module, multiprocessors: int) -> None:
+    def __init__(self, module: Module, device: Device) -> None:
         self.module = module
-        self.multiprocessors = multiprocessors
-        signature = (Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.I32, Arg.I32)
-        self._kernels: dict[tuple[QuantType, GemmTile], Kernel] = {
-            (q, tile): module.function(
-                f"quant_gemm_{q.name.lower()}_{tile.name.lower()}", signature
-            )
-            for q in QuantType
-            for tile in GemmTile
-        }
+        self.multiprocessors = device.multiprocessor_count
+        self.layouts = _read_layouts(module, device)
+        signature = (Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.I32, Arg.I32, Arg.PTR, Arg.PTR)
+        self._kernels: dict[tuple[QuantType, GemmTile], Kernel] = {}
+        for (q, tile), layout in self.layouts.items():
+            kernel = module.function(f"quant_gemm_{q.name.lower()}_{tile.name.lower()}", signature)
+            if layout.per_sm:  # needed above 48 KB, harmless below
+                kernel.set_max_dynamic_shared_memory(layout.shared_bytes)
+            self._kernels[q, tile] = kernel
+        # A tile runs for every type or for none, at its least resident type's count.
+        self.residency: dict[GemmTile, int] = {}
+        for tile in GemmTile:
+            per_sm = min(self.layouts[q, tile].per_sm for q in QuantType)
+            if per_sm:
+                self.residency[tile] = per_sm
 
     @classmethod
     def load(cls, device: Device) -> QuantGemm:
-        return cls(load_family("quant_gemm", device), device.multiprocessor_count)
+        return cls(load_family("quant_gemm", device), device)
+
+    def plan(self, m: int, n: int, k: int, split: bool = True) -> GemmPlan:
+        return choose_plan(m, n, k, self.multiprocessors, self.residency, split)
+
+    def workspace_bytes(self, m: int, n: int, k: int) -> int:
+        """Workspace bytes that gemm_launch's own plan for this product needs."""
+        return self.plan(m, n, k).workspace_bytes(m, n)
+
+    @property
+    def max_workspace_bytes(self) -> int:
+        """Enough workspace for gemm_launch's own plan of any product (17 MB on an H100): K is
+        split only for fewer tiles than SMs, each with at most _FIXUP_BYTES of sums."""
+        return _PARTIALS_OFFSET + _FIXUP_BYTES * self.multiprocessors
 
     def gemm_launch(
         self,
@@ -88,23 +231,43 @@ class QuantGemm:
         x: DeviceArray,
         y: DeviceArray,
         tile: GemmTile | None = None,
+        workspace: DeviceArray | None = None,
+        splits: int | None = None,
     ) -> Launch:
         """The launch of y[m, n] = sum_k x[m, k] * W[n, k], checked once.
 
         `weight` is the tensor's raw bytes as uint8 [N, K / 32 * block bytes]; x is float32
-        [M, K], y float32 [M, N], M and N at least 1. weight and x must be 16-byte aligned.
-        `tile` overrides choose_tile (for tests and tuning).
+        [M, K], y float32 [M, N], M and N at least 1. weight, x and workspace must be 16-byte
+        aligned. Without a workspace K is never split. `tile` and `splits` override the plan
+        (for tests and tuning); splits beyond a tile's K steps leave some splits empty.
         """
         m, k, n = check_operands("gemm", weight, x, y)
         check_fit("gemm", weight, quant, x, y)
         if m == 0 or n == 0:
             raise ValueError(f"gemm needs at least one row of x and of W, got M {m}, N {n}")
-        tile = tile or choose_tile(m, n, self.multiprocessors)
-        grid = tile.grid(m, n)
-        if grid[1] > _MAX_GRID_Y:
-            raise ValueError(f"gemm takes at most {_MAX_GRID_Y * tile.cols} rows of W, got {n}")
+        if weight.nbytes >= _INDEX_LIMIT or m * k >= _INDEX_LIMIT:
+            raise ValueError(f"gemm takes W and x of under 2^31 bytes and elements, got {m}x{k}")
+        plan = self._plan(m, n, k, tile, workspace is not None, splits)
+        layout = self.layouts[quant, plan.tile]
+        if layout.per_sm == 0:
+            raise ValueError(
+                f"{plan.tile.name} needs {layout.shared_bytes} bytes of shared memory per block, "
+                "more than this GPU has"
+            )
+        grid = plan.grid(m, n)
+        if grid[1] > _MAX_GRID_YZ:
+            raise ValueError(
+                f"gemm takes at most {_MAX_GRID_YZ * plan.tile.cols} rows of W, got {n}"
+            )
+        partials = counters = 0
+        if plan.splits > 1:
+            partials, counters = _split_workspace(plan, m, n, workspace)
         return Launch(
-            self._kernels[quant, tile], grid, (_THREADS, 1, 1), (weight.ptr, x.ptr, y.ptr, m, n, k)
+            self._kernels[quant, plan.tile],
+            grid,
+            (_THREADS, 1, 1),
+            (weight.ptr, x.ptr, y.ptr, m, n, k, partials, counters),
+            layout.shared_bytes,
         )
 
     def gemm(
@@ -114,9 +277,66 @@ class QuantGemm:
         x: DeviceArray,
         y: DeviceArray,
         stream: Stream | None = None,
+        workspace: DeviceArray | None = None,
     ) -> None:
         """y = x @ W.T now, on `stream` (see gemm_launch)."""
-        self.gemm_launch(weight, quant, x, y)(stream)
+        self.gemm_launch(weight, quant, x, y, workspace=workspace)(stream)
 
     def unload(self) -> None:
         self.module.unload()
+
+    def _plan(
+        self, m: int, n: int, k: int, tile: GemmTile | None, split: bool, splits: int | None
+    ) -> GemmPlan:
+        if splits is not None and not 1 <= splits <= MAX_SPLITS:
+            raise ValueError(f"gemm splits K 1 to {MAX_SPLITS} ways, not {splits}")
+        if tile is None:
+            plan = self.plan(m, n, k, split)
+            return plan if splits is None else GemmPlan(plan.tile, splits)
+        if splits is None:
+            per_sm = self.residency.get(tile, 1)
+            splits = split_count(tile, m, n, k, self.multiprocessors, per_sm) if split else 1
+        return GemmPlan(tile, splits)
+
+
+def _split_workspace(
+    plan: GemmPlan, m: int, n: int, workspace: DeviceArray | None
+) -> tuple[int, int]:
+    """(partials, counters) addresses in `workspace` for a split launch, checked."""
+    need = plan.workspace_bytes(m, n)
+    if workspace is not None and workspace.ptr % 16:
+        raise ValueError("gemm needs its workspace 16-byte aligned")
+    if workspace is None or workspace.nbytes < need:
+        have = 0 if workspace is None else workspace.nbytes
+        raise ValueError(f"split-K gemm needs a workspace of {need} bytes, got {have}")
+    if plan.tile.tiles(m, n) > _COUNTERS:
+        raise ValueError(
+            f"split-K gemm takes at most {_COUNTERS} tiles, got {plan.tile.tiles(m, n)}"
+        )
+    return workspace.ptr + _PARTIALS_OFFSET, workspace.ptr
+
+
+def _read_layouts(module: Module, device: Device) -> dict[tuple[QuantType, GemmTile], TileLayout]:
+    """Every kernel's layout from quant_gemm_layouts, checked against GemmTile."""
+    keys = [(q, tile) for q in QuantType for tile in GemmTile]
+    kernel = module.function("quant_gemm_layouts", (Arg.PTR,))
+    with DeviceArray.empty((len(keys), _LAYOUT_INTS), np.int32) as out:
+        kernel.launch((1, 1, 1), (32, 1, 1), out.ptr)
+        table = out.to_numpy()
+    per_sm_bytes = device.max_shared_memory_per_block_optin + _SHARED_RESERVED
+    layouts = {}
+    for (q, tile), row in zip(keys, table.tolist(), strict=True):
+        block_bytes, tile_id, rows, cols, step_blocks, shared, min_blocks = row
+        if (block_bytes, tile_id, rows, cols, step_blocks) != (
+            q.block_bytes,
+            tile.id,
+            tile.rows,
+            tile.cols,
+            tile.step_blocks,
+        ):
+            raise EmberError(
+                f"quant_gemm kernels do not match GemmTile.{tile.name} for {q.name}: {row}"
+            )
+        fit = per_sm_bytes // (shared + _SHARED_RESERVED)
+        layouts[q, tile] = TileLayout(shared, min(min_blocks, fit))
+    return layouts

@@ -61,6 +61,8 @@ SHAPES = {
         Shape("135M down", QuantType.Q4_1, 576, 1536),
     ],
 }
+LAYERS = {"8b": 32, "135m": 30}
+FIELDS = ("first", "plan", "unsplit", "best")
 ROWS = (16, 32, 64, 128, 256, 512)
 ROTATE_BYTES = 128 << 20
 MAX_COPIES = 64
@@ -132,6 +134,10 @@ def tiles_for(m: int) -> list[GemmTile]:
     return [t for t in GemmTile if m <= 8 * t.rows and t.rows <= 2 * max(m, 16)]
 
 
+def name(plan: GemmPlan) -> str:
+    return f"{plan.tile.name}/{plan.splits}"
+
+
 def cell(plan: GemmPlan, us: float, wrong: bool) -> str:
     split = f"/{plan.splits}" if plan.splits > 1 else ""
     return f"{us:.1f}{split}{'!' if wrong else ''}"
@@ -161,17 +167,41 @@ class Case:
         return min(self.measured, key=lambda p: self.measured[p][0])
 
 
-def bench_shape(bench: Bench, shape: Shape, rows: list[int]) -> None:
+def first_tile(m: int, n: int, multiprocessors: int) -> GemmTile:
+    """The tile the first quant_gemm picked (always unsplit), to compare against."""
+    if m <= 16:
+        return GemmTile.M16
+    if m <= 32:
+        return GemmTile.M32
+    if m <= 64 or GemmTile.M128.tiles(m, n) < multiprocessors:
+        return GemmTile.M64
+    return GemmTile.M128
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """µs of one (shape, M): the plan, the fastest measured, the plan without a workspace and
+    the first quant_gemm's choice."""
+
+    plan: float
+    best: float
+    unsplit: float
+    first: float
+
+
+def bench_shape(bench: Bench, shape: Shape, rows: list[int]) -> dict[int, Totals]:
     gemm, stream, sms = bench.gemm, bench.stream, bench.gemm.multiprocessors
     n, k = shape.n, shape.k
     row_bytes = shape.quant.row_bytes(k)
     w_bytes = n * row_bytes
     copies = max(2, min(MAX_COPIES, -(-ROTATE_BYTES // w_bytes)))
     where = "HBM" if copies * w_bytes > 2 * bench.device.l2_cache_bytes else "L2"
+    print(f"{shape.name}: {n}x{k} {shape.quant.name}, W {w_bytes / 1e6:.1f} MB from {where}")
     weights = [DeviceArray.empty((n, row_bytes), np.uint8) for _ in range(copies)]
     top = max(rows)
     x_all = DeviceArray.empty((top * k,), np.float32)
     y_all = DeviceArray.empty((top * n,), np.float32)
+    totals: dict[int, Totals] = {}
     try:
         for i, w in enumerate(weights):
             bench.synthetic.fill_quant(w, shape.quant, 1000 + i, 0.01, stream)
@@ -197,14 +227,14 @@ def bench_shape(bench: Bench, shape: Shape, rows: list[int]) -> None:
             us, wrong = case.measure(chosen)
             unsplit = gemm.plan(m, n, k, split=False)
             unsplit_us = case.measure(unsplit)[0]
+            first_us = case.measure(GemmPlan(first_tile(m, n, sms)))[0]
             best = case.best()
-            label = f"{shape.name} {n}x{k} {where}"
+            totals[m] = Totals(us, case.measured[best][0], unsplit_us, first_us)
             print(
-                f"{label:<27}{m:>4} | {chosen.tile.name}/{chosen.splits:<3}{us:>7.1f}"
-                f"{'!' if wrong else ' '}{w_bytes / us / 1e6:>6.2f}"
-                f"{2 * m * n * k / us / 1e6:>7.1f} | {best.tile.name}/{best.splits:<3}"
-                f"{case.measured[best][0]:>7.1f} | {unsplit.tile.name:<5}{unsplit_us:>7.1f} | "
-                + " ".join(f"{c:>8}" for c in cells),
+                f"{shape.name:<12}{m:>4} | {name(chosen):<8}{us:>7.1f}{'!' if wrong else ' '}"
+                f"{w_bytes / us / 1e6:>5.2f}{2 * m * n * k / us / 1e6:>6.0f} | "
+                f"{name(best):<8}{case.measured[best][0]:>7.1f} | "
+                f"{unsplit.tile.name:<5}{unsplit_us:>7.1f} |" + "".join(f"{c:>8}" for c in cells),
                 flush=True,
             )
     finally:
@@ -212,6 +242,7 @@ def bench_shape(bench: Bench, shape: Shape, rows: list[int]) -> None:
             w.free()
         x_all.free()
         y_all.free()
+    return totals
 
 
 def main() -> None:
@@ -233,17 +264,25 @@ def main() -> None:
         residency = " ".join(f"{t.name}:{n}" for t, n in bench.gemm.residency.items())
         print(f"blocks per SM: {residency}")
         print(
-            f"{'shape':<27}{'M':>4} | {'plan':<7}{'µs':>7} {'TB/s':>6}{'TFLOP/s':>7} | "
-            f"{'best':<7}{'µs':>7} | {'no ws':<5}{'µs':>7} | "
-            + " ".join(f"{t.name:>8}" for t in GemmTile)
+            f"{'shape':<12}{'M':>4} | {'plan':<8}{'µs':>7} {'TB/s':>5}{'TF/s':>6} | "
+            f"{'best':<8}{'µs':>7} | {'no ws':<5}{'µs':>7} |"
+            + "".join(f"{t.name:>8}" for t in GemmTile)
         )
+        groups: dict[str, list[dict[int, Totals]]] = {}
         try:
             for group in args.shapes.split(","):
-                for shape in SHAPES[group]:
-                    bench_shape(bench, shape, rows)
+                groups[group] = [bench_shape(bench, shape, rows) for shape in SHAPES[group]]
         finally:
             bench.close()
     context.release()
+    print(
+        "\nper forward step, 4 projections x layers (8b: 32, 135m: 30), ms: "
+        "first quant_gemm / plan / plan without workspace / best measured"
+    )
+    for group, shapes in groups.items():
+        for m in rows:
+            sums = [LAYERS[group] * sum(getattr(t[m], f) for t in shapes) / 1e3 for f in FIELDS]
+            print(f"{group:>5} M {m:>4}: " + " / ".join(f"{v:.2f}" for v in sums))
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 
     python3 scripts/bench_gemm.py [--rows 16,32,64,128,256,512] [--shapes 8b,135m]
 
-One line per (shape, M): the plan QuantGemm picks (with a split-K workspace) and its time,
+One line per (shape, M): the plan QuantGemm picks (with a split-K workspace) with its time,
 weight bandwidth and tensor throughput; the fastest tile and split measured; the plan without a
-workspace (what a caller that passes none gets); then each tile's time, the better of K unsplit
-and K split as that tile's own split_count says (`µs/splits` when the split won). A tile is
-timed where its rows are within 1/8 to 2x of M. A `!` marks a result that differs from the
-M64 tile's by more than 1e-3 of its largest value (run tests/gpu/test_quant_gemm.py).
+workspace (what a caller that passes none gets); then each tile's best time over K unsplit and
+split half and all of its own split_count ways (`µs/splits` when a split won). A tile is timed
+where its rows are within 1/8 to 2x of M. A `!` marks a result that differs from the M64 tile's
+by more than 1e-3 of its largest value (run tests/gpu/test_quant_gemm.py). Last, per-step sums
+of the four projections over all layers: the first quant_gemm's choice (its unsplit M16..M128
+tiles), the plan, the plan without a workspace and the best measured.
 
 Each time is the best of REPLAYS replays of a CUDA graph of launches that cycle through copies
 of W (random blocks made on the device) totalling over ROTATE_BYTES, so W comes from HBM, not
@@ -220,7 +222,7 @@ def bench_shape(bench: Bench, shape: Shape, rows: list[int]) -> dict[int, Totals
                     cells.append("-")
                     continue
                 splits = split_count(tile, m, n, k, sms, gemm.residency[tile])
-                options = [GemmPlan(tile, s) for s in sorted({1, splits})]
+                options = [GemmPlan(tile, s) for s in sorted({1, max(1, splits // 2), splits})]
                 plan = min(options, key=lambda p: case.measure(p)[0])
                 cells.append(cell(plan, *case.measure(plan)))
             chosen = gemm.plan(m, n, k)

@@ -2,9 +2,10 @@
 tensor, for prefill and decode batches too large for quant_gemv.
 
 A launch is planned as a tile shape and a number of K splits. Split-K launches need a
-workspace: zero-filled device memory of `QuantGemm.workspace_bytes(m, n, k)` bytes (the most
-over the products it will run), which a launch leaves as it found its counters. Launches that
-share a workspace must run one after another (one stream), never at once.
+workspace: zero-filled device memory of `QuantGemm.max_workspace_bytes` (or, sized tighter, the
+most `workspace_bytes(m, n, k)` over the products it will run), whose counters every launch
+leaves at zero. Launches that share a workspace must run one after another (one stream), never
+at once. Without a workspace a launch is never split.
 """
 
 from __future__ import annotations

@@ -96,6 +96,12 @@ class CudaLlama:
         self._bucket_views: dict[tuple[int, int], ActivationViews] = {}
         self._ids_host = PinnedHostBuffer.alloc(4 * 1024)
         self._logits_host: PinnedHostBuffer | None = None
+        # Split-K sums and tile counters of the GEMMs (one at a time, all on self.stream): zero
+        # once, and every launch leaves the counters zero.
+        self._gemm_workspace = DeviceArray.empty(
+            (kernels.quant_gemm.max_workspace_bytes,), np.dtype(np.uint8)
+        )
+        self._gemm_workspace.buffer.memset_d32(0, stream)
         self.use_graphs = True
 
     @classmethod
@@ -214,6 +220,7 @@ class CudaLlama:
             if owned is not None:
                 owned.free()
         self._ids_host.free()
+        self._gemm_workspace.free()
         self.weights.free()
         self.kernels.unload()
         self.stream.destroy()
@@ -374,4 +381,6 @@ class CudaLlama:
     def _linear(self, x: DeviceArray, m: QuantMatrix, y: DeviceArray) -> Launch:
         if x.shape[0] <= GEMV_MAX_ROWS:
             return self.kernels.quant_gemv.gemv_launch(m.data, m.quant, x, y)
-        return self.kernels.quant_gemm.gemm_launch(m.data, m.quant, x, y)
+        return self.kernels.quant_gemm.gemm_launch(
+            m.data, m.quant, x, y, workspace=self._gemm_workspace
+        )

@@ -1,20 +1,34 @@
-"""ember.kernels.quant_gemv against ember.model.quant.dequantize(raw) @ x on random blocks."""
+"""ember.kernels.quant_gemv against float64 NumPy on random blocks.
+
+The kernel quantises x to int8 per 32-value block (q = rint(x * 127 / max|x|), x ~ q * d), so
+it is checked twice: against the same quantisation done here (only float32 rounding may differ),
+and against the unquantised product within the bound that quantisation allows.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
+import numpy.typing as npt
 import pytest
 from gguf import GGMLQuantizationType
 
-from ember.gpu import Context, DeviceArray, Stream
+from ember.gpu import Context, Device, DeviceArray, Stream
+from ember.kernels.binaries import load_family
 from ember.kernels.quant_gemv import QuantGemv, QuantType
 from ember.model.quant import dequantize
 from tests.gpu.quant_data import random_weight
 
 pytestmark = pytest.mark.gpu
 
-# (N, K): the small model's projections, its tied output head, Llama 8B's, and ragged ones
-# (N not a multiple of a block's 8 rows, K not a multiple of a 32-block chunk).
+F64 = npt.NDArray[np.float64]
+F32 = npt.NDArray[np.float32]
+
+# (N, K): the small model's projections and tied head (K 576: rows 4 or 8 bytes off 16-byte
+# alignment), Llama 8B's (aligned rows, 16 and 56 stages of 256 weights), and ragged ones: N
+# not a multiple of a thread block's 32 rows, K of 3, 20 and 33 blocks (a short last stage;
+# rows 2 bytes off alignment for the 18- and 34-byte types, 640 aligned for Q4_1 only).
 SHAPES = [
     (1536, 576),
     (576, 1536),
@@ -23,35 +37,146 @@ SHAPES = [
     (14336, 4096),
     (4096, 14336),
     (1003, 96),
+    (70, 640),
     (37, 1056),
 ]
-BATCHES = (1, 3, 8)
+# Every batch tier (1, 2, 4, 8), full and partly used.
+BATCHES = (1, 2, 3, 4, 5, 8)
+# The float32 arithmetic after the exact integer dots: one rounded fma per block, summed over
+# at most K / 32 = 448 blocks, each sum relative error 2^-24: 448 * 6e-8 < 5e-5.
+FLOAT_TOLERANCE = 5e-5
+# x = q * d + e with |e| <= d / 2 and d = max|x| / 127 (to 22 bits, and 1 / d to float32):
+# |e| <= max|x| / 254 * (1 + 2e-4).
+QUANT_TOLERANCE = 1.0002 / 254
+
+
+def quantize_x(x: F32) -> tuple[F64, F64]:
+    """(x as the kernel sees it, max|x| of each value's block), in float64: the kernel's int8
+    quantisation, done with the same float32 operations."""
+    m, k = x.shape
+    blocks = x.reshape(m, k // 32, 32)
+    amax = np.abs(blocks).max(axis=2, keepdims=True)
+    zero = amax < np.float32(1e-30)
+    scale = (amax * (np.float32(1) / np.float32(127))).view(np.uint32) & np.uint32(0xFFFFFFFC)
+    d = np.where(zero, np.float32(0), scale.view(np.float32))
+    inverse = np.where(zero, np.float32(0), np.float32(127) / np.where(zero, 1, amax))
+    # x * inverse is exact in float64; the kernel's fma rounds it once, to nearest even.
+    q = np.rint(blocks.astype(np.float64) * inverse.astype(np.float64))
+    assert np.abs(q).max() <= 127
+    seen = (q * d.astype(np.float64)).reshape(m, k)
+    return seen, np.broadcast_to(amax, blocks.shape).reshape(m, k).astype(np.float64)
+
+
+def q4_1_offsets(raw: npt.NDArray[np.uint8], n: int, k: int) -> F64:
+    """Per row and block, m + 8 d: the Q4_1 kernel multiplies it by the block's exact sum of x
+    and the rest of the weight, d * (q - 8), by the quantised x."""
+    blocks = raw.reshape(n, k // 32, 20)
+    d = blocks[:, :, 0:2].copy().view(np.float16)[:, :, 0].astype(np.float64)
+    m = blocks[:, :, 2:4].copy().view(np.float16)[:, :, 0].astype(np.float64)
+    return m + 8 * d
+
+
+class Reference:
+    """One weight's float64 references for a given x."""
+
+    def __init__(self, raw: npt.NDArray[np.uint8], quant: QuantType, n: int, k: int) -> None:
+        self.weight = dequantize(raw, GGMLQuantizationType[quant.name], (n, k)).T.astype(np.float64)
+        self.magnitude = np.abs(self.weight)
+        self.offsets = q4_1_offsets(raw, n, k) if quant is QuantType.Q4_1 else None
+
+    def check(self, got: F32, x: F32, label: str) -> None:
+        x64 = x.astype(np.float64)
+        seen, amax = quantize_x(x)
+        # What the kernel computes, and the magnitudes its float32 roundings are relative to.
+        exact = seen @ self.weight
+        scale = (np.abs(seen) + np.abs(x64)) @ self.magnitude
+        if self.offsets is not None:
+            blocks = (x.shape[0], x.shape[1] // 32, 32)
+            exact += (x64 - seen).reshape(blocks).sum(axis=2) @ self.offsets.T
+            scale += np.abs(x64).reshape(blocks).sum(axis=2) @ np.abs(self.offsets).T
+        error = np.abs(got - exact) / (scale + 1e-30)
+        assert np.all(error <= FLOAT_TOLERANCE), (
+            f"{label}: worst float32 error {error.max():.3g} of the magnitudes"
+        )
+        # The product with x itself, within what the quantisation of x allows.
+        bound = (amax * QUANT_TOLERANCE + FLOAT_TOLERANCE * np.abs(x64)) @ self.magnitude
+        excess = np.abs(got - x64 @ self.weight) / bound
+        assert np.all(excess <= 1), f"{label}: beyond the int8 bound by {excess.max():.3g}x"
+
+
+def random_x(batch: int, k: int, seed: int) -> F32:
+    """Normal values, one block of zeros (its scale is 0) and one with an outlier (its other
+    values quantise coarsely), as activations have."""
+    x = np.random.default_rng(seed).standard_normal((batch, k)).astype(np.float32)
+    x[0, :32] = 0.0
+    x[-1, k - 32] = 300.0
+    return x
+
+
+def run_gemv(
+    gemv: QuantGemv, stream: Stream, dw: DeviceArray, quant: QuantType, x: F32, n: int
+) -> tuple[F32, int]:
+    """y, and the threads per block the launch used."""
+    with (
+        DeviceArray.from_numpy(x) as dx,
+        DeviceArray.empty((x.shape[0], n), np.float32) as dy,
+    ):
+        dy.buffer.memset_d32(0xFFFFFFFF)  # NaN: any output left unwritten fails
+        launch = gemv.gemv_launch(dw, quant, dx, dy)
+        launch(stream)
+        stream.synchronize()
+        out: F32 = dy.to_numpy()
+        return out, launch.block[0]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("quant", list(QuantType), ids=lambda q: q.name)
-def test_gemv_matches_dequantized_matmul(
+def test_gemv_matches_float64(
     quant_gemv: QuantGemv, stream: Stream, quant: QuantType, shape: tuple[int, int]
 ) -> None:
     n, k = shape
     raw = random_weight(quant, n, k, seed=n + k)
-    weight = dequantize(raw, GGMLQuantizationType[quant.name], (n, k))
-    x = np.random.default_rng(k).standard_normal((max(BATCHES), k)).astype(np.float32)
-    want = x @ weight.T
-    # Both sides sum k float32 products: bound the error by the sum of their magnitudes.
-    scale = np.abs(x) @ np.abs(weight, out=weight).T
+    ref = Reference(raw, quant, n, k)
     with DeviceArray.from_numpy(raw) as dw:
         for batch in BATCHES:
-            with (
-                DeviceArray.from_numpy(x[:batch]) as dx,
-                DeviceArray.empty((batch, n), np.float32) as dy,
-            ):
-                dy.buffer.memset_d32(0xFFFFFFFF)  # NaN: any output left unwritten fails
-                quant_gemv.gemv(dw, quant, dx, dy, stream)
-                stream.synchronize()
-                got = dy.to_numpy()
-            error = np.abs(got - want[:batch]) / (scale[:batch] + 1e-6)
-            assert np.all(error <= 5e-5), f"batch {batch}: worst relative error {error.max():.3g}"
+            x = random_x(batch, k, seed=k + batch)
+            got, _ = run_gemv(quant_gemv, stream, dw, quant, x, n)
+            ref.check(got, x, f"batch {batch}")
+
+
+@pytest.fixture
+def small_shared(context: Context, device: Device) -> Iterator[QuantGemv]:
+    # Its own module: the shared-memory limit is set on the module's functions.
+    family = QuantGemv(load_family("quant_gemv", device), 48 * 1024)
+    yield family
+    family.unload()
+
+
+@pytest.mark.parametrize("k", [2048, 3104], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("quant", list(QuantType), ids=lambda q: q.name)
+def test_gemv_with_fewer_warps(
+    small_shared: QuantGemv, stream: Stream, quant: QuantType, k: int
+) -> None:
+    """With 48 KB of shared memory a thread block gets 2 or 4 warps instead of 8."""
+    n = 300
+    raw = random_weight(quant, n, k, seed=7)
+    ref = Reference(raw, quant, n, k)
+    with DeviceArray.from_numpy(raw) as dw:
+        for batch in (1, 8):
+            x = random_x(batch, k, seed=batch)
+            got, threads = run_gemv(small_shared, stream, dw, quant, x, n)
+            assert threads < 256
+            ref.check(got, x, f"batch {batch}")
+
+
+def test_gemv_propagates_nan(quant_gemv: QuantGemv, stream: Stream) -> None:
+    n, k = 64, 512
+    raw = random_weight(QuantType.Q4_0, n, k, seed=3)
+    x = np.ones((1, k), np.float32)
+    x[0, 300] = np.nan
+    with DeviceArray.from_numpy(raw) as dw:
+        got, _ = run_gemv(quant_gemv, stream, dw, QuantType.Q4_0, x, n)
+    assert np.all(np.isnan(got))
 
 
 def test_gemv_checks_arguments(quant_gemv: QuantGemv, context: Context) -> None:

@@ -1,120 +1,508 @@
 // Quantised GEMV for decode: y[b, n] = sum_k x[b, k] * W[n, k], W the raw GGUF bytes of a
-// Q4_0, Q4_1 or Q8_0 tensor [N, K] (row-major, 32 weights per block), x and y float32.
+// Q4_0, Q4_1 or Q8_0 tensor [N, K] (row-major, 32 weights per block), x and y float32, for a
+// batch of 1 to 8 rows of x.
 //
-// Meant to be bound by reading W once. Blocks are 18, 20 or 34 bytes, so a lane cannot load
-// whole blocks with 16-byte loads; instead each warp copies a chunk of CHUNK_BLOCKS blocks of
-// ROWS rows into its own shared memory with 16-byte loads (all in flight before the first
-// store), then lane l takes weights 4l..4l+3 of each group of 4 blocks from there, so that the
-// warp's loads of x are coalesced 16-byte loads; x is loaded once for all ROWS rows. Partial
-// sums are reduced across the warp with shuffles at the end. 128 blocks of every type are a
-// multiple of 16 bytes, so only a row's start can be misaligned; the copy then starts at the
-// 16-byte boundary below it. Reading whole aligned 16-byte granules that hold a byte of W never
-// leaves W's pages, so the few bytes read past either end of W cannot fault.
+// Integer dot products, as llama.cpp's mmvq does: x is quantised to int8 per 32-element block
+// (scale d8 = max|x| / 127) and each block's dot is 8 dp4a (4 weights each) plus two fmas. A
+// Q4 weight word (8 weights) unpacks with three bit operations (low nibbles are weights j,
+// high nibbles j + 16, matching x words k and k + 4).
+//
+// Work split. A block of WARPS warps owns 32 weight rows: lane l computes row l (so every read
+// of x is a broadcast, and x is quantised once per block of rows, not per row). K is cut into
+// stages of 8 GGUF blocks (256 weights); warp w takes stages w, w + WARPS, ... and the warps'
+// partial sums meet in shared memory at the end. For 8B-sized matrices that is 128-896 blocks
+// of 8 warps, each warp with 2-7 stages.
+//
+// Weights. A stage of 32 rows x 8 blocks (144/160/272 bytes a row) is copied into the warp's
+// shared memory with 16-byte cp.async, coalesced across the warp (lanes take consecutive
+// 16-byte granules of the stage, row after row), double-buffered: while a stage is computed
+// the next is in flight, 4.6-8.7 KB a warp. Rows whose bytes are a multiple of 16 (K a
+// multiple of 256; 128 for Q4_1) are copied as they are, and lane l reads its row's 144 bytes
+// back with 9 conflict-free 16-byte loads (a slot of an odd number of 16-byte granules); each
+// block's fields then sit at offsets known at compile time, so a misaligned word costs one
+// byte_perm. Other rows keep their misalignment (the copy starts at the 16-byte boundary below
+// the piece) and the lane reads its words with 4-byte loads at its own offset.
+//
+// x. Each warp quantises the x of its own stages just before computing them, from global into
+// its shared memory: int8 values and a 16-byte record per x block, {d8, -d8 * 2^23 * 1.5,
+// 2^23 * 1.5 - 8 * sum(q) (as int bits), sum(x)}. There is no separate quantising kernel: on
+// the 135M model every GEMV has its own input, and a launch costs ~2 us at batch 1, more than
+// the quantisation (each block of 32 rows re-quantises x: 0.2 instructions a weight at batch 1,
+// 0.9 at batch 8, against 1.0 and 4 for the dot itself).
+//
+// Exact integer to float: dp4a accumulates onto the int bits of 1.5 * 2^23 (minus 8 * sum(q)
+// for the 4-bit types, so that their -8 offset costs nothing), so the float with those bits is
+// exactly 1.5 * 2^23 + dot; d8 has at most 22 significant bits, so -d8 * 1.5 * 2^23 is exact
+// and one fma gives d8 * dot rounded once.
+#include <type_traits>
+
 #include "common.cuh"
 
 namespace {
 
-constexpr int WARPS = 4;  // per block
-constexpr int ROWS = 2;   // per warp
-// Blocks of a row per chunk: each warp has 4.6-8.7 KB of loads in flight.
-constexpr int CHUNK_BLOCKS = 128;
+constexpr int STAGE_BLOCKS = 8;  // GGUF blocks of a row per stage
+constexpr int STAGES = 2;  // per warp: one computed, one in flight
+constexpr int MAGIC = 0x4B400000;  // the bits of 1.5 * 2^23: M + i is exact for |i| < 2^22
+constexpr float MAGIC_F = 12582912.0f;
+constexpr uint32_t LOW_NIBBLES = 0x0F0F0F0Fu;
 
+// Per type: bytes per GGUF block, 16-byte granules per row per stage when the row is 16-byte
+// aligned, and when it is not (the piece may start up to 14 bytes into its first granule).
 template <typename Block>
-struct Chunk {
-    static constexpr int bytes = CHUNK_BLOCKS * static_cast<int>(sizeof(Block));
-    static_assert(bytes % 16 == 0, "a chunk must be whole 16-byte vectors");
-    static constexpr int buffer = bytes + 32;  // room for a misaligned start and end
-    static constexpr int loads = (buffer / 16 + 31) / 32;  // 16-byte loads per lane per row
+struct Stage {
+    static constexpr int block_bytes = static_cast<int>(sizeof(Block));
+    static constexpr int piece = STAGE_BLOCKS * block_bytes;
+    static_assert(piece % 16 == 0, "a stage must be whole 16-byte granules of an aligned row");
+    static constexpr int granules_aligned = piece / 16;
+    static constexpr int granules_general = (piece + 14 + 15) / 16;
 };
+
+// The x of one stage in a warp's shared memory: int8 [batch][8][32], then the records.
+struct XRecord {
+    float d;       // scale: x ~ d * q
+    float offset;  // -d * MAGIC_F
+    int base;      // MAGIC - 8 * sum(q): a 4-bit block's dot starts here
+    float sum;     // sum(x) over the block, exact in float32 (Q4_1's minimum term)
+};
+static_assert(sizeof(XRecord) == 16, "an x record is one 16-byte load");
+
+template <int MAX_BATCH>
+constexpr int X_BYTES = MAX_BATCH * STAGE_BLOCKS * (32 + static_cast<int>(sizeof(XRecord)));
+
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void copy16(uint32_t dst, const uint8_t* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
+
+// `p` as the compiler cannot see through: keeps a stage's copies at one 64-bit add each
+// (pointer + 32-bit offset) instead of a 64-bit multiply-add re-associated into every one.
+__device__ __forceinline__ const uint8_t* opaque(const uint8_t* p) {
+    asm("" : "+l"(p));
+    return p;
+}
+
+__device__ __forceinline__ void commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+template <int PENDING>
+__device__ __forceinline__ void wait_copies() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
+}
+
+__device__ __forceinline__ float half_bits_to_float(uint32_t bits) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(bits & 0xFFFFu)));
+}
+
+// NaN-propagating max (fmaxf drops NaN): a NaN in x must reach y, as it does in the GEMM.
+__device__ __forceinline__ float max_nan(float a, float b) {
+    float d;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(d) : "f"(a), "f"(b));
+    return d;
+}
+
+// d = a + dot4(unsigned bytes of ua, signed bytes of b).
+__device__ __forceinline__ int dp4a_us(uint32_t ua, uint32_t b, int a) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(ua), "r"(b), "r"(a));
+    return d;
+}
+
+// A GGUF block's scale (and minimum) and its quantised words, as a lane holds them.
+template <typename Block>
+struct Weights {
+    static constexpr bool q4 = !std::is_same_v<Block, ember::block_q8_0>;
+    static constexpr int words = q4 ? 4 : 8;
+    uint32_t q[words];
+    float d;
+    float m;  // Q4_1 only
+};
+
+// Word `index` of a lane's slot, read as part of a 16-byte load: 16-byte loads of slots an odd
+// number of granules apart are free of bank conflicts. `index` is a compile-time constant once
+// the callers' loops are unrolled, and repeated loads of a granule are merged.
+__device__ __forceinline__ uint32_t slot_word(const uint4* slot, int index) {
+    const uint4 g = slot[index >> 2];
+    switch (index & 3) {
+        case 0: return g.x;
+        case 1: return g.y;
+        case 2: return g.z;
+        default: return g.w;
+    }
+}
+
+// Block i of a 16-byte-aligned row piece: every offset is known at compile time.
+template <typename Block>
+__device__ __forceinline__ void block_aligned(const uint4* slot, int i, Weights<Block>& out) {
+    constexpr int bytes = static_cast<int>(sizeof(Block));
+    const int start = i * bytes;
+    if constexpr (std::is_same_v<Block, ember::block_q4_1>) {
+        // d, m and the 16 bytes of nibbles are all 4-byte aligned: 20 * i is.
+        const uint32_t dm = slot_word(slot, start / 4);
+        out.d = half_bits_to_float(dm);
+        out.m = half_bits_to_float(dm >> 16);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) out.q[k] = slot_word(slot, start / 4 + 1 + k);
+    } else {
+        // Q4_0 (18 bytes) and Q8_0 (34): d at `start`, the quants from start + 2; blocks
+        // alternate between d in a word's low half (quants misaligned by 2) and its high half.
+        const bool low = start % 4 == 0;
+        const uint32_t d_word = slot_word(slot, start / 4);
+        out.d = half_bits_to_float(low ? d_word : d_word >> 16);
+        const int first = (start + 2) / 4;
+#pragma unroll
+        for (int k = 0; k < Weights<Block>::words; ++k) {
+            out.q[k] = low ? __byte_perm(slot_word(slot, first + k), slot_word(slot, first + k + 1),
+                                         0x5432)
+                           : slot_word(slot, first + k);
+        }
+    }
+}
+
+// Block i of a piece that starts `shift` bytes (even, < 16) into the lane's slot: words are
+// read with 4-byte loads at the lane's own offset.
+template <typename Block>
+__device__ __forceinline__ void block_shifted(
+    const uint8_t* slot, int shift, int i, Weights<Block>& out) {
+    constexpr int bytes = static_cast<int>(sizeof(Block));
+    const int start = shift + i * bytes;
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(slot + (start & ~3));
+    if constexpr (std::is_same_v<Block, ember::block_q4_1>) {
+        // Q4_1 rows are 20 * (K / 32) bytes, a multiple of 4: every field is word-aligned.
+        const uint32_t dm = w[0];
+        out.d = half_bits_to_float(dm);
+        out.m = half_bits_to_float(dm >> 16);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) out.q[k] = w[1 + k];
+    } else {
+        constexpr int words = Weights<Block>::words;
+        uint32_t v[words + 1];
+#pragma unroll
+        for (int k = 0; k <= words; ++k) v[k] = w[k];
+        const bool low = (start & 2) == 0;
+        out.d = half_bits_to_float(low ? v[0] : v[0] >> 16);
+        const uint32_t select = low ? 0x5432 : 0x7654;
+#pragma unroll
+        for (int k = 0; k < words; ++k) out.q[k] = __byte_perm(v[k], v[k + 1], select);
+    }
+}
+
+// Weight j of a Q4 block is the low nibble of byte j and meets x j; weight j + 16 is the high
+// nibble and meets x j + 16. SPLIT keeps the high nibbles in place (x16) and sums them apart,
+// one bit operation a word instead of two, for one more add per row of x: worth it below 8.
+template <typename Block, bool SPLIT>
+struct Unpacked {
+    uint32_t lo[4];
+    uint32_t hi[4];
+
+    __device__ __forceinline__ explicit Unpacked(const Weights<Block>& wb) {
+        if constexpr (Weights<Block>::q4) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                lo[j] = wb.q[j] & LOW_NIBBLES;
+                hi[j] = SPLIT ? wb.q[j] & ~LOW_NIBBLES : (wb.q[j] >> 4) & LOW_NIBBLES;
+            }
+        }
+    }
+};
+
+// acc += the dot of one GGUF block with one x block (int8 `xq`, record `r`).
+template <typename Block, bool SPLIT>
+__device__ __forceinline__ float block_dot(
+    const Weights<Block>& wb, const Unpacked<Block, SPLIT>& u, const uint4* xq,
+    const XRecord& r, float acc) {
+    const uint4 x0 = xq[0];
+    const uint4 x1 = xq[1];
+    int dot;
+    if constexpr (!Weights<Block>::q4) {
+        dot = __dp4a(static_cast<int>(wb.q[0]), static_cast<int>(x0.x), MAGIC);
+        dot = __dp4a(static_cast<int>(wb.q[1]), static_cast<int>(x0.y), dot);
+        dot = __dp4a(static_cast<int>(wb.q[2]), static_cast<int>(x0.z), dot);
+        dot = __dp4a(static_cast<int>(wb.q[3]), static_cast<int>(x0.w), dot);
+        dot = __dp4a(static_cast<int>(wb.q[4]), static_cast<int>(x1.x), dot);
+        dot = __dp4a(static_cast<int>(wb.q[5]), static_cast<int>(x1.y), dot);
+        dot = __dp4a(static_cast<int>(wb.q[6]), static_cast<int>(x1.z), dot);
+        dot = __dp4a(static_cast<int>(wb.q[7]), static_cast<int>(x1.w), dot);
+    } else if constexpr (SPLIT) {
+        int lo = __dp4a(static_cast<int>(u.lo[0]), static_cast<int>(x0.x), r.base);
+        lo = __dp4a(static_cast<int>(u.lo[1]), static_cast<int>(x0.y), lo);
+        lo = __dp4a(static_cast<int>(u.lo[2]), static_cast<int>(x0.z), lo);
+        lo = __dp4a(static_cast<int>(u.lo[3]), static_cast<int>(x0.w), lo);
+        int hi = dp4a_us(u.hi[0], x1.x, 0);
+        hi = dp4a_us(u.hi[1], x1.y, hi);
+        hi = dp4a_us(u.hi[2], x1.z, hi);
+        hi = dp4a_us(u.hi[3], x1.w, hi);
+        dot = lo + (hi >> 4);  // hi is 16 times a sum: the shift is exact
+    } else {
+        dot = __dp4a(static_cast<int>(u.lo[0]), static_cast<int>(x0.x), r.base);
+        dot = __dp4a(static_cast<int>(u.lo[1]), static_cast<int>(x0.y), dot);
+        dot = __dp4a(static_cast<int>(u.lo[2]), static_cast<int>(x0.z), dot);
+        dot = __dp4a(static_cast<int>(u.lo[3]), static_cast<int>(x0.w), dot);
+        dot = __dp4a(static_cast<int>(u.hi[0]), static_cast<int>(x1.x), dot);
+        dot = __dp4a(static_cast<int>(u.hi[1]), static_cast<int>(x1.y), dot);
+        dot = __dp4a(static_cast<int>(u.hi[2]), static_cast<int>(x1.z), dot);
+        dot = __dp4a(static_cast<int>(u.hi[3]), static_cast<int>(x1.w), dot);
+    }
+    // d8 * (q . xq), rounded once; for the 4-bit types q is (nibble - 8).
+    const float scaled = fmaf(r.d, __int_as_float(dot), r.offset);
+    acc = fmaf(wb.d, scaled, acc);
+    if constexpr (std::is_same_v<Block, ember::block_q4_1>) {
+        // (d * nibble + m) . x = d * ((nibble - 8) . x) + (m + 8 d) * sum(x)
+        acc = fmaf(fmaf(8.0f, wb.d, wb.m), r.sum, acc);
+    }
+    return acc;
+}
+
+// Quantise x[0:batch, the stage's K range] into the warp's `xs`. Lanes split the (batch row,
+// x block) pairs, LANES lanes a block (4 at batch tier 1, 2 at tier 2, 1 above).
+template <typename Block, int MAX_BATCH>
+__device__ __forceinline__ void quantize_x(
+    const float* __restrict__ x, int k, int batch, int first_block, int blocks, uint8_t* xs,
+    int lane) {
+    constexpr int X_BLOCKS = MAX_BATCH * STAGE_BLOCKS;
+    constexpr int LANES = X_BLOCKS >= 32 ? 1 : 32 / X_BLOCKS;
+    constexpr int PER_LANE = 32 / LANES;  // elements
+    constexpr int ROUNDS = X_BLOCKS >= 32 ? X_BLOCKS / 32 : 1;
+    constexpr bool SUM = std::is_same_v<Block, ember::block_q4_1>;
+    XRecord* records = reinterpret_cast<XRecord*>(xs + MAX_BATCH * STAGE_BLOCKS * 32);
+#pragma unroll
+    for (int round = 0; round < ROUNDS; ++round) {
+        const int pair = lane / LANES + round * (32 / LANES);
+        const int b = pair / STAGE_BLOCKS;
+        const int blk = pair % STAGE_BLOCKS;
+        const int part = lane % LANES;
+        // Every lane of a block's group agrees on `live`, so the shuffles below stay converged.
+        const bool live = b < batch && blk < blocks;
+        float v[PER_LANE];
+        const float4* src = reinterpret_cast<const float4*>(
+            x + static_cast<long long>(b) * k + (first_block + blk) * 32 + part * PER_LANE);
+#pragma unroll
+        for (int j = 0; j < PER_LANE / 4; ++j) {
+            const float4 f = live ? __ldg(src + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+            v[4 * j] = f.x;
+            v[4 * j + 1] = f.y;
+            v[4 * j + 2] = f.z;
+            v[4 * j + 3] = f.w;
+        }
+        float amax = 0.f;
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < PER_LANE; ++j) {
+            amax = max_nan(amax, fabsf(v[j]));
+            if constexpr (SUM) sum += v[j];
+        }
+#pragma unroll
+        for (int offset = 1; offset < LANES; offset <<= 1) {
+            amax = max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+            if constexpr (SUM) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+        }
+        // A block whose values all lie below 1e-30 in magnitude quantises to zeros (127 / amax
+        // would overflow). d keeps 22 significant bits, so that d * MAGIC_F is exact; a NaN
+        // (or inf) in the block makes d NaN (inf), and so the block's dot.
+        const bool zero = amax < 1e-30f;
+        const float d = zero ? 0.f : __uint_as_float(__float_as_uint(amax * (1.0f / 127)) & ~3u);
+        const float inverse = zero ? 0.f : __fdiv_rn(127.0f, amax);
+        uint32_t packed[PER_LANE / 4];
+        int qsum = 0;
+#pragma unroll
+        for (int j = 0; j < PER_LANE / 4; ++j) {
+            // Rounded to nearest even by the add: the int lands in the low bits (|q| <= 127).
+            const uint32_t q0 = __float_as_uint(fmaf(v[4 * j], inverse, MAGIC_F));
+            const uint32_t q1 = __float_as_uint(fmaf(v[4 * j + 1], inverse, MAGIC_F));
+            const uint32_t q2 = __float_as_uint(fmaf(v[4 * j + 2], inverse, MAGIC_F));
+            const uint32_t q3 = __float_as_uint(fmaf(v[4 * j + 3], inverse, MAGIC_F));
+            packed[j] =
+                __byte_perm(__byte_perm(q0, q1, 0x0040), __byte_perm(q2, q3, 0x0040), 0x5410);
+            qsum = __dp4a(static_cast<int>(packed[j]), 0x01010101, qsum);
+        }
+#pragma unroll
+        for (int offset = 1; offset < LANES; offset <<= 1)
+            qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
+        if (!live) continue;
+        uint8_t* dst = xs + pair * 32 + part * PER_LANE;
+        if constexpr (PER_LANE == 8) {
+            *reinterpret_cast<uint2*>(dst) = make_uint2(packed[0], packed[1]);
+        } else {
+#pragma unroll
+            for (int j = 0; j < PER_LANE / 16; ++j)
+                reinterpret_cast<uint4*>(dst)[j] = make_uint4(
+                    packed[4 * j], packed[4 * j + 1], packed[4 * j + 2], packed[4 * j + 3]);
+        }
+        if (part == 0) records[pair] = XRecord{d, -d * MAGIC_F, MAGIC - 8 * qsum, sum};
+    }
+}
+
+// acc[b] += the lane's row . x[b] over one stage (FULL: all 8 of its blocks).
+template <typename Block, int MAX_BATCH, bool ALIGNED, bool FULL>
+__device__ __forceinline__ void compute_stage(
+    const uint8_t* slot, int shift, int blocks, int batch, const uint8_t* xs,
+    float (&acc)[MAX_BATCH]) {
+    constexpr bool SPLIT = MAX_BATCH < 8;
+    const uint4* xq = reinterpret_cast<const uint4*>(xs);
+    const XRecord* records = reinterpret_cast<const XRecord*>(xs + MAX_BATCH * STAGE_BLOCKS * 32);
+#pragma unroll
+    for (int i = 0; i < STAGE_BLOCKS; ++i) {
+        if (!FULL && i >= blocks) break;
+        Weights<Block> wb;
+        if constexpr (ALIGNED)
+            block_aligned<Block>(reinterpret_cast<const uint4*>(slot), i, wb);
+        else
+            block_shifted<Block>(slot, shift, i, wb);
+        const Unpacked<Block, SPLIT> u(wb);
+#pragma unroll
+        for (int b = 0; b < MAX_BATCH; ++b) {
+            // The wrapper runs a batch on the smallest tier that holds it, so rows up to
+            // MAX_BATCH / 2 always exist.
+            if (b > MAX_BATCH / 2 && b >= batch) break;
+            const int pair = b * STAGE_BLOCKS + i;
+            acc[b] = block_dot<Block, SPLIT>(wb, u, xq + 2 * pair, records[pair], acc[b]);
+        }
+    }
+}
+
+// Where each of a lane's copies of a stage comes from: the lane copies granules lane + 32 j of
+// the stage's [32 rows][GRANULES] granules, whose addresses differ from stage to stage by the
+// stage's bytes alone.
+template <int GRANULES>
+struct CopyPlan {
+    uint32_t offset[GRANULES];  // from `base`: the row's 16-byte boundary at or below its start
+    const uint8_t* base;        // the first row's boundary
+
+    __device__ __forceinline__ CopyPlan(
+        const uint8_t* w, long long row0, int n, long long row_bytes, int lane) {
+        const long long first = (row0 * row_bytes) & ~15LL;
+        base = w + first;
+#pragma unroll
+        for (int j = 0; j < GRANULES; ++j) {
+            const int i = lane + 32 * j;
+            const long long row = min(row0 + i / GRANULES, static_cast<long long>(n) - 1);
+            offset[j] =
+                static_cast<uint32_t>(((row * row_bytes) & ~15LL) - first + 16 * (i % GRANULES));
+        }
+    }
+};
+
+template <typename Block, int MAX_BATCH, bool ALIGNED>
+__device__ __forceinline__ void warp_rows(
+    const uint8_t* __restrict__ w, const float* __restrict__ x, int n, int k, int batch,
+    uint8_t* ring, uint8_t* xs, float (&acc)[MAX_BATCH]) {
+    constexpr int BYTES = static_cast<int>(sizeof(Block));
+    constexpr int GRANULES = ALIGNED ? Stage<Block>::granules_aligned : Stage<Block>::granules_general;
+    constexpr int STAGE_BYTES = 32 * GRANULES * 16;
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int warps = blockDim.x >> 5;
+    const long long row0 = static_cast<long long>(blockIdx.x) * 32;
+    const int blocks = k / 32;
+    const long long row_bytes = static_cast<long long>(blocks) * BYTES;
+    const int stages = (blocks + STAGE_BLOCKS - 1) / STAGE_BLOCKS;
+    const int mine = warp < stages ? (stages - warp + warps - 1) / warps : 0;
+    if (mine == 0) return;
+
+    const CopyPlan<GRANULES> plan(w, row0, n, row_bytes, lane);
+    const uint32_t ring_address = smem_address(ring) + 16 * lane;
+    // The last stage of a row may be short; its copies skip granules past the row's bytes,
+    // which may lie past the end of W. (Unaligned rows' full stages copy one granule past
+    // their piece at most, which still lies in the row: its last stage is short.)
+    auto issue = [&](int t) {
+        if (t >= mine) return;
+        const int first_block = (warp + t * warps) * STAGE_BLOCKS;
+        const uint8_t* src = opaque(plan.base + static_cast<long long>(first_block) * BYTES);
+        const uint32_t dst = ring_address + (t % STAGES) * STAGE_BYTES;
+        const int in_stage = min(STAGE_BLOCKS, blocks - first_block);
+        if (in_stage == STAGE_BLOCKS) {
+#pragma unroll
+            for (int j = 0; j < GRANULES; ++j) copy16(dst + 512 * j, src + plan.offset[j]);
+        } else {
+            const int piece = in_stage * BYTES;
+#pragma unroll
+            for (int j = 0; j < GRANULES; ++j) {
+                const int i = lane + 32 * j;
+                const long long row = min(row0 + i / GRANULES, static_cast<long long>(n) - 1);
+                const int shift = static_cast<int>((row * row_bytes) & 15);
+                if (16 * (i % GRANULES) < shift + piece)
+                    copy16(dst + 512 * j, src + plan.offset[j]);
+            }
+        }
+    };
+
+    const long long my_row = min(row0 + lane, static_cast<long long>(n) - 1);
+    const int shift = ALIGNED ? 0 : static_cast<int>((my_row * row_bytes) & 15);
+    const uint8_t* my_slot = ring + lane * GRANULES * 16;
+#pragma unroll
+    for (int t = 0; t < STAGES; ++t) {
+        issue(t);
+        commit();
+    }
+    for (int t = 0; t < mine; ++t) {
+        const int first_block = (warp + t * warps) * STAGE_BLOCKS;
+        const int in_stage = min(STAGE_BLOCKS, blocks - first_block);
+        quantize_x<Block, MAX_BATCH>(x, k, batch, first_block, in_stage, xs, lane);
+        wait_copies<STAGES - 1>();
+        __syncwarp();
+        const uint8_t* slot = my_slot + (t % STAGES) * STAGE_BYTES;
+        if (in_stage == STAGE_BLOCKS)
+            compute_stage<Block, MAX_BATCH, ALIGNED, true>(slot, shift, in_stage, batch, xs, acc);
+        else
+            compute_stage<Block, MAX_BATCH, ALIGNED, false>(slot, shift, in_stage, batch, xs, acc);
+        __syncwarp();  // the ring slot and xs are free again
+        issue(t + STAGES);
+        commit();
+    }
+    wait_copies<0>();
+}
 
 template <typename Block, int MAX_BATCH>
 __device__ __forceinline__ void gemv(
     const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int n,
-    int k, int batch, uint8_t* smem) {
-    using C = Chunk<Block>;
+    int k, int batch) {
+    ember::await_prior_grid();
+    if (n <= 0) return;
+    extern __shared__ __align__(16) uint8_t smem[];
+    using S = Stage<Block>;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
-    const long long row0 = (static_cast<long long>(blockIdx.x) * WARPS + warp) * ROWS;
-    if (row0 >= n) return;
-    uint8_t* buf = smem + warp * ROWS * C::buffer;
-    const int blocks = k / 32;
-    const long long row_bytes = static_cast<long long>(blocks) * sizeof(Block);
-    float acc[ROWS][MAX_BATCH] = {};
+    const int warps = blockDim.x >> 5;
+    const long long row_bytes = static_cast<long long>(k / 32) * S::block_bytes;
+    const bool aligned = (row_bytes & 15) == 0;
+    const int ring_bytes =
+        STAGES * 32 * 16 * (aligned ? S::granules_aligned : S::granules_general);
+    uint8_t* ring = smem + warp * ring_bytes;
+    uint8_t* xs = smem + warps * ring_bytes + warp * X_BYTES<MAX_BATCH>;
+    float acc[MAX_BATCH] = {};
+    if (aligned)
+        warp_rows<Block, MAX_BATCH, true>(w, x, n, k, batch, ring, xs, acc);
+    else
+        warp_rows<Block, MAX_BATCH, false>(w, x, n, k, batch, ring, xs, acc);
 
-    for (int c = 0; c < blocks; c += CHUNK_BLOCKS) {
-        const int in_chunk = min(CHUNK_BLOCKS, blocks - c);
-        uint4 v[ROWS][C::loads];
-        int shift[ROWS];
-        int vectors[ROWS];
+    // The warps' partial sums, in the rings (every warp is done with its own).
+    __syncthreads();
+    float* partial = reinterpret_cast<float*>(smem);
 #pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
-            const long long start =
-                (row0 + r) * row_bytes + c * static_cast<long long>(sizeof(Block));
-            const long long base = start & ~15LL;
-            shift[r] = static_cast<int>(start - base);
-            const int bytes = shift[r] + in_chunk * static_cast<int>(sizeof(Block));
-            vectors[r] = row0 + r < n ? (bytes + 15) >> 4 : 0;
-            const uint4* src = reinterpret_cast<const uint4*>(w + base);
-#pragma unroll
-            for (int j = 0; j < C::loads; ++j) {
-                const int i = lane + 32 * j;
-                if (i < vectors[r]) v[r][j] = __ldcs(src + i);
-            }
-        }
-        __syncwarp();  // the previous chunk's reads of buf are done
-#pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-            for (int j = 0; j < C::loads; ++j) {
-                const int i = lane + 32 * j;
-                if (i < vectors[r]) reinterpret_cast<uint4*>(buf + r * C::buffer)[i] = v[r][j];
-            }
-        }
-        __syncwarp();
-        // Lane l takes weights 4l..4l+3 of each group of 4 blocks: blocks g + l / 8.
-        const int j = (lane & 7) * 4;
-        for (int g = 0; g < in_chunk; g += 4) {
-            const int blk = g + (lane >> 3);
-            if (blk >= in_chunk) break;
-            const long long kx = (static_cast<long long>(c) + g) * 32 + lane * 4;
-#pragma unroll
-            for (int b = 0; b < MAX_BATCH; ++b) {
-                if (b >= batch) break;
-                const float4 xs = __ldg(reinterpret_cast<const float4*>(
-                    x + b * static_cast<long long>(k) + kx));
-#pragma unroll
-                for (int r = 0; r < ROWS; ++r) {
-                    const Block& block = *reinterpret_cast<const Block*>(
-                        buf + r * C::buffer + shift[r] + blk * static_cast<int>(sizeof(Block)));
-                    acc[r][b] += ember::QuantDot<Block>::dot4(block, j, xs);
-                }
-            }
-        }
-    }
-
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-        for (int b = 0; b < MAX_BATCH; ++b) {
-            float s = acc[r][b];
-            for (int offset = 16; offset > 0; offset >>= 1)
-                s += __shfl_xor_sync(0xffffffffu, s, offset);
-            if (lane == 0 && b < batch && row0 + r < n)
-                y[b * static_cast<long long>(n) + row0 + r] = s;
-        }
+    for (int b = 0; b < MAX_BATCH; ++b) partial[(warp * MAX_BATCH + b) * 32 + lane] = acc[b];
+    __syncthreads();
+    const long long row0 = static_cast<long long>(blockIdx.x) * 32;
+    for (int t = threadIdx.x; t < MAX_BATCH * 32; t += blockDim.x) {
+        const int b = t / 32;
+        const int r = t % 32;
+        if (b >= batch || row0 + r >= n) continue;
+        float s = 0.f;
+        for (int v = 0; v < warps; ++v) s += partial[(v * MAX_BATCH + b) * 32 + r];
+        y[static_cast<long long>(b) * n + row0 + r] = s;
     }
 }
 
 }  // namespace
 
 // One kernel per block type and batch tier: registers grow with the batch, so batch 1 must not
-// pay for batch 8. Launch grid ceil(n / (WARPS * ROWS)), block 32 * WARPS; batch <= MAX_BATCH.
-#define EMBER_QUANT_GEMV(TYPE, MAX_BATCH)                                                     \
-    extern "C" __global__ void __launch_bounds__(32 * WARPS) quant_gemv_##TYPE##_b##MAX_BATCH( \
+// pay for batch 8. Launch grid ceil(n / 32), block 32 * warps (warps <= 8), dynamic shared
+// memory warps * (ring + x) bytes (quant_gemv.py's shared_bytes); batch <= MAX_BATCH.
+#define EMBER_QUANT_GEMV(TYPE, MAX_BATCH)                                                      \
+    extern "C" __global__ void __launch_bounds__(256, 2) quant_gemv_##TYPE##_b##MAX_BATCH(      \
         const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,      \
         int n, int k, int batch) {                                                              \
-        __shared__ __align__(16) uint8_t smem[WARPS * ROWS * Chunk<ember::block_##TYPE>::buffer]; \
-        gemv<ember::block_##TYPE, MAX_BATCH>(w, x, y, n, k, batch, smem);                       \
+        gemv<ember::block_##TYPE, MAX_BATCH>(w, x, y, n, k, batch);                             \
     }
 
 EMBER_QUANT_GEMV(q4_0, 1)

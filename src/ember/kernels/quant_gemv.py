@@ -16,13 +16,18 @@ from ember.kernels.binaries import load_family
 
 _F32: Final = np.dtype(np.float32)
 _U8: Final = np.dtype(np.uint8)
-# quant_gemv.cu's WARPS and ROWS: a block of 4 warps covers 8 rows.
-_THREADS: Final = 128
-_ROWS_PER_BLOCK: Final = 8
-# One kernel per batch tier; a batch runs on the smallest tier that holds it.
+# One kernel per batch tier; a batch runs on the smallest tier that holds it (a tier-T kernel
+# computes at least T / 2 + 1 rows whatever the batch, and stores only the batch's).
 BATCH_TIERS: Final = (1, 2, 4, 8)
 MAX_BATCH: Final = BATCH_TIERS[-1]
 BLOCK_WEIGHTS: Final = 32
+# quant_gemv.cu's layout: a thread block of up to 8 warps owns 32 weight rows; each warp keeps
+# STAGES stages of 32 rows x 8 GGUF blocks in shared memory, and the x of one stage.
+_ROWS_PER_BLOCK: Final = 32
+_MAX_WARPS: Final = 8
+_STAGES: Final = 2
+_STAGE_BLOCKS: Final = 8
+_X_RECORD_BYTES: Final = 16
 
 
 class QuantType(Enum):
@@ -38,6 +43,19 @@ class QuantType(Enum):
 
     def row_bytes(self, k: int) -> int:
         return k // BLOCK_WEIGHTS * self.value
+
+
+def stage_granules(quant: QuantType, k: int) -> int:
+    """16-byte granules a row's stage of 8 blocks takes in shared memory: the stage's bytes when
+    rows are 16-byte aligned, else room for a start up to 14 bytes into the first granule."""
+    piece = _STAGE_BLOCKS * quant.block_bytes
+    return piece // 16 if quant.row_bytes(k) % 16 == 0 else (piece + 14 + 15) // 16
+
+
+def warp_shared_bytes(quant: QuantType, k: int, tier: int) -> int:
+    """Shared memory one warp of quant_gemv uses: its stages and one stage of quantised x."""
+    ring = _STAGES * _ROWS_PER_BLOCK * 16 * stage_granules(quant, k)
+    return ring + tier * _STAGE_BLOCKS * (BLOCK_WEIGHTS + _X_RECORD_BYTES)
 
 
 def check_operands(
@@ -77,20 +95,25 @@ def check_fit(
 class QuantGemv:
     """The quant_gemv kernel family, loaded in the current context."""
 
-    __slots__ = ("_kernels", "module")
+    __slots__ = ("_kernels", "max_shared", "module")
 
-    def __init__(self, module: Module) -> None:
+    def __init__(self, module: Module, max_shared: int) -> None:
+        """`max_shared`: the device's shared memory per thread block (opt-in), which sets how
+        many warps a block gets where 8 would not fit (Q8_0 on 99 KB GPUs, say)."""
         self.module = module
+        self.max_shared = max_shared
         signature = (Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.I32, Arg.I32)
         self._kernels: dict[tuple[QuantType, int], Kernel] = {
             (q, tier): module.function(f"quant_gemv_{q.name.lower()}_b{tier}", signature)
             for q in QuantType
             for tier in BATCH_TIERS
         }
+        for kernel in self._kernels.values():
+            kernel.set_max_dynamic_shared_memory(max_shared)
 
     @classmethod
     def load(cls, device: Device) -> QuantGemv:
-        return cls(load_family("quant_gemv", device))
+        return cls(load_family("quant_gemv", device), device.max_shared_memory_per_block_optin)
 
     def gemv(
         self,
@@ -110,19 +133,31 @@ class QuantGemv:
         """y[b, n] = sum_k x[b, k] * W[n, k] for a batch of 1 to 8 rows of x.
 
         `weight` is the tensor's raw bytes as uint8 [N, K / 32 * block bytes]; x is float32
-        [batch, K], y float32 [batch, N]. weight and x must be 16-byte aligned.
+        [batch, K], y float32 [batch, N]. weight and x must be 16-byte aligned. x is quantised
+        to int8 per 32 values on the way (relative error up to 1/254 of each block's largest
+        |x|), as llama.cpp's integer GEMV does.
         """
         batch, k, n = check_operands("gemv", weight, x, y)
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"gemv takes a batch of 1 to {MAX_BATCH}, got {batch}")
         check_fit("gemv", weight, quant, x, y)
         tier = next(t for t in BATCH_TIERS if t >= batch)
+        per_warp = warp_shared_bytes(quant, k, tier)
+        warps = _MAX_WARPS
+        while warps > 1 and warps * per_warp > self.max_shared:
+            warps //= 2
+        if warps * per_warp > self.max_shared:
+            raise ValueError(
+                f"{quant.name} gemv needs {per_warp} bytes of shared memory per warp; "
+                f"the device has {self.max_shared} per block"
+            )
         blocks = max(1, (n + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK)
         return Launch(
             self._kernels[quant, tier],
             (blocks, 1, 1),
-            (_THREADS, 1, 1),
+            (32 * warps, 1, 1),
             (weight.ptr, x.ptr, y.ptr, n, k, batch),
+            shared_mem=warps * per_warp,
         )
 
     def unload(self) -> None:

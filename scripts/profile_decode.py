@@ -30,13 +30,20 @@ from ember.model.cuda_llama import CudaLlama, _bucket
 
 def _decode_steady(engine: LLMEngine, batch: int, prompt_tokens: int) -> list[float]:
     rng = np.random.default_rng(batch)
-    params = SamplingParams(max_tokens=48, temperature=0.0, ignore_eos=True)
+    # Prefill takes batch * prompt_tokens / max_num_batched_tokens steps (32 at batch 256), in
+    # which the sequences prefilled first already decode: none may finish before the timing.
+    prefill_steps = -(-batch * prompt_tokens // engine.config.max_num_batched_tokens)
+    params = SamplingParams(max_tokens=prefill_steps + 32, temperature=0.0, ignore_eos=True)
     vocab = engine.model_config.vocab_size
     for i in range(batch):
         engine.add_request(
             f"p{batch}-{i}", rng.integers(300, vocab, prompt_tokens).tolist(), params
         )
-    for _ in range(8):  # prefill, then a few decode steps
+    # Only decode steps are timed: step until every sequence has its first token.
+    first_tokens: set[str] = set()
+    while len(first_tokens) < batch:
+        first_tokens.update(out.request_id for out in engine.step())
+    for _ in range(4):
         engine.step()
     times = []
     for _ in range(16):

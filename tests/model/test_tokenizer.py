@@ -97,11 +97,46 @@ def test_token_bytes_of_a_partial_character(tokenizer: Tokenizer) -> None:
     assert "\ufffd" in tokenizer.token_text(ids[-1])
 
 
+def test_token_pieces_of_the_whole_vocabulary_match_the_byte_level_decoder(
+    tokenizer: Tokenizer,
+) -> None:
+    # Each ordinary token decoded alone by the `tokenizers` ByteLevel decoder: its bytes when
+    # they are whole characters. The pieces' fast path (a Latin-1 translation) must agree.
+    for token_id in range(tokenizer.vocab_size):
+        data, whole = tokenizer.token_piece(token_id)
+        assert data == tokenizer.token_bytes(token_id)
+        if tokenizer.is_added(token_id):
+            assert whole == tokenizer.token_text(token_id)
+            continue
+        assert data.decode("utf-8", errors="replace") == tokenizer.decode([token_id]), token_id
+        try:
+            assert whole == data.decode("utf-8"), token_id
+        except UnicodeDecodeError:
+            assert whole is None, token_id
+
+
+def test_a_token_outside_the_byte_alphabet_is_its_own_utf8() -> None:
+    metadata = default_tokenizer_metadata()
+    odd_text = "a b\u00ad\u00e9"  # a raw space and a soft hyphen are not alphabet characters
+    tokens, types = metadata["tokenizer.ggml.tokens"], metadata["tokenizer.ggml.token_type"]
+    assert isinstance(tokens, list) and isinstance(types, list)
+    odd = Tokenizer.from_metadata(
+        {
+            **metadata,
+            "tokenizer.ggml.tokens": [*tokens, odd_text],
+            "tokenizer.ggml.token_type": [*types, 1],
+        }
+    )
+    assert odd.token_piece(len(tokens)) == (odd_text.encode(), odd_text)
+
+
 def test_out_of_range_ids_are_rejected(tokenizer: Tokenizer) -> None:
     with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
         tokenizer.decode([1, tokenizer.vocab_size])
     with pytest.raises(InvalidRequestError):
         tokenizer.token_text(-1)
+    with pytest.raises(InvalidRequestError):
+        tokenizer.token_piece(tokenizer.vocab_size)
 
 
 def test_sentencepiece_model_is_unsupported() -> None:

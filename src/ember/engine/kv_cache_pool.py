@@ -5,13 +5,18 @@ identified by a chained hash of its tokens (the hash of everything before it and
 tokens), so equal prefixes map to equal blocks. Blocks are reference-counted; a block whose
 count drops to zero stays in the cache, and is evicted least-recently-used first, only when a
 fresh block is needed and no never-cached block is free.
+
+Each sequence's block table is kept twice: as its `block_table` list, and as its row
+(`table_row`) of the pool's `BlockTables`, from which the runner gathers a step's tables.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ember.engine.block_tables import BlockTables
 from ember.engine.sequence import Sequence
 
 _ROOT_HASH = 0
@@ -46,6 +51,7 @@ class KVCachePool:
         self._cached_free: OrderedDict[int, None] = OrderedDict()  # LRU order, oldest first
         self._by_hash: dict[int, int] = {}
         self.stats = PrefixCacheStats()
+        self.tables = BlockTables()
 
     @property
     def num_free_blocks(self) -> int:
@@ -84,6 +90,7 @@ class KVCachePool:
             seq.block_hashes.append(block.hash)
         for _ in range(needed_fresh):
             seq.block_table.append(self._take_fresh_block())
+        seq.table_row = self.tables.acquire(seq.block_table)
         cached_tokens = len(hits) * self.block_size
         seq.num_computed_tokens = cached_tokens
         if seq.num_output_tokens == 0:
@@ -99,8 +106,12 @@ class KVCachePool:
             return True
         if missing > self.num_free_blocks:
             return False
+        if seq.table_row < 0:
+            seq.table_row = self.tables.acquire(seq.block_table)
         for _ in range(missing):
-            seq.block_table.append(self._take_fresh_block())
+            block_id = self._take_fresh_block()
+            seq.block_table.append(block_id)
+            self.tables.append(seq.table_row, block_id)
         return True
 
     def free(self, seq: Sequence) -> None:
@@ -115,6 +126,20 @@ class KVCachePool:
                     self._never_cached.append(block_id)
         seq.block_table.clear()
         seq.block_hashes.clear()
+        if seq.table_row >= 0:
+            self.tables.release(seq.table_row)
+            seq.table_row = -1
+
+    def mark_computed(self, seqs: Iterable[Sequence], counts: Iterable[int]) -> None:
+        """After a step: `counts[i]` more tokens of `seqs[i]` have their K/V in the cache.
+        Publishes the blocks this completed (`register_computed`, where a block filled up)."""
+        bs = self.block_size
+        caching = self.enable_prefix_caching
+        for seq, count in zip(seqs, counts, strict=True):
+            computed = seq.num_computed_tokens + count
+            seq.num_computed_tokens = computed
+            if caching and computed // bs > len(seq.block_hashes):
+                self.register_computed(seq)
 
     def register_computed(self, seq: Sequence) -> None:
         """Publish the sequence's newly completed full blocks to the prefix cache."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ember.engine.kv_cache_pool import KVCachePool
-from ember.engine.model_runner import ModelRunner, SampledToken
+from ember.engine.model_runner import ModelRunner
 from ember.engine.request_output import RequestOutput
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler, SchedulerConfig
@@ -54,6 +54,8 @@ class _Request:
     seq: Sequence
     text: TextStream | None
     stop_ids: frozenset[int]
+    # The sequence's length once max_tokens are generated (prompt + max_tokens).
+    max_num_tokens: int
     pending_tokens: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
 
@@ -82,7 +84,7 @@ class LLMEngine:
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.pool
         )
-        self.runner = ModelRunner(backend, config.block_size)
+        self.runner = ModelRunner(backend, config.block_size, self.pool.tables)
         self._requests: dict[str, _Request] = {}
         self._next_seq_id = 0
         self._seed_rng = np.random.default_rng(config.seed)
@@ -123,7 +125,8 @@ class LLMEngine:
             frozenset() if params.ignore_eos else self.tokenizer.stop_ids
         )
         text = TextStream(self.tokenizer, params) if self.config.detokenize else None
-        self._requests[request_id] = _Request(seq, text, stop_ids)
+        max_num_tokens = len(prompt_ids) + params.max_tokens
+        self._requests[request_id] = _Request(seq, text, stop_ids, max_num_tokens)
         self.scheduler.add(seq)
         return list(prompt_ids)
 
@@ -158,15 +161,14 @@ class LLMEngine:
         if not batch.seqs:
             return []
         sampled = self.runner.run(batch)
-        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
-            seq.num_computed_tokens += n
-            self.pool.register_computed(seq)
-        outputs = []
-        for token in sampled:
-            request = self._requests[token.seq.request_id]
-            finish = self._accept(request, token)
-            outputs.append(self._report(request, finish))
-        return outputs
+        self.pool.mark_computed(batch.seqs, batch.num_new_tokens)
+        requests = self._requests
+        logprobs = sampled.logprobs or [None] * len(sampled)
+        columns = zip(sampled.seqs, sampled.token_ids, logprobs, strict=True)
+        return [
+            self._advance(requests[seq.request_id], token_id, logprob)
+            for seq, token_id, logprob in columns
+        ]
 
     def stats(self) -> EngineStats:
         return EngineStats(
@@ -181,38 +183,37 @@ class LLMEngine:
             last_batch_tokens=self._last_batch_tokens,
         )
 
-    def _accept(self, request: _Request, token: SampledToken) -> FinishReason | None:
+    def _advance(
+        self, request: _Request, token_id: int, logprob: TokenLogprob | None
+    ) -> RequestOutput:
+        """Add a sampled token to its request; what the request has to report."""
         seq = request.seq
         if seq.first_token_time is None:
             seq.first_token_time = time.monotonic()
-        seq.append_token(token.token_id)
-        request.pending_tokens.append(token.token_id)
-        if token.logprob is not None:
-            request.pending_logprobs.append(token.logprob)
-        if token.token_id in request.stop_ids:
-            return FinishReason.STOP
+        seq.append_token(token_id)
+        request.pending_tokens.append(token_id)
+        if logprob is not None:
+            request.pending_logprobs.append(logprob)
         text = request.text
-        if text is not None and text.push(token.token_id):
-            return FinishReason.STOP
-        if seq.num_output_tokens >= seq.params.max_tokens:
-            return FinishReason.STOP if text is not None and text.finish() else FinishReason.LENGTH
-        return None
-
-    def _report(self, request: _Request, finish: FinishReason | None) -> RequestOutput:
-        seq = request.seq
+        finish: FinishReason | None = None
+        if token_id in request.stop_ids or (text is not None and text.push(token_id)):
+            finish = FinishReason.STOP
+        elif len(seq.token_ids) >= request.max_num_tokens:
+            stopped = text is not None and text.finish()
+            finish = FinishReason.STOP if stopped else FinishReason.LENGTH
         if finish is not None:
             self.scheduler.finish(seq, finish)
             del self._requests[seq.request_id]
         output = RequestOutput(
-            request_id=seq.request_id,
-            new_token_ids=request.pending_tokens,
-            new_text="" if request.text is None else request.text.take_delta(finish is not None),
-            new_logprobs=request.pending_logprobs,
-            finished=finish is not None,
-            finish_reason=finish,
-            num_prompt_tokens=seq.num_prompt_tokens,
-            num_cached_prompt_tokens=seq.num_cached_prompt_tokens,
-            num_output_tokens=seq.num_output_tokens,
+            seq.request_id,
+            request.pending_tokens,
+            "" if text is None else text.take_delta(final=finish is not None),
+            request.pending_logprobs,
+            finish is not None,
+            finish,
+            seq.num_prompt_tokens,
+            seq.num_cached_prompt_tokens,
+            len(seq.token_ids) - seq.num_prompt_tokens,
         )
         request.pending_tokens, request.pending_logprobs = [], []
         return output

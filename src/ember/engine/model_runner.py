@@ -1,4 +1,9 @@
-"""Execute a scheduled batch: build the backend's ForwardBatch, run it, sample the tokens."""
+"""Execute a scheduled batch: build the backend's ForwardBatch, run it, sample the tokens.
+
+A step's per-token inputs are built with a handful of vectorised NumPy operations over the
+whole batch (positions, cache slots, block tables gathered from the pool's `BlockTables`);
+the only per-sequence Python work is reading a few integers from each sequence.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ember.engine.block_tables import BlockTables
 from ember.engine.sampler import Sampler
 from ember.engine.scheduler import ScheduledBatch
 from ember.engine.sequence import Sequence, TokenLogprob
@@ -14,102 +20,131 @@ from ember.model.forward_batch import ForwardBatch
 
 
 @dataclass(frozen=True, slots=True)
-class SampledToken:
-    seq: Sequence
-    token_id: int
-    logprob: TokenLogprob | None
+class SampledTokens:
+    """One new token for each of `seqs` (the batch's sequences whose prompt is computed)."""
+
+    seqs: list[Sequence]
+    token_ids: list[int]
+    # Per sequence, its logprob entry if it asked for logprobs; None: no sequence did.
+    logprobs: list[TokenLogprob | None] | None
+
+    def __len__(self) -> int:
+        return len(self.seqs)
 
 
 class ModelRunner:
-    def __init__(self, backend: ForwardBackend, block_size: int) -> None:
+    def __init__(self, backend: ForwardBackend, block_size: int, tables: BlockTables) -> None:
         self.backend = backend
         self.block_size = block_size
+        self.tables = tables
         self.sampler = Sampler()
         # Chosen once: a backend that samples on the device returns token ids, not logits.
         self.device_sampling: DeviceSamplingBackend | None = (
             backend if isinstance(backend, DeviceSamplingBackend) else None
         )
 
-    def run(self, batch: ScheduledBatch) -> list[SampledToken]:
+    def run(self, batch: ScheduledBatch) -> SampledTokens:
         """Compute the batch; sequences whose prompt is now fully computed get a token."""
         forward_batch, sampling_seqs = self.prepare(batch)
         if self.device_sampling is not None:
             return self._run_sampling_on_device(self.device_sampling, forward_batch, sampling_seqs)
         logits = self.backend.forward(forward_batch)
         if not sampling_seqs:
-            return []
-        picks = self.sampler.sample(logits, sampling_seqs)
-        return [
-            SampledToken(seq, tok, lp) for seq, (tok, lp) in zip(sampling_seqs, picks, strict=True)
-        ]
+            return SampledTokens([], [], None)
+        return _columns(sampling_seqs, self.sampler.sample(logits, sampling_seqs))
 
     def _run_sampling_on_device(
         self, backend: DeviceSamplingBackend, batch: ForwardBatch, seqs: list[Sequence]
-    ) -> list[SampledToken]:
+    ) -> SampledTokens:
         sampling = sampling_batch(seqs)
         step = backend.forward_sample(batch, sampling)
-        results = [
-            SampledToken(seq, int(tok), None)
-            for seq, tok in zip(seqs, step.token_ids.tolist(), strict=True)
-        ]
+        token_ids: list[int] = step.token_ids.tolist()
+        logprobs: list[TokenLogprob | None] | None = None
         if step.host_logits is not None:
             # Penalties and logprobs need the whole distribution: the host sampler redoes these
             # rows, so each sequence's draws depend on its own parameters only.
             rows = sampling.host_rows.tolist()
-            host_seqs = [seqs[row] for row in rows]
-            picks = self.sampler.sample(step.host_logits, host_seqs)
-            for row, seq, (tok, lp) in zip(rows, host_seqs, picks, strict=True):
-                results[row] = SampledToken(seq, tok, lp)
-        return results
+            picks = self.sampler.sample(step.host_logits, [seqs[row] for row in rows])
+            for row, (token_id, logprob) in zip(rows, picks, strict=True):
+                token_ids[row] = token_id
+                if logprob is not None:
+                    if logprobs is None:
+                        logprobs = [None] * len(seqs)
+                    logprobs[row] = logprob
+        return SampledTokens(seqs, token_ids, logprobs)
 
     def prepare(self, batch: ScheduledBatch) -> tuple[ForwardBatch, list[Sequence]]:
-        bs = self.block_size
         token_ids: list[int] = []
-        positions: list[np.ndarray] = []
-        slots: list[np.ndarray] = []
-        query_starts = [0]
-        context_lens: list[int] = []
-        logits_indices: list[int] = []
+        starts: list[int] = []
+        rows: list[int] = []
+        sampled_rows: list[int] = []
         sampling_seqs: list[Sequence] = []
-        max_blocks = max(len(seq.block_table) for seq in batch.seqs)
-        block_tables = np.full((len(batch.seqs), max_blocks), -1, dtype=np.int32)
-        for row, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
+        for index, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
             start = seq.num_computed_tokens
-            token_ids.extend(seq.token_ids[start : start + n])
-            pos = np.arange(start, start + n, dtype=np.int32)
-            table = np.asarray(seq.block_table, dtype=np.int32)
-            block_tables[row, : table.shape[0]] = table
-            positions.append(pos)
-            slots.append(table[pos // bs] * bs + pos % bs)
-            query_starts.append(query_starts[-1] + n)
-            context_lens.append(start + n)
-            if start + n == seq.num_tokens:
-                logits_indices.append(query_starts[-1] - 1)
+            ids = seq.token_ids
+            if n == 1:
+                token_ids.append(ids[start])
+            else:
+                token_ids.extend(ids[start : start + n])
+            starts.append(start)
+            rows.append(seq.table_row)
+            if start + n == len(ids):
+                sampled_rows.append(index)
                 sampling_seqs.append(seq)
+        num_seqs, num_tokens = len(starts), len(token_ids)
+        start_arr = np.array(starts, np.int32)
+        row_arr = np.array(rows, np.intp)
+        if num_tokens == num_seqs:  # decode only: one token per sequence
+            query_starts = np.arange(num_seqs + 1, dtype=np.int32)
+            positions, token_rows = start_arr, row_arr
+            context_lens = start_arr + 1
+        else:
+            counts = np.array(batch.num_new_tokens, np.int32)
+            query_starts = np.zeros(num_seqs + 1, np.int32)
+            np.cumsum(counts, out=query_starts[1:])
+            token_rows = np.repeat(row_arr, counts)
+            offsets = np.repeat(query_starts[:-1] - start_arr, counts)
+            positions = np.arange(num_tokens, dtype=np.int32) - offsets
+            context_lens = start_arr + counts
+        last_rows = query_starts[1:] - 1
+        if len(sampled_rows) < num_seqs:
+            last_rows = last_rows[np.array(sampled_rows, np.intp)]
+        bs = self.block_size
+        blocks = self.tables.array[token_rows, positions // bs]
         forward_batch = ForwardBatch(
-            token_ids=np.asarray(token_ids, dtype=np.int32),
-            positions=np.concatenate(positions),
-            slot_mapping=np.concatenate(slots).astype(np.int32),
-            query_starts=np.asarray(query_starts, dtype=np.int32),
-            context_lens=np.asarray(context_lens, dtype=np.int32),
-            block_tables=block_tables,
-            logits_indices=np.asarray(logits_indices, dtype=np.int32),
+            token_ids=np.array(token_ids, np.int32),
+            positions=positions,
+            slot_mapping=blocks * bs + positions % bs,
+            query_starts=query_starts,
+            context_lens=context_lens,
+            block_tables=self.tables.gather(row_arr),
+            logits_indices=last_rows,
         )
         return forward_batch, sampling_seqs
 
 
+def _columns(seqs: list[Sequence], picks: list[tuple[int, TokenLogprob | None]]) -> SampledTokens:
+    token_ids = [token_id for token_id, _ in picks]
+    logprobs = [logprob for _, logprob in picks]
+    has_logprobs = any(logprob is not None for logprob in logprobs)
+    return SampledTokens(seqs, token_ids, logprobs if has_logprobs else None)
+
+
 def sampling_batch(seqs: list[Sequence]) -> SamplingBatch:
     """Per-row sampling parameters for a device sampler; greedy rows get temperature 0."""
-    params = [seq.params for seq in seqs]
+    if not seqs:
+        temperature, top_k, top_p, min_p, seeds, host = (), (), (), (), (), ()
+    else:
+        temperature, top_k, top_p, min_p, seeds, host = zip(
+            *[seq.sampling_row for seq in seqs], strict=True
+        )
+    steps = [len(seq.token_ids) - seq.num_prompt_tokens for seq in seqs]
     return SamplingBatch(
-        temperature=np.array([0.0 if p.greedy else p.temperature for p in params], np.float32),
-        top_k=np.array([p.top_k for p in params], np.int32),
-        top_p=np.array([p.top_p for p in params], np.float32),
-        min_p=np.array([p.min_p for p in params], np.float32),
-        seeds=np.array([seq.seed for seq in seqs], np.uint64),
-        steps=np.array([seq.num_output_tokens for seq in seqs], np.int32),
-        host_rows=np.array(
-            [i for i, p in enumerate(params) if p.has_penalties or p.logprobs is not None],
-            np.int32,
-        ),
+        temperature=np.array(temperature, np.float32),
+        top_k=np.array(top_k, np.int32),
+        top_p=np.array(top_p, np.float32),
+        min_p=np.array(min_p, np.float32),
+        seeds=np.array(seeds, np.uint64),
+        steps=np.array(steps, np.int32),
+        host_rows=np.flatnonzero(np.array(host, np.bool_)).astype(np.int32),
     )

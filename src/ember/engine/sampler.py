@@ -85,12 +85,9 @@ class Sampler:
         """One token per row of `logits` (row i belongs to seqs[i])."""
         results: list[tuple[int, TokenLogprob | None]] = []
         plain_greedy = [s.params.greedy and not s.params.has_penalties for s in seqs]
-        argmax = logits.argmax(axis=-1) if any(plain_greedy) else None
+        argmax: list[int] = logits.argmax(axis=-1).tolist() if any(plain_greedy) else []
         for row, seq in enumerate(seqs):
-            if argmax is not None and plain_greedy[row]:
-                token_id = int(argmax[row])
-            else:
-                token_id = sample_row(logits[row], seq)
+            token_id = argmax[row] if plain_greedy[row] else sample_row(logits[row], seq)
             logprob = None
             if seq.params.logprobs is not None:
                 logprob = token_logprob(log_softmax(logits[row]), token_id, seq.params.logprobs)

@@ -59,14 +59,21 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
         budget = self.config.max_num_batched_tokens
+        seqs, counts = batch.seqs, batch.num_new_tokens
+        running = self.running
+        block_size = self.pool.block_size
         index = 0
-        while index < len(self.running) and budget > 0:
-            seq = self.running[index]
-            n = min(seq.num_uncomputed_tokens, budget)
-            if not self._make_room(seq, seq.num_computed_tokens + n, batch):
+        while index < len(running) and budget > 0:
+            seq = running[index]
+            computed = seq.num_computed_tokens
+            n = min(len(seq.token_ids) - computed, budget)
+            # Most steps need no new block: skip the pool unless the table is full.
+            if computed + n > len(seq.block_table) * block_size and not self._make_room(
+                seq, computed + n, batch
+            ):
                 break  # `seq` itself was the newest and got preempted
-            batch.seqs.append(seq)
-            batch.num_new_tokens.append(n)
+            seqs.append(seq)
+            counts.append(n)
             budget -= n
             index += 1
         if batch.preempted:

@@ -43,6 +43,8 @@ class Sequence:
     num_computed_tokens: int = 0
     num_cached_prompt_tokens: int = 0
     block_table: list[int] = field(default_factory=list)
+    # The row of the pool's BlockTables mirroring `block_table`; -1 while it holds no blocks.
+    table_row: int = -1
     # Chained hashes of the full blocks registered in the prefix cache, in order.
     block_hashes: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
@@ -53,6 +55,20 @@ class Sequence:
     first_token_time: float | None = None
     # The seed `rng` was made from; a device sampler derives its draws from it and the step.
     seed: int = 0
+    # What a device sampler needs of `params` and `seed`, made once rather than every step:
+    # (temperature, 0 if greedy; top_k; top_p; min_p; seed; whether the host must sample).
+    sampling_row: tuple[float, int, float, float, int, bool] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        p = self.params
+        self.sampling_row = (
+            0.0 if p.greedy else p.temperature,
+            p.top_k,
+            p.top_p,
+            p.min_p,
+            self.seed,
+            p.has_penalties or p.logprobs is not None,
+        )
 
     @property
     def num_tokens(self) -> int:

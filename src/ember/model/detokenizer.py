@@ -20,23 +20,31 @@ if TYPE_CHECKING:
 class IncrementalDetokenizer:
     """`push` each new token id and get back only the text it completed."""
 
-    __slots__ = ("_parts", "_skip_special", "_tokenizer", "_utf8")
+    __slots__ = ("_added", "_partial", "_parts", "_skip_special", "_tokenizer", "_utf8")
 
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True) -> None:
         self._tokenizer = tokenizer
+        self._added = tokenizer.added_ids
         self._skip_special = skip_special_tokens
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = False  # the decoder holds bytes of an unfinished character
         self._parts: list[str] = []
 
     def push(self, token_id: int) -> str:
         """The text this token completes; "" while a character is still partial."""
-        tokenizer = self._tokenizer
-        if tokenizer.is_added(token_id):
+        if token_id in self._added:
+            tokenizer = self._tokenizer
             if self._skip_special and tokenizer.is_special(token_id):
                 return ""
             delta = self._end_bytes() + tokenizer.token_text(token_id)
         else:
-            delta = self._utf8.decode(tokenizer.token_bytes(token_id))
+            data, whole = self._tokenizer.token_piece(token_id)
+            if whole is not None and not self._partial:
+                # Most tokens are whole characters: what the decoder would return, unchanged.
+                delta = whole
+            else:
+                delta = self._utf8.decode(data)
+                self._partial = bool(self._utf8.getstate()[0])
         if delta:
             self._parts.append(delta)
         return delta
@@ -58,4 +66,5 @@ class IncrementalDetokenizer:
     def _end_bytes(self) -> str:
         pending = self._utf8.decode(b"", final=True)
         self._utf8.reset()
+        self._partial = False
         return pending

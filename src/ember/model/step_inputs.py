@@ -88,12 +88,15 @@ class StepLayout:
         _put(words, self.tokens, batch.token_ids, tokens, -1)
         _put(words, self.positions, batch.positions, tokens, -1)
         _put(words, self.slots, batch.slot_mapping, tokens, -1)
-        seq_of_token = np.repeat(np.arange(s, dtype=np.int32), batch.query_lens)
+        seq_of_token = np.arange(s, dtype=np.int32)
+        if n != s:  # some sequence has several tokens (none has none)
+            seq_of_token = np.repeat(seq_of_token, batch.query_lens)
         _put(words, self.token_seq, seq_of_token, tokens, 0)
         _put(words, self.rows, batch.logits_indices, rows, 0)
         params = words[self.params : self.tables].view(ROW_PARAMS_DTYPE)
-        params[:rows] = np.zeros((), ROW_PARAMS_DTYPE)  # greedy for padding rows
-        if sampling is not None and num_rows:
+        sampled = num_rows if sampling is not None else 0
+        params[sampled:rows] = np.zeros((), ROW_PARAMS_DTYPE)  # greedy for padding rows
+        if sampling is not None and sampled:
             row_params(
                 sampling.temperature,
                 sampling.top_k,

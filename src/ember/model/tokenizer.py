@@ -159,7 +159,7 @@ class Tokenizer:
         self._backend = backend
         self._texts = tuple(texts)
         # Filled on first use: streaming touches a few thousand distinct tokens, not 50k.
-        self._pieces: list[bytes | None] = [None] * len(self._texts)
+        self._pieces: list[tuple[bytes, str | None] | None] = [None] * len(self._texts)
         self._special_ids = special_ids
         self._added_ids = added_ids
         self.bos_id = bos_id
@@ -265,18 +265,33 @@ class Tokenizer:
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes a token stands for (for special tokens, their text as UTF-8)."""
-        self._check_id(token_id)
+        return self.token_piece(token_id)[0]
+
+    def token_piece(self, token_id: int) -> tuple[bytes, str | None]:
+        """A token's bytes, and their text when they are whole UTF-8 characters (else None:
+        the token holds part of a character, or bytes that are not UTF-8)."""
+        if not 0 <= token_id < len(self._pieces):
+            self._check_id(token_id)
         piece = self._pieces[token_id]
         if piece is None:
             text = self._texts[token_id]
             # Added tokens decode verbatim, the others through the byte alphabet.
-            piece = text.encode("utf-8") if token_id in self._added_ids else _token_bytes(text)
+            data = text.encode("utf-8") if token_id in self._added_ids else _token_bytes(text)
+            try:
+                piece = (data, data.decode("utf-8"))
+            except UnicodeDecodeError:
+                piece = (data, None)
             self._pieces[token_id] = piece
         return piece
 
     def is_special(self, token_id: int) -> bool:
         """Control tokens (BOS, EOS, `<|im_end|>` ...): never split, skippable on decode."""
         return token_id in self._special_ids
+
+    @property
+    def added_ids(self) -> frozenset[int]:
+        """The ids `is_added` is true of."""
+        return self._added_ids
 
     def is_added(self, token_id: int) -> bool:
         """Special or user-defined tokens: matched whole in text and decoded as their own text,
@@ -369,13 +384,23 @@ def _in_alphabet(token: str, alphabet: Mapping[str, int]) -> str:
     return "".join(spelling[b] for b in token.encode("utf-8"))
 
 
+@cache
+def _alphabet_to_latin1() -> dict[int, int]:
+    """A `str.translate` table: each alphabet character to the character of its byte's value,
+    every other character below 256 to one that Latin-1 cannot encode (U+FFFF)."""
+    table = dict.fromkeys(range(256), 0xFFFF)
+    table.update({ord(ch): b for ch, b in _byte_alphabet().items()})
+    return table
+
+
 def _token_bytes(token: str) -> bytes:
     # Same rule as the ByteLevel decoder in `tokenizers`: a token spelled in the byte alphabet
-    # maps back char by char; anything else is its own UTF-8.
-    alphabet = _byte_alphabet()
+    # maps back char by char; anything else is its own UTF-8. Translating to Latin-1 does the
+    # char-by-char map in C (a first-time token costs well under a microsecond while
+    # streaming): a character outside the alphabet is above U+00FF after it and fails encoding.
     try:
-        return bytes(alphabet[ch] for ch in token)
-    except KeyError:
+        return token.translate(_alphabet_to_latin1()).encode("latin-1")
+    except UnicodeEncodeError:
         return token.encode("utf-8")
 
 

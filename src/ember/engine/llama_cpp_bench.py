@@ -28,11 +28,13 @@ def _tool(bin_dir: Path, name: str) -> Path:
     raise EmberError(f"--compare-llama-cpp: no {name} in {bin_dir} (build llama.cpp there)")
 
 
-def _run(command: list[str]) -> str:
+def _run(command: list[str], *, with_log: bool = False) -> str:
+    """The tool's stdout (and its log, stderr, too with `with_log`: llama-batched-bench writes
+    its rows to either, depending on the version), or an EmberError with the log's end."""
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=900)
     if done.returncode != 0:
         raise EmberError(f"{Path(command[0]).name} failed: {done.stderr[-800:]}")
-    return done.stdout + done.stderr  # llama.cpp logs its tables to either
+    return done.stdout + done.stderr if with_log else done.stdout
 
 
 def run_llama_cpp(
@@ -46,6 +48,7 @@ def run_llama_cpp(
     figures = LlamaCppFigures()
     bench = [str(_tool(bin_dir, "llama-bench")), "-m", str(model), "-ngl", "99", "-fa", "1"]
     bench += ["-p", str(prefill_tokens), "-n", str(decode_tokens), "-r", "3", "-o", "json"]
+    # stdout alone: it holds exactly the JSON array, and the device log goes to stderr.
     for entry in json.loads(_run(bench)):
         if entry.get("n_gen") == 0:
             figures.prefill = float(entry["avg_ts"])
@@ -58,7 +61,7 @@ def run_llama_cpp(
         batched += ["-fa", "on", "-c", str(context), "-b", "2048", "-ub", "512"]
         batched += ["-npp", str(prompt_tokens), "-ntg", str(decode_tokens)]
         batched += ["-npl", ",".join(map(str, parallel)), "--output-format", "jsonl"]
-        for line in _run(batched).splitlines():
+        for line in _run(batched, with_log=True).splitlines():
             if line.startswith('{"n_kv_max"'):
                 row = json.loads(line)
                 figures.decode[int(row["pl"])] = float(row["speed_tg"])

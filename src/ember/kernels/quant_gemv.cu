@@ -4,33 +4,31 @@
 //
 // Integer dot products, as llama.cpp's mmvq does: x is quantised to int8 per 32-element block
 // (scale d8 = max|x| / 127) and each block's dot is 8 dp4a (4 weights each) plus two fmas. A
-// Q4 weight word (8 weights) unpacks with two bit operations (low nibbles are weights j, high
-// nibbles, kept in place and summed apart, j + 16: they meet x words k and k + 4); three at
-// batch tier 8, where one sum for both saves more.
+// Q4 weight word (8 weights) unpacks with three bit operations (low nibbles are weights j,
+// high nibbles j + 16, matching x words k and k + 4).
 //
-// Work split. A block of up to 8 warps owns 32 weight rows: lane l computes row l (so every
-// read of x is a broadcast, and x is quantised once per block of rows, not per row). K is cut
-// into stages of 8 GGUF blocks (256 weights); warp w takes stages w, w + warps, ... and the
-// warps' partial sums meet in shared memory at the end. For 8B-sized matrices that is 128-896
-// blocks of 8 warps, each warp with 2-7 stages.
+// Work split. A block of WARPS warps owns 32 weight rows: lane l computes row l (so every read
+// of x is a broadcast, and x is quantised once per block of rows, not per row). K is cut into
+// stages of 8 GGUF blocks (256 weights); warp w takes stages w, w + WARPS, ... and the warps'
+// partial sums meet in shared memory at the end. For 8B-sized matrices that is 128-896 blocks
+// of 8 warps, each warp with 2-7 stages.
 //
 // Weights. A stage of 32 rows x 8 blocks (144/160/272 bytes a row) is copied into the warp's
 // shared memory with 16-byte cp.async, coalesced across the warp (lanes take consecutive
 // 16-byte granules of the stage, row after row), double-buffered: while a stage is computed
 // the next is in flight, 4.6-8.7 KB a warp. Rows whose bytes are a multiple of 16 (K a
 // multiple of 256; 128 for Q4_1) are copied as they are, and lane l reads its row's 144 bytes
-// back with 9 conflict-free 16-byte loads (slots an odd number of 16-byte granules apart);
-// each block's fields then sit at offsets known at compile time, so a misaligned word costs
-// one byte_perm. Other rows keep their misalignment (the copy starts at the 16-byte boundary
-// below the piece) and the lane reads its words with 4-byte loads at its own offset.
+// back with 9 conflict-free 16-byte loads (a slot of an odd number of 16-byte granules); each
+// block's fields then sit at offsets known at compile time, so a misaligned word costs one
+// byte_perm. Other rows keep their misalignment (the copy starts at the 16-byte boundary below
+// the piece) and the lane reads its words with 4-byte loads at its own offset.
 //
 // x. Each warp quantises the x of its own stages just before computing them, from global into
 // its shared memory: int8 values and a 16-byte record per x block, {d8, -d8 * 2^23 * 1.5,
-// 2^23 * 1.5 - 8 * sum(q) (as int bits), sum(x)}. Not a separate kernel: every GEMV of a layer
-// has its own input, and a launch costs ~2 us at batch 1 (a 128-launch, ~260 us toll on an 8B
-// decode step, ~14%), while quantising in each block of 32 rows costs ~0.3 instructions a
-// weight at batch 1 (~1.0 at batch 8; the dot itself takes 0.83 and ~3.9), hidden under the
-// weight reads, and L2 reads of 4 * batch bytes of x per 18 bytes of Q4_0 weights.
+// 2^23 * 1.5 - 8 * sum(q) (as int bits), sum(x)}. There is no separate quantising kernel: on
+// the 135M model every GEMV has its own input, and a launch costs ~2 us at batch 1, more than
+// the quantisation (each block of 32 rows re-quantises x: 0.2 instructions a weight at batch 1,
+// 0.9 at batch 8, against 1.0 and 4 for the dot itself).
 //
 // Exact integer to float: dp4a accumulates onto the int bits of 1.5 * 2^23 (minus 8 * sum(q)
 // for the 4-bit types, so that their -8 offset costs nothing), so the float with those bits is
@@ -64,7 +62,7 @@ struct XRecord {
     float d;       // scale: x ~ d * q
     float offset;  // -d * MAGIC_F
     int base;      // MAGIC - 8 * sum(q): a 4-bit block's dot starts here
-    float sum;     // sum(x) over the block, of x itself (Q4_1's minimum term)
+    float sum;     // sum(x) over the block, exact in float32 (Q4_1's minimum term)
 };
 static_assert(sizeof(XRecord) == 16, "an x record is one 16-byte load");
 
@@ -363,71 +361,35 @@ __device__ __forceinline__ void compute_stage(
     }
 }
 
-// A warp's copies of its stages into its ring: lane l copies granules l + 32 j of a stage's
-// [32 rows][GRANULES] 16-byte granules, whose addresses differ from stage to stage by the
-// stage's bytes alone, so each lane keeps one 32-bit offset per copy.
-template <int BYTES, int GRANULES>
-struct StageCopier {
-    static constexpr int STAGE_BYTES = 32 * GRANULES * 16;
-    uint32_t offset[GRANULES];  // from `base` to the granule, in the first stage
-    const uint8_t* base;        // the 16-byte boundary at or below the block's first row
-    uint32_t ring;              // the lane's first granule in the ring (shared address)
-    long long row0;
-    long long row_bytes;
-    int n;
-    int lane;
+// Where each of a lane's copies of a stage comes from: the lane copies granules lane + 32 j of
+// the stage's [32 rows][GRANULES] granules, whose addresses differ from stage to stage by the
+// stage's bytes alone.
+template <int GRANULES>
+struct CopyPlan {
+    uint32_t offset[GRANULES];  // from `base`: the row's 16-byte boundary at or below its start
+    const uint8_t* base;        // the first row's boundary
 
-    __device__ __forceinline__ StageCopier(
-        const uint8_t* w, long long row0_, int n_, long long row_bytes_, const uint8_t* ring_,
-        int lane_)
-        : row0(row0_), row_bytes(row_bytes_), n(n_), lane(lane_) {
+    __device__ __forceinline__ CopyPlan(
+        const uint8_t* w, long long row0, int n, long long row_bytes, int lane) {
         const long long first = (row0 * row_bytes) & ~15LL;
         base = w + first;
-        ring = smem_address(ring_) + 16 * lane;
 #pragma unroll
         for (int j = 0; j < GRANULES; ++j) {
             const int i = lane + 32 * j;
-            offset[j] = static_cast<uint32_t>(
-                ((row(i) * row_bytes) & ~15LL) - first + 16 * (i % GRANULES));
-        }
-    }
-
-    // Rows past N repeat row N - 1: their lanes compute what is never stored.
-    __device__ __forceinline__ long long row(int granule) const {
-        return min(row0 + granule / GRANULES, static_cast<long long>(n) - 1);
-    }
-
-    // Stage `t`'s blocks [first_block, first_block + blocks) into ring slot t % STAGES. A short
-    // (last) stage skips granules past the row's bytes, which may lie past the end of W; the
-    // full stages of unaligned rows copy up to one granule past their piece, still in the row
-    // (whose last stage is short).
-    __device__ __forceinline__ void issue(int t, int first_block, int blocks) const {
-        const uint8_t* src = opaque(base + static_cast<long long>(first_block) * BYTES);
-        const uint32_t dst = ring + (t % STAGES) * STAGE_BYTES;
-        if (blocks == STAGE_BLOCKS) {
-#pragma unroll
-            for (int j = 0; j < GRANULES; ++j) copy16(dst + 512 * j, src + offset[j]);
-        } else {
-#pragma unroll
-            for (int j = 0; j < GRANULES; ++j) {
-                const int i = lane + 32 * j;
-                const int shift = static_cast<int>((row(i) * row_bytes) & 15);
-                if (16 * (i % GRANULES) < shift + blocks * BYTES)
-                    copy16(dst + 512 * j, src + offset[j]);
-            }
+            const long long row = min(row0 + i / GRANULES, static_cast<long long>(n) - 1);
+            offset[j] =
+                static_cast<uint32_t>(((row * row_bytes) & ~15LL) - first + 16 * (i % GRANULES));
         }
     }
 };
 
-// acc[b] += the lane's row . x[b] over the warp's stages of K.
 template <typename Block, int MAX_BATCH, bool ALIGNED>
 __device__ __forceinline__ void warp_rows(
     const uint8_t* __restrict__ w, const float* __restrict__ x, int n, int k, int batch,
     uint8_t* ring, uint8_t* xs, float (&acc)[MAX_BATCH]) {
     constexpr int BYTES = static_cast<int>(sizeof(Block));
-    constexpr int GRANULES =
-        ALIGNED ? Stage<Block>::granules_aligned : Stage<Block>::granules_general;
-    using Copier = StageCopier<BYTES, GRANULES>;
+    constexpr int GRANULES = ALIGNED ? Stage<Block>::granules_aligned : Stage<Block>::granules_general;
+    constexpr int STAGE_BYTES = 32 * GRANULES * 16;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int warps = blockDim.x >> 5;
@@ -438,31 +400,54 @@ __device__ __forceinline__ void warp_rows(
     const int mine = warp < stages ? (stages - warp + warps - 1) / warps : 0;
     if (mine == 0) return;
 
-    const Copier copier(w, row0, n, row_bytes, ring, lane);
-    auto stage_blocks = [&](int t) {
+    const CopyPlan<GRANULES> plan(w, row0, n, row_bytes, lane);
+    const uint32_t ring_address = smem_address(ring) + 16 * lane;
+    // The last stage of a row may be short; its copies skip granules past the row's bytes,
+    // which may lie past the end of W. (Unaligned rows' full stages copy one granule past
+    // their piece at most, which still lies in the row: its last stage is short.)
+    auto issue = [&](int t) {
+        if (t >= mine) return;
         const int first_block = (warp + t * warps) * STAGE_BLOCKS;
-        return min(STAGE_BLOCKS, blocks - first_block);
+        const uint8_t* src = opaque(plan.base + static_cast<long long>(first_block) * BYTES);
+        const uint32_t dst = ring_address + (t % STAGES) * STAGE_BYTES;
+        const int in_stage = min(STAGE_BLOCKS, blocks - first_block);
+        if (in_stage == STAGE_BLOCKS) {
+#pragma unroll
+            for (int j = 0; j < GRANULES; ++j) copy16(dst + 512 * j, src + plan.offset[j]);
+        } else {
+            const int piece = in_stage * BYTES;
+#pragma unroll
+            for (int j = 0; j < GRANULES; ++j) {
+                const int i = lane + 32 * j;
+                const long long row = min(row0 + i / GRANULES, static_cast<long long>(n) - 1);
+                const int shift = static_cast<int>((row * row_bytes) & 15);
+                if (16 * (i % GRANULES) < shift + piece)
+                    copy16(dst + 512 * j, src + plan.offset[j]);
+            }
+        }
     };
+
+    const long long my_row = min(row0 + lane, static_cast<long long>(n) - 1);
+    const int shift = ALIGNED ? 0 : static_cast<int>((my_row * row_bytes) & 15);
+    const uint8_t* my_slot = ring + lane * GRANULES * 16;
 #pragma unroll
     for (int t = 0; t < STAGES; ++t) {
-        if (t < mine) copier.issue(t, (warp + t * warps) * STAGE_BLOCKS, stage_blocks(t));
+        issue(t);
         commit();
     }
-    const int shift = ALIGNED ? 0 : static_cast<int>((copier.row(lane) * row_bytes) & 15);
     for (int t = 0; t < mine; ++t) {
         const int first_block = (warp + t * warps) * STAGE_BLOCKS;
-        const int in_stage = stage_blocks(t);
+        const int in_stage = min(STAGE_BLOCKS, blocks - first_block);
         quantize_x<Block, MAX_BATCH>(x, k, batch, first_block, in_stage, xs, lane);
         wait_copies<STAGES - 1>();
         __syncwarp();
-        const uint8_t* slot = ring + (t % STAGES) * Copier::STAGE_BYTES + lane * GRANULES * 16;
+        const uint8_t* slot = my_slot + (t % STAGES) * STAGE_BYTES;
         if (in_stage == STAGE_BLOCKS)
             compute_stage<Block, MAX_BATCH, ALIGNED, true>(slot, shift, in_stage, batch, xs, acc);
         else
             compute_stage<Block, MAX_BATCH, ALIGNED, false>(slot, shift, in_stage, batch, xs, acc);
         __syncwarp();  // the ring slot and xs are free again
-        const int next = t + STAGES;
-        if (next < mine) copier.issue(next, (warp + next * warps) * STAGE_BLOCKS, stage_blocks(next));
+        issue(t + STAGES);
         commit();
     }
     wait_copies<0>();

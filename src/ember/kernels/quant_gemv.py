@@ -143,10 +143,7 @@ class QuantGemv:
         check_fit("gemv", weight, quant, x, y)
         tier = next(t for t in BATCH_TIERS if t >= batch)
         per_warp = warp_shared_bytes(quant, k, tier)
-        # A warp per stage of K at most: idle warps would hold shared memory that lets more
-        # blocks share an SM (K 576 has 3 stages: 4 warps, not 8).
-        stages = -(-k // (_STAGE_BLOCKS * BLOCK_WEIGHTS))
-        warps = min(_MAX_WARPS, 1 << (stages - 1).bit_length())
+        warps = _MAX_WARPS
         while warps > 1 and warps * per_warp > self.max_shared:
             warps //= 2
         if warps * per_warp > self.max_shared:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,24 @@ def test_info_prints_config_and_tensor_types(capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert "layers         30" in out and "heads          9 (kv 3, head dim 64)" in out
     assert "Q4_1" in out and "Q8_0" in out and "tokenizer.ggml.model" in out
+
+
+def test_info_into_a_pipe_nobody_reads_is_not_an_error() -> None:
+    """`ember info | head -n 2` once head has exited: every write meets a closed pipe."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ember", "info"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
 
 
 def test_run_streams_a_chat_answer(capsys: pytest.CaptureFixture[str]) -> None:

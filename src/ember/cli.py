@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -120,20 +121,32 @@ def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "info":
-            return _info(args)
-        if args.command == "serve":
-            return _serve(args)
-        if args.bench_command == "serve":
-            return _bench_serve(args)
-        return _bench(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught below, not at exit
+        return code
     except EmberError as error:
         print(f"ember: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`ember info | head`): what it read is all it wanted. Point
+        # stdout at /dev/null so that the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return _run(args)
+    if args.command == "info":
+        return _info(args)
+    if args.command == "serve":
+        return _serve(args)
+    if args.bench_command == "serve":
+        return _bench_serve(args)
+    return _bench(args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -41,13 +41,13 @@ def engine_tokens_per_second(engine: LLMEngine, streams: int, max_tokens: int) -
     return tokens / (time.perf_counter() - started)
 
 
-def start_server(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(log: Path, options: list[str]) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ember.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "ember.cli", "serve", "--port", str(port), *options],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -71,12 +71,15 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", help="GGUF path (default: SmolLM2-135M)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
 
-    engine = LLMEngine(EngineConfig(show_progress=False))
+    options = ["--device", args.device] + (["--model", args.model] if args.model else [])
+    engine = LLMEngine(EngineConfig(model=args.model, device=args.device, show_progress=False))
     engine_tokens_per_second(engine, 1, 4)  # warm-up
     log = Path(tempfile.mkdtemp()) / "ember-serve.log"
-    server, url = start_server(log)
+    server, url = start_server(log, options)
     plan = LoadPlan(
         url=url,
         endpoint="completions",

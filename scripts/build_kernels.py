@@ -96,6 +96,14 @@ def compile_all(nvcc: str, kernels_dir: Path, sources: list[str], out_dir: Path)
 
     with ThreadPoolExecutor() as pool:
         list(pool.map(run, jobs))
+    for job in jobs:
+        # Anonymous-namespace symbols are named after a hash of the source's path, so such PTX
+        # would differ in every checkout and fail the artifact check of a fresh clone.
+        if job.output.endswith(".ptx") and "_GLOBAL__N_" in (out_dir / job.output).read_text():
+            raise SystemExit(
+                f"{job.source}: its PTX names a symbol of an anonymous namespace; use a named "
+                "namespace so that the build does not depend on where the checkout lies"
+            )
     return [job.output for job in jobs]
 
 

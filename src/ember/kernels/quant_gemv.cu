@@ -38,7 +38,9 @@
 
 #include "common.cuh"
 
-namespace {
+// A named namespace: an anonymous one gives its `smem` a name hashed from the source path, so
+// the PTX would differ between checkouts (the artifact check rebuilds in a fresh clone).
+namespace ember_gemv {
 
 constexpr int STAGE_BLOCKS = 8;  // GGUF blocks of a row per stage
 constexpr int STAGES = 2;  // per warp: one computed, one in flight
@@ -493,7 +495,7 @@ __device__ __forceinline__ void gemv(
     }
 }
 
-}  // namespace
+}  // namespace ember_gemv
 
 // One kernel per block type and batch tier: registers grow with the batch, so batch 1 must not
 // pay for batch 8. Launch grid ceil(n / 32), block 32 * warps (warps <= 8), dynamic shared
@@ -502,7 +504,7 @@ __device__ __forceinline__ void gemv(
     extern "C" __global__ void __launch_bounds__(256, 2) quant_gemv_##TYPE##_b##MAX_BATCH(      \
         const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,      \
         int n, int k, int batch) {                                                              \
-        gemv<ember::block_##TYPE, MAX_BATCH>(w, x, y, n, k, batch);                             \
+        ember_gemv::gemv<ember::block_##TYPE, MAX_BATCH>(w, x, y, n, k, batch);                 \
     }
 
 EMBER_QUANT_GEMV(q4_0, 1)

@@ -4,6 +4,7 @@ every token, and deltas cut from it (the way it was first written, quadratic in 
 from __future__ import annotations
 
 import random
+import zlib
 
 import pytest
 
@@ -61,9 +62,9 @@ STOPS = [(), ("\n",), ("the",), ("e t", "th", "xyz"), ("ing the", "g"), ("😀",
 def test_deltas_and_stops_match_the_reference(
     tokenizer: Tokenizer, stops: tuple[str, ...], include: bool
 ) -> None:
-    rng = random.Random(hash((stops, include)) & 0xFFFF)
+    rng = random.Random(zlib.crc32(repr((stops, include)).encode()))
     words = ["the", " cat", " sat", " on", "\n", " 😀", "ing", " e", "t", "h", "xy", "z", "ab"]
-    for _ in range(60):
+    for _ in range(300):
         text = "".join(rng.choice(words) for _ in range(rng.randrange(1, 30)))
         ids = tokenizer.encode(text)
         if rng.random() < 0.3:  # a cut emoji: bytes that only finish() turns into text

@@ -66,10 +66,9 @@ class TextStream:
             return ""
         pending = self._pending
         text = pending[0] if len(pending) == 1 else "".join(pending)
-        if count == len(text):
+        if count == len(text):  # the tail stays: a stop string may still start in it
             delta = text
             pending.clear()
-            self._tail = ""
         else:
             delta = text[:count]
             pending[:] = [text[count:]]
@@ -96,11 +95,17 @@ class TextStream:
             if end > tail_len:
                 self._pending.append(delta[: end - tail_len])
                 self._pending_len += end - tail_len
-        else:  # the cut falls inside the held-back tail: drop its end
+        else:  # the cut falls inside the tail: drop its end (text handed out by a final
+            # take_delta before the end of generation included)
+            drop = tail_len - end
             text = "".join(self._pending)
-            text = text[: len(text) - (tail_len - end)]
-            self._pending[:] = [text] if text else []
-            self._pending_len = len(text)
+            kept = text[: max(0, len(text) - drop)]
+            self._pending[:] = [kept] if kept else []
+            self._pending_len = len(kept)
+            drop -= len(text) - len(kept)
+            if drop:
+                taken = "".join(self._taken)
+                self._taken[:] = [taken[: len(taken) - drop]]
         self._tail = ""
         return True
 

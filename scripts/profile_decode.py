@@ -24,6 +24,7 @@ import numpy as np
 from ember.engine.llm_engine import EngineConfig, LLMEngine
 from ember.engine.sampling_params import SamplingParams
 from ember.gpu.driver import api, call
+from ember.gpu.graph import GraphExec
 from ember.gpu.stream import Event
 from ember.model.cuda_llama import CudaLlama, _bucket
 
@@ -65,13 +66,21 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--ncu", action="store_true")
     parser.add_argument("--summarize")
+    parser.add_argument(
+        "--compare-fused",
+        action="store_true",
+        help="also replay each step with the separate kernels (CudaLlama.fused_decode off)",
+    )
     args = parser.parse_args()
     if args.summarize:
         return _summarize(args.summarize)
     engine = LLMEngine(EngineConfig(model=args.model, device="cuda", show_progress=False))
     model = engine.model.backend
     assert isinstance(model, CudaLlama)
-    print(f"{'batch':>5} {'engine step ms':>15} {'graph replay ms':>16} {'tok/s (graph)':>14}")
+    extra = f" {'separate ms':>12}" if args.compare_fused else ""
+    print(
+        f"{'batch':>5} {'engine step ms':>15} {'graph replay ms':>16} {'tok/s (graph)':>14}{extra}"
+    )
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         step_times = _decode_steady(engine, batch, args.prompt_tokens)
         # The last step's inputs are still on the device: replaying its graph redoes that step.
@@ -85,19 +94,32 @@ def main() -> int:
             call(api().cuProfilerStop)
             _finish(engine)
             continue
-        start, end = Event.create(), Event.create()
-        for _ in range(10):
-            graph.launch(model.stream)
-        start.record(model.stream)
-        for _ in range(200):
-            graph.launch(model.stream)
-        end.record(model.stream)
-        end.synchronize()
-        replay = start.elapsed_ms(end) / 200
+        replay = _replay_ms(model, graph)
+        separate = ""
+        if args.compare_fused:
+            model.fused_decode = False
+            separate = f" {_replay_ms(model, model._graph(*key)):>12.3f}"
+            model.fused_decode = True
         step = float(np.median(step_times)) * 1e3
-        print(f"{batch:>5} {step:>15.3f} {replay:>16.3f} {batch / replay * 1e3:>14.0f}  {key}")
+        print(
+            f"{batch:>5} {step:>15.3f} {replay:>16.3f} {batch / replay * 1e3:>14.0f}"
+            f"{separate}  {key}"
+        )
         _finish(engine)
     return 0
+
+
+def _replay_ms(model: CudaLlama, graph: GraphExec) -> float:
+    """Device ms of one replay of `graph` (events around 200 replays after 10 warm-up ones)."""
+    start, end = Event.create(), Event.create()
+    for _ in range(10):
+        graph.launch(model.stream)
+    start.record(model.stream)
+    for _ in range(200):
+        graph.launch(model.stream)
+    end.record(model.stream)
+    end.synchronize()
+    return start.elapsed_ms(end) / 200
 
 
 def _summarize(path: str) -> int:

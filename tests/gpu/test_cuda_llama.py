@@ -130,3 +130,23 @@ def test_penalties_run_on_the_host_path(
     pen = generate(engine(cuda_model), [prompt], penalised)[0]
     assert base != pen
     assert len(set(pen)) >= len(set(base))
+
+
+def test_fused_and_separate_decode_kernels_agree(
+    cuda_model: LoadedModel, golden: dict[str, np.ndarray]
+) -> None:
+    """Steps of up to 4 tokens run fused GEMVs (norm, residual add, SwiGLU, RoPE and the cache
+    store inside them); the separate kernels give the same greedy tokens."""
+    backend = cuda_model.backend
+    assert isinstance(backend, CudaLlama)
+    prompts = [golden[f"prompt_{i}"].tolist() for i in range(NUM_PROMPTS)]
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    assert backend.fused_decode
+    fused = generate(engine(cuda_model), prompts, params)
+    backend.fused_decode = False
+    try:
+        separate = generate(engine(cuda_model), prompts, params)
+    finally:
+        backend.fused_decode = True
+    for i in range(NUM_PROMPTS):
+        assert fused[i][:16] == separate[i][:16], f"prompt {i}"

@@ -79,3 +79,19 @@ def test_norm_checks_dtypes_and_shapes(norm: Norm, context: Context) -> None:
             norm.rms_norm(f16, w, f32, EPS)
         with pytest.raises(ValueError, match="weight"):
             norm.add_rms_norm(f32, f32, short_w, f32, EPS)
+
+
+def test_gather_rms_norm_picks_and_normalises_rows(norm: Norm, stream: Stream) -> None:
+    x, w = _random((6, 576), 7), _random((576,), 8)
+    index = np.array([5, 0, 3, 3], np.int32)
+    with (
+        DeviceArray.from_numpy(x) as dx,
+        DeviceArray.from_numpy(index) as di,
+        DeviceArray.from_numpy(w) as dw,
+        DeviceArray.empty((4, 576), np.float32) as out,
+    ):
+        out.buffer.memset_d32(0xFFFFFFFF)
+        norm.gather_rms_norm_launch(dx, di, dw, out, EPS)(stream)
+        stream.synchronize()
+        got = out.to_numpy()
+    np.testing.assert_allclose(got, rms_norm(x[index], w, EPS), rtol=2e-5, atol=1e-6)

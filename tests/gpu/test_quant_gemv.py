@@ -86,7 +86,7 @@ class Reference:
 
     def check(self, got: F32, x: F32, label: str) -> None:
         x64 = x.astype(np.float64)
-        seen, amax = quantize_x(x)
+        seen, _ = quantize_x(x)
         # What the kernel computes, and the magnitudes its float32 roundings are relative to.
         exact = seen @ self.weight
         scale = (np.abs(seen) + np.abs(x64)) @ self.magnitude
@@ -98,9 +98,22 @@ class Reference:
         assert np.all(error <= FLOAT_TOLERANCE), (
             f"{label}: worst float32 error {error.max():.3g} of the magnitudes"
         )
-        # The product with x itself, within what the quantisation of x allows.
+        self.check_quantised(got, x, label)
+
+    def bound(self, x: F32) -> tuple[F64, F64]:
+        """(x @ W.T in float64, how far the kernel may be from it: what the int8 quantisation
+        of x and float32 arithmetic allow)."""
+        x64 = x.astype(np.float64)
+        _, amax = quantize_x(x)
         bound = (amax * QUANT_TOLERANCE + FLOAT_TOLERANCE * np.abs(x64)) @ self.magnitude
-        excess = np.abs(got - x64 @ self.weight) / bound
+        return x64 @ self.weight, bound
+
+    def check_quantised(self, got: F32 | F64, x: F32, label: str, slack: F64 | None = None) -> None:
+        """The product with x itself, within what the quantisation of x allows (plus `slack`)."""
+        exact, bound = self.bound(x)
+        if slack is not None:
+            bound = bound + slack
+        excess = np.abs(got - exact) / bound
         assert np.all(excess <= 1), f"{label}: beyond the int8 bound by {excess.max():.3g}x"
 
 

@@ -16,6 +16,9 @@ KERNELS = Path(__file__).resolve().parents[2] / "src" / "ember" / "kernels"
 NVCC = shutil.which("nvcc")
 # The first PTX instruction of each kind that reads or writes global (or generic) memory.
 _MEMORY = re.compile(r"^\s*(?:@%p\d+\s+)?(ld|st|atom|red|cp\.async)\.(?!param|shared|local|const)")
+# Memory a family may read before the wait: quant_gemv starts copying its weights into shared
+# memory (cp.async) while the kernel before it runs; no kernel of a step writes weights.
+_EARLY = {"quant_gemv": re.compile(r"^\s*(?:@%p\d+\s+)?cp\.async\.cg\.shared\.global")}
 
 
 def entries(ptx: str) -> dict[str, list[str]]:
@@ -39,5 +42,13 @@ def test_every_kernel_waits_before_touching_memory(family: str, tmp_path: Path) 
     for name, lines in kernels.items():
         wait = next((i for i, line in enumerate(lines) if "griddepcontrol.wait" in line), None)
         assert wait is not None, f"{name} never waits for the prior grid"
-        first = next((i for i, line in enumerate(lines) if _MEMORY.match(line)), len(lines))
+        early = _EARLY.get(family)
+        first = next(
+            (
+                i
+                for i, line in enumerate(lines)
+                if _MEMORY.match(line) and not (early and early.match(line))
+            ),
+            len(lines),
+        )
         assert wait < first, f"{name} touches memory before waiting: {lines[first].strip()}"

@@ -26,13 +26,13 @@ __device__ __forceinline__ float block_sum(float v) {
 }
 
 // With a residual: h = x + residual; residual = h; out = rmsnorm(h) * w. Without: h = x.
+// Row `row` of x (and residual) to row blockIdx.x of out.
 template <bool RESIDUAL>
 __device__ __forceinline__ void rms_norm_row(
     const float* __restrict__ x, float* __restrict__ residual, const float* __restrict__ w,
-    float* __restrict__ out, int n, float eps) {
-    const long long row = blockIdx.x;
+    float* __restrict__ out, int n, float eps, long long row) {
     x += row * n;
-    out += row * n;
+    out += static_cast<long long>(blockIdx.x) * n;
     if (RESIDUAL) residual += row * n;
     const bool vec = (n & 3) == 0 && ember::aligned16(x, w, out, RESIDUAL ? residual : out);
     float sum_sq = 0.0f;
@@ -81,7 +81,7 @@ extern "C" __global__ void rms_norm_f32(
     const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out, int n,
     float eps) {
     ember::await_prior_grid();
-    rms_norm_row<false>(x, nullptr, w, out, n, eps);
+    rms_norm_row<false>(x, nullptr, w, out, n, eps, blockIdx.x);
 }
 
 // residual[r] += x[r]; out[r] = rmsnorm(residual[r]) * w; launch one block per row.
@@ -89,5 +89,14 @@ extern "C" __global__ void add_rms_norm_f32(
     const float* __restrict__ x, float* __restrict__ residual, const float* __restrict__ w,
     float* __restrict__ out, int n, float eps) {
     ember::await_prior_grid();
-    rms_norm_row<true>(x, residual, w, out, n, eps);
+    rms_norm_row<true>(x, residual, w, out, n, eps, blockIdx.x);
+}
+
+// out[l] = rmsnorm(x[index[l]]) * w: the rows whose logits are wanted, normed for the LM head.
+// Launch one block per output row.
+extern "C" __global__ void gather_rms_norm_f32(
+    const float* __restrict__ x, const int* __restrict__ index, const float* __restrict__ w,
+    float* __restrict__ out, int n, float eps) {
+    ember::await_prior_grid();
+    rms_norm_row<false>(x, nullptr, w, out, n, eps, index[blockIdx.x]);
 }

@@ -1,4 +1,5 @@
-"""Launch wrappers for norm.cu: RMSNorm, alone or fused with the residual add before it."""
+"""Launch wrappers for norm.cu: RMSNorm, alone, fused with the residual add before it, or of
+gathered rows."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ember.gpu.stream import Stream
 from ember.kernels.binaries import load_family
 
 _F32: Final = np.dtype(np.float32)
+_I32: Final = np.dtype(np.int32)
 _MAX_THREADS: Final = 1024
 
 
@@ -40,7 +42,7 @@ def _check(name: str, w: DeviceArray, *rows: DeviceArray) -> tuple[int, int]:
 class Norm:
     """The norm kernel family, loaded in the current context."""
 
-    __slots__ = ("_add_rms_norm_f32", "_rms_norm_f32", "module")
+    __slots__ = ("_add_rms_norm_f32", "_gather_rms_norm_f32", "_rms_norm_f32", "module")
 
     def __init__(self, module: Module) -> None:
         self.module = module
@@ -49,6 +51,9 @@ class Norm:
         )
         self._add_rms_norm_f32: Kernel = module.function(
             "add_rms_norm_f32", (Arg.PTR, Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.F32)
+        )
+        self._gather_rms_norm_f32: Kernel = module.function(
+            "gather_rms_norm_f32", (Arg.PTR, Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.F32)
         )
 
     @classmethod
@@ -65,6 +70,30 @@ class Norm:
             (max(rows, 1), 1, 1),
             (_threads(n), 1, 1),
             (x.ptr, weight.ptr, out.ptr, n, eps),
+        )
+
+    def gather_rms_norm_launch(
+        self,
+        x: DeviceArray,
+        index: DeviceArray,
+        weight: DeviceArray,
+        out: DeviceArray,
+        eps: float,
+    ) -> Launch:
+        """out[l] = rms_norm(x[index[l]]) * weight: x [T, n], index int32 [L], out [L, n]."""
+        _check("gather_rms_norm", weight, x)
+        _check("gather_rms_norm", weight, out)
+        if index.dtype != _I32 or index.shape != out.shape[:1]:
+            raise ValueError(
+                f"gather_rms_norm needs int32 index [{out.shape[0]}], got {index.dtype} "
+                f"{index.shape}"
+            )
+        rows, n = out.shape
+        return Launch(
+            self._gather_rms_norm_f32,
+            (max(rows, 1), 1, 1),
+            (_threads(n), 1, 1),
+            (x.ptr, index.ptr, weight.ptr, out.ptr, n, eps),
         )
 
     def add_rms_norm_launch(

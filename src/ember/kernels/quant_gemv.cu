@@ -30,6 +30,17 @@
 // the quantisation (each block of 32 rows re-quantises x: 0.2 instructions a weight at batch 1,
 // 0.9 at batch 8, against 1.0 and 4 for the dot itself).
 //
+// Fusions. Decode at batch 1 is a chain of ~9 small launches a layer, each ~3.5 us on an H100
+// whatever its work, so the GEMV also does the work of the launches around it, chosen per launch
+// (the choice is uniform over the grid; one kernel per type and tier keeps build time down):
+//  - norm: x is the residual stream h and the GEMV reads rmsnorm(h) * g (each thread block
+//    computes the rows' sums of squares itself: K floats a row, from L2);
+//  - swiglu: norm, and W holds the gate rows then the up rows (2F rows); a thread block takes
+//    16 gate rows and the same 16 up rows and stores silu(gate) * up, y [batch, F];
+//  - rope: norm, and y is the fused q/k/v projection: q and k are rotated (RoPE) and k and v
+//    stored in fp16 in the paged cache, as rope.cu's rope_qkv_cache_f32 does;
+//  - add: y += x @ W.T (the residual add after the attention output and down projections).
+//
 // Exact integer to float: dp4a accumulates onto the int bits of 1.5 * 2^23 (minus 8 * sum(q)
 // for the 4-bit types, so that their -8 offset costs nothing), so the float with those bits is
 // exactly 1.5 * 2^23 + dot; d8 has at most 22 significant bits, so -d8 * 1.5 * 2^23 is exact
@@ -47,6 +58,49 @@ constexpr int STAGES = 2;  // per warp: one computed, one in flight
 constexpr int MAGIC = 0x4B400000;  // the bits of 1.5 * 2^23: M + i is exact for |i| < 2^22
 constexpr float MAGIC_F = 12582912.0f;
 constexpr uint32_t LOW_NIBBLES = 0x0F0F0F0Fu;
+
+// What a GEMV does with its sums (see the fusions above); quant_gemv.py's Output.
+enum Out : int { STORE = 0, ADD = 1, SWIGLU = 2, ROPE = 3 };
+
+struct Fusion {
+    int out;                   // an Out
+    const float* norm_weight;  // g [K] for the norm prologue, or null
+    float eps;
+    // Sums of squares of x's 32-column groups [batch][K / 32] (written by the ADD GEMV that
+    // produced x), or null: the norm then sums x's squares itself.
+    const float* norm_partials;
+    float* out_partials;  // ADD: the same sums of the updated y [batch][ceil(N / 32)], or null
+    const int* positions;  // [batch], rope
+    const int* slots;      // [batch] cache slots (< 0: store nothing), rope
+    half* k_cache;         // [slots, kv_heads, head_dim], rope
+    half* v_cache;
+    int n_q_heads;
+    int n_kv_heads;
+    int head_dim;
+    int rot_dim;
+    float rope_base;
+    float linear_factor;
+};
+
+// The weight rows a thread block's 32 lanes compute: 32 consecutive rows, or (swiglu) 16 gate
+// rows and the matching 16 up rows, half = F rows apart. Rows past the end repeat the last.
+struct RowMap {
+    long long first;  // the block's first (gate) row
+    long long n;      // W's rows
+    bool swiglu;
+    __device__ __forceinline__ RowMap(long long n_rows, bool gate_up) : n(n_rows), swiglu(gate_up) {
+        first = static_cast<long long>(blockIdx.x) * (swiglu ? 16 : 32);
+    }
+    __device__ __forceinline__ long long row(int r) const {
+        if (swiglu) {
+            const long long half = n / 2;
+            const long long g = min(first + (r & 15), half - 1);
+            return r < 16 ? g : half + g;
+        } else {
+            return min(first + r, n - 1);
+        }
+    }
+};
 
 // Per type: bytes per GGUF block, 16-byte granules per row per stage when the row is 16-byte
 // aligned, and when it is not (the piece may start up to 14 bytes into its first granule).
@@ -258,10 +312,11 @@ __device__ __forceinline__ float block_dot(
 
 // Quantise x[0:batch, the stage's K range] into the warp's `xs`. Lanes split the (batch row,
 // x block) pairs, LANES lanes a block (4 at batch tier 1, 2 at tier 2, 1 above).
+// With g, x is h and the values quantised are h * scale[b] * g (rms_norm_f32's rounding).
 template <typename Block, int MAX_BATCH>
 __device__ __forceinline__ void quantize_x(
     const float* __restrict__ x, int k, int batch, int first_block, int blocks, uint8_t* xs,
-    int lane) {
+    int lane, const float* __restrict__ g, const float* scale) {
     constexpr int X_BLOCKS = MAX_BATCH * STAGE_BLOCKS;
     constexpr int LANES = X_BLOCKS >= 32 ? 1 : 32 / X_BLOCKS;
     constexpr int PER_LANE = 32 / LANES;  // elements
@@ -286,6 +341,19 @@ __device__ __forceinline__ void quantize_x(
             v[4 * j + 1] = f.y;
             v[4 * j + 2] = f.z;
             v[4 * j + 3] = f.w;
+        }
+        if (g != nullptr) {
+            const float s = live ? scale[b] : 0.f;
+            const float4* gsrc = reinterpret_cast<const float4*>(
+                g + (first_block + blk) * 32 + part * PER_LANE);
+#pragma unroll
+            for (int j = 0; j < PER_LANE / 4; ++j) {
+                const float4 f = live ? __ldg(gsrc + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+                v[4 * j] = v[4 * j] * s * f.x;
+                v[4 * j + 1] = v[4 * j + 1] * s * f.y;
+                v[4 * j + 2] = v[4 * j + 2] * s * f.z;
+                v[4 * j + 3] = v[4 * j + 3] * s * f.w;
+            }
         }
         float amax = 0.f;
         float sum = 0.f;
@@ -372,37 +440,39 @@ struct CopyPlan {
     const uint8_t* base;        // the first row's boundary
 
     __device__ __forceinline__ CopyPlan(
-        const uint8_t* w, long long row0, int n, long long row_bytes, int lane) {
-        const long long first = (row0 * row_bytes) & ~15LL;
+        const uint8_t* w, const RowMap& rows, long long row_bytes, int lane) {
+        const long long first = (rows.row(0) * row_bytes) & ~15LL;
         base = w + first;
 #pragma unroll
         for (int j = 0; j < GRANULES; ++j) {
             const int i = lane + 32 * j;
-            const long long row = min(row0 + i / GRANULES, static_cast<long long>(n) - 1);
+            const long long row = rows.row(i / GRANULES);
             offset[j] =
                 static_cast<uint32_t>(((row * row_bytes) & ~15LL) - first + 16 * (i % GRANULES));
         }
     }
 };
 
-template <typename Block, int MAX_BATCH, bool ALIGNED>
+// `ready` runs in every warp after the warp's first weight copies are issued and before x is
+// read: the wait for the prior grid (weights are not written by any kernel of a step, so their
+// copies may start while the kernel before is still running) and the norm scales.
+template <typename Block, int MAX_BATCH, bool ALIGNED, typename Ready>
 __device__ __forceinline__ void warp_rows(
-    const uint8_t* __restrict__ w, const float* __restrict__ x, int n, int k, int batch,
-    uint8_t* ring, uint8_t* xs, float (&acc)[MAX_BATCH]) {
+    const uint8_t* __restrict__ w, const float* __restrict__ x, const RowMap& rows,
+    int k, int batch, uint8_t* ring, uint8_t* xs, float (&acc)[MAX_BATCH],
+    const float* __restrict__ g, const float* scale, Ready ready) {
     constexpr int BYTES = static_cast<int>(sizeof(Block));
     constexpr int GRANULES = ALIGNED ? Stage<Block>::granules_aligned : Stage<Block>::granules_general;
     constexpr int STAGE_BYTES = 32 * GRANULES * 16;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int warps = blockDim.x >> 5;
-    const long long row0 = static_cast<long long>(blockIdx.x) * 32;
     const int blocks = k / 32;
     const long long row_bytes = static_cast<long long>(blocks) * BYTES;
     const int stages = (blocks + STAGE_BLOCKS - 1) / STAGE_BLOCKS;
     const int mine = warp < stages ? (stages - warp + warps - 1) / warps : 0;
-    if (mine == 0) return;
 
-    const CopyPlan<GRANULES> plan(w, row0, n, row_bytes, lane);
+    const CopyPlan<GRANULES> plan(w, rows, row_bytes, lane);
     const uint32_t ring_address = smem_address(ring) + 16 * lane;
     // The last stage of a row may be short; its copies skip granules past the row's bytes,
     // which may lie past the end of W. (Unaligned rows' full stages copy one granule past
@@ -421,7 +491,7 @@ __device__ __forceinline__ void warp_rows(
 #pragma unroll
             for (int j = 0; j < GRANULES; ++j) {
                 const int i = lane + 32 * j;
-                const long long row = min(row0 + i / GRANULES, static_cast<long long>(n) - 1);
+                const long long row = rows.row(i / GRANULES);
                 const int shift = static_cast<int>((row * row_bytes) & 15);
                 if (16 * (i % GRANULES) < shift + piece)
                     copy16(dst + 512 * j, src + plan.offset[j]);
@@ -429,7 +499,7 @@ __device__ __forceinline__ void warp_rows(
         }
     };
 
-    const long long my_row = min(row0 + lane, static_cast<long long>(n) - 1);
+    const long long my_row = rows.row(lane);
     const int shift = ALIGNED ? 0 : static_cast<int>((my_row * row_bytes) & 15);
     const uint8_t* my_slot = ring + lane * GRANULES * 16;
 #pragma unroll
@@ -437,10 +507,11 @@ __device__ __forceinline__ void warp_rows(
         issue(t);
         commit();
     }
+    ready();
     for (int t = 0; t < mine; ++t) {
         const int first_block = (warp + t * warps) * STAGE_BLOCKS;
         const int in_stage = min(STAGE_BLOCKS, blocks - first_block);
-        quantize_x<Block, MAX_BATCH>(x, k, batch, first_block, in_stage, xs, lane);
+        quantize_x<Block, MAX_BATCH>(x, k, batch, first_block, in_stage, xs, lane, g, scale);
         wait_copies<STAGES - 1>();
         __syncwarp();
         const uint8_t* slot = my_slot + (t % STAGES) * STAGE_BYTES;
@@ -455,13 +526,70 @@ __device__ __forceinline__ void warp_rows(
     wait_copies<0>();
 }
 
+// The rows' rms scales, 1 / sqrt(mean(h^2) + eps), one warp a row: from the producer's sums
+// over 32-column groups where there are some (K / 32 floats a row), else from x itself.
+template <int MAX_BATCH>
+__device__ __forceinline__ void norm_scales(
+    const float* __restrict__ x, int k, int batch, const Fusion& f, float* scale) {
+    const int lane = threadIdx.x & 31;
+    const int warps = blockDim.x >> 5;
+    const int groups = k / 32;
+    for (int b = threadIdx.x >> 5; b < batch; b += warps) {
+        float sum_sq = 0.f;
+        if (f.norm_partials != nullptr) {
+            const float* p = f.norm_partials + static_cast<long long>(b) * groups;
+            for (int i = lane; i < groups; i += 32) sum_sq += p[i];
+        } else {
+            const float4* row = reinterpret_cast<const float4*>(x + static_cast<long long>(b) * k);
+            for (int i = lane; i < k / 4; i += 32) {
+                const float4 h = __ldg(row + i);
+                sum_sq += h.x * h.x + h.y * h.y + h.z * h.z + h.w * h.w;
+            }
+        }
+        for (int offset = 16; offset > 0; offset >>= 1)
+            sum_sq += __shfl_xor_sync(0xffffffffu, sum_sq, offset);
+        if (lane == 0) scale[b] = rsqrtf(sum_sq / static_cast<float>(k) + f.eps);
+    }
+}
+
+// Rotate the pair (v0, v1) at row `row` (even) of a token's fused q/k/v output as rope.cu does,
+// and store the k and v pairs in the cache.
+__device__ __forceinline__ void rope_pair(
+    const Fusion& f, long long row, int b, float& v0, float& v1) {
+    const int q_rows = f.n_q_heads * f.head_dim;
+    const int kv_rows = f.n_kv_heads * f.head_dim;
+    const int e = static_cast<int>(row % f.head_dim);
+    if (row < q_rows + kv_rows && e < f.rot_dim) {
+        const int i = e / 2;
+        const double inv_freq = pow(static_cast<double>(f.rope_base), -2.0 * i / f.rot_dim);
+        const double angle = static_cast<double>(f.positions[b]) / f.linear_factor * inv_freq;
+        double sd, cd;
+        sincos(angle, &sd, &cd);
+        const float c = static_cast<float>(cd);
+        const float s = static_cast<float>(sd);
+        const float r0 = v0 * c - v1 * s;
+        const float r1 = v0 * s + v1 * c;
+        v0 = r0;
+        v1 = r1;
+    }
+    const long long slot = f.slots[b];
+    if (row >= q_rows && slot >= 0) {
+        const bool is_v = row >= q_rows + kv_rows;
+        const long long at = slot * kv_rows + (row - q_rows - (is_v ? kv_rows : 0));
+        *reinterpret_cast<half2*>((is_v ? f.v_cache : f.k_cache) + at) = __floats2half2_rn(v0, v1);
+    }
+}
+
 template <typename Block, int MAX_BATCH>
 __device__ __forceinline__ void gemv(
     const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int n,
-    int k, int batch) {
-    ember::await_prior_grid();
-    if (n <= 0) return;
+    int k, int batch, const Fusion& f) {
+    if (n <= 0) {
+        ember::await_prior_grid();  // a kernel that does not wait would break the chain
+        return;
+    }
     extern __shared__ __align__(16) uint8_t smem[];
+    __shared__ float scale[MAX_BATCH];
     using S = Stage<Block>;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -472,11 +600,21 @@ __device__ __forceinline__ void gemv(
         STAGES * 32 * 16 * (aligned ? S::granules_aligned : S::granules_general);
     uint8_t* ring = smem + warp * ring_bytes;
     uint8_t* xs = smem + warps * ring_bytes + warp * X_BYTES<MAX_BATCH>;
+    auto ready = [&]() {
+        ember::await_prior_grid();
+        if (f.norm_weight != nullptr) {
+            norm_scales<MAX_BATCH>(x, k, batch, f, scale);
+            __syncthreads();
+        }
+    };
+    const RowMap rows(n, f.out == SWIGLU);
     float acc[MAX_BATCH] = {};
     if (aligned)
-        warp_rows<Block, MAX_BATCH, true>(w, x, n, k, batch, ring, xs, acc);
+        warp_rows<Block, MAX_BATCH, true>(
+            w, x, rows, k, batch, ring, xs, acc, f.norm_weight, scale, ready);
     else
-        warp_rows<Block, MAX_BATCH, false>(w, x, n, k, batch, ring, xs, acc);
+        warp_rows<Block, MAX_BATCH, false>(
+            w, x, rows, k, batch, ring, xs, acc, f.norm_weight, scale, ready);
 
     // The warps' partial sums, in the rings (every warp is done with its own).
     __syncthreads();
@@ -484,27 +622,75 @@ __device__ __forceinline__ void gemv(
 #pragma unroll
     for (int b = 0; b < MAX_BATCH; ++b) partial[(warp * MAX_BATCH + b) * 32 + lane] = acc[b];
     __syncthreads();
-    const long long row0 = static_cast<long long>(blockIdx.x) * 32;
-    for (int t = threadIdx.x; t < MAX_BATCH * 32; t += blockDim.x) {
-        const int b = t / 32;
-        const int r = t % 32;
-        if (b >= batch || row0 + r >= n) continue;
+    auto total = [&](int b, int r) {
         float s = 0.f;
         for (int v = 0; v < warps; ++v) s += partial[(v * MAX_BATCH + b) * 32 + r];
-        y[static_cast<long long>(b) * n + row0 + r] = s;
+        return s;
+    };
+    if (f.out == SWIGLU) {
+        const long long half = n / 2;
+        for (int t = threadIdx.x; t < MAX_BATCH * 16; t += blockDim.x) {
+            const int b = t / 16;
+            const int r = t % 16;
+            const long long j = rows.first + r;
+            if (b >= batch || j >= half) continue;
+            const float gate = total(b, r);
+            y[b * half + j] = gate / (1.0f + expf(-gate)) * total(b, r + 16);
+        }
+    } else if (f.out == ROPE) {
+        for (int t = threadIdx.x; t < MAX_BATCH * 16; t += blockDim.x) {
+            const int b = t / 16;
+            const long long row = rows.first + 2 * (t % 16);
+            if (b >= batch || row >= n) continue;
+            float v0 = total(b, static_cast<int>(row - rows.first));
+            float v1 = total(b, static_cast<int>(row - rows.first) + 1);
+            rope_pair(f, row, b, v0, v1);
+            y[b * static_cast<long long>(n) + row] = v0;
+            y[b * static_cast<long long>(n) + row + 1] = v1;
+        }
+    } else {
+        // A warp's 32 threads share b (blockDim is whole warps), so b < batch is warp-uniform.
+        for (int t = threadIdx.x; t < MAX_BATCH * 32; t += blockDim.x) {
+            const int b = t / 32;
+            const int r = t % 32;
+            if (b >= batch) continue;
+            float v = 0.f;
+            if (rows.first + r < n) {
+                float* out = y + static_cast<long long>(b) * n + rows.first + r;
+                v = total(b, r);
+                if (f.out == ADD) v += *out;
+                *out = v;
+            }
+            if (f.out_partials != nullptr) {
+                float sum_sq = v * v;
+                for (int offset = 16; offset > 0; offset >>= 1)
+                    sum_sq += __shfl_xor_sync(0xffffffffu, sum_sq, offset);
+                if (r == 0) f.out_partials[static_cast<long long>(b) * gridDim.x + blockIdx.x] = sum_sq;
+            }
+        }
     }
 }
 
 }  // namespace ember_gemv
 
 // One kernel per block type and batch tier: registers grow with the batch, so batch 1 must not
-// pay for batch 8. Launch grid ceil(n / 32), block 32 * warps (warps <= 8), dynamic shared
-// memory warps * (ring + x) bytes (quant_gemv.py's shared_bytes); batch <= MAX_BATCH.
+// pay for batch 8. Launch grid ceil(n / 32) (swiglu: ceil(n / 2 / 16)), block 32 * warps
+// (warps <= 8), dynamic shared memory warps * (ring + x) bytes (quant_gemv.py's
+// warp_shared_bytes); batch <= MAX_BATCH. `out` is an Out; norm_weight null for no norm; the
+// rope arguments are read only for ROPE.
 #define EMBER_QUANT_GEMV(TYPE, MAX_BATCH)                                                      \
     extern "C" __global__ void __launch_bounds__(256, 2) quant_gemv_##TYPE##_b##MAX_BATCH(      \
         const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,      \
-        int n, int k, int batch) {                                                              \
-        ember_gemv::gemv<ember::block_##TYPE, MAX_BATCH>(w, x, y, n, k, batch);                 \
+        int n, int k, int batch, int out, const float* __restrict__ norm_weight, float eps,    \
+        const float* __restrict__ norm_partials, float* __restrict__ out_partials,              \
+        const int* __restrict__ positions, const int* __restrict__ slots, half* k_cache,        \
+        half* v_cache, int n_q_heads, int n_kv_heads, int head_dim, int rot_dim,               \
+        float rope_base, float linear_factor) {                                                 \
+        const ember_gemv::Fusion f{out,        norm_weight,  eps,        norm_partials,         \
+                                   out_partials, positions,  slots,      k_cache,               \
+                                   v_cache,    n_q_heads,    n_kv_heads, head_dim,              \
+                                   rot_dim,    rope_base,    linear_factor};                    \
+        ember_gemv::gemv<ember::block_##TYPE, MAX_BATCH>(w, x, y, n, k, batch, f);              \
     }
 
 EMBER_QUANT_GEMV(q4_0, 1)

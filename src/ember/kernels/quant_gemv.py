@@ -1,8 +1,11 @@
-"""Launch wrapper for quant_gemv.cu: y = x @ W.T with W a Q4_0, Q4_1 or Q8_0 GGUF tensor."""
+"""Launch wrapper for quant_gemv.cu: y = x @ W.T with W a Q4_0, Q4_1 or Q8_0 GGUF tensor, with
+the decode step's neighbouring work optionally fused in (RMSNorm before; residual add, SwiGLU,
+or RoPE and the KV-cache store after)."""
 
 from __future__ import annotations
 
-from enum import Enum
+from dataclasses import dataclass
+from enum import Enum, IntEnum
 from typing import Final
 
 import numpy as np
@@ -15,6 +18,8 @@ from ember.gpu.stream import Stream
 from ember.kernels.binaries import load_family
 
 _F32: Final = np.dtype(np.float32)
+_F16: Final = np.dtype(np.float16)
+_I32: Final = np.dtype(np.int32)
 _U8: Final = np.dtype(np.uint8)
 # One kernel per batch tier; a batch runs on the smallest tier that holds it (a tier-T kernel
 # computes at least T / 2 + 1 rows whatever the batch, and stores only the batch's).
@@ -28,6 +33,53 @@ _MAX_WARPS: Final = 8
 _STAGES: Final = 2
 _STAGE_BLOCKS: Final = 8
 _X_RECORD_BYTES: Final = 16
+# The kernel's static shared memory (the rows' norm scales), on top of the dynamic.
+_STATIC_SHARED: Final = 4 * MAX_BATCH
+_SIGNATURE: Final = (
+    (Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.I32, Arg.I32)  # w, x, y, n, k, batch
+    + (Arg.I32, Arg.PTR, Arg.F32)  # output, norm weight, eps
+    + (Arg.PTR, Arg.PTR)  # norm partials in, out
+    + (Arg.PTR, Arg.PTR, Arg.PTR, Arg.PTR)  # positions, slots, k cache, v cache
+    + (Arg.I32, Arg.I32, Arg.I32, Arg.I32, Arg.F32, Arg.F32)  # heads, dims, rope base, factor
+)
+
+
+class Output(IntEnum):
+    """What the GEMV does with y = x @ W.T (quant_gemv.cu's Out)."""
+
+    STORE = 0
+    ADD = 1  # y += x @ W.T
+    SWIGLU = 2  # W is gate rows then up rows [2F, K]; y [batch, F] = silu(gate) * up
+    ROPE = 3  # y is q|k|v of one layer: q, k rotated; k, v stored in the paged cache
+
+
+@dataclass(frozen=True, slots=True)
+class RmsNorm:
+    """Read x as rmsnorm(x) * weight (x being the residual stream).
+
+    `partials`: the sums of squares of x's 32-column groups, float32 [batch, K / 32], as the
+    ADD GEMV that produced x wrote them (`gemv_launch(..., sums_of_squares=)`); without them
+    every thread block sums the squares of x itself (K floats a row, cheap only for small K
+    and batches).
+    """
+
+    weight: DeviceArray  # float32 [K]
+    eps: float
+    partials: DeviceArray | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RopeCache:
+    """The attention prologue after a fused q/k/v projection, as Rope.qkv_cache_launch."""
+
+    positions: DeviceArray  # int32 [batch]
+    slots: DeviceArray  # int32 [batch]; < 0 stores nothing
+    k_cache: DeviceArray  # float16 [slots, kv_heads, head_dim]
+    v_cache: DeviceArray
+    n_q_heads: int
+    base: float
+    rot_dim: int | None = None  # None: the whole head
+    linear_factor: float = 1.0
 
 
 class QuantType(Enum):
@@ -77,12 +129,19 @@ def check_operands(
 
 
 def check_fit(
-    op: str, weight: DeviceArray, quant: QuantType, x: DeviceArray, y: DeviceArray
+    op: str,
+    weight: DeviceArray,
+    quant: QuantType,
+    x: DeviceArray,
+    y: DeviceArray,
+    y_cols: int | None = None,
 ) -> None:
-    """K a positive multiple of 32 matching W's row bytes, y [M, N], W and x 16-byte aligned."""
+    """K a positive multiple of 32 matching W's row bytes, y [M, y_cols] (default N), W and x
+    16-byte aligned."""
     m, k = x.shape
     n = weight.shape[0]
-    if k == 0 or k % BLOCK_WEIGHTS or weight.shape[1] != quant.row_bytes(k) or y.shape != (m, n):
+    cols = n if y_cols is None else y_cols
+    if k == 0 or k % BLOCK_WEIGHTS or weight.shape[1] != quant.row_bytes(k) or y.shape != (m, cols):
         raise ValueError(
             f"{quant.name} {op}: x {x.shape} and y {y.shape} do not fit weight bytes "
             f"{weight.shape} (K a positive multiple of {BLOCK_WEIGHTS}, "
@@ -102,14 +161,13 @@ class QuantGemv:
         many warps a block gets where 8 would not fit (Q8_0 on 99 KB GPUs, say)."""
         self.module = module
         self.max_shared = max_shared
-        signature = (Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.I32, Arg.I32)
         self._kernels: dict[tuple[QuantType, int], Kernel] = {
-            (q, tier): module.function(f"quant_gemv_{q.name.lower()}_b{tier}", signature)
+            (q, tier): module.function(f"quant_gemv_{q.name.lower()}_b{tier}", _SIGNATURE)
             for q in QuantType
             for tier in BATCH_TIERS
         }
         for kernel in self._kernels.values():
-            kernel.set_max_dynamic_shared_memory(max_shared)
+            kernel.set_max_dynamic_shared_memory(max_shared - _STATIC_SHARED)
 
     @classmethod
     def load(cls, device: Device) -> QuantGemv:
@@ -128,37 +186,140 @@ class QuantGemv:
             launch(stream)
 
     def gemv_launch(
-        self, weight: DeviceArray, quant: QuantType, x: DeviceArray, y: DeviceArray
+        self,
+        weight: DeviceArray,
+        quant: QuantType,
+        x: DeviceArray,
+        y: DeviceArray,
+        *,
+        norm: RmsNorm | None = None,
+        output: Output = Output.STORE,
+        rope: RopeCache | None = None,
+        sums_of_squares: DeviceArray | None = None,
     ) -> Launch:
         """y[b, n] = sum_k x[b, k] * W[n, k] for a batch of 1 to 8 rows of x.
 
         `weight` is the tensor's raw bytes as uint8 [N, K / 32 * block bytes]; x is float32
-        [batch, K], y float32 [batch, N]. weight and x must be 16-byte aligned. x is quantised
-        to int8 per 32 values on the way (relative error up to 1/254 of each block's largest
-        |x|), as llama.cpp's integer GEMV does.
+        [batch, K], y float32 [batch, N] ([batch, N / 2] for SWIGLU). weight and x must be
+        16-byte aligned. x is quantised to int8 per 32 values on the way (relative error up to
+        1/254 of each block's largest |x|), as llama.cpp's integer GEMV does. `norm` normalises
+        x first; `output` says what happens to the sums (`rope` describes the cache for ROPE).
+        `sums_of_squares` (STORE or ADD): also write the sums of squares of y's 32-column
+        groups, float32 [batch, ceil(N / 32)], for the next GEMV's norm (`RmsNorm.partials`).
         """
         batch, k, n = check_operands("gemv", weight, x, y)
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"gemv takes a batch of 1 to {MAX_BATCH}, got {batch}")
-        check_fit("gemv", weight, quant, x, y)
+        if output is Output.SWIGLU:
+            if n % 2:
+                raise ValueError(f"swiglu gemv needs W [2F, K], got {n} rows")
+            check_fit("swiglu gemv", weight, quant, x, y, n // 2)
+        else:
+            check_fit("gemv", weight, quant, x, y)
         tier = next(t for t in BATCH_TIERS if t >= batch)
         per_warp = warp_shared_bytes(quant, k, tier)
-        warps = _MAX_WARPS
-        while warps > 1 and warps * per_warp > self.max_shared:
+        room = self.max_shared - _STATIC_SHARED
+        # A warp takes stages of 8 GGUF blocks; more warps than stages would only wait.
+        warps = min(_MAX_WARPS, -(-k // (_STAGE_BLOCKS * BLOCK_WEIGHTS)))
+        while warps > 1 and warps * per_warp > room:
             warps //= 2
-        if warps * per_warp > self.max_shared:
+        if warps * per_warp > room:
             raise ValueError(
                 f"{quant.name} gemv needs {per_warp} bytes of shared memory per warp; "
                 f"the device has {self.max_shared} per block"
             )
-        blocks = max(1, (n + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK)
+        rows_per_block = _ROWS_PER_BLOCK // 2 if output is Output.SWIGLU else _ROWS_PER_BLOCK
+        out_rows = n // 2 if output is Output.SWIGLU else n
+        blocks = max(1, (out_rows + rows_per_block - 1) // rows_per_block)
+        args: tuple[int | float, ...] = (weight.ptr, x.ptr, y.ptr, n, k, batch, int(output))
+        args += _norm_args(norm, batch, k) + (_sums_address(sums_of_squares, output, batch, n),)
+        args += _rope_args(rope, output, batch, n)
         return Launch(
             self._kernels[quant, tier],
             (blocks, 1, 1),
             (32 * warps, 1, 1),
-            (weight.ptr, x.ptr, y.ptr, n, k, batch),
+            args,
             shared_mem=warps * per_warp,
         )
 
     def unload(self) -> None:
         self.module.unload()
+
+
+def _norm_args(norm: RmsNorm | None, batch: int, k: int) -> tuple[int, float, int]:
+    if norm is None:
+        return (0, 0.0, 0)
+    w = norm.weight
+    if w.dtype != _F32 or w.shape != (k,) or w.ptr % 16:
+        raise ValueError(
+            f"a fused norm needs a 16-byte aligned float32 weight [{k}], got {w.dtype} {w.shape}"
+        )
+    if norm.partials is None:
+        return (w.ptr, norm.eps, 0)
+    return (w.ptr, norm.eps, _group_sums(norm.partials, batch, k // BLOCK_WEIGHTS).ptr)
+
+
+def _group_sums(sums: DeviceArray, batch: int, groups: int) -> DeviceArray:
+    """Check sums of squares of 32-column groups: float32 [>= batch, groups]."""
+    if (
+        sums.dtype != _F32
+        or len(sums.shape) != 2
+        or sums.shape[0] < batch
+        or sums.shape[1] != groups
+    ):
+        raise ValueError(
+            f"sums of squares must be float32 [>= {batch}, {groups}], got {sums.dtype} {sums.shape}"
+        )
+    return sums
+
+
+def _sums_address(sums: DeviceArray | None, output: Output, batch: int, n: int) -> int:
+    if sums is None:
+        return 0
+    if output not in (Output.STORE, Output.ADD):
+        raise ValueError(f"a {output.name} gemv cannot write sums of squares")
+    return _group_sums(sums, batch, -(-n // 32)).ptr
+
+
+def _rope_args(
+    rope: RopeCache | None, output: Output, batch: int, n: int
+) -> tuple[int | float, ...]:
+    if (rope is None) != (output is not Output.ROPE):
+        raise ValueError("a gemv takes rope arguments exactly when its output is ROPE")
+    if rope is None:
+        return (0, 0, 0, 0, 0, 0, 0, 0, 0.0, 1.0)
+    k_cache, v_cache = rope.k_cache, rope.v_cache
+    if k_cache.dtype != _F16 or v_cache.dtype != _F16 or len(k_cache.shape) != 3:
+        raise ValueError(
+            f"rope gemv needs float16 caches [slots, kv_heads, head_dim], got {k_cache.shape}"
+        )
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(
+            f"rope gemv needs k and v caches of one shape, got {k_cache.shape}, {v_cache.shape}"
+        )
+    _, kv_heads, head_dim = k_cache.shape
+    if n != (rope.n_q_heads + 2 * kv_heads) * head_dim:
+        raise ValueError(
+            f"rope gemv: W's {n} rows are not {rope.n_q_heads} q and 2 x {kv_heads} kv heads "
+            f"of {head_dim}"
+        )
+    rot = head_dim if rope.rot_dim is None else rope.rot_dim
+    if head_dim % 2 or rot <= 0 or rot % 2 or rot > head_dim:
+        raise ValueError(f"rope needs an even rot_dim <= an even head_dim, got {rot}, {head_dim}")
+    for name, array in (("positions", rope.positions), ("slots", rope.slots)):
+        if array.dtype != _I32 or array.shape != (batch,):
+            raise ValueError(
+                f"rope gemv needs int32 {name} [{batch}], got {array.dtype} {array.shape}"
+            )
+    return (
+        rope.positions.ptr,
+        rope.slots.ptr,
+        k_cache.ptr,
+        v_cache.ptr,
+        rope.n_q_heads,
+        kv_heads,
+        head_dim,
+        rot,
+        rope.base,
+        rope.linear_factor,
+    )

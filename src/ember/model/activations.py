@@ -13,6 +13,7 @@ from ember.model.config import ModelConfig
 
 _ALIGN: Final = 256
 _F32: Final = np.dtype(np.float32)
+_GEMV_ROWS: Final = 8  # quant_gemv's largest batch: the steps whose GEMVs fuse the norm
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,9 @@ class ActivationViews:
     sampled: DeviceArray  # int32 [L]
     partials: DeviceArray  # float32 attention split workspace
     counters: DeviceArray  # int32 attention split counters, zero between launches
+    # float32 [8, d / 32]: sums of squares of the residual's 32-column groups, from the fused
+    # decode GEMV that last added into it, for the next GEMV's norm (quant_gemv's RmsNorm)
+    norm_partials: DeviceArray
 
 
 class Activations:
@@ -61,6 +65,8 @@ class Activations:
         place("sampled", 4 * max_rows)
         place("partials", 4 * partials)
         place("counters", 4 * max_tokens * c.n_kv_heads)
+        self._groups = -(-c.d_model // 32)
+        place("norm_partials", 4 * _GEMV_ROWS * self._groups)
         self.partials_size = partials
         self.buffer = DeviceBuffer.alloc(offset)
         # Attention's split counters start at zero once; each launch leaves them zero.
@@ -82,6 +88,7 @@ class Activations:
             sampled=view("sampled", (rows,), np.dtype(np.int32)),
             partials=view("partials", (max(self.partials_size, 1),)),
             counters=view("counters", (tokens * self.config.n_kv_heads,), np.dtype(np.int32)),
+            norm_partials=view("norm_partials", (_GEMV_ROWS, self._groups)),
         )
 
     def free(self) -> None:

@@ -7,6 +7,12 @@ one copy of the sampled token ids back. A bucket's graph is captured the first t
 that size runs (a few ms), not up front: capturing every decode bucket at start-up would add
 that to each cold start, for sizes a short-lived process may never use. Projections run as
 quantised GEMV for up to 8 rows and as a tensor-core GEMM above.
+
+Steps of up to 4 tokens (decode at small batches, where a step is a chain of short kernels and
+each costs a launch's ~3.5 µs on an H100 whatever its work) run five kernels a layer instead of
+nine: the GEMVs fuse the RMSNorm before them, and the residual add, SwiGLU, or RoPE and the KV
+cache store after them (quant_gemv.cu). `fused_decode = False` restores the separate kernels
+(for comparison).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from ember.gpu.stream import Stream
 from ember.kernels.attention import Attention, choose_splits, partials_size
 from ember.kernels.kernel_set import KernelSet
 from ember.kernels.quant_gemv import MAX_BATCH as GEMV_MAX_ROWS
-from ember.kernels.quant_gemv import QuantType
+from ember.kernels.quant_gemv import Output, QuantType, RmsNorm, RopeCache
 from ember.model.activations import Activations, ActivationViews
 from ember.model.backend import SampledStep, SamplingBatch
 from ember.model.config import ModelConfig
@@ -46,6 +52,13 @@ _POW2_LIMIT: Final = 256
 # Share of free device memory the KV cache takes by default, and its cap.
 _KV_MEMORY_SHARE: Final = 0.5
 _KV_MEMORY_CAP: Final = 16 << 30
+# Steps of up to this many tokens run the fused decode GEMVs. Measured on an H100
+# (scripts/profile_decode.py --compare-fused, 2026-11-23), graph replay fused vs separate:
+# 135M 0.771 / 0.893 ms at 1 token, 1.019 / 1.097 at 4, 1.411 / 1.409 at 8; 8B shape 2.795 /
+# 2.987 at 1 but 8.943 / 7.978 at 8, where the GEMV is bound by its instructions and the
+# norm's extra work in quantising x (g read and multiplied per row of x) costs more than the
+# launches it saves.
+_FUSED_MAX_TOKENS: Final = 4
 
 
 def buckets(limit: int) -> list[int]:
@@ -103,6 +116,17 @@ class CudaLlama:
         )
         self._gemm_workspace.buffer.memset_d32(0, stream)
         self.use_graphs = True
+        self._fused_decode = True
+
+    @property
+    def fused_decode(self) -> bool:
+        """Whether steps of up to 4 tokens use the fused GEMVs (module docstring)."""
+        return self._fused_decode
+
+    @fused_decode.setter
+    def fused_decode(self, on: bool) -> None:
+        self._fused_decode = on
+        self._drop_graphs()
 
     @classmethod
     def load(
@@ -310,6 +334,8 @@ class CudaLlama:
     # -- the forward pass as a list of launches --------------------------------------------
 
     def _plan(self, tokens: int, rows: int) -> list[Launch]:
+        if self._fused_decode and tokens <= _FUSED_MAX_TOKENS:
+            return self._fused_plan(tokens, rows)
         assert self.inputs is not None and self.kv_cache is not None
         c, w, k = self._config, self.weights, self.kernels
         a = self._views(tokens, rows)
@@ -332,6 +358,87 @@ class CudaLlama:
         plan.append(k.sampling.sample_launch(a.logits, s.params, a.sampled))
         return plan
 
+    def _fused_plan(self, tokens: int, rows: int) -> list[Launch]:
+        """Five kernels a layer: the residual stream stays in `a.residual`, which the GEMVs
+        normalise as they read it and add into as they write it. A GEMV that adds into it also
+        writes the sums of squares of its 32-column groups, from which the next GEMV's norm
+        takes the rows' scales (the first layer's sums them itself, after the embedding)."""
+        assert self.inputs is not None
+        c, w, k = self._config, self.weights, self.kernels
+        gemv = k.quant_gemv.gemv_launch
+        a = self._views(tokens, rows)
+        s = self.inputs.arrays(tokens, rows)
+        eps = c.rms_eps
+        plan = [k.embedding.lookup_launch(w.token_embd, w.token_embd_type, s.tokens, a.residual)]
+        sums = a.norm_partials
+        for i, layer in enumerate(w.layers):
+            k_cache, v_cache = self._layer_cache(i)
+            rope = RopeCache(
+                s.positions,
+                s.slots,
+                k_cache,
+                v_cache,
+                c.n_heads,
+                c.rope.base,
+                c.head_dim,
+                c.rope.linear_factor,
+            )
+            qkv, wo, gate_up, down = layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down
+            plan += [
+                gemv(
+                    qkv.data,
+                    qkv.quant,
+                    a.residual,
+                    a.qkv,
+                    norm=RmsNorm(layer.attn_norm, eps, sums if i else None),
+                    output=Output.ROPE,
+                    rope=rope,
+                ),
+                self._attention(i, tokens, a, s),
+                gemv(
+                    wo.data, wo.quant, a.attn, a.residual, output=Output.ADD, sums_of_squares=sums
+                ),
+                gemv(
+                    gate_up.data,
+                    gate_up.quant,
+                    a.residual,
+                    a.act,
+                    norm=RmsNorm(layer.ffn_norm, eps, sums),
+                    output=Output.SWIGLU,
+                ),
+                gemv(
+                    down.data,
+                    down.quant,
+                    a.act,
+                    a.residual,
+                    output=Output.ADD,
+                    sums_of_squares=sums if i + 1 < len(w.layers) else None,
+                ),
+            ]
+        head = w.lm_head
+        plan.append(
+            k.norm.gather_rms_norm_launch(a.residual, s.logits_rows, w.output_norm, a.last, eps)
+        )
+        plan.append(gemv(head.data, head.quant, a.last, a.logits))
+        plan.append(k.sampling.sample_launch(a.logits, s.params, a.sampled))
+        return plan
+
+    def _attention(self, layer: int, tokens: int, a: ActivationViews, s: StepArrays) -> Launch:
+        k_cache, v_cache = self._layer_cache(layer)
+        return self.kernels.attention.attention_launch(
+            a.qkv,
+            k_cache,
+            v_cache,
+            s.positions,
+            s.token_seq,
+            s.block_tables,
+            a.attn,
+            self.block_size,
+            self._splits(tokens),
+            a.partials,
+            a.counters,
+        )
+
     def _attention_block(
         self, layer: int, wqkv: QuantMatrix, wo: QuantMatrix, a: ActivationViews, s: StepArrays
     ) -> list[Launch]:
@@ -351,19 +458,7 @@ class CudaLlama:
                 c.head_dim,
                 c.rope.linear_factor,
             ),
-            k.attention.attention_launch(
-                a.qkv,
-                k_cache,
-                v_cache,
-                s.positions,
-                s.token_seq,
-                s.block_tables,
-                a.attn,
-                self.block_size,
-                self._splits(tokens),
-                a.partials,
-                a.counters,
-            ),
+            self._attention(layer, tokens, a, s),
             self._linear(a.attn, wo, a.delta),
         ]
 

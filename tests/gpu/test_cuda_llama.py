@@ -19,6 +19,7 @@ pytestmark = pytest.mark.gpu
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "golden_smollm2.npz"
 NUM_PROMPTS = 4
+NEAR_TIE = 0.15  # nats
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +72,36 @@ def test_last_logits_match_transformers(
 def test_greedy_tokens_match_transformers(
     cuda_model: LoadedModel, golden: dict[str, np.ndarray]
 ) -> None:
-    """All four prompts batched, prefill chunked at 64 tokens, then decode graphs."""
+    """All four prompts batched, prefill chunked at 64 tokens, then decode graphs.
+
+    The first 16 tokens must equal transformers' (float32) greedy tokens, except where the two
+    best tokens are a near tie: int8 x in the GEMVs, fp16 K/V and fp16 GEMM inputs move a logit
+    by a few hundredths. Measured on an H100 (2026-11-23): prompt 3's token 11 has 1546 and
+    3202 within 0.016-0.093 nats of each other depending on batch composition and kernel path
+    alone. A divergence must be such a tie (the golden token within NEAR_TIE of ours, by our own
+    logprobs); the tokens after it are not compared.
+    """
     eng = engine(cuda_model, max_num_batched_tokens=64)
     prompts = [golden[f"prompt_{i}"].tolist() for i in range(NUM_PROMPTS)]
-    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
-    got = generate(eng, prompts, params)
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, logprobs=2)
+    for i, prompt in enumerate(prompts):
+        eng.add_request(str(i), prompt, params)
+    tokens: dict[str, list[int]] = {}
+    tops: dict[str, list[tuple[tuple[int, float], ...]]] = {}
+    while eng.has_unfinished_requests():
+        for o in eng.step():
+            tokens.setdefault(o.request_id, []).extend(o.new_token_ids)
+            tops.setdefault(o.request_id, []).extend(lp.top for lp in o.new_logprobs)
     for i in range(NUM_PROMPTS):
-        want = golden[f"greedy_{i}"].tolist()
-        # fp16 K/V and fp16 GEMM inputs may flip a near-tie late; the first 16 must agree.
-        assert got[i][:16] == want[:16], f"prompt {i}"
+        want = golden[f"greedy_{i}"].tolist()[:16]
+        got = tokens[str(i)][:16]
+        split = next((j for j in range(16) if got[j] != want[j]), None)
+        if split is None:
+            continue
+        top = dict(tops[str(i)][split])
+        assert want[split] in top, f"prompt {i}: token {split} {want[split]} not in our top 2"
+        margin = top[got[split]] - top[want[split]]
+        assert margin <= NEAR_TIE, f"prompt {i}: token {split} differs by {margin:.3f} nats"
 
 
 def test_eager_and_graph_steps_agree(

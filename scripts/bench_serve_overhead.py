@@ -25,7 +25,7 @@ import httpx
 
 from ember.engine.llm_engine import EngineConfig, LLMEngine
 from ember.engine.sampling_params import SamplingParams
-from ember.serve.load_generator import LoadPlan, format_report, run_load
+from ember.serve.load_generator import LoadPlan, default_processes, format_report, run_load
 
 PROMPT = "Write a short story about a lighthouse keeper."
 
@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", help="GGUF path (default: SmolLM2-135M)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--processes", type=int, help="load generator processes (default: auto)")
     args = parser.parse_args()
 
     options = ["--device", args.device] + (["--model", args.model] if args.model else [])
@@ -88,6 +89,7 @@ def main() -> None:
         prompt=PROMPT,
         max_tokens=args.max_tokens,
         ignore_eos=True,
+        processes=args.processes or default_processes(args.streams),
     )
     try:
         run_load(LoadPlan(url=url, endpoint="completions", num_requests=1, max_tokens=4))

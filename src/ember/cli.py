@@ -85,6 +85,13 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
     add("--shutdown-grace-period", type=float, default=30.0, help="seconds to drain on SIGTERM")
     add("--max-body-bytes", type=int, default=4 << 20)
     add("--max-choices", type=int, default=16, help="largest n (choices) per request")
+    add(
+        "--stream-interval",
+        type=float,
+        default=0.02,
+        help="seconds between a stream's chunks at least; tokens arriving sooner go together "
+        "in the next chunk (0: a chunk per engine step)",
+    )
     add("--max-num-seqs", type=int, default=256, help="sequences per engine step")
     add("--max-num-batched-tokens", type=int, default=1024, help="tokens per engine step")
     add(
@@ -116,6 +123,13 @@ def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
     add("--temperature", type=float, default=0.0)
     add("--timeout", type=float, default=600.0, help="seconds per request")
     add("--seed", type=int, default=0, help="seed of the arrival times")
+    add(
+        "--processes",
+        type=int,
+        default=None,
+        help="load-generating processes (default: one per 64 streams, at most a quarter of "
+        "the cores)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -280,6 +294,7 @@ def _serve(args: argparse.Namespace) -> int:
             shutdown_grace_period=args.shutdown_grace_period,
             max_body_bytes=args.max_body_bytes,
             max_choices=args.max_choices,
+            stream_interval=args.stream_interval,
             log_level=args.log_level,
         )
     )
@@ -287,7 +302,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _bench_serve(args: argparse.Namespace) -> int:
-    from ember.serve.load_generator import LoadPlan, format_report, run_load
+    from ember.serve.load_generator import LoadPlan, default_processes, format_report, run_load
 
     plan = LoadPlan(
         url=args.url,
@@ -304,6 +319,7 @@ def _bench_serve(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         timeout=args.timeout,
         seed=args.seed,
+        processes=args.processes or default_processes(args.concurrency),
     )
     print(format_report(plan, run_load(plan)))
     return 0

@@ -26,6 +26,9 @@ class ServerConfig:
     max_body_bytes: int = 4 << 20
     # Upper bound on `n` (choices per request): each choice is a sequence in the engine.
     max_choices: int = 16
+    # Seconds between a stream's chunks at least: tokens that arrive sooner wait and go out
+    # together in one chunk (the first token and the finish never wait). 0: every step's.
+    stream_interval: float = 0.02
     # Seconds before restarting a worker that died, doubling per consecutive failure.
     restart_backoff: float = 0.5
     max_restart_backoff: float = 30.0
@@ -44,3 +47,5 @@ class ServerConfig:
             raise EmberError("--max-body-bytes must be at least 1024")
         if self.max_choices < 1:
             raise EmberError("--max-choices must be >= 1")
+        if not 0 <= self.stream_interval <= 10:
+            raise EmberError("--stream-interval must be between 0 and 10 seconds")

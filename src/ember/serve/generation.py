@@ -2,8 +2,9 @@
 
 Token ids arrive from the engine worker once per step; each `Choice` turns them into text
 (incremental detokenization and stop strings, via the engine's `TextStream`) and keeps what
-the HTTP side has not yet taken. A client that reads slowly simply takes several tokens at
-once, so the server never falls behind the engine by doing per-token work twice.
+the HTTP side has not yet taken. The handler takes everything new whenever it wakes, so however
+many steps passed since it last ran, it writes one chunk: per-token work is only the
+detokenizing, and per-chunk work (JSON, the socket write) is paid per wake-up.
 """
 
 from __future__ import annotations
@@ -111,10 +112,13 @@ class GenerationRequest:
         self.timeout = timeout  # seconds from submission to the last token
         self.choices: list[Choice] = []
         self.error: APIError | None = None
-        self.changed = asyncio.Event()
         self.timer: asyncio.TimerHandle | None = None
-        # Streams wake per step to forward tokens; a whole response waits for the finish only.
+        # Streams wake to forward tokens; a whole response waits for the finish only.
         self.wake_on_tokens = True
+        # A future only while the handler waits, and a flag for a wake-up before it does:
+        # cheaper than an asyncio.Event, which this is woken as often as per engine step.
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
 
     def add_choice(
         self, prompt_ids: list[int], params: SamplingParams, tokenizer: Tokenizer
@@ -140,9 +144,21 @@ class GenerationRequest:
     def fail(self, error: APIError) -> None:
         if self.error is None and not self.finished:
             self.error = error
-        self.changed.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """Something new happened (tokens, a finish, an error): end the handler's `wait`."""
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def wait(self) -> None:
-        """Until something new happened (tokens, a finish, an error)."""
-        await self.changed.wait()
-        self.changed.clear()
+        """Until the next `wake`; at once if there was one since the last `wait` returned."""
+        if not self._woken:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        self._woken = False

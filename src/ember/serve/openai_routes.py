@@ -221,23 +221,26 @@ class OpenAIRoutes:
                     yield encoder.text(choice.index, echo[choice.index])
                 elif encoder.is_chat:
                     yield encoder.role(choice.index)
+            # One write per wake-up: every choice's news, and at the end usage and [DONE] too.
             while True:
+                chunks: list[bytes] = []
                 for choice in choices:
                     delta = choice.take()
                     if delta is None or not (delta.text or delta.finish_reason or delta.logprobs):
                         continue
-                    yield encoder.delta(choice, delta, offsets[choice.index])
+                    chunks.append(encoder.delta(choice, delta, offsets[choice.index]))
                     offsets[choice.index] += len(delta.text)
                 if generation.error is not None:
-                    yield error_event(generation.error.body())
-                    yield DONE
+                    chunks += (error_event(generation.error.body()), DONE)
+                elif generation.finished:
+                    if options.include_usage:
+                        chunks.append(encoder.usage(generation))
+                    chunks.append(DONE)
+                if chunks:
+                    yield chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                if generation.error is not None or generation.finished:
                     return
-                if generation.finished:
-                    break
                 await generation.wait()
-            if options.include_usage:
-                yield encoder.usage(generation)
-            yield DONE
         finally:
             if not generation.finished:
                 self._client.abort(generation)

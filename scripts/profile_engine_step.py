@@ -45,7 +45,7 @@ import numpy.typing as npt
 from ember.engine.llm_engine import EngineConfig, LLMEngine
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.text_stream import TextStream
-from ember.model.backend import ForwardBackend, SampledStep, SamplingBatch
+from ember.model.backend import CompletedStep, ForwardBackend, SampledStep, SamplingBatch
 from ember.model.config import ModelConfig
 from ember.model.default_model import resolve_model_path
 from ember.model.forward_batch import ForwardBatch
@@ -126,7 +126,7 @@ class DeviceStandIn:
     def forward(self, batch: ForwardBatch) -> F32:
         raise NotImplementedError("the stand-in samples on the device")
 
-    def forward_sample(self, batch: ForwardBatch, sampling: SamplingBatch) -> SampledStep:
+    def launch_sample(self, batch: ForwardBatch, sampling: SamplingBatch) -> CompletedStep:
         assert self._layout is not None
         started = time.perf_counter()
         rows = batch.logits_indices.shape[0]
@@ -138,7 +138,7 @@ class DeviceStandIn:
         self._clock.excluded += time.perf_counter() - filled
         self._clock.fill += filled - started
         self._clock.fills.append(filled - started)
-        return SampledStep(token_ids=token_ids, host_logits=None)
+        return CompletedStep(SampledStep(token_ids=token_ids, host_logits=None))
 
 
 class TimedForward:

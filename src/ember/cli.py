@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--cold-start", action="store_true", help="also time a fresh `ember run` to first token"
     )
+    bench.add_argument(
+        "--no-async-scheduling",
+        action="store_true",
+        help=_NO_ASYNC_HELP,
+    )
     bench_forms = bench.add_subparsers(dest="bench_command", metavar="{serve}")
     bench_serve = bench_forms.add_parser(
         "serve", help="load-test an OpenAI-compatible server (any, not only Ember)"
@@ -103,6 +108,11 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
     add("--num-kv-blocks", type=int, default=None, help="overrides --kv-cache-memory-mb")
     add("--block-size", type=int, default=16)
     add("--no-prefix-caching", action="store_true")
+    add(
+        "--no-async-scheduling",
+        action="store_true",
+        help=_NO_ASYNC_HELP,
+    )
     add("--seed", type=int, default=0, help="engine seed for requests without their own")
     add("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
@@ -130,6 +140,12 @@ def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
         help="load-generating processes (default: one per 64 streams, at most a quarter of "
         "the cores)",
     )
+
+
+_NO_ASYNC_HELP = (
+    "launch each step only after the previous step's tokens reach the host (by default, on a "
+    "GPU, the next step is launched first so that host work overlaps the device's)"
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -223,6 +239,7 @@ def _bench(args: argparse.Namespace) -> int:
             max_num_batched_tokens=max(1024, args.prefill_tokens),
             enable_prefix_caching=False,
             detokenize=False,
+            async_scheduling=not args.no_async_scheduling,
         )
     )
     device = engine.model.backend.device_name
@@ -280,6 +297,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.kv_cache_memory_mb is None
         else args.kv_cache_memory_mb << 20,
         enable_prefix_caching=not args.no_prefix_caching,
+        async_scheduling=not args.no_async_scheduling,
         seed=args.seed,
     )
     run_server(

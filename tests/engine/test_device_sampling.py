@@ -4,55 +4,13 @@ NumPy forward pass and the NumPy model of sampling.cu's draw."""
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
 from ember.engine.llm_engine import EngineConfig, LLMEngine
 from ember.engine.model_runner import sampling_batch
 from ember.engine.sampling_params import SamplingParams
-from ember.kernels.sampling import row_params
-from ember.kernels.sampling_reference import reference_sample
-from ember.model.backend import DeviceSamplingBackend, SampledStep, SamplingBatch
-from ember.model.forward_batch import ForwardBatch
+from ember.model.backend import DeviceSamplingBackend
 from ember.model.loader import LoadedModel
-from ember.model.numpy_llama import NumpyLlama
-
-
-class ReferenceSamplingLlama(NumpyLlama):
-    """NumpyLlama that samples as sampling.cu does, returning logits only for host rows."""
-
-    def __init__(self, inner: NumpyLlama) -> None:
-        super().__init__(inner.config, inner.weights)
-        self.calls: list[SamplingBatch] = []
-
-    def forward_sample(self, batch: ForwardBatch, sampling: SamplingBatch) -> SampledStep:
-        self.calls.append(sampling)
-        logits = self.forward(batch)
-        params = row_params(
-            sampling.temperature,
-            sampling.top_k,
-            sampling.top_p,
-            sampling.min_p,
-            sampling.seeds,
-            sampling.steps,
-        )
-        ids: npt.NDArray[np.int32] = reference_sample(logits, params)
-        host = logits[sampling.host_rows] if sampling.host_rows.shape[0] else None
-        return SampledStep(token_ids=ids, host_logits=host)
-
-
-def engine_over(model: LoadedModel) -> tuple[LLMEngine, ReferenceSamplingLlama]:
-    assert isinstance(model.backend, NumpyLlama)
-    backend = ReferenceSamplingLlama(model.backend)
-    loaded = LoadedModel(
-        path=model.path,
-        config=model.config,
-        tokenizer=model.tokenizer,
-        chat_template=model.chat_template,
-        backend=backend,
-        load_seconds=0.0,
-    )
-    config = EngineConfig(num_kv_blocks=64, max_num_seqs=4, show_progress=False)
-    return LLMEngine(config, model=loaded), backend
+from tests.engine.reference_sampling import engine_over
 
 
 def run(engine: LLMEngine, requests: dict[str, tuple[str, SamplingParams]]) -> dict[str, list[int]]:

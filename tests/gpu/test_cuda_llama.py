@@ -172,3 +172,39 @@ def test_fused_and_separate_decode_kernels_agree(
         backend.fused_decode = True
     for i in range(NUM_PROMPTS):
         assert fused[i][:16] == separate[i][:16], f"prompt {i}"
+
+
+def test_async_steps_match_sync_steps(
+    cuda_model: LoadedModel, golden: dict[str, np.ndarray]
+) -> None:
+    """Steps launched before the previous step's tokens reach the host (decode inputs read on
+    the device from the previous step's sampled ids) give the tokens synchronous steps give:
+    12 sequences (unfused GEMVs), shrinking to 4 and fewer (fused), so a placeholder names a
+    row beyond the current step's bucket; greedy and seeded rows; a stop token id."""
+    prompts = [golden[f"prompt_{i % NUM_PROMPTS}"].tolist() for i in range(12)]
+    params = [
+        SamplingParams(
+            max_tokens=4 + 3 * i,
+            temperature=0.0 if i % 3 else 0.8,
+            seed=i,
+            ignore_eos=True,
+            stop_token_ids=[13] if i == 5 else [],
+        )
+        for i in range(12)
+    ]
+
+    def run(eng: LLMEngine) -> dict[str, list[int]]:
+        for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+            eng.add_request(str(i), prompt, p)
+        out: dict[str, list[int]] = {}
+        while eng.has_unfinished_requests():
+            for o in eng.step():
+                out.setdefault(o.request_id, []).extend(o.new_token_ids)
+        assert eng.pool.num_used_blocks == 0
+        return out
+
+    sync = run(engine(cuda_model, async_scheduling=False))
+    assert run(engine(cuda_model)) == sync
+    assert [len(sync[str(i)]) for i in range(12) if i != 5] == [
+        4 + 3 * i for i in range(12) if i != 5
+    ]

@@ -32,17 +32,22 @@ def test_embedding_rows_match_dequantized_table(
     else:
         raw = random_weight(QuantType[kind], vocab, d, seed=5)
         table = dequantize(raw, gtype, (vocab, d))
-    ids = np.array([0, 299, 17, 17, -1, 300, 5], np.int32)  # -1 and 300 are padding: zeros
+    # -1 and 300 are padding (zeros); -2 - r is row r of the previous step's sampled ids.
+    ids = np.array([0, 299, 17, 17, -1, 300, 5, -2, -4, -3], np.int32)
+    previous = np.array([11, 250, 3], np.int32)
+    resolved = np.where(ids <= -2, previous[np.maximum(-2 - ids, 0)], ids)
     with (
         DeviceArray.from_numpy(raw) as dt,
         DeviceArray.from_numpy(ids) as di,
+        DeviceArray.from_numpy(previous) as dp,
         DeviceArray.empty((len(ids), d), np.float32) as out,
     ):
-        embedding.lookup(dt, gtype, di, out, stream)
+        embedding.lookup(dt, gtype, di, out, stream, previous=dp)
         stream.synchronize()
         got = out.to_numpy()
-    valid = (ids >= 0) & (ids < vocab)
-    np.testing.assert_array_equal(got[valid], table[ids[valid]])
+    valid = (resolved >= 0) & (resolved < vocab)
+    assert valid.sum() == 8
+    np.testing.assert_array_equal(got[valid], table[resolved[valid]])
     assert not got[~valid].any()
 
 

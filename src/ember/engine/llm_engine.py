@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ember.engine.kv_cache_pool import KVCachePool
-from ember.engine.model_runner import ModelRunner
+from ember.engine.model_runner import LaunchedStep, ModelRunner
 from ember.engine.request_output import RequestOutput
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler, SchedulerConfig
@@ -34,6 +34,10 @@ class EngineConfig:
     # False: outputs carry token ids only (no text, no stop strings), for a caller that
     # detokenizes elsewhere, e.g. the HTTP server in front of an engine worker process.
     detokenize: bool = True
+    # On a backend that samples on the device: launch each step before taking the previous
+    # step's tokens, so the host's work (scheduling, inputs, outputs) overlaps the device's.
+    # A step's outputs then come from the next `step()` call.
+    async_scheduling: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,9 @@ class LLMEngine:
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.pool
         )
         self.runner = ModelRunner(backend, config.block_size, self.pool.tables)
+        self._asynchronous = config.async_scheduling and self.runner.device_sampling is not None
+        # The launched step whose tokens the next `step()` collects (asynchronous scheduling).
+        self._in_flight: LaunchedStep | None = None
         self._requests: dict[str, _Request] = {}
         self._next_seq_id = 0
         self._seed_rng = np.random.default_rng(config.seed)
@@ -155,20 +162,53 @@ class LLMEngine:
         return bool(self._requests)
 
     def step(self) -> list[RequestOutput]:
+        """Schedule and launch a step; return what requests have to report.
+
+        Asynchronously, a step's tokens are collected by the next call, after that call has
+        launched its own step: a sequence still decoding takes its next input from the device,
+        and its output reaches the caller one call later (no step is lost: the device computes
+        while the host collects). A request that finishes on a stop token was scheduled once
+        more meanwhile; that token is dropped (max_tokens is known ahead and wastes nothing).
+        """
+        previous, self._in_flight = self._in_flight, None
         batch = self.scheduler.schedule()
         self._last_batch_size = len(batch)
         self._last_batch_tokens = batch.num_tokens
-        if not batch.seqs:
-            return []
-        sampled = self.runner.run(batch)
-        self.pool.mark_computed(batch.seqs, batch.num_new_tokens)
+        launched = self.runner.launch(batch, self._asynchronous) if batch.seqs else None
+        outputs = [] if previous is None else self._collect(previous)
+        if launched is not None:
+            self._mark_computed(launched)
+            if launched.asynchronous:
+                self._in_flight = launched
+            else:
+                outputs += self._collect(launched)
+        return outputs
+
+    def _mark_computed(self, step: LaunchedStep) -> None:
+        """The step's K/V count as computed once its inputs are known on the host (its pending
+        inputs arrive with the previous step's collection): the scheduler's next decision and
+        the prefix cache's block hashes need them. Finished and aborted sequences are gone."""
+        batch = step.batch
+        if all(seq.status is SequenceStatus.RUNNING for seq in batch.seqs):
+            self.pool.mark_computed(batch.seqs, batch.num_new_tokens)
+            return
+        live = [
+            (seq, n)
+            for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True)
+            if seq.status is SequenceStatus.RUNNING
+        ]
+        self.pool.mark_computed([seq for seq, _ in live], [n for _, n in live])
+
+    def _collect(self, step: LaunchedStep) -> list[RequestOutput]:
+        sampled = self.runner.collect(step)
         requests = self._requests
         logprobs = sampled.logprobs or [None] * len(sampled)
-        columns = zip(sampled.seqs, sampled.token_ids, logprobs, strict=True)
-        return [
-            self._advance(requests[seq.request_id], token_id, logprob)
-            for seq, token_id, logprob in columns
-        ]
+        outputs = []
+        for seq, token_id, logprob in zip(sampled.seqs, sampled.token_ids, logprobs, strict=True):
+            request = requests.get(seq.request_id)
+            if request is not None and request.seq is seq:  # not finished nor aborted since
+                outputs.append(self._advance(request, token_id, logprob))
+        return outputs
 
     def stats(self) -> EngineStats:
         return EngineStats(

@@ -1,5 +1,8 @@
 """Execute a scheduled batch: build the backend's ForwardBatch, run it, sample the tokens.
 
+A step is launched, then collected: on a backend that samples on the device, the engine
+prepares and launches the next step between the two, so the host's work overlaps the device's.
+
 A step's per-token inputs are built with a handful of vectorised NumPy operations over the
 whole batch (positions, cache slots, block tables gathered from the pool's `BlockTables`);
 the only per-sequence Python work is reading a few integers from each sequence.
@@ -10,13 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from ember.engine.block_tables import BlockTables
 from ember.engine.sampler import Sampler
 from ember.engine.scheduler import ScheduledBatch
 from ember.engine.sequence import Sequence, TokenLogprob
-from ember.model.backend import DeviceSamplingBackend, ForwardBackend, SamplingBatch
-from ember.model.forward_batch import ForwardBatch
+from ember.model.backend import DeviceSamplingBackend, ForwardBackend, PendingStep, SamplingBatch
+from ember.model.forward_batch import ForwardBatch, previous_token
+
+F32 = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +38,21 @@ class SampledTokens:
         return len(self.seqs)
 
 
+@dataclass(frozen=True, slots=True)
+class LaunchedStep:
+    """A step whose work is queued (or, on a host-sampling backend, done) but whose tokens the
+    engine has not taken: `ModelRunner.collect` takes them."""
+
+    batch: ScheduledBatch
+    seqs: list[Sequence]  # the sequences that get a token, one per sampled row
+    pending: PendingStep | None  # a device-sampling backend's step
+    sampling: SamplingBatch | None
+    logits: F32 | None  # a host-sampling backend's logits, one row per sequence of `seqs`
+    # Its sequences count its tokens as pending: the next step may be launched before this
+    # one is collected, naming them by placeholder.
+    asynchronous: bool
+
+
 class ModelRunner:
     def __init__(self, backend: ForwardBackend, block_size: int, tables: BlockTables) -> None:
         self.backend = backend
@@ -45,26 +66,46 @@ class ModelRunner:
 
     def run(self, batch: ScheduledBatch) -> SampledTokens:
         """Compute the batch; sequences whose prompt is now fully computed get a token."""
-        forward_batch, sampling_seqs = self.prepare(batch)
-        if self.device_sampling is not None:
-            return self._run_sampling_on_device(self.device_sampling, forward_batch, sampling_seqs)
-        logits = self.backend.forward(forward_batch)
-        if not sampling_seqs:
-            return SampledTokens([], [], None)
-        return _columns(sampling_seqs, self.sampler.sample(logits, sampling_seqs))
+        return self.collect(self.launch(batch, asynchronous=False))
 
-    def _run_sampling_on_device(
-        self, backend: DeviceSamplingBackend, batch: ForwardBatch, seqs: list[Sequence]
-    ) -> SampledTokens:
+    def launch(self, batch: ScheduledBatch, asynchronous: bool) -> LaunchedStep:
+        """Start computing the batch. With `asynchronous`, on a device-sampling backend and when
+        no row needs the host's sampler, return before the step is done: its sequences' new
+        tokens become pending (`Sequence.num_pending`) until `collect`."""
+        forward_batch, seqs = self.prepare(batch)
+        device = self.device_sampling
+        if device is None:
+            logits = self.backend.forward(forward_batch)
+            return LaunchedStep(batch, seqs, None, None, logits, False)
         sampling = sampling_batch(seqs)
-        step = backend.forward_sample(batch, sampling)
-        token_ids: list[int] = step.token_ids.tolist()
+        pending = device.launch_sample(forward_batch, sampling)
+        asynchronous = asynchronous and bool(seqs) and not sampling.host_rows.shape[0]
+        if asynchronous:
+            for row, seq in enumerate(seqs):
+                seq.num_pending += 1
+                seq.pending_row = row
+        return LaunchedStep(batch, seqs, pending, sampling, None, asynchronous)
+
+    def collect(self, step: LaunchedStep) -> SampledTokens:
+        """Wait for the step; one token (and its logprob entry, if asked for) per sequence."""
+        seqs = step.seqs
+        if step.asynchronous:
+            for seq in seqs:
+                seq.num_pending -= 1
+        if step.pending is None:
+            if not seqs:
+                return SampledTokens([], [], None)
+            assert step.logits is not None
+            return _columns(seqs, self.sampler.sample(step.logits, seqs))
+        assert step.sampling is not None
+        sampled = step.pending.wait()
+        token_ids: list[int] = sampled.token_ids.tolist()
         logprobs: list[TokenLogprob | None] | None = None
-        if step.host_logits is not None:
+        if sampled.host_logits is not None:
             # Penalties and logprobs need the whole distribution: the host sampler redoes these
             # rows, so each sequence's draws depend on its own parameters only.
-            rows = sampling.host_rows.tolist()
-            picks = self.sampler.sample(step.host_logits, [seqs[row] for row in rows])
+            rows = step.sampling.host_rows.tolist()
+            picks = self.sampler.sample(sampled.host_logits, [seqs[row] for row in rows])
             for row, (token_id, logprob) in zip(rows, picks, strict=True):
                 token_ids[row] = token_id
                 if logprob is not None:
@@ -82,13 +123,15 @@ class ModelRunner:
         for index, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True)):
             start = seq.num_computed_tokens
             ids = seq.token_ids
-            if n == 1:
+            if start == len(ids):  # the token the previous step sampled, still on the device
+                token_ids.append(previous_token(seq.pending_row))
+            elif n == 1:
                 token_ids.append(ids[start])
             else:
                 token_ids.extend(ids[start : start + n])
             starts.append(start)
             rows.append(seq.table_row)
-            if start + n == len(ids):
+            if start + n == len(ids) + seq.num_pending:
                 sampled_rows.append(index)
                 sampling_seqs.append(seq)
         num_seqs, num_tokens = len(starts), len(token_ids)
@@ -138,7 +181,7 @@ def sampling_batch(seqs: list[Sequence]) -> SamplingBatch:
         temperature, top_k, top_p, min_p, seeds, host = zip(
             *[seq.sampling_row for seq in seqs], strict=True
         )
-    steps = [len(seq.token_ids) - seq.num_prompt_tokens for seq in seqs]
+    steps = [len(seq.token_ids) + seq.num_pending - seq.num_prompt_tokens for seq in seqs]
     return SamplingBatch(
         temperature=np.array(temperature, np.float32),
         top_k=np.array(top_k, np.int32),

@@ -4,6 +4,8 @@ Each step has a token budget. Running sequences go first (decode tokens and the 
 chunked prefills), oldest first; then waiting sequences are admitted, oldest first, while their
 blocks fit. When a running sequence needs a block and none is free, the newest running
 sequence is preempted: its blocks are freed and it will be recomputed from its tokens.
+A running sequence's tokens include those sampled by a step still in flight (`num_pending`):
+it decodes the next one from the device's copy, unless that token is its last by max_tokens.
 The scheduler says *what* runs; the model runner decides *how*.
 """
 
@@ -65,8 +67,11 @@ class Scheduler:
         index = 0
         while index < len(running) and budget > 0:
             seq = running[index]
+            if seq.num_pending and seq.reaches_max_tokens:
+                index += 1  # its last token is on its way: it finishes when that arrives
+                continue
             computed = seq.num_computed_tokens
-            n = min(len(seq.token_ids) - computed, budget)
+            n = min(seq.num_uncomputed_tokens, budget)
             # Most steps need no new block: skip the pool unless the table is full.
             if computed + n > len(seq.block_table) * block_size and not self._make_room(
                 seq, computed + n, batch

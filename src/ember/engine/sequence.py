@@ -53,6 +53,10 @@ class Sequence:
     # Counts of generated tokens, for presence/frequency penalties.
     output_counts: dict[int, int] = field(default_factory=dict)
     first_token_time: float | None = None
+    # Tokens sampled on the device by launched steps that the host has not taken yet
+    # (asynchronous scheduling), and the newest one's row in its step's sampled ids.
+    num_pending: int = 0
+    pending_row: int = 0
     # The seed `rng` was made from; a device sampler derives its draws from it and the step.
     seed: int = 0
     # What a device sampler needs of `params` and `seed`, made once rather than every step:
@@ -88,7 +92,14 @@ class Sequence:
 
     @property
     def num_uncomputed_tokens(self) -> int:
-        return len(self.token_ids) - self.num_computed_tokens
+        return len(self.token_ids) + self.num_pending - self.num_computed_tokens
+
+    @property
+    def reaches_max_tokens(self) -> bool:
+        """Whether its pending tokens take it to `max_tokens` (no further step is needed)."""
+        return len(self.token_ids) + self.num_pending - self.num_prompt_tokens >= (
+            self.params.max_tokens
+        )
 
     @property
     def is_finished(self) -> bool:

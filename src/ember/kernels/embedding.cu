@@ -3,7 +3,9 @@
 // One block per token. Tables are stored as GGUF has them (Q8_0 for the default model's tied
 // embedding), so the lookup dequantises on the fly instead of keeping a float copy of a
 // vocabulary-sized matrix. An id outside [0, vocab) gives a zero row rather than reading out
-// of bounds: padded rows of a captured batch carry such ids.
+// of bounds: padded rows of a captured batch carry such ids (-1). An id of -2 - r is a
+// placeholder for `previous[r]`, the token the previous step sampled in row r (asynchronous
+// scheduling: the host launches a step before it has seen the previous step's tokens).
 #include "common.cuh"
 
 namespace ember_embedding {
@@ -28,12 +30,18 @@ __device__ __forceinline__ float dequant(const ember::block_q4_1& b, int j) {
     return fmaf(__half2float(b.d), static_cast<float>(q), __half2float(b.m));
 }
 
+__device__ __forceinline__ int token_id(
+    const int* __restrict__ ids, const int* __restrict__ previous, long long t) {
+    const int id = ids[t];
+    return id <= -2 && previous != nullptr ? previous[-2 - id] : id;
+}
+
 template <typename Block>
 __device__ __forceinline__ void embed_quant(
-    const uint8_t* __restrict__ table, const int* __restrict__ ids, float* __restrict__ out,
-    int d, int vocab) {
+    const uint8_t* __restrict__ table, const int* __restrict__ ids,
+    const int* __restrict__ previous, float* __restrict__ out, int d, int vocab) {
     const long long t = blockIdx.x;
-    const int id = ids[t];
+    const int id = token_id(ids, previous, t);
     float* row_out = out + t * d;
     if (id < 0 || id >= vocab) {
         for (int i = threadIdx.x; i < d; i += blockDim.x) row_out[i] = 0.0f;
@@ -46,10 +54,10 @@ __device__ __forceinline__ void embed_quant(
 
 template <typename T>
 __device__ __forceinline__ void embed_float(
-    const T* __restrict__ table, const int* __restrict__ ids, float* __restrict__ out, int d,
-    int vocab) {
+    const T* __restrict__ table, const int* __restrict__ ids, const int* __restrict__ previous,
+    float* __restrict__ out, int d, int vocab) {
     const long long t = blockIdx.x;
-    const int id = ids[t];
+    const int id = token_id(ids, previous, t);
     float* row_out = out + t * d;
     const bool valid = id >= 0 && id < vocab;
     const T* row = table + static_cast<long long>(valid ? id : 0) * d;
@@ -59,13 +67,15 @@ __device__ __forceinline__ void embed_float(
 
 }  // namespace ember_embedding
 
-// table: raw GGUF bytes [vocab, row bytes]; ids [T]; out float32 [T, d]. Grid (T), any block.
+// table: raw GGUF bytes [vocab, row bytes]; ids [T]; previous: int32 sampled ids of the
+// previous step (or null: no placeholders); out float32 [T, d]. Grid (T), any block.
 #define EMBER_EMBEDDING_QUANT(TYPE)                                                        \
     extern "C" __global__ void embedding_##TYPE(                                           \
         const uint8_t* __restrict__ table, const int* __restrict__ ids,                    \
-        float* __restrict__ out, int d, int vocab) {                                       \
+        const int* __restrict__ previous, float* __restrict__ out, int d, int vocab) {     \
         ember::await_prior_grid();                                                         \
-        ember_embedding::embed_quant<ember::block_##TYPE>(table, ids, out, d, vocab);      \
+        ember_embedding::embed_quant<ember::block_##TYPE>(                                 \
+            table, ids, previous, out, d, vocab);                                          \
     }
 
 EMBER_EMBEDDING_QUANT(q4_0)
@@ -73,15 +83,15 @@ EMBER_EMBEDDING_QUANT(q4_1)
 EMBER_EMBEDDING_QUANT(q8_0)
 
 extern "C" __global__ void embedding_f32(
-    const float* __restrict__ table, const int* __restrict__ ids, float* __restrict__ out, int d,
-    int vocab) {
+    const float* __restrict__ table, const int* __restrict__ ids, const int* __restrict__ previous,
+    float* __restrict__ out, int d, int vocab) {
     ember::await_prior_grid();
-    ember_embedding::embed_float(table, ids, out, d, vocab);
+    ember_embedding::embed_float(table, ids, previous, out, d, vocab);
 }
 
 extern "C" __global__ void embedding_f16(
-    const half* __restrict__ table, const int* __restrict__ ids, float* __restrict__ out, int d,
-    int vocab) {
+    const half* __restrict__ table, const int* __restrict__ ids, const int* __restrict__ previous,
+    float* __restrict__ out, int d, int vocab) {
     ember::await_prior_grid();
-    ember_embedding::embed_float(table, ids, out, d, vocab);
+    ember_embedding::embed_float(table, ids, previous, out, d, vocab);
 }

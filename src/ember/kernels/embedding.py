@@ -34,7 +34,7 @@ class Embedding:
 
     def __init__(self, module: Module) -> None:
         self.module = module
-        signature = (Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.I32)
+        signature = (Arg.PTR, Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.I32)
         self._kernels: dict[GGMLQuantizationType, Kernel] = {
             t: module.function(f"embedding_{t.name.lower()}", signature) for t in _ROW_BYTES
         }
@@ -53,9 +53,11 @@ class Embedding:
         table_type: GGMLQuantizationType,
         ids: DeviceArray,
         out: DeviceArray,
+        previous: DeviceArray | None = None,
     ) -> Launch:
         """out[t] = row ids[t] of `table` (raw GGUF bytes as uint8 [vocab, row bytes]), float32
-        [T, d]; an id outside the vocabulary gives a row of zeros."""
+        [T, d]; an id outside the vocabulary gives a row of zeros, except that with `previous`
+        (int32, the previous step's sampled ids) an id of -2 - r stands for previous[r]."""
         if table_type not in _ROW_BYTES:
             raise ValueError(f"no embedding kernel for {table_type.name} tables")
         if ids.dtype != _I32 or out.dtype != _F32 or len(out.shape) != 2:
@@ -66,6 +68,8 @@ class Embedding:
         tokens, d = out.shape
         if ids.shape != (tokens,):
             raise ValueError(f"embedding needs ids [{tokens}], got {ids.shape}")
+        if previous is not None and (previous.dtype != _I32 or len(previous.shape) != 1):
+            raise TypeError(f"previous ids must be int32 [R], got {previous.dtype}{previous.shape}")
         if len(table.shape) != 2 or table.nbytes // table.shape[0] != _ROW_BYTES[table_type](d):
             raise ValueError(
                 f"{table_type.name} table of shape {table.shape} ({table.dtype}) "
@@ -77,7 +81,14 @@ class Embedding:
             self._kernels[table_type],
             (max(1, tokens), 1, 1),
             (_THREADS, 1, 1),
-            (table.ptr, ids.ptr, out.ptr, d, table.shape[0]),
+            (
+                table.ptr,
+                ids.ptr,
+                0 if previous is None else previous.ptr,
+                out.ptr,
+                d,
+                table.shape[0],
+            ),
         )
 
     def lookup(
@@ -87,9 +98,10 @@ class Embedding:
         ids: DeviceArray,
         out: DeviceArray,
         stream: Stream | None = None,
+        previous: DeviceArray | None = None,
     ) -> None:
         if ids.size:
-            self.lookup_launch(table, table_type, ids, out)(stream)
+            self.lookup_launch(table, table_type, ids, out, previous)(stream)
 
     def unload(self) -> None:
         self.module.unload()

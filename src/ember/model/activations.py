@@ -68,6 +68,7 @@ class Activations:
         self._groups = -(-c.d_model // 32)
         place("norm_partials", 4 * _GEMV_ROWS * self._groups)
         self.partials_size = partials
+        self.max_rows = max_rows
         self.buffer = DeviceBuffer.alloc(offset)
         # Attention's split counters start at zero once; each launch leaves them zero.
         counters = 4 * max_tokens * c.n_kv_heads
@@ -89,6 +90,15 @@ class Activations:
             partials=view("partials", (max(self.partials_size, 1),)),
             counters=view("counters", (tokens * self.config.n_kv_heads,), np.dtype(np.int32)),
             norm_partials=view("norm_partials", (_GEMV_ROWS, self._groups)),
+        )
+
+    def sampled_ids(self) -> DeviceArray:
+        """int32 [max rows]: every bucket's `sampled` is a prefix of this (so a step can read
+        the previous step's ids whatever their bucket)."""
+        return DeviceArray(
+            self.buffer.view(self._offsets["sampled"], 4 * self.max_rows),
+            (self.max_rows,),
+            np.dtype(np.int32),
         )
 
     def free(self) -> None:

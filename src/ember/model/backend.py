@@ -69,8 +69,32 @@ class SampledStep:
     host_logits: npt.NDArray[np.float32] | None  # [len(host_rows), vocab]
 
 
+class PendingStep(Protocol):
+    """A launched step whose sampled ids the host has not taken yet."""
+
+    def wait(self) -> SampledStep:
+        """Block until the step is done; its token ids (and host rows' logits)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedStep:
+    """The `PendingStep` of a backend that computes a step as it is launched."""
+
+    result: SampledStep
+
+    def wait(self) -> SampledStep:
+        return self.result
+
+
 @runtime_checkable
 class DeviceSamplingBackend(ForwardBackend, Protocol):
-    """A backend that samples where the logits are, so only token ids cross to the host."""
+    """A backend that samples where the logits are, so only token ids cross to the host.
 
-    def forward_sample(self, batch: ForwardBatch, sampling: SamplingBatch) -> SampledStep: ...
+    `launch_sample` queues a step and returns without waiting for it, so the engine can prepare
+    the next step while this one runs. The next step's batch may then name this step's sampled
+    ids by placeholder (`forward_batch.previous_token`). The engine waits for each step before
+    it launches the one after next, and waits at once for a step with host rows.
+    """
+
+    def launch_sample(self, batch: ForwardBatch, sampling: SamplingBatch) -> PendingStep: ...

@@ -8,6 +8,12 @@ that size runs (a few ms), not up front: capturing every decode bucket at start-
 that to each cold start, for sizes a short-lived process may never use. Projections run as
 quantised GEMV for up to 8 rows and as a tensor-core GEMM above.
 
+`launch_sample` returns once the step is queued: the engine prepares the next step while
+this one runs, and that step's decode tokens may be placeholders for this step's sampled ids,
+which the embedding kernel reads on the device. Two sets of pinned buffers (step inputs,
+sampled ids) take turns, each guarded by an event, so filling one never races a copy still
+queued from the other.
+
 Steps of up to 4 tokens (decode at small batches, where a step is a chain of short kernels and
 each costs a launch's ~3.5 µs on an H100 whatever its work) run five kernels a layer instead of
 nine: the GEMVs fuse the RMSNorm before them, and the residual add, SwiGLU, or RoPE and the KV
@@ -29,13 +35,13 @@ from ember.gpu.device import Device
 from ember.gpu.graph import GraphExec, StreamCapture
 from ember.gpu.launch import Launch
 from ember.gpu.memory import PinnedHostBuffer
-from ember.gpu.stream import Stream
+from ember.gpu.stream import Event, Stream
 from ember.kernels.attention import Attention, choose_splits, partials_size
 from ember.kernels.kernel_set import KernelSet
 from ember.kernels.quant_gemv import MAX_BATCH as GEMV_MAX_ROWS
 from ember.kernels.quant_gemv import Output, QuantType, RmsNorm, RopeCache
 from ember.model.activations import Activations, ActivationViews
-from ember.model.backend import SampledStep, SamplingBatch
+from ember.model.backend import PendingStep, SampledStep, SamplingBatch
 from ember.model.config import ModelConfig
 from ember.model.cuda_weights import CudaWeights, QuantMatrix
 from ember.model.forward_batch import ForwardBatch
@@ -107,7 +113,12 @@ class CudaLlama:
         self._graphs: dict[tuple[int, int], GraphExec] = {}
         # Per bucket, made once: a step must not rebuild a dozen views to find its outputs.
         self._bucket_views: dict[tuple[int, int], ActivationViews] = {}
-        self._ids_host = PinnedHostBuffer.alloc(4 * 1024)
+        # Per slot (StepInputs.SLOTS): sampled ids' pinned buffer, the event after the step
+        # that last used the slot, and that step until the engine has taken its tokens.
+        self._ids_hosts = [PinnedHostBuffer.alloc(4 * 1024) for _ in range(StepInputs.SLOTS)]
+        self._slot_events = [Event.create(timing=False) for _ in range(StepInputs.SLOTS)]
+        self._slot_steps: list[_CudaStep | None] = [None] * StepInputs.SLOTS
+        self._next_slot = 0
         self._logits_host: PinnedHostBuffer | None = None
         # Split-K sums and tile counters of the GEMMs (one at a time, all on self.stream): zero
         # once, and every launch leaves the counters zero.
@@ -222,19 +233,20 @@ class CudaLlama:
         )
         self.activations = Activations(c, max_tokens, max_rows, partials)
         self._bucket_views.clear()
-        if self._ids_host.nbytes < 4 * max_rows:
-            self._ids_host.free()
-            self._ids_host = PinnedHostBuffer.alloc(4 * max_rows)
+        for slot, host in enumerate(self._ids_hosts):
+            if host.nbytes < 4 * max_rows:
+                host.free()
+                self._ids_hosts[slot] = PinnedHostBuffer.alloc(4 * max_rows)
 
     def forward(self, batch: ForwardBatch) -> F32:
         rows = batch.logits_indices.shape[0]
-        step = self._step(batch, None, np.arange(rows, dtype=np.int32))
+        step = self._launch(batch, None, np.arange(rows, dtype=np.int32)).wait()
         if step.host_logits is None:  # no logits rows (a prefill chunk short of the prompt end)
             return np.zeros((0, self._config.vocab_size), np.float32)
         return step.host_logits
 
-    def forward_sample(self, batch: ForwardBatch, sampling: SamplingBatch) -> SampledStep:
-        return self._step(batch, sampling, sampling.host_rows)
+    def launch_sample(self, batch: ForwardBatch, sampling: SamplingBatch) -> PendingStep:
+        return self._launch(batch, sampling, sampling.host_rows)
 
     def close(self) -> None:
         self.context.make_current()
@@ -243,7 +255,10 @@ class CudaLlama:
         for owned in (self.inputs, self.activations, self.kv_cache, self._logits_host):
             if owned is not None:
                 owned.free()
-        self._ids_host.free()
+        for host in self._ids_hosts:
+            host.free()
+        for event in self._slot_events:
+            event.destroy()
         self._gemm_workspace.free()
         self.weights.free()
         self.kernels.unload()
@@ -252,16 +267,21 @@ class CudaLlama:
 
     # -- one step -------------------------------------------------------------------------
 
-    def _step(
+    def _launch(
         self, batch: ForwardBatch, sampling: SamplingBatch | None, host_rows: npt.NDArray[np.int32]
-    ) -> SampledStep:
+    ) -> _CudaStep:
         inputs = self.inputs
         if inputs is None:
             raise EmberError("reserve must be called before the first forward")
+        slot = self._next_slot
+        self._next_slot = (slot + 1) % StepInputs.SLOTS
+        earlier = self._slot_steps[slot]
+        if earlier is not None:
+            earlier.settle()  # the step two launches ago: normally long done and taken
         rows = batch.logits_indices.shape[0]
         tokens_b = _bucket(self._token_buckets, batch.num_tokens)
         rows_b = min(_bucket(self._row_buckets, max(rows, 1)), tokens_b)
-        inputs.fill(batch, sampling, tokens_b, rows_b)
+        inputs.fill(batch, sampling, tokens_b, rows_b, slot)
         graph = self._graph(tokens_b, rows_b) if self.use_graphs else None
         inputs.upload(self.stream)
         if graph is not None:
@@ -270,18 +290,20 @@ class CudaLlama:
             for launch in self._plan(tokens_b, rows_b):
                 launch(self.stream)
         views = self._views(tokens_b, rows_b)
-        ids = self._ids_host.array(np.int32, (rows,))
+        ids = self._ids_hosts[slot].array(np.int32, (rows,))
         if rows:
             views.sampled.buffer.view(0, 4 * rows).copy_to_host(ids, self.stream)
         logits = self._copy_logits(views, host_rows) if host_rows.shape[0] else None
-        self.stream.synchronize()
-        host_logits = None if logits is None else logits.copy()
-        return SampledStep(token_ids=ids.copy(), host_logits=host_logits)
+        event = self._slot_events[slot]
+        event.record(self.stream)
+        step = self._slot_steps[slot] = _CudaStep(event, ids, logits)
+        return step
 
     def _copy_logits(self, views: ActivationViews, host_rows: npt.NDArray[np.int32]) -> F32:
         """Queue the copy of only the `host_rows` rows of the logits (a decode batch with one
         logprobs request must not bring back every row: 0.5 MB per row for a 128k vocabulary),
-        one copy per run of consecutive rows."""
+        one copy per run of consecutive rows. One pinned buffer: a step with host rows must be
+        waited for before the next one is launched (as the engine does)."""
         vocab = self._config.vocab_size
         count = host_rows.shape[0]
         row_bytes = 4 * vocab
@@ -342,7 +364,7 @@ class CudaLlama:
         s = self.inputs.arrays(tokens, rows)
         eps = c.rms_eps
         plan = [
-            k.embedding.lookup_launch(w.token_embd, w.token_embd_type, s.tokens, a.residual),
+            self._embedding(s, a),
             k.norm.rms_norm_launch(a.residual, w.layers[0].attn_norm, a.x, eps),
         ]
         for i, layer in enumerate(w.layers):
@@ -369,7 +391,7 @@ class CudaLlama:
         a = self._views(tokens, rows)
         s = self.inputs.arrays(tokens, rows)
         eps = c.rms_eps
-        plan = [k.embedding.lookup_launch(w.token_embd, w.token_embd_type, s.tokens, a.residual)]
+        plan = [self._embedding(s, a)]
         sums = a.norm_partials
         for i, layer in enumerate(w.layers):
             k_cache, v_cache = self._layer_cache(i)
@@ -422,6 +444,14 @@ class CudaLlama:
         plan.append(gemv(head.data, head.quant, a.last, a.logits))
         plan.append(k.sampling.sample_launch(a.logits, s.params, a.sampled))
         return plan
+
+    def _embedding(self, s: StepArrays, a: ActivationViews) -> Launch:
+        """The token rows into the residual stream; placeholders read the previous step's ids."""
+        assert self.activations is not None
+        w = self.weights
+        return self.kernels.embedding.lookup_launch(
+            w.token_embd, w.token_embd_type, s.tokens, a.residual, self.activations.sampled_ids()
+        )
 
     def _attention(self, layer: int, tokens: int, a: ActivationViews, s: StepArrays) -> Launch:
         k_cache, v_cache = self._layer_cache(layer)
@@ -479,3 +509,28 @@ class CudaLlama:
         return self.kernels.quant_gemm.gemm_launch(
             m.data, m.quant, x, y, workspace=self._gemm_workspace
         )
+
+
+class _CudaStep:
+    """A launched step: its event, and the pinned arrays its ids (and logits) are copied to."""
+
+    __slots__ = ("_event", "_ids", "_logits", "_result")
+
+    def __init__(self, event: Event, ids: npt.NDArray[np.int32], logits: F32 | None) -> None:
+        self._event = event
+        self._ids = ids
+        self._logits = logits
+        self._result: SampledStep | None = None
+
+    def settle(self) -> None:
+        """Wait for the step and copy its results out of the pinned buffers (which the next
+        launch of this slot reuses)."""
+        if self._result is None:
+            self._event.synchronize()
+            logits = None if self._logits is None else self._logits.copy()
+            self._result = SampledStep(token_ids=self._ids.copy(), host_logits=logits)
+
+    def wait(self) -> SampledStep:
+        self.settle()
+        assert self._result is not None
+        return self._result

@@ -2,6 +2,10 @@
 
 The engine builds a `ForwardBatch`; a backend (NumPy or CUDA) executes it. A batch mixes
 prefill chunks (many tokens of one sequence) and decode tokens (one token per sequence).
+
+A token id may be a placeholder for a token the previous step sampled on the device and the host
+has not seen yet (asynchronous scheduling): `previous_token(row)` stands for row `row` of the
+previous step's sampled ids. Only a `DeviceSamplingBackend` is given such batches.
 """
 
 from __future__ import annotations
@@ -12,6 +16,25 @@ import numpy as np
 import numpy.typing as npt
 
 Int32Array = npt.NDArray[np.int32]
+
+# Ids of -2 and below are placeholders (-1 is the padding id, a row of zeros).
+_PLACEHOLDER_BASE = -2
+
+
+def previous_token(row: int) -> int:
+    """The placeholder id for row `row` of the previous step's sampled token ids."""
+    return _PLACEHOLDER_BASE - row
+
+
+def resolve_previous_tokens(token_ids: Int32Array, previous: Int32Array) -> Int32Array:
+    """`token_ids` with each placeholder replaced by the previous step's sampled id (as the
+    CUDA embedding kernel does on the device)."""
+    placeholders = token_ids <= _PLACEHOLDER_BASE
+    if not placeholders.any():
+        return token_ids
+    resolved = token_ids.copy()
+    resolved[placeholders] = previous[_PLACEHOLDER_BASE - token_ids[placeholders]]
+    return resolved
 
 
 @dataclass(frozen=True, slots=True)

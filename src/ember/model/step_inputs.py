@@ -120,14 +120,22 @@ def _put(
 
 
 class StepInputs:
-    """Owns the pinned and device metadata buffers of a backend's steps."""
+    """Owns the pinned and device metadata buffers of a backend's steps.
+
+    Two pinned buffers take turns (`slot`), so a step can be filled while the previous step's
+    copy may still be queued (asynchronous scheduling); the caller makes sure a slot's last
+    copy ran before filling it again. One device buffer: copies and graphs are stream-ordered.
+    """
+
+    SLOTS: Final = 2
 
     def __init__(self, max_tokens: int, max_rows: int, max_seqs: int, table_width: int) -> None:
         self.layout = StepLayout(max_tokens, max_rows, max_seqs, table_width)
         self.max_rows = max_rows
-        self.host = PinnedHostBuffer.alloc(4 * self.layout.total)
+        self.hosts = [PinnedHostBuffer.alloc(4 * self.layout.total) for _ in range(self.SLOTS)]
         self.device = DeviceBuffer.alloc(4 * self.layout.total)
-        self._words = self.host.array(np.int32)
+        self._words = [host.array(np.int32) for host in self.hosts]
+        self._slot = 0
         self._used = self.layout.tables
 
     def arrays(self, tokens: int, rows: int) -> StepArrays:
@@ -147,15 +155,22 @@ class StepInputs:
         )
 
     def fill(
-        self, batch: ForwardBatch, sampling: SamplingBatch | None, tokens: int, rows: int
+        self,
+        batch: ForwardBatch,
+        sampling: SamplingBatch | None,
+        tokens: int,
+        rows: int,
+        slot: int = 0,
     ) -> None:
-        """Write `batch` padded to the bucket into the pinned buffer (see StepLayout.fill)."""
-        self._used = self.layout.fill(self._words, batch, sampling, tokens, rows)
+        """Write `batch` padded to the bucket into pinned buffer `slot` (see StepLayout.fill)."""
+        self._slot = slot
+        self._used = self.layout.fill(self._words[slot], batch, sampling, tokens, rows)
 
     def upload(self, stream: Stream) -> None:
-        """Queue the copy of what `fill` wrote; the host side must not change until it ran."""
-        self.device.copy_from_host(self._words[: self._used], stream)
+        """Queue the copy of what `fill` wrote; that slot must not change until it ran."""
+        self.device.copy_from_host(self._words[self._slot][: self._used], stream)
 
     def free(self) -> None:
-        self.host.free()
+        for host in self.hosts:
+            host.free()
         self.device.free()

@@ -7,39 +7,63 @@
 // attends to nothing and gets zeros.
 //
 // One block per (token, kv head, split): the G query heads that share a kv head (GQA) are
-// computed together, so each key and value is read once for all of them. Lane l of a warp
-// holds elements [l * HD / 32, (l + 1) * HD / 32) of every head; each warp walks its own keys
-// with an online softmax in base 2 (q is pre-scaled by log2(e) / sqrt(HD)), two keys per
-// iteration so that their loads overlap, and the warps' partial states are merged through
-// shared memory at the end. For short batches with long contexts the keys are split over
-// up to `splits` blocks (as flash-decoding does). A token uses only as many of them as give
-// each at least SPLIT_KEYS keys (a short context gets one), so one graph serves every context
-// length; blocks beyond that exit at once. With one split in use, the block writes the output
-// directly; otherwise each writes an unnormalised partial state, and the last of them to finish
-// (counted with an atomic per (token, kv head), which it then resets to 0) merges them all, so
-// no separate combine launch is needed. The counters are one int per (token, kv head) in the
-// `counters` array, which must be zero before the first launch.
+// computed together, so each key and value is read once for all of them. The keys go in tiles
+// of THREADS, in two phases that each issue all of a tile's loads at once (a decode step is
+// bound by load latency, not bandwidth: a loop of dependent loads per warp cost ~12 us a layer
+// at 200 keys on an H100, 55 % of a batch-1 step):
+//   scores: thread j takes key j of the tile whole (its K row as 16-byte loads) and its dot
+//     products with the G query heads (q in shared memory, pre-scaled by log2(e) / sqrt(HD));
+//     block reductions give the tile's max and sum per head (online softmax in base 2);
+//   values: each thread owns two dimensions and every KG-th key of the tile, accumulating
+//     p * v for the G heads (a warp reads whole V rows, coalesced); the KG partial sums meet
+//     in shared memory at the end.
+// For short batches with long contexts the keys are split over up to `splits` blocks (as
+// flash-decoding does). A token uses only as many of them as give each at least SPLIT_KEYS
+// keys (a short context gets one), so one graph serves every context length; blocks beyond
+// that exit at once. With one split in use, the block writes the output directly; otherwise
+// each writes an unnormalised partial state, and the last of them to finish (counted with an
+// atomic per (token, kv head), which it then resets to 0) merges them all, so no separate
+// combine launch is needed. The counters are one int per (token, kv head) in the `counters`
+// array, which must be zero before the first launch.
 #include "common.cuh"
 
 namespace ember_attention {
 
 constexpr int WARPS = 4;
-constexpr int KEYS = 2;  // keys per warp iteration
-constexpr int SPLIT_KEYS = 32;  // fewest keys a split takes (4 iterations of the block's warps)
+constexpr int THREADS = 32 * WARPS;  // also the keys of a tile
+constexpr int SPLIT_KEYS = 128;  // fewest keys a split takes (one tile)
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
     return v;
 }
 
-template <int EPL>
-__device__ __forceinline__ void load_row(const half* __restrict__ p, float (&out)[EPL]) {
+__device__ __forceinline__ float warp_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+// v[g] becomes the max (or sum) of v[g] over the block's threads, in every thread. `scratch`
+// is free again when this returns.
+template <int G, bool MAX>
+__device__ __forceinline__ void block_reduce(float (&v)[G], float (&scratch)[G][WARPS]) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
 #pragma unroll
-    for (int e = 0; e < EPL; e += 2) {
-        const float2 v = __half22float2(*reinterpret_cast<const half2*>(p + e));
-        out[e] = v.x;
-        out[e + 1] = v.y;
+    for (int g = 0; g < G; ++g) {
+        v[g] = MAX ? warp_max(v[g]) : warp_sum(v[g]);
+        if (lane == 0) scratch[g][warp] = v[g];
     }
+    __syncthreads();
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        float r = scratch[g][0];
+#pragma unroll
+        for (int w = 1; w < WARPS; ++w) r = MAX ? fmaxf(r, scratch[g][w]) : r + scratch[g][w];
+        v[g] = r;
+    }
+    __syncthreads();
 }
 
 // Partial state of one (token, kv head, split): per head g, the running max m (base 2), the
@@ -87,19 +111,21 @@ __device__ __forceinline__ void attend(
     const int* __restrict__ token_seq, const int* __restrict__ block_tables, int table_stride,
     float* __restrict__ out, float* __restrict__ partials, int* __restrict__ counters,
     int kv_heads, int block_shift, float scale_log2) {
-    constexpr int EPL = HD / 32;
-    static_assert(HD % 64 == 0, "lanes hold an even number of elements");
-    __shared__ float s_m[WARPS][G];
-    __shared__ float s_l[WARPS][G];
-    __shared__ float s_acc[WARPS][G][HD];
+    static_assert(HD % 8 == 0 && THREADS % (HD / 2) == 0, "a thread's value dims: a half2");
+    constexpr int PAIRS = HD / 2;  // threads per key in the value phase, two dims each
+    constexpr int KG = THREADS / PAIRS;  // keys of a tile taken at once in the value phase
+    __shared__ float s_q[G][HD];
+    __shared__ float s_p[G][THREADS];  // a tile's probabilities
+    __shared__ long long s_row[THREADS];  // where a tile key's K and V rows start
+    __shared__ float s_scratch[G][WARPS];
+    __shared__ float2 s_acc[KG][G][PAIRS];
 
     ember::await_prior_grid();
     const long long t = blockIdx.x;
     const int h = blockIdx.y;
     const int split = blockIdx.z;
     const int splits = gridDim.z;
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
+    const int tid = threadIdx.x;
     const int q_heads = kv_heads * G;
     const long long row = t * static_cast<long long>(q_heads + 2 * kv_heads) * HD;
 
@@ -112,100 +138,108 @@ __device__ __forceinline__ void attend(
     const int* table = block_tables + static_cast<long long>(token_seq[t]) * table_stride;
     const int block_mask = (1 << block_shift) - 1;
 
-    float q[G][EPL];
-#pragma unroll
-    for (int g = 0; g < G; ++g)
-#pragma unroll
-        for (int e = 0; e < EPL; ++e)
-            q[g][e] = qkv[row + (h * G + g) * HD + lane * EPL + e] * scale_log2;
+    for (int i = tid; i < G * HD; i += THREADS)
+        s_q[i / HD][i % HD] = qkv[row + h * G * HD + i] * scale_log2;
+    __syncthreads();
 
-    float m[G], l[G], acc[G][EPL];
+    const int pair = tid % PAIRS;
+    const int kg = tid / PAIRS;
+    float m[G], l[G];
+    float2 acc[G];
 #pragma unroll
     for (int g = 0; g < G; ++g) {
         m[g] = -INFINITY;
         l[g] = 0.0f;
-#pragma unroll
-        for (int e = 0; e < EPL; ++e) acc[g][e] = 0.0f;
+        acc[g] = make_float2(0.0f, 0.0f);
     }
 
-    for (int j0 = begin + warp; j0 < end; j0 += WARPS * KEYS) {
-        float kv[KEYS][EPL], vv[KEYS][EPL];
-        bool valid[KEYS];
+    for (int base = begin; base < end; base += THREADS) {
+        const int n = min(THREADS, end - base);
+        // Scores: this thread's key, whole.
+        float s[G];
 #pragma unroll
-        for (int u = 0; u < KEYS; ++u) {
-            const int j = j0 + u * WARPS;
-            valid[u] = j < end;
-            if (valid[u]) {
-                const long long slot =
-                    (static_cast<long long>(table[j >> block_shift]) << block_shift) |
-                    (j & block_mask);
-                const long long at = (slot * kv_heads + h) * HD + lane * EPL;
-                load_row<EPL>(k_cache + at, kv[u]);
-                load_row<EPL>(v_cache + at, vv[u]);
+        for (int g = 0; g < G; ++g) s[g] = -INFINITY;
+        if (tid < n) {
+            const int j = base + tid;
+            const long long slot =
+                (static_cast<long long>(table[j >> block_shift]) << block_shift) | (j & block_mask);
+            const long long at = (slot * kv_heads + h) * HD;
+            s_row[tid] = at;
+            uint4 k[HD / 8];
+            const uint4* k_row = reinterpret_cast<const uint4*>(k_cache + at);
+#pragma unroll
+            for (int c = 0; c < HD / 8; ++c) k[c] = k_row[c];
+#pragma unroll
+            for (int g = 0; g < G; ++g) s[g] = 0.0f;
+#pragma unroll
+            for (int c = 0; c < HD / 8; ++c) {
+                const half2* k2 = reinterpret_cast<const half2*>(&k[c]);
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float2 kf = __half22float2(k2[e]);
+#pragma unroll
+                    for (int g = 0; g < G; ++g) {
+                        s[g] = fmaf(s_q[g][c * 8 + 2 * e], kf.x, s[g]);
+                        s[g] = fmaf(s_q[g][c * 8 + 2 * e + 1], kf.y, s[g]);
+                    }
+                }
             }
         }
+        float tile_max[G];
+#pragma unroll
+        for (int g = 0; g < G; ++g) tile_max[g] = s[g];
+        block_reduce<G, true>(tile_max, s_scratch);
+        float p_sum[G];
 #pragma unroll
         for (int g = 0; g < G; ++g) {
-            float s[KEYS];
-            float m_new = m[g];
-#pragma unroll
-            for (int u = 0; u < KEYS; ++u) {
-                float d = 0.0f;
-#pragma unroll
-                for (int e = 0; e < EPL; ++e) d = fmaf(q[g][e], valid[u] ? kv[u][e] : 0.0f, d);
-                s[u] = valid[u] ? warp_sum(d) : -INFINITY;
-                m_new = fmaxf(m_new, s[u]);
-            }
-            const float c = exp2f(m[g] - m_new);  // m_new is finite: key j0 is valid
+            const float m_new = fmaxf(m[g], tile_max[g]);  // finite: the tile has a key
+            const float c = exp2f(m[g] - m_new);
             l[g] *= c;
-#pragma unroll
-            for (int e = 0; e < EPL; ++e) acc[g][e] *= c;
-#pragma unroll
-            for (int u = 0; u < KEYS; ++u) {
-                const float p = exp2f(s[u] - m_new);  // 0 for an invalid key
-                l[g] += p;
-#pragma unroll
-                for (int e = 0; e < EPL; ++e) acc[g][e] = fmaf(p, valid[u] ? vv[u][e] : 0.0f, acc[g][e]);
-            }
+            acc[g].x *= c;
+            acc[g].y *= c;
             m[g] = m_new;
+            p_sum[g] = exp2f(s[g] - m_new);  // 0 for a thread without a key
+            s_p[g][tid] = p_sum[g];
         }
+        block_reduce<G, false>(p_sum, s_scratch);  // its barriers also publish s_p, s_row
+#pragma unroll
+        for (int g = 0; g < G; ++g) l[g] += p_sum[g];
+        // Values: dims 2 * pair and 2 * pair + 1 of keys kg, kg + KG, ...
+#pragma unroll 4
+        for (int jj = kg; jj < n; jj += KG) {
+            const float2 v = __half22float2(
+                *reinterpret_cast<const half2*>(v_cache + s_row[jj] + 2 * pair));
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                const float p = s_p[g][jj];
+                acc[g].x = fmaf(p, v.x, acc[g].x);
+                acc[g].y = fmaf(p, v.y, acc[g].y);
+            }
+        }
+        __syncthreads();  // the next tile overwrites s_p and s_row
     }
 
 #pragma unroll
-    for (int g = 0; g < G; ++g) {
-        if (lane == 0) {
-            s_m[warp][g] = m[g];
-            s_l[warp][g] = l[g];
-        }
-#pragma unroll
-        for (int e = 0; e < EPL; ++e) s_acc[warp][g][lane * EPL + e] = acc[g][e];
-    }
+    for (int g = 0; g < G; ++g) s_acc[kg][g][pair] = acc[g];
     __syncthreads();
-
-    for (int i = threadIdx.x; i < G * HD; i += blockDim.x) {
+    for (int i = tid; i < G * HD; i += THREADS) {
         const int g = i / HD;
         const int d = i % HD;
-        float m_all = -INFINITY;
+        float o = 0.0f;
 #pragma unroll
-        for (int w = 0; w < WARPS; ++w) m_all = fmaxf(m_all, s_m[w][g]);
-        float l_all = 0.0f, o = 0.0f;
-        if (m_all != -INFINITY) {
-#pragma unroll
-            for (int w = 0; w < WARPS; ++w) {
-                const float f = exp2f(s_m[w][g] - m_all);
-                l_all = fmaf(s_l[w][g], f, l_all);
-                o = fmaf(s_acc[w][g][d], f, o);
-            }
+        for (int k = 0; k < KG; ++k) {
+            const float2 a = s_acc[k][g][d / 2];
+            o += d & 1 ? a.y : a.x;
         }
         if (used == 1) {
-            out[t * q_heads * HD + (h * G + g) * HD + d] = l_all > 0.0f ? o / l_all : 0.0f;
+            out[t * q_heads * HD + (h * G + g) * HD + d] = l[g] > 0.0f ? o / l[g] : 0.0f;
         } else {
             float* p = partials + partial_offset<HD>(t, h, split, kv_heads, splits, G) +
                        g * (HD + 2);
             p[d] = o;
             if (d == 0) {
-                p[HD] = m_all;
-                p[HD + 1] = l_all;
+                p[HD] = m[g];
+                p[HD + 1] = l[g];
             }
         }
     }
@@ -233,7 +267,7 @@ __device__ __forceinline__ void attend(
 // and counters [T, kv_heads] int32 (zero before the first launch, left zero).
 // Grid (T, kv_heads, splits), block 32 * WARPS.
 #define EMBER_PAGED_ATTENTION(HD, G)                                                          \
-    extern "C" __global__ void __launch_bounds__(32 * ember_attention::WARPS)                 \
+    extern "C" __global__ void __launch_bounds__(ember_attention::THREADS)                   \
         paged_attention_hd##HD##_g##G(                                                        \
             const float* __restrict__ qkv, const half* __restrict__ k_cache,                  \
             const half* __restrict__ v_cache, const int* __restrict__ positions,              \

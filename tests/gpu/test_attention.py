@@ -48,10 +48,11 @@ def reference(
         (32, 8, 128, [5, 129], 1),  # Llama 8B heads
         (32, 8, 128, [1000, 3], 4),
         (4, 4, 64, [40], 2),  # no grouping
-        # Each token uses only the splits its keys need (128 keys each): 1, 1, 3 and all 32.
-        (9, 3, 64, [1, 40, 300, 5000], 32),
-        (16, 2, 64, [127, 128, 129, 256, 257, 385], 3),  # per-token split count boundaries
-        (24, 3, 64, [100, 255, 640], 1),  # G = 8, several tiles of 128 keys in one block
+        # Each token uses only the splits its keys need (256 keys each): 1, 1, 2 and all 32.
+        (9, 3, 64, [1, 40, 300, 9000], 32),
+        (16, 2, 64, [255, 256, 257, 512, 513, 769], 3),  # per-token split count boundaries
+        (24, 3, 64, [100, 255, 1100], 1),  # G = 8, several tiles of 256 keys in one block
+        (32, 4, 128, [300, 257], 2),
     ],
 )
 def test_decode_rows_match_numpy(

@@ -84,24 +84,38 @@ def test_greedy_tokens_match_transformers(
     eng = engine(cuda_model, max_num_batched_tokens=64)
     prompts = [golden[f"prompt_{i}"].tolist() for i in range(NUM_PROMPTS)]
     params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, logprobs=2)
+    for i, (tokens, tops) in enumerate(generate_with_tops(eng, prompts, params)):
+        want = golden[f"greedy_{i}"].tolist()[:16]
+        assert_same_up_to_a_near_tie(f"prompt {i}", tokens[:16], want, tops)
+
+
+def assert_same_up_to_a_near_tie(
+    label: str, got: list[int], want: list[int], tops: list[tuple[tuple[int, float], ...]]
+) -> None:
+    """`got` equals `want`, or first differs where `want`'s token is within NEAR_TIE of ours by
+    our own logprobs (`tops`: our top logprobs per token); later tokens are not compared."""
+    split = next((j for j in range(len(want)) if got[j] != want[j]), None)
+    if split is None:
+        return
+    top = dict(tops[split])
+    assert want[split] in top, f"{label}: token {split} {want[split]} not in our top 2"
+    margin = top[got[split]] - top[want[split]]
+    assert margin <= NEAR_TIE, f"{label}: token {split} differs by {margin:.3f} nats"
+
+
+def generate_with_tops(
+    eng: LLMEngine, prompts: list[list[int]], params: SamplingParams
+) -> list[tuple[list[int], list[tuple[tuple[int, float], ...]]]]:
+    """Each prompt's tokens and top logprobs (`params` must ask for logprobs)."""
     for i, prompt in enumerate(prompts):
         eng.add_request(str(i), prompt, params)
-    tokens: dict[str, list[int]] = {}
-    tops: dict[str, list[tuple[tuple[int, float], ...]]] = {}
+    tokens: dict[str, list[int]] = {str(i): [] for i in range(len(prompts))}
+    tops: dict[str, list[tuple[tuple[int, float], ...]]] = {str(i): [] for i in range(len(prompts))}
     while eng.has_unfinished_requests():
         for o in eng.step():
-            tokens.setdefault(o.request_id, []).extend(o.new_token_ids)
-            tops.setdefault(o.request_id, []).extend(lp.top for lp in o.new_logprobs)
-    for i in range(NUM_PROMPTS):
-        want = golden[f"greedy_{i}"].tolist()[:16]
-        got = tokens[str(i)][:16]
-        split = next((j for j in range(16) if got[j] != want[j]), None)
-        if split is None:
-            continue
-        top = dict(tops[str(i)][split])
-        assert want[split] in top, f"prompt {i}: token {split} {want[split]} not in our top 2"
-        margin = top[got[split]] - top[want[split]]
-        assert margin <= NEAR_TIE, f"prompt {i}: token {split} differs by {margin:.3f} nats"
+            tokens[o.request_id] += o.new_token_ids
+            tops[o.request_id] += [lp.top for lp in o.new_logprobs]
+    return [(tokens[str(i)], tops[str(i)]) for i in range(len(prompts))]
 
 
 def test_eager_and_graph_steps_agree(
@@ -158,20 +172,21 @@ def test_fused_and_separate_decode_kernels_agree(
     cuda_model: LoadedModel, golden: dict[str, np.ndarray]
 ) -> None:
     """Steps of up to 4 tokens run fused GEMVs (norm, residual add, SwiGLU, RoPE and the cache
-    store inside them); the separate kernels give the same greedy tokens."""
+    store inside them); the separate kernels give the same greedy tokens, up to a near tie (the
+    two paths round differently: prompt 3's token 11 is one, see the golden test)."""
     backend = cuda_model.backend
     assert isinstance(backend, CudaLlama)
     prompts = [golden[f"prompt_{i}"].tolist() for i in range(NUM_PROMPTS)]
-    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, logprobs=2)
     assert backend.fused_decode
-    fused = generate(engine(cuda_model), prompts, params)
+    fused = generate_with_tops(engine(cuda_model), prompts, params)
     backend.fused_decode = False
     try:
-        separate = generate(engine(cuda_model), prompts, params)
+        separate = generate_with_tops(engine(cuda_model), prompts, params)
     finally:
         backend.fused_decode = True
-    for i in range(NUM_PROMPTS):
-        assert fused[i][:16] == separate[i][:16], f"prompt {i}"
+    for i, ((got, tops), (want, _)) in enumerate(zip(fused, separate, strict=True)):
+        assert_same_up_to_a_near_tie(f"prompt {i}", got[:16], want[:16], tops)
 
 
 def test_async_steps_match_sync_steps(

@@ -29,9 +29,9 @@
 
 namespace ember_attention {
 
-constexpr int WARPS = 4;
+constexpr int WARPS = 8;
 constexpr int THREADS = 32 * WARPS;  // also the keys of a tile
-constexpr int SPLIT_KEYS = 128;  // fewest keys a split takes (one tile)
+constexpr int SPLIT_KEYS = 256;  // fewest keys a split takes (one tile)
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
@@ -138,9 +138,6 @@ __device__ __forceinline__ void attend(
     const int* table = block_tables + static_cast<long long>(token_seq[t]) * table_stride;
     const int block_mask = (1 << block_shift) - 1;
 
-    for (int i = tid; i < G * HD; i += THREADS)
-        s_q[i / HD][i % HD] = qkv[row + h * G * HD + i] * scale_log2;
-    __syncthreads();
 
     const int pair = tid % PAIRS;
     const int kg = tid / PAIRS;
@@ -155,20 +152,29 @@ __device__ __forceinline__ void attend(
 
     for (int base = begin; base < end; base += THREADS) {
         const int n = min(THREADS, end - base);
-        // Scores: this thread's key, whole.
+        // Scores: this thread's key, whole. Its K row's loads go out before q's (the first
+        // tile's), so the two wait together.
         float s[G];
 #pragma unroll
         for (int g = 0; g < G; ++g) s[g] = -INFINITY;
-        if (tid < n) {
+        const bool has_key = tid < n;
+        uint4 k[HD / 8];
+        if (has_key) {
             const int j = base + tid;
             const long long slot =
                 (static_cast<long long>(table[j >> block_shift]) << block_shift) | (j & block_mask);
             const long long at = (slot * kv_heads + h) * HD;
             s_row[tid] = at;
-            uint4 k[HD / 8];
             const uint4* k_row = reinterpret_cast<const uint4*>(k_cache + at);
 #pragma unroll
             for (int c = 0; c < HD / 8; ++c) k[c] = k_row[c];
+        }
+        if (base == begin) {
+            for (int i = tid; i < G * HD; i += THREADS)
+                s_q[i / HD][i % HD] = qkv[row + h * G * HD + i] * scale_log2;
+            __syncthreads();
+        }
+        if (has_key) {
 #pragma unroll
             for (int g = 0; g < G; ++g) s[g] = 0.0f;
 #pragma unroll

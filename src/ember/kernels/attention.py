@@ -16,7 +16,7 @@ from ember.kernels.binaries import load_family
 _F32: Final = np.dtype(np.float32)
 _F16: Final = np.dtype(np.float16)
 _I32: Final = np.dtype(np.int32)
-_THREADS: Final = 128  # attention.cu's WARPS * 32
+_THREADS: Final = 256  # attention.cu's THREADS
 # (head_dim, query heads per kv head) pairs attention.cu is instantiated for.
 SHAPES: Final = (
     (64, 1),

@@ -41,18 +41,18 @@ def engine_tokens_per_second(engine: LLMEngine, streams: int, max_tokens: int) -
     return tokens / (time.perf_counter() - started)
 
 
-def start_server(log: Path, options: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ember.cli", "serve", "--port", str(port), *options],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until_ready(
+    process: subprocess.Popen[bytes], url: str, log: Path, timeout: float
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Poll the server's /ready until 200 (then return it); its log if it exits first."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(log.read_text())
@@ -61,9 +61,20 @@ def start_server(log: Path, options: list[str]) -> tuple[subprocess.Popen[bytes]
                 return process, url
         except httpx.TransportError:
             pass
-        time.sleep(0.5)
+        time.sleep(0.25)
     process.kill()
     raise TimeoutError("server did not become ready")
+
+
+def start_server(log: Path, options: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ember.cli", "serve", "--port", str(port), *options],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return wait_until_ready(process, f"http://127.0.0.1:{port}", log, 600)
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
+from bench_serve_overhead import free_port, wait_until_ready
 
 from ember.engine.llm_engine import EngineConfig, EngineStats
 from ember.serve.load_generator import LoadPlan, RequestRecord, default_processes, run_load
@@ -151,9 +152,7 @@ def cpu_seconds(pid: int) -> float:
 def start_server(
     args: argparse.Namespace, profile_path: str
 ) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = Path(tempfile.mkdtemp()) / "ember-serve.log"
     command = [sys.executable, __file__, "--serve-port", str(port), "--profile-path", profile_path]
     command += ["--step-ms-base", str(args.step_ms_base)]
@@ -163,19 +162,7 @@ def start_server(
         command += ["--stream-interval", str(args.stream_interval)]
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(log.read_text())
-        try:
-            if httpx.get(url + "/ready", timeout=10).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    process.kill()
-    raise TimeoutError("server did not become ready")
+    return wait_until_ready(process, f"http://127.0.0.1:{port}", log, 300)
 
 
 def measure(url: str, server_pid: int, worker_pid: int, plan: LoadPlan) -> str:

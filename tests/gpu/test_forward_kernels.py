@@ -10,7 +10,7 @@ from ember.gpu import DeviceArray, Stream
 from ember.kernels.elementwise import Elementwise
 from ember.kernels.embedding import Embedding
 from ember.kernels.quant_gemv import QuantType
-from ember.kernels.rope import Rope
+from ember.kernels.rope import Rope, RopeCache
 from ember.model.config import RopeConfig
 from ember.model.quant import dequantize
 from ember.model.rope import RotaryEmbedding
@@ -71,7 +71,7 @@ def test_rope_qkv_cache_rotates_and_stores_fp16(rope: Rope, stream: Stream) -> N
         DeviceArray.from_numpy(cache) as kc,
         DeviceArray.from_numpy(cache) as vc,
     ):
-        rope.qkv_cache_launch(dqkv, dpos, dslots, kc, vc, q_heads, 100000.0)(stream)
+        rope.qkv_cache_launch(dqkv, RopeCache(dpos, dslots, kc, vc, q_heads, 100000.0))(stream)
         stream.synchronize()
         got, got_k, got_v = dqkv.to_numpy(), kc.to_numpy(), vc.to_numpy()
     got_q = got[:, : q_heads * hd].reshape(tokens, q_heads, hd)

@@ -12,7 +12,8 @@ import numpy.typing as npt
 import pytest
 
 from ember.gpu import DeviceArray, Stream
-from ember.kernels.quant_gemv import Output, QuantGemv, QuantType, RmsNorm, RopeCache
+from ember.kernels.quant_gemv import Output, QuantGemv, QuantType, RmsNorm
+from ember.kernels.rope import RopeCache
 from tests.gpu.quant_data import random_weight
 from tests.gpu.test_quant_gemv import Reference, random_x
 

@@ -16,10 +16,9 @@ from ember.gpu.launch import Arg, Kernel, Launch
 from ember.gpu.module import Module
 from ember.gpu.stream import Stream
 from ember.kernels.binaries import load_family
+from ember.kernels.rope import RopeCache
 
 _F32: Final = np.dtype(np.float32)
-_F16: Final = np.dtype(np.float16)
-_I32: Final = np.dtype(np.int32)
 _U8: Final = np.dtype(np.uint8)
 # One kernel per batch tier; a batch runs on the smallest tier that holds it (a tier-T kernel
 # computes at least T / 2 + 1 rows whatever the batch, and stores only the batch's).
@@ -66,20 +65,6 @@ class RmsNorm:
     weight: DeviceArray  # float32 [K]
     eps: float
     partials: DeviceArray | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RopeCache:
-    """The attention prologue after a fused q/k/v projection, as Rope.qkv_cache_launch."""
-
-    positions: DeviceArray  # int32 [batch]
-    slots: DeviceArray  # int32 [batch]; < 0 stores nothing
-    k_cache: DeviceArray  # float16 [slots, kv_heads, head_dim]
-    v_cache: DeviceArray
-    n_q_heads: int
-    base: float
-    rot_dim: int | None = None  # None: the whole head
-    linear_factor: float = 1.0
 
 
 class QuantType(Enum):
@@ -288,38 +273,4 @@ def _rope_args(
         raise ValueError("a gemv takes rope arguments exactly when its output is ROPE")
     if rope is None:
         return (0, 0, 0, 0, 0, 0, 0, 0, 0.0, 1.0)
-    k_cache, v_cache = rope.k_cache, rope.v_cache
-    if k_cache.dtype != _F16 or v_cache.dtype != _F16 or len(k_cache.shape) != 3:
-        raise ValueError(
-            f"rope gemv needs float16 caches [slots, kv_heads, head_dim], got {k_cache.shape}"
-        )
-    if k_cache.shape != v_cache.shape:
-        raise ValueError(
-            f"rope gemv needs k and v caches of one shape, got {k_cache.shape}, {v_cache.shape}"
-        )
-    _, kv_heads, head_dim = k_cache.shape
-    if n != (rope.n_q_heads + 2 * kv_heads) * head_dim:
-        raise ValueError(
-            f"rope gemv: W's {n} rows are not {rope.n_q_heads} q and 2 x {kv_heads} kv heads "
-            f"of {head_dim}"
-        )
-    rot = head_dim if rope.rot_dim is None else rope.rot_dim
-    if head_dim % 2 or rot <= 0 or rot % 2 or rot > head_dim:
-        raise ValueError(f"rope needs an even rot_dim <= an even head_dim, got {rot}, {head_dim}")
-    for name, array in (("positions", rope.positions), ("slots", rope.slots)):
-        if array.dtype != _I32 or array.shape != (batch,):
-            raise ValueError(
-                f"rope gemv needs int32 {name} [{batch}], got {array.dtype} {array.shape}"
-            )
-    return (
-        rope.positions.ptr,
-        rope.slots.ptr,
-        k_cache.ptr,
-        v_cache.ptr,
-        rope.n_q_heads,
-        kv_heads,
-        head_dim,
-        rot,
-        rope.base,
-        rope.linear_factor,
-    )
+    return rope.kernel_args(batch, n)

@@ -39,7 +39,8 @@ from ember.gpu.stream import Event, Stream
 from ember.kernels.attention import Attention, choose_splits, partials_size
 from ember.kernels.kernel_set import KernelSet
 from ember.kernels.quant_gemv import MAX_BATCH as GEMV_MAX_ROWS
-from ember.kernels.quant_gemv import Output, QuantType, RmsNorm, RopeCache
+from ember.kernels.quant_gemv import Output, QuantType, RmsNorm
+from ember.kernels.rope import RopeCache
 from ember.model.activations import Activations, ActivationViews
 from ember.model.backend import PendingStep, SampledStep, SamplingBatch
 from ember.model.config import ModelConfig
@@ -394,17 +395,6 @@ class CudaLlama:
         plan = [self._embedding(s, a)]
         sums = a.norm_partials
         for i, layer in enumerate(w.layers):
-            k_cache, v_cache = self._layer_cache(i)
-            rope = RopeCache(
-                s.positions,
-                s.slots,
-                k_cache,
-                v_cache,
-                c.n_heads,
-                c.rope.base,
-                c.head_dim,
-                c.rope.linear_factor,
-            )
             qkv, wo, gate_up, down = layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down
             plan += [
                 gemv(
@@ -414,7 +404,7 @@ class CudaLlama:
                     a.qkv,
                     norm=RmsNorm(layer.attn_norm, eps, sums if i else None),
                     output=Output.ROPE,
-                    rope=rope,
+                    rope=self._rope_cache(i, s),
                 ),
                 self._attention(i, tokens, a, s),
                 gemv(
@@ -472,25 +462,28 @@ class CudaLlama:
     def _attention_block(
         self, layer: int, wqkv: QuantMatrix, wo: QuantMatrix, a: ActivationViews, s: StepArrays
     ) -> list[Launch]:
-        c, k = self._config, self.kernels
-        k_cache, v_cache = self._layer_cache(layer)
         tokens = a.qkv.shape[0]
         return [
             self._linear(a.x, wqkv, a.qkv),
-            k.rope.qkv_cache_launch(
-                a.qkv,
-                s.positions,
-                s.slots,
-                k_cache,
-                v_cache,
-                c.n_heads,
-                c.rope.base,
-                c.head_dim,
-                c.rope.linear_factor,
-            ),
+            self.kernels.rope.qkv_cache_launch(a.qkv, self._rope_cache(layer, s)),
             self._attention(layer, tokens, a, s),
             self._linear(a.attn, wo, a.delta),
         ]
+
+    def _rope_cache(self, layer: int, s: StepArrays) -> RopeCache:
+        """RoPE and the KV-cache store after layer `layer`'s q/k/v projection."""
+        c = self._config
+        k_cache, v_cache = self._layer_cache(layer)
+        return RopeCache(
+            s.positions,
+            s.slots,
+            k_cache,
+            v_cache,
+            c.n_heads,
+            c.rope.base,
+            c.head_dim,
+            c.rope.linear_factor,
+        )
 
     def _layer_cache(self, layer: int) -> tuple[DeviceArray, DeviceArray]:
         assert self.kv_cache is not None

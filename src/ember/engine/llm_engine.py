@@ -188,16 +188,11 @@ class LLMEngine:
         """The step's K/V count as computed once its inputs are known on the host (its pending
         inputs arrive with the previous step's collection): the scheduler's next decision and
         the prefix cache's block hashes need them. Finished and aborted sequences are gone."""
-        batch = step.batch
-        if all(seq.status is SequenceStatus.RUNNING for seq in batch.seqs):
-            self.pool.mark_computed(batch.seqs, batch.num_new_tokens)
-            return
-        live = [
-            (seq, n)
-            for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True)
-            if seq.status is SequenceStatus.RUNNING
-        ]
-        self.pool.mark_computed([seq for seq, _ in live], [n for _, n in live])
+        seqs, counts = step.batch.seqs, step.batch.num_new_tokens
+        if any(seq.status is not SequenceStatus.RUNNING for seq in seqs):
+            live = [i for i, seq in enumerate(seqs) if seq.status is SequenceStatus.RUNNING]
+            seqs, counts = [seqs[i] for i in live], [counts[i] for i in live]
+        self.pool.mark_computed(seqs, counts)
 
     def _collect(self, step: LaunchedStep) -> list[RequestOutput]:
         sampled = self.runner.collect(step)

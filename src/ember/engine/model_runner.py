@@ -64,12 +64,9 @@ class ModelRunner:
             backend if isinstance(backend, DeviceSamplingBackend) else None
         )
 
-    def run(self, batch: ScheduledBatch) -> SampledTokens:
-        """Compute the batch; sequences whose prompt is now fully computed get a token."""
-        return self.collect(self.launch(batch, asynchronous=False))
-
     def launch(self, batch: ScheduledBatch, asynchronous: bool) -> LaunchedStep:
-        """Start computing the batch. With `asynchronous`, on a device-sampling backend and when
+        """Start computing the batch (sequences whose prompt is then fully computed get a token,
+        which `collect` returns). With `asynchronous`, on a device-sampling backend and when
         no row needs the host's sampler, return before the step is done: its sequences' new
         tokens become pending (`Sequence.num_pending`) until `collect`."""
         forward_batch, seqs = self.prepare(batch)

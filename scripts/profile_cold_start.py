@@ -12,7 +12,10 @@ stamps the end of each with the monotonic clock, which parent and child share:
 - imports: what `python -m ember run` imports before it loads a model (ember.cli, the
   engine); `--device cuda` adds the CUDA backend's modules as `imports (cuda)`;
 - model path, device check, GGUF open, config, tokenizer, chat template: the text side of
-  `load_model`, in its order;
+  `load_model`, in its order (the template compiles at the first chat, so here it is only
+  read); on a GPU, `ember run` has started the driver (cuInit, the primary context) on a
+  thread before its imports (`ember.gpu.warmup`), and so does this, so "device check" and
+  "backend load" show what is left of that work after the imports;
 - backend load: the weights dequantized to float32 (CPU) or uploaded to the GPU, with the
   CUDA context and kernel modules (cuda); the real loader runs this on a thread beside the
   tokenizer and chat template on the GPU, so there the cold start is shorter than the sum;
@@ -45,6 +48,10 @@ def _child(device: str, model: str | None) -> None:
     def mark(phase: str) -> None:
         marks.append((phase, time.perf_counter(), time.process_time()))
 
+    if device != "cpu":  # as `ember run` does: the driver starts beside the imports
+        from ember.gpu import warmup
+
+        warmup.start()
     import ember.cli  # noqa: F401 - `python -m ember` imports the CLI, `run` the engine
     from ember.engine.llm import LLM
     from ember.engine.llm_engine import EngineConfig, LLMEngine
@@ -75,7 +82,7 @@ def _child(device: str, model: str | None) -> None:
     tokenizer = Tokenizer.from_gguf(gguf)
     mark("tokenizer")
     has_template = gguf.get("tokenizer.chat_template") is not None
-    chat_template = ChatTemplate.from_gguf(gguf) if has_template else None
+    chat_template = ChatTemplate.from_gguf(gguf, compile_now=False) if has_template else None
     mark("chat template")
     backend: ForwardBackend
     if device == "cuda":

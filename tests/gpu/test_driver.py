@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import subprocess
+import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -136,3 +138,42 @@ def test_driver_errors_carry_name_and_text(context: Context) -> None:
 def test_context_memory_info(context: Context) -> None:
     free, total = context.memory_info()
     assert 0 < free <= total
+
+
+def test_driver_warmup_without_a_usable_driver_is_harmless() -> None:
+    # Here (no GPU) the thread meets the missing driver and gives up quietly; on a GPU
+    # machine it retains the primary context and hand_over() gives it back.
+    code = (
+        "from ember.gpu import warmup\n"
+        "warmup.start(); warmup.start(); warmup.hand_over(); warmup.hand_over()\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+@pytest.mark.gpu
+def test_driver_warmup_hands_its_context_over() -> None:
+    # A fresh process, so that no other reference to the primary context exists.
+    code = """
+from cuda.bindings import driver as cu
+from ember.gpu import Device, DeviceBuffer, warmup
+
+def active(device):
+    err, flags, state = cu.cuDevicePrimaryCtxGetState(device.handle)
+    return state
+
+warmup.start()
+device = Device.get(0)
+context = device.retain_primary_context()
+warmup.hand_over()  # the warm-up's reference goes; ours keeps the context alive
+assert active(device) == 1
+context.make_current()
+buffer = DeviceBuffer.alloc(1 << 20)
+buffer.free()
+context.release()
+assert active(device) == 0  # no reference left behind by the warm-up
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

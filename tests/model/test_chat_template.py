@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,22 @@ def test_missing_template_is_a_format_error() -> None:
 def test_syntax_error_is_a_format_error() -> None:
     with pytest.raises(ModelFormatError, match="syntax error at line 1"):
         _template("{% for m in messages %}{{ m.content }}")
+
+
+def test_deferred_compile_reports_the_syntax_error_at_first_render() -> None:
+    # How the loader builds it: a run that never chats must not import jinja2 (cold start).
+    template = ChatTemplate.from_metadata(
+        {"tokenizer.chat_template": "{% for m in messages %}"}, source="m.gguf", compile_now=False
+    )
+    for _ in range(2):  # the error again, not a half-built template
+        with pytest.raises(ModelFormatError, match=r"m\.gguf: .* syntax error at line 1"):
+            template.render([{"role": "user", "content": "hi"}])
+
+
+def test_importing_the_engine_does_not_import_jinja2() -> None:
+    code = "import sys; from ember.engine.llm import LLM; print('jinja2' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_sandbox_blocks_unsafe_access() -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ember.errors import EmberError
+from ember.gpu import warmup
 from ember.gpu.array import DeviceArray
 from ember.gpu.context import Context
 from ember.gpu.device import Device
@@ -181,6 +182,7 @@ class CudaLlama:
         """The GPU's primary context made current, a stream, the kernels, then the weights."""
         device = Device.get(ordinal)
         context = device.retain_primary_context()
+        warmup.hand_over()  # the context is ours now; the warm-up's reference can go
         context.make_current()
         stream = Stream.create()
         kernels = KernelSet.load(device)

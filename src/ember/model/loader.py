@@ -99,8 +99,10 @@ def _text_side(
             f"{path}: tokenizer has {tokenizer.vocab_size} tokens but the model's "
             f"vocabulary is {config.vocab_size}"
         )
-    has_template = gguf.get("tokenizer.chat_template") is not None
-    return tokenizer, ChatTemplate.from_gguf(gguf) if has_template else None
+    if gguf.get("tokenizer.chat_template") is None:
+        return tokenizer, None
+    # Compiled at the first chat: a run that never chats skips importing jinja2 (cold start).
+    return tokenizer, ChatTemplate.from_gguf(gguf, compile_now=False)
 
 
 def _load_synthetic(model: str, device: str, started: float) -> LoadedModel:

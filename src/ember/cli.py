@@ -228,6 +228,7 @@ def _info(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     _start_driver_early(args)
     from ember.engine.benchmark import (
+        HostCpuTimes,
         cold_start_seconds,
         format_table,
         memory_reference,
@@ -254,9 +255,11 @@ def _bench(args: argparse.Namespace) -> int:
     )
     device = engine.model.backend.device_name
     print(f"model: {engine.model.path.name}  device: {device}")
+    cpu_before = HostCpuTimes.read()
     results = run_benchmarks(
         engine, batch_sizes, args.decode_tokens, args.prompt_tokens, args.prefill_tokens
     )
+    cpu_after = HostCpuTimes.read()
     print(format_table(results))
     if args.compare_llama_cpp is not None:
         _print_llama_cpp_comparison(args, engine.model.path, batch_sizes, results)
@@ -266,6 +269,11 @@ def _bench(args: argparse.Namespace) -> int:
     if device.startswith("cpu"):
         reference = memory_reference()
         print(f"reference: float32 GEMV sweep at {reference:.1f} GB/s (median) on this machine now")
+        if cpu_before is not None and cpu_after is not None:
+            stolen = cpu_after.steal_share_since(cpu_before)
+            print(
+                f"host: {stolen:.0%} of its CPU time went to other guests during the runs (steal)"
+            )
     return 0
 
 

@@ -148,6 +148,29 @@ def memory_reference(seed: int = 0) -> float:
     return float(np.median(rates))
 
 
+@dataclass(frozen=True, slots=True)
+class HostCpuTimes:
+    """The machine's CPU time so far by kind, in ticks (Linux /proc/stat, all CPUs)."""
+
+    total: int
+    steal: int  # time a hypervisor ran something else while this VM wanted its CPUs
+
+    @classmethod
+    def read(cls) -> HostCpuTimes | None:
+        """None where there is no /proc/stat (not Linux)."""
+        try:
+            with open("/proc/stat") as stat:
+                fields = [int(v) for v in stat.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        return cls(total=sum(fields), steal=fields[7] if len(fields) > 7 else 0)
+
+    def steal_share_since(self, earlier: HostCpuTimes) -> float:
+        """The share of the machine's CPU time stolen between `earlier` and this reading."""
+        total = self.total - earlier.total
+        return (self.steal - earlier.steal) / total if total > 0 else 0.0
+
+
 def format_table(results: list[BenchResult]) -> str:
     header = f"{'work':<8} {'batch':>5} {'tokens':>7} {'seconds':>8} {'tok/s':>9}"
     lines = [f"{header} {'median-step tok/s':>18}"]

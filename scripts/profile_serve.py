@@ -200,6 +200,9 @@ def main() -> None:
     parser.add_argument("--step-ms-per-seq", type=float, default=0.0188)
     parser.add_argument("--profile", action="store_true", help="cProfile the server's load")
     parser.add_argument("--top", type=int, default=30, help="functions to list with --profile")
+    parser.add_argument(
+        "--sort", default="tottime", help="pstats order for --profile (tottime, cumulative)"
+    )
     parser.add_argument("--py-spy", metavar="PATH", help="py-spy record the server's load to PATH")
     parser.add_argument("--serve-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--profile-path", help=argparse.SUPPRESS)
@@ -249,7 +252,7 @@ def main() -> None:
         server.wait(120)
     if args.profile:
         stats = pstats.Stats(profile_path)
-        stats.sort_stats("tottime").print_stats(args.top)
+        stats.sort_stats(args.sort).print_stats(args.top)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,11 @@ class OpenAIRoutes:
         texts = [p for p in completion.prompts if isinstance(p, str)]
 
         def encode() -> list[list[int]]:
-            encoded = iter(tokenizer.encode_batch(texts, add_special_tokens=True) if texts else [])
+            if len(texts) == 1:  # the common case: no batch dispatch to the tokenizer's pool
+                batch = [tokenizer.encode(texts[0], add_special_tokens=True)]
+            else:
+                batch = tokenizer.encode_batch(texts, add_special_tokens=True) if texts else []
+            encoded = iter(batch)
             return [next(encoded) if isinstance(p, str) else p for p in completion.prompts]
 
         size = sum(len(t) for t in texts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -128,6 +129,9 @@ def run_server(config: ServerConfig) -> None:
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     server = EmberServer(config)
+    # The tokenizer's and template's objects live as long as the process: out of the cyclic
+    # collector's sight, its full collections during a burst of requests take no time.
+    gc.freeze()
     try:
         import uvloop
     except ImportError:

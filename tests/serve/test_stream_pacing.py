@@ -32,11 +32,14 @@ def tokenizer() -> Tokenizer:
 
 
 def stream_deltas(
-    tokenizer: Tokenizer, interval: float, schedule: list[float]
+    tokenizer: Tokenizer, interval: float, schedule: list[float], tokens: list[int] | None = None
 ) -> tuple[list[ChoiceDelta], str]:
     """Feed one streamed request a token per entry of `schedule` (seconds to wait before it,
     0: only let the handler run if it was woken; the last one finishes the request) and return
     what its handler took at each wake-up."""
+
+    if tokens is None:
+        tokens = tokenizer.encode(" The keeper climbed the stairs and lit the lamp at dusk")
 
     async def run() -> tuple[list[ChoiceDelta], str]:
         client = EngineClient(
@@ -57,14 +60,13 @@ def stream_deltas(
                     deltas.append(delta)
 
         task = asyncio.create_task(handler())
-        tokens = tokenizer.encode(" The keeper climbed the stairs and lit the lamp at dusk")
         for i, wait in enumerate(schedule):
             await asyncio.sleep(wait)
             finish = "length" if i == len(schedule) - 1 else None
             report = StepReport([(choice.seq_id, [tokens[i]], None, finish)], [], STATS)
             client.on_message(report)
         await asyncio.wait_for(task, 10)
-        return deltas, tokenizer.decode(tokens[: len(schedule)])
+        return deltas, tokenizer.decode(tokens[: len(schedule)], skip_special_tokens=True)
 
     return asyncio.run(run())
 
@@ -105,3 +107,18 @@ def test_token_histogram_exposes_what_prometheus_histogram_does() -> None:
 
     assert samples(ours) == samples(theirs)
     assert len(samples(ours)) == len(buckets) + 3  # the buckets, +Inf, _count, _sum
+
+
+def test_the_first_text_does_not_wait_for_the_interval(tokenizer: Tokenizer) -> None:
+    # An instruct model's first tokens may have no text (here two special tokens, as SmolLM2
+    # ends a plain prompt with <|im_end|> and starts a turn): each still wakes the handler at
+    # once, and so does the token that brings the first text, so it goes out alone rather than
+    # with the tokens of the next interval (1 s away).
+    start = tokenizer.encode("<|im_start|>")
+    assert len(start) == 1 and tokenizer.decode(start, skip_special_tokens=True) == ""
+    tokens = start * 2 + tokenizer.encode(" The keeper climbed the stairs")
+    deltas, text = stream_deltas(tokenizer, 1.0, [0.0] * 6, tokens)
+    texts = [d.text for d in deltas]
+    first_text = next(i for i, t in enumerate(texts) if t)
+    assert deltas[first_text].num_tokens == 1 and texts[first_text] == " The"
+    assert "".join(texts) == text

@@ -7,8 +7,9 @@ per-token allocation beyond the text itself.
 Stream handlers are woken at most once per `stream_interval` (all together, by one timer),
 not once per step: a wake-up costs a task switch, a JSON chunk and a socket write for the
 server, and a read and a parse for the client, and at GPU rates (a step every 2-6 ms) those,
-not the tokens, were what held one server process back. A first token, a finish and an error
-wake the handler at once.
+not the tokens, were what held one server process back. Tokens up to a choice's first text (a
+first token may have none, e.g. a special token), a finish and an error wake the handler at
+once.
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ class EngineClient:
                 self._on_choice_finished(choice, now)
                 owner.wake()
             elif owner.wake_on_tokens:
-                if first:
+                if choice.awaiting_first_text:
                     owner.wake()
                 else:
                     unflushed.add(owner)

@@ -46,10 +46,17 @@ class Choice:
     _pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     _pending_tokens: int = 0
     _taken_finish: bool = False
+    _text_taken: bool = False
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def awaiting_first_text(self) -> bool:
+        """No `take` has returned text yet (a first token may have none: a special token, part
+        of a character), so the first text must not wait for the stream interval."""
+        return not self._text_taken
 
     def accept(
         self,
@@ -96,6 +103,7 @@ class Choice:
         self._pending_logprobs = []
         self._pending_tokens = 0
         self._taken_finish = finished
+        self._text_taken = self._text_taken or bool(delta.text)
         return delta
 
     def finish(self, reason: str) -> None:

@@ -4,12 +4,15 @@ and greedy tokens and against the NumPy backend."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ember.engine.llm import LLM
 from ember.engine.llm_engine import EngineConfig, LLMEngine
 from ember.engine.sampling_params import SamplingParams
 from ember.model.cuda_llama import CudaLlama
@@ -223,3 +226,26 @@ def test_async_steps_match_sync_steps(
     assert [len(sync[str(i)]) for i in range(12) if i != 5] == [
         4 + 3 * i for i in range(12) if i != 5
     ]
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+def test_ember_run_on_cuda_prints_the_engines_greedy_text(
+    cuda_model: LoadedModel, chat: bool
+) -> None:
+    # The command line's own path: the driver started on a thread beside the imports and handed
+    # over to the backend, and (with --chat) the chat template compiled at the first chat.
+    prompt = "The capital of France is"
+    command = [sys.executable, "-m", "ember", "run", "--device", "cuda", "--max-tokens", "12"]
+    command += ["--temperature", "0"] + (["--chat"] if chat else [])
+    if os.environ.get("EMBER_TEST_MODEL"):
+        command += ["--model", os.environ["EMBER_TEST_MODEL"]]
+    done = subprocess.run([*command, prompt], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    llm = LLM(engine=engine(cuda_model))
+    params = SamplingParams(max_tokens=12, temperature=0.0)
+    expected = (
+        llm.chat([{"role": "user", "content": prompt}], params)[0]
+        if chat
+        else llm.generate([prompt], params)[0]
+    )
+    assert expected.text and done.stdout == expected.text + "\n"

@@ -21,7 +21,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from ember.gpu import Device, DeviceArray, Event, Stream, StreamCapture
 from ember.kernels.quant_gemv import QuantGemv, QuantType
 
-SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (1536, 576), (49152, 576)]
+# Llama-3-8B's o, q|k|v, gate, gate|up and down projections; SmolLM2-135M's gate and LM head.
+SHAPES = [
+    (4096, 4096),
+    (6144, 4096),
+    (14336, 4096),
+    (28672, 4096),
+    (4096, 14336),
+    (1536, 576),
+    (49152, 576),
+]
 BATCHES = (1, 4, 8)
 LAUNCHES = 64
 REPLAYS = 10
@@ -30,8 +39,8 @@ ROTATE_BYTES = 256 << 20
 
 def time_gemv(
     gemv: QuantGemv, stream: Stream, quant: QuantType, n: int, k: int, batch: int
-) -> float:
-    """Seconds per gemv, the best of REPLAYS graph replays."""
+) -> tuple[float, int]:
+    """Seconds per gemv, the best of REPLAYS graph replays, and the warps a block had."""
     nbytes = n * quant.row_bytes(k)
     copies = max(2, -(-ROTATE_BYTES // nbytes))
     weights = [DeviceArray.empty((n, quant.row_bytes(k)), np.uint8) for _ in range(copies)]
@@ -41,7 +50,8 @@ def time_gemv(
     y = DeviceArray.empty((batch, n), np.float32)
     with StreamCapture(stream) as capture:
         for i in range(LAUNCHES):
-            gemv.gemv(weights[i % copies], quant, x, y, stream)
+            launch = gemv.gemv_launch(weights[i % copies], quant, x, y)
+            launch(stream)
     exec_ = capture.graph.instantiate()
     exec_.launch(stream)
     stream.synchronize()
@@ -57,7 +67,7 @@ def time_gemv(
     capture.graph.destroy()
     for array in (*weights, x, y):
         array.free()
-    return best
+    return best, launch.block[0] // 32
 
 
 def main() -> None:
@@ -65,15 +75,15 @@ def main() -> None:
     context = device.retain_primary_context()
     context.make_current()
     gemv = QuantGemv.load(device)
-    print("| type | N | K | batch | µs | GB/s |\n|---|---|---|---|---|---|")
+    print("| type | N | K | batch | warps | µs | GB/s |\n|---|---|---|---|---|---|---|")
     with Stream.create() as stream:
         for quant in QuantType:
             for n, k in SHAPES:
                 for batch in BATCHES:
-                    seconds = time_gemv(gemv, stream, quant, n, k, batch)
+                    seconds, warps = time_gemv(gemv, stream, quant, n, k, batch)
                     moved = n * quant.row_bytes(k) + 4 * batch * (n + k)
                     print(
-                        f"| {quant.name} | {n} | {k} | {batch} | {seconds * 1e6:.1f} "
+                        f"| {quant.name} | {n} | {k} | {batch} | {warps} | {seconds * 1e6:.1f} "
                         f"| {moved / seconds / 1e9:.0f} |",
                         flush=True,
                     )

@@ -160,7 +160,7 @@ def test_gemv_matches_float64(
 @pytest.fixture
 def small_shared(context: Context, device: Device) -> Iterator[QuantGemv]:
     # Its own module: the shared-memory limit is set on the module's functions.
-    family = QuantGemv(load_family("quant_gemv", device), 48 * 1024)
+    family = QuantGemv(load_family("quant_gemv", device), 48 * 1024, device.multiprocessor_count)
     yield family
     family.unload()
 
@@ -180,6 +180,29 @@ def test_gemv_with_fewer_warps(
             got, threads = run_gemv(small_shared, stream, dw, quant, x, n)
             assert threads < 256
             ref.check(got, x, f"batch {batch}")
+
+
+# (n, k, the warps a block gets on a GPU of `sms` SMs at batch 1): a grid no larger than the
+# SMs gets 16-warp blocks, one that needs every SM 3 to 8 times over gets 2- or 4-warp blocks.
+def _width_cases(sms: int) -> list[tuple[int, int, int]]:
+    return [(32 * sms, 4096, 16), (32 * 4 * sms, 1024, 4), (32 * 7 * sms, 1024, 2)]
+
+
+@pytest.mark.parametrize("case", [0, 1, 2], ids=["16 warps", "4 warps", "2 warps"])
+def test_gemv_block_width_follows_the_grid(
+    quant_gemv: QuantGemv, device: Device, stream: Stream, case: int
+) -> None:
+    """Every block width the launch picks computes the same product (Q4_0, batch 1 and 2)."""
+    n, k, warps = _width_cases(device.multiprocessor_count)[case]
+    quant = QuantType.Q4_0
+    raw = random_weight(quant, n, k, seed=n)
+    ref = Reference(raw, quant, n, k)
+    with DeviceArray.from_numpy(raw) as dw:
+        for batch in (1, 2):
+            x = random_x(batch, k, seed=batch)
+            got, threads = run_gemv(quant_gemv, stream, dw, quant, x, n)
+            assert threads == 32 * warps
+            ref.check(got, x, f"{warps} warps, batch {batch}")
 
 
 def test_gemv_propagates_nan(quant_gemv: QuantGemv, stream: Stream) -> None:

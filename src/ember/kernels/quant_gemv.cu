@@ -10,8 +10,10 @@
 // Work split. A block of WARPS warps owns 32 weight rows: lane l computes row l (so every read
 // of x is a broadcast, and x is quantised once per block of rows, not per row). K is cut into
 // stages of 8 GGUF blocks (256 weights); warp w takes stages w, w + WARPS, ... and the warps'
-// partial sums meet in shared memory at the end. For 8B-sized matrices that is 128-896 blocks
-// of 8 warps, each warp with 2-7 stages.
+// partial sums meet in shared memory at the end. The host picks WARPS so that the bytes spread
+// evenly over the SMs (quant_gemv.py's QuantGemv._warps): on an H100 at batch 1, an 8B model's
+// 4096-row matrices run 128 blocks of 16 warps, its 14336-row gate/up 896 blocks of 2 warps
+// (6 or 7 an SM, all resident at once), the LM head 8-warp blocks.
 //
 // Weights. A stage of 32 rows x 8 blocks (144/160/272 bytes a row) is copied into the warp's
 // shared memory with 16-byte cp.async, coalesced across the warp (lanes take consecutive
@@ -54,7 +56,7 @@
 namespace ember_gemv {
 
 constexpr int STAGE_BLOCKS = 8;  // GGUF blocks of a row per stage
-constexpr int STAGES = 2;  // per warp: one computed, one in flight
+constexpr int STAGES = 2;  // per warp: one computed, one in flight (3 or 4: no faster)
 constexpr int MAGIC = 0x4B400000;  // the bits of 1.5 * 2^23: M + i is exact for |i| < 2^22
 constexpr float MAGIC_F = 12582912.0f;
 constexpr uint32_t LOW_NIBBLES = 0x0F0F0F0Fu;
@@ -310,98 +312,172 @@ __device__ __forceinline__ float block_dot(
     return acc;
 }
 
-// Quantise x[0:batch, the stage's K range] into the warp's `xs`. Lanes split the (batch row,
-// x block) pairs, LANES lanes a block (4 at batch tier 1, 2 at tier 2, 1 above).
-// With g, x is h and the values quantised are h * scale[b] * g (rms_norm_f32's rounding).
+// How lanes split a stage of x: (batch row, x block) pairs, LANES lanes a block (4 at batch
+// tier 1, 2 at tier 2, 1 above), ROUNDS pairs a lane (2 at tier 8, else 1).
+template <int MAX_BATCH>
+struct XSplit {
+    static constexpr int X_BLOCKS = MAX_BATCH * STAGE_BLOCKS;
+    static constexpr int LANES = X_BLOCKS >= 32 ? 1 : 32 / X_BLOCKS;
+    static constexpr int PER_LANE = 32 / LANES;  // elements
+    static constexpr int ROUNDS = X_BLOCKS >= 32 ? X_BLOCKS / 32 : 1;
+
+    __device__ __forceinline__ static int pair(int lane, int round) {
+        return lane / LANES + round * (32 / LANES);
+    }
+    // The first of the lane's PER_LANE columns of x in a round.
+    __device__ __forceinline__ static int column(int lane, int round, int first_block) {
+        return (first_block + pair(lane, round) % STAGE_BLOCKS) * 32 + lane % LANES * PER_LANE;
+    }
+    // Every lane of a block's group agrees on `live`, so the shuffles of quantizing stay
+    // converged.
+    __device__ __forceinline__ static bool live(int lane, int round, int batch, int blocks) {
+        const int p = pair(lane, round);
+        return p / STAGE_BLOCKS < batch && p % STAGE_BLOCKS < blocks;
+    }
+};
+
+// PER_LANE floats from `src` (16-byte aligned), or zeros.
+template <int PER_LANE>
+__device__ __forceinline__ void load_floats(const float* __restrict__ src, bool live, float* v) {
+#pragma unroll
+    for (int j = 0; j < PER_LANE / 4; ++j) {
+        const float4 f = live ? __ldg(reinterpret_cast<const float4*>(src) + j)
+                              : make_float4(0.f, 0.f, 0.f, 0.f);
+        v[4 * j] = f.x;
+        v[4 * j + 1] = f.y;
+        v[4 * j + 2] = f.z;
+        v[4 * j + 3] = f.w;
+    }
+}
+
+// Quantise a lane's values v of one round (already normalised) into the warp's `xs`: int8
+// values and, from the block's first lane, its record.
+template <typename Block, int MAX_BATCH>
+__device__ __forceinline__ void quantize_round(
+    float (&v)[XSplit<MAX_BATCH>::PER_LANE], int round, bool live, uint8_t* xs, int lane) {
+    using X = XSplit<MAX_BATCH>;
+    constexpr int LANES = X::LANES;
+    constexpr int PER_LANE = X::PER_LANE;
+    constexpr bool SUM = std::is_same_v<Block, ember::block_q4_1>;
+    XRecord* records = reinterpret_cast<XRecord*>(xs + MAX_BATCH * STAGE_BLOCKS * 32);
+    const int pair = X::pair(lane, round);
+    const int part = lane % LANES;
+    float amax = 0.f;
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+        amax = max_nan(amax, fabsf(v[j]));
+        if constexpr (SUM) sum += v[j];
+    }
+#pragma unroll
+    for (int offset = 1; offset < LANES; offset <<= 1) {
+        amax = max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+        if constexpr (SUM) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    }
+    // A block whose values all lie below 1e-30 in magnitude quantises to zeros (127 / amax
+    // would overflow). d keeps 22 significant bits, so that d * MAGIC_F is exact; a NaN
+    // (or inf) in the block makes d NaN (inf), and so the block's dot.
+    const bool zero = amax < 1e-30f;
+    const float d = zero ? 0.f : __uint_as_float(__float_as_uint(amax * (1.0f / 127)) & ~3u);
+    const float inverse = zero ? 0.f : __fdiv_rn(127.0f, amax);
+    uint32_t packed[PER_LANE / 4];
+    int qsum = 0;
+#pragma unroll
+    for (int j = 0; j < PER_LANE / 4; ++j) {
+        // Rounded to nearest even by the add: the int lands in the low bits (|q| <= 127).
+        const uint32_t q0 = __float_as_uint(fmaf(v[4 * j], inverse, MAGIC_F));
+        const uint32_t q1 = __float_as_uint(fmaf(v[4 * j + 1], inverse, MAGIC_F));
+        const uint32_t q2 = __float_as_uint(fmaf(v[4 * j + 2], inverse, MAGIC_F));
+        const uint32_t q3 = __float_as_uint(fmaf(v[4 * j + 3], inverse, MAGIC_F));
+        packed[j] =
+            __byte_perm(__byte_perm(q0, q1, 0x0040), __byte_perm(q2, q3, 0x0040), 0x5410);
+        qsum = __dp4a(static_cast<int>(packed[j]), 0x01010101, qsum);
+    }
+#pragma unroll
+    for (int offset = 1; offset < LANES; offset <<= 1)
+        qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
+    if (!live) return;
+    uint8_t* dst = xs + pair * 32 + part * PER_LANE;
+    if constexpr (PER_LANE == 8) {
+        *reinterpret_cast<uint2*>(dst) = make_uint2(packed[0], packed[1]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < PER_LANE / 16; ++j)
+            reinterpret_cast<uint4*>(dst)[j] = make_uint4(
+                packed[4 * j], packed[4 * j + 1], packed[4 * j + 2], packed[4 * j + 3]);
+    }
+    if (part == 0) records[pair] = XRecord{d, -d * MAGIC_F, MAGIC - 8 * qsum, sum};
+}
+
+// Quantise x[0:batch, a stage's K range] into the warp's `xs`, loading each round just before
+// quantising it. With g, x is h and the values quantised are h * scale[b] * g (rms_norm_f32's
+// rounding).
 template <typename Block, int MAX_BATCH>
 __device__ __forceinline__ void quantize_x(
     const float* __restrict__ x, int k, int batch, int first_block, int blocks, uint8_t* xs,
     int lane, const float* __restrict__ g, const float* scale) {
-    constexpr int X_BLOCKS = MAX_BATCH * STAGE_BLOCKS;
-    constexpr int LANES = X_BLOCKS >= 32 ? 1 : 32 / X_BLOCKS;
-    constexpr int PER_LANE = 32 / LANES;  // elements
-    constexpr int ROUNDS = X_BLOCKS >= 32 ? X_BLOCKS / 32 : 1;
-    constexpr bool SUM = std::is_same_v<Block, ember::block_q4_1>;
-    XRecord* records = reinterpret_cast<XRecord*>(xs + MAX_BATCH * STAGE_BLOCKS * 32);
+    using X = XSplit<MAX_BATCH>;
 #pragma unroll
-    for (int round = 0; round < ROUNDS; ++round) {
-        const int pair = lane / LANES + round * (32 / LANES);
-        const int b = pair / STAGE_BLOCKS;
-        const int blk = pair % STAGE_BLOCKS;
-        const int part = lane % LANES;
-        // Every lane of a block's group agrees on `live`, so the shuffles below stay converged.
-        const bool live = b < batch && blk < blocks;
-        float v[PER_LANE];
-        const float4* src = reinterpret_cast<const float4*>(
-            x + static_cast<long long>(b) * k + (first_block + blk) * 32 + part * PER_LANE);
-#pragma unroll
-        for (int j = 0; j < PER_LANE / 4; ++j) {
-            const float4 f = live ? __ldg(src + j) : make_float4(0.f, 0.f, 0.f, 0.f);
-            v[4 * j] = f.x;
-            v[4 * j + 1] = f.y;
-            v[4 * j + 2] = f.z;
-            v[4 * j + 3] = f.w;
-        }
+    for (int round = 0; round < X::ROUNDS; ++round) {
+        const int b = X::pair(lane, round) / STAGE_BLOCKS;
+        const int column = X::column(lane, round, first_block);
+        const bool live = X::live(lane, round, batch, blocks);
+        float v[X::PER_LANE];
+        load_floats<X::PER_LANE>(x + static_cast<long long>(b) * k + column, live, v);
         if (g != nullptr) {
             const float s = live ? scale[b] : 0.f;
-            const float4* gsrc = reinterpret_cast<const float4*>(
-                g + (first_block + blk) * 32 + part * PER_LANE);
 #pragma unroll
-            for (int j = 0; j < PER_LANE / 4; ++j) {
-                const float4 f = live ? __ldg(gsrc + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int j = 0; j < X::PER_LANE / 4; ++j) {
+                const float4 f = live ? __ldg(reinterpret_cast<const float4*>(g + column) + j)
+                                      : make_float4(0.f, 0.f, 0.f, 0.f);
                 v[4 * j] = v[4 * j] * s * f.x;
                 v[4 * j + 1] = v[4 * j + 1] * s * f.y;
                 v[4 * j + 2] = v[4 * j + 2] * s * f.z;
                 v[4 * j + 3] = v[4 * j + 3] * s * f.w;
             }
         }
-        float amax = 0.f;
-        float sum = 0.f;
-#pragma unroll
-        for (int j = 0; j < PER_LANE; ++j) {
-            amax = max_nan(amax, fabsf(v[j]));
-            if constexpr (SUM) sum += v[j];
-        }
-#pragma unroll
-        for (int offset = 1; offset < LANES; offset <<= 1) {
-            amax = max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-            if constexpr (SUM) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-        }
-        // A block whose values all lie below 1e-30 in magnitude quantises to zeros (127 / amax
-        // would overflow). d keeps 22 significant bits, so that d * MAGIC_F is exact; a NaN
-        // (or inf) in the block makes d NaN (inf), and so the block's dot.
-        const bool zero = amax < 1e-30f;
-        const float d = zero ? 0.f : __uint_as_float(__float_as_uint(amax * (1.0f / 127)) & ~3u);
-        const float inverse = zero ? 0.f : __fdiv_rn(127.0f, amax);
-        uint32_t packed[PER_LANE / 4];
-        int qsum = 0;
-#pragma unroll
-        for (int j = 0; j < PER_LANE / 4; ++j) {
-            // Rounded to nearest even by the add: the int lands in the low bits (|q| <= 127).
-            const uint32_t q0 = __float_as_uint(fmaf(v[4 * j], inverse, MAGIC_F));
-            const uint32_t q1 = __float_as_uint(fmaf(v[4 * j + 1], inverse, MAGIC_F));
-            const uint32_t q2 = __float_as_uint(fmaf(v[4 * j + 2], inverse, MAGIC_F));
-            const uint32_t q3 = __float_as_uint(fmaf(v[4 * j + 3], inverse, MAGIC_F));
-            packed[j] =
-                __byte_perm(__byte_perm(q0, q1, 0x0040), __byte_perm(q2, q3, 0x0040), 0x5410);
-            qsum = __dp4a(static_cast<int>(packed[j]), 0x01010101, qsum);
-        }
-#pragma unroll
-        for (int offset = 1; offset < LANES; offset <<= 1)
-            qsum += __shfl_xor_sync(0xffffffffu, qsum, offset);
-        if (!live) continue;
-        uint8_t* dst = xs + pair * 32 + part * PER_LANE;
-        if constexpr (PER_LANE == 8) {
-            *reinterpret_cast<uint2*>(dst) = make_uint2(packed[0], packed[1]);
-        } else {
-#pragma unroll
-            for (int j = 0; j < PER_LANE / 16; ++j)
-                reinterpret_cast<uint4*>(dst)[j] = make_uint4(
-                    packed[4 * j], packed[4 * j + 1], packed[4 * j + 2], packed[4 * j + 3]);
-        }
-        if (part == 0) records[pair] = XRecord{d, -d * MAGIC_F, MAGIC - 8 * qsum, sum};
+        quantize_round<Block, MAX_BATCH>(v, round, live, xs, lane);
     }
 }
+
+// The raw x (and g) of one stage, held in registers from its loads to its quantising, so that
+// a warp loads stage t + 1's x before it computes stage t: the L2 round trip is then off the
+// warp's path. Only at tier 1 (8 values a lane, 16 with the norm's): at tier 2 the 32 registers
+// made ptxas spill (20-136 bytes a thread), and above it would take 64+.
+template <int MAX_BATCH>
+struct PrefetchedX {
+    using X = XSplit<MAX_BATCH>;
+    static_assert(X::ROUNDS == 1, "one round a stage");
+    float v[X::PER_LANE];
+    float g[X::PER_LANE];
+    int first_block;
+    int blocks;
+
+    __device__ __forceinline__ void load(
+        const float* __restrict__ x, int k, int batch, int first, int count, int lane,
+        const float* __restrict__ norm_weight) {
+        first_block = first;
+        blocks = count;
+        const int b = X::pair(lane, 0) / STAGE_BLOCKS;
+        const int column = X::column(lane, 0, first);
+        const bool live = X::live(lane, 0, batch, count);
+        load_floats<X::PER_LANE>(x + static_cast<long long>(b) * k + column, live, v);
+        if (norm_weight != nullptr)
+            load_floats<X::PER_LANE>(norm_weight + column, live, g);
+    }
+
+    template <typename Block>
+    __device__ __forceinline__ void quantize(
+        int batch, uint8_t* xs, int lane, bool norm, const float* scale) {
+        const int b = X::pair(lane, 0) / STAGE_BLOCKS;
+        const bool live = X::live(lane, 0, batch, blocks);
+        float values[X::PER_LANE];
+        const float s = norm && live ? scale[b] : 0.f;
+#pragma unroll
+        for (int j = 0; j < X::PER_LANE; ++j) values[j] = norm ? v[j] * s * g[j] : v[j];
+        quantize_round<Block, MAX_BATCH>(values, 0, live, xs, lane);
+    }
+};
 
 // acc[b] += the lane's row . x[b] over one stage (FULL: all 8 of its blocks).
 template <typename Block, int MAX_BATCH, bool ALIGNED, bool FULL>
@@ -508,10 +584,24 @@ __device__ __forceinline__ void warp_rows(
         commit();
     }
     ready();
+    // Tier 1 of the 4-bit types loads the x of stage t + 1 before computing stage t
+    // (PrefetchedX); Q8_0's 8 words a block leave no registers for it (ptxas spilled).
+    constexpr bool PREFETCH = MAX_BATCH == 1 && Weights<Block>::q4;
+    PrefetchedX<PREFETCH ? MAX_BATCH : 1> next;
+    auto prefetch = [&](int t) {
+        const int first_block = (warp + t * warps) * STAGE_BLOCKS;
+        next.load(x, k, batch, first_block, min(STAGE_BLOCKS, blocks - first_block), lane, g);
+    };
+    if (PREFETCH && mine > 0) prefetch(0);
     for (int t = 0; t < mine; ++t) {
         const int first_block = (warp + t * warps) * STAGE_BLOCKS;
         const int in_stage = min(STAGE_BLOCKS, blocks - first_block);
-        quantize_x<Block, MAX_BATCH>(x, k, batch, first_block, in_stage, xs, lane, g, scale);
+        if constexpr (PREFETCH) {
+            next.template quantize<Block>(batch, xs, lane, g != nullptr, scale);
+            if (t + 1 < mine) prefetch(t + 1);
+        } else {
+            quantize_x<Block, MAX_BATCH>(x, k, batch, first_block, in_stage, xs, lane, g, scale);
+        }
         wait_copies<STAGES - 1>();
         __syncwarp();
         const uint8_t* slot = my_slot + (t % STAGES) * STAGE_BYTES;
@@ -675,17 +765,19 @@ __device__ __forceinline__ void gemv(
 
 // One kernel per block type and batch tier: registers grow with the batch, so batch 1 must not
 // pay for batch 8. Launch grid ceil(n / 32) (swiglu: ceil(n / 2 / 16)), block 32 * warps
-// (warps <= 8), dynamic shared memory warps * (ring + x) bytes (quant_gemv.py's
+// (warps <= 16 at tiers 1 and 2, <= 8 above: at tiers 4 and 8, bounds of 512 threads cost
+// 20-25 % against 256), dynamic shared memory warps * (ring + x) bytes (quant_gemv.py's
 // warp_shared_bytes); batch <= MAX_BATCH. `out` is an Out; norm_weight null for no norm; the
-// rope arguments are read only for ROPE.
-#define EMBER_QUANT_GEMV(TYPE, MAX_BATCH)                                                      \
-    extern "C" __global__ void __launch_bounds__(256, 2) quant_gemv_##TYPE##_b##MAX_BATCH(      \
-        const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,      \
-        int n, int k, int batch, int out, const float* __restrict__ norm_weight, float eps,    \
-        const float* __restrict__ norm_partials, float* __restrict__ out_partials,              \
-        const int* __restrict__ positions, const int* __restrict__ slots, half* k_cache,        \
-        half* v_cache, int n_q_heads, int n_kv_heads, int head_dim, int rot_dim,               \
-        float rope_base, float linear_factor) {                                                 \
+// rope arguments are read only for ROPE. Either bound leaves 128 registers a thread.
+#define EMBER_QUANT_GEMV(TYPE, MAX_BATCH, THREADS, MIN_BLOCKS)                                 \
+    extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                          \
+        quant_gemv_##TYPE##_b##MAX_BATCH(                                                      \
+            const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,  \
+            int n, int k, int batch, int out, const float* __restrict__ norm_weight, float eps, \
+            const float* __restrict__ norm_partials, float* __restrict__ out_partials,          \
+            const int* __restrict__ positions, const int* __restrict__ slots, half* k_cache,    \
+            half* v_cache, int n_q_heads, int n_kv_heads, int head_dim, int rot_dim,           \
+            float rope_base, float linear_factor) {                                             \
         const ember_gemv::Fusion f{out,        norm_weight,  eps,        norm_partials,         \
                                    out_partials, positions,  slots,      k_cache,               \
                                    v_cache,    n_q_heads,    n_kv_heads, head_dim,              \
@@ -693,15 +785,15 @@ __device__ __forceinline__ void gemv(
         ember_gemv::gemv<ember::block_##TYPE, MAX_BATCH>(w, x, y, n, k, batch, f);              \
     }
 
-EMBER_QUANT_GEMV(q4_0, 1)
-EMBER_QUANT_GEMV(q4_0, 2)
-EMBER_QUANT_GEMV(q4_0, 4)
-EMBER_QUANT_GEMV(q4_0, 8)
-EMBER_QUANT_GEMV(q4_1, 1)
-EMBER_QUANT_GEMV(q4_1, 2)
-EMBER_QUANT_GEMV(q4_1, 4)
-EMBER_QUANT_GEMV(q4_1, 8)
-EMBER_QUANT_GEMV(q8_0, 1)
-EMBER_QUANT_GEMV(q8_0, 2)
-EMBER_QUANT_GEMV(q8_0, 4)
-EMBER_QUANT_GEMV(q8_0, 8)
+EMBER_QUANT_GEMV(q4_0, 1, 512, 1)
+EMBER_QUANT_GEMV(q4_0, 2, 512, 1)
+EMBER_QUANT_GEMV(q4_0, 4, 256, 2)
+EMBER_QUANT_GEMV(q4_0, 8, 256, 2)
+EMBER_QUANT_GEMV(q4_1, 1, 512, 1)
+EMBER_QUANT_GEMV(q4_1, 2, 512, 1)
+EMBER_QUANT_GEMV(q4_1, 4, 256, 2)
+EMBER_QUANT_GEMV(q4_1, 8, 256, 2)
+EMBER_QUANT_GEMV(q8_0, 1, 512, 1)
+EMBER_QUANT_GEMV(q8_0, 2, 512, 1)
+EMBER_QUANT_GEMV(q8_0, 4, 256, 2)
+EMBER_QUANT_GEMV(q8_0, 8, 256, 2)

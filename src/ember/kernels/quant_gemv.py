@@ -25,10 +25,15 @@ _U8: Final = np.dtype(np.uint8)
 BATCH_TIERS: Final = (1, 2, 4, 8)
 MAX_BATCH: Final = BATCH_TIERS[-1]
 BLOCK_WEIGHTS: Final = 32
-# quant_gemv.cu's layout: a thread block of up to 8 warps owns 32 weight rows; each warp keeps
-# STAGES stages of 32 rows x 8 GGUF blocks in shared memory, and the x of one stage.
+# quant_gemv.cu's layout: a thread block of up to 16 warps (8 above batch tier 2) owns 32
+# weight rows; each warp keeps STAGES stages of 32 rows x 8 GGUF blocks in shared memory, and
+# the x of one stage.
 _ROWS_PER_BLOCK: Final = 32
-_MAX_WARPS: Final = 8
+_MAX_WARPS: Final = 16
+_MAX_WARPS_ABOVE_TIER_2: Final = 8
+# Warps of the kernel an SM holds at once: its registers (at most 128 a thread) allow 16.
+_RESIDENT_WARPS: Final = 16
+_SHARED_RESERVED: Final = 1024  # the driver's own shared memory per block
 _STAGES: Final = 2
 _STAGE_BLOCKS: Final = 8
 _X_RECORD_BYTES: Final = 16
@@ -139,13 +144,15 @@ def check_fit(
 class QuantGemv:
     """The quant_gemv kernel family, loaded in the current context."""
 
-    __slots__ = ("_kernels", "max_shared", "module")
+    __slots__ = ("_kernels", "max_shared", "module", "multiprocessors")
 
-    def __init__(self, module: Module, max_shared: int) -> None:
+    def __init__(self, module: Module, max_shared: int, multiprocessors: int) -> None:
         """`max_shared`: the device's shared memory per thread block (opt-in), which sets how
-        many warps a block gets where 8 would not fit (Q8_0 on 99 KB GPUs, say)."""
+        many warps a block gets where 8 would not fit (Q8_0 on 99 KB GPUs, say);
+        `multiprocessors`: its SMs, over which a launch's thread blocks are spread."""
         self.module = module
         self.max_shared = max_shared
+        self.multiprocessors = multiprocessors
         self._kernels: dict[tuple[QuantType, int], Kernel] = {
             (q, tier): module.function(f"quant_gemv_{q.name.lower()}_b{tier}", _SIGNATURE)
             for q in QuantType
@@ -156,7 +163,11 @@ class QuantGemv:
 
     @classmethod
     def load(cls, device: Device) -> QuantGemv:
-        return cls(load_family("quant_gemv", device), device.max_shared_memory_per_block_optin)
+        return cls(
+            load_family("quant_gemv", device),
+            device.max_shared_memory_per_block_optin,
+            device.multiprocessor_count,
+        )
 
     def gemv(
         self,
@@ -203,19 +214,15 @@ class QuantGemv:
             check_fit("gemv", weight, quant, x, y)
         tier = next(t for t in BATCH_TIERS if t >= batch)
         per_warp = warp_shared_bytes(quant, k, tier)
-        room = self.max_shared - _STATIC_SHARED
-        # A warp takes stages of 8 GGUF blocks; more warps than stages would only wait.
-        warps = min(_MAX_WARPS, -(-k // (_STAGE_BLOCKS * BLOCK_WEIGHTS)))
-        while warps > 1 and warps * per_warp > room:
-            warps //= 2
-        if warps * per_warp > room:
+        rows_per_block = _ROWS_PER_BLOCK // 2 if output is Output.SWIGLU else _ROWS_PER_BLOCK
+        out_rows = n // 2 if output is Output.SWIGLU else n
+        blocks = max(1, (out_rows + rows_per_block - 1) // rows_per_block)
+        warps = self._warps(blocks, k, tier, per_warp)
+        if warps * per_warp > self.max_shared - _STATIC_SHARED:
             raise ValueError(
                 f"{quant.name} gemv needs {per_warp} bytes of shared memory per warp; "
                 f"the device has {self.max_shared} per block"
             )
-        rows_per_block = _ROWS_PER_BLOCK // 2 if output is Output.SWIGLU else _ROWS_PER_BLOCK
-        out_rows = n // 2 if output is Output.SWIGLU else n
-        blocks = max(1, (out_rows + rows_per_block - 1) // rows_per_block)
         args: tuple[int | float, ...] = (weight.ptr, x.ptr, y.ptr, n, k, batch, int(output))
         args += _norm_args(norm, batch, k) + (_sums_address(sums_of_squares, output, batch, n),)
         args += _rope_args(rope, output, batch, n)
@@ -226,6 +233,28 @@ class QuantGemv:
             args,
             shared_mem=warps * per_warp,
         )
+
+    def _warps(self, blocks: int, k: int, tier: int, per_warp: int) -> int:
+        """Warps per thread block: the GEMV streams its weights once, so what counts is that
+        every SM gets the same share of the bytes. Where the whole grid is resident at once (an
+        SM holds up to 16 of the kernel's warps), the blocks are made as wide as that allows: a
+        4096-row matrix (128 blocks) runs 16 warps on 128 SMs where 8 warps would leave half of
+        each SM idle, and a 14336-row gate/up (896 blocks) 2-warp blocks, 6 or 7 an SM, where
+        8-warp blocks would run 3.4 waves, the last mostly idle. Larger grids take 8 warps."""
+        room = self.max_shared - _STATIC_SHARED
+        resident = min(_RESIDENT_WARPS, (room + _STATIC_SHARED + _SHARED_RESERVED) // per_warp)
+        per_sm = -(-blocks // self.multiprocessors)
+        warps = _MAX_WARPS if tier <= 2 else _MAX_WARPS_ABOVE_TIER_2
+        if per_sm > resident // 2:
+            warps = min(warps, 8)
+        else:
+            while warps > 2 and per_sm * warps > resident:
+                warps //= 2
+        # A warp takes stages of 8 GGUF blocks; more warps than stages would only wait.
+        warps = min(warps, -(-k // (_STAGE_BLOCKS * BLOCK_WEIGHTS)))
+        while warps > 1 and warps * per_warp > room:
+            warps //= 2
+        return warps
 
     def unload(self) -> None:
         self.module.unload()

@@ -65,11 +65,23 @@ def bench_prefill(
 def bench_decode(
     engine: LLMEngine, batch: int, decode_tokens: int, prompt_tokens: int, rng: np.random.Generator
 ) -> BenchResult:
-    """Aggregate decode rate: only steps where every sequence is decoding are timed."""
-    # One token from the prefill, one from the warm-up step, then `decode_tokens` timed.
-    params = SamplingParams(max_tokens=decode_tokens + 2, temperature=0.0, ignore_eos=True)
-    for i in range(batch):
-        engine.add_request(f"bench-decode-{i}", _random_prompt(rng, engine, prompt_tokens), params)
+    """Aggregate decode rate at `batch` sequences: `decode_tokens` steps timed, each one where
+    every sequence decodes (llama-batched-bench's S_TG measures the same).
+
+    The prompts are prefilled over several steps, in which the sequences started first already
+    decode; none of them may finish before the timed steps end, or the last steps would run
+    fewer sequences than `batch`. So every request may generate more than is timed, and what is
+    left of them is aborted after the timed steps (freeing their KV blocks).
+    """
+    budget = engine.config.max_num_batched_tokens
+    prefill_steps = -(-batch * prompt_tokens // budget) + 1
+    # Tokens before the timed steps: up to one per prefill step, one from the warm-up step.
+    params = SamplingParams(
+        max_tokens=prefill_steps + 1 + decode_tokens + 1, temperature=0.0, ignore_eos=True
+    )
+    request_ids = [f"bench-decode-{i}" for i in range(batch)]
+    for request_id in request_ids:
+        engine.add_request(request_id, _random_prompt(rng, engine, prompt_tokens), params)
     started_ids: set[str] = set()
     while len(started_ids) < batch:  # prefill, possibly over several steps
         for out in engine.step():
@@ -80,17 +92,15 @@ def bench_decode(
     step_tokens: list[int] = []
     step_seconds: list[float] = []
     started = time.perf_counter()
-    while engine.has_unfinished_requests():
+    for _ in range(decode_tokens):
         step_started = time.perf_counter()
         step_tokens.append(sum(len(out.new_token_ids) for out in engine.step()))
         step_seconds.append(time.perf_counter() - step_started)
+    seconds = time.perf_counter() - started
+    for request_id in request_ids:
+        engine.abort(request_id)
     return BenchResult(
-        "decode",
-        batch,
-        sum(step_tokens),
-        time.perf_counter() - started,
-        tuple(step_tokens),
-        tuple(step_seconds),
+        "decode", batch, sum(step_tokens), seconds, tuple(step_tokens), tuple(step_seconds)
     )
 
 

@@ -304,6 +304,16 @@ def test_plans_split_small_n() -> None:
     assert plan.splits > 1
 
 
+def test_wide_deep_products_take_256_column_tiles_above_256_rows() -> None:
+    """Llama-8B's gate/up in a 512-token prefill gets W64 (measured faster there); at 256 rows
+    and below, and for the small model's LM head (K 576), T64 stays."""
+    assert choose_plan(512, 28672, 4096, 132).tile is GemmTile.W64
+    assert choose_plan(257, 28672, 4096, 132).tile is GemmTile.W64
+    assert choose_plan(256, 28672, 4096, 132).tile is GemmTile.T64
+    assert choose_plan(512, 49152, 576, 132).tile is GemmTile.T64
+    assert choose_plan(512, 4096, 14336, 132).tile is GemmTile.T64
+
+
 def test_plan_without_workspace_never_splits() -> None:
     for m in (16, 64, 512):
         for n, k in [*LLAMA_8B, (576, 576)]:

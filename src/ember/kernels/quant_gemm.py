@@ -126,6 +126,14 @@ _PREFERENCE: Final[tuple[tuple[int, tuple[GemmTile, ...]], ...]] = (
     (128, (GemmTile.T64, GemmTile.W64, GemmTile.T128, GemmTile.S32)),
     (_INDEX_LIMIT, (GemmTile.T64, GemmTile.W64, GemmTile.W128, GemmTile.T128)),
 )
+# Above 256 rows, a product this wide and deep (Llama-8B's gate/up, 28672 x 4096) has blocks
+# enough either way, and W64's 256-column tiles read each x tile from L2 half as often: on an
+# H200 (scripts/bench_gemm.py, 2026-12-02) gate_up took 523 µs at 512 rows against T64's 541,
+# but 304 against 278 at 256 rows.
+_WIDE_ROWS: Final = 256
+_WIDE_N: Final = 16384
+_WIDE_K: Final = 4096
+_WIDE_PREFERENCE: Final = (GemmTile.W64, GemmTile.T64, GemmTile.W128, GemmTile.T128)
 # Blocks per SM each tile's registers were fitted for (quant_gemm.cu's MIN_BLOCKS); the loaded
 # family replaces these with what the device's shared memory allows.
 DEFAULT_RESIDENCY: Final[Mapping[GemmTile, int]] = {
@@ -163,6 +171,8 @@ def choose_plan(
     (with K split where `split` allows) fills the GPU, else the one with the most blocks.
     `residency` holds the tiles that can run and how many blocks of each fit an SM."""
     candidates = next(tiles for rows, tiles in _PREFERENCE if m <= rows)
+    if m > _WIDE_ROWS and n >= _WIDE_N and k >= _WIDE_K:
+        candidates = _WIDE_PREFERENCE
     available = [t for t in candidates if t in residency] or [t for t in GemmTile if t in residency]
     if not available:
         raise EmberError("no quant_gemm tile fits this GPU's shared memory")

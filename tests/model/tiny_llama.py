@@ -33,6 +33,9 @@ def tiny_weights(seed: int = 0, config: ModelConfig = TINY) -> LlamaWeights:
     def mat(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
 
+    def out_in(m: np.ndarray) -> np.ndarray:  # [in, out] drawn, stored as LayerWeights keeps it
+        return np.ascontiguousarray(m.T)
+
     def norm() -> np.ndarray:
         return (1.0 + 0.1 * rng.standard_normal(c.d_model)).astype(np.float32)
 
@@ -40,11 +43,11 @@ def tiny_weights(seed: int = 0, config: ModelConfig = TINY) -> LlamaWeights:
     layers = tuple(
         LayerWeights(
             attn_norm=norm(),
-            wqkv=mat(c.d_model, c.q_dim + 2 * c.kv_dim),
-            wo=mat(c.q_dim, c.d_model),
+            wqkv=out_in(mat(c.d_model, c.q_dim + 2 * c.kv_dim)),
+            wo=out_in(mat(c.q_dim, c.d_model)),
             ffn_norm=norm(),
-            w_gate_up=mat(c.d_model, 2 * c.ffn_dim),
-            w_down=mat(c.ffn_dim, c.d_model),
+            w_gate_up=out_in(mat(c.d_model, 2 * c.ffn_dim)),
+            w_down=out_in(mat(c.ffn_dim, c.d_model)),
         )
         for _ in range(c.n_layers)
     )
@@ -63,7 +66,7 @@ def dense_logits(
     causal = np.triu(np.ones((n, n), dtype=bool), k=1)
     for lw in weights.layers:
         h = rms_norm(x, lw.attn_norm, c.rms_eps)
-        qkv = h @ lw.wqkv
+        qkv = h @ lw.wqkv.T
         q = rope.apply(qkv[:, : c.q_dim].reshape(n, c.n_heads, c.head_dim), cos, sin)
         k = rope.apply(
             qkv[:, c.q_dim : c.q_dim + c.kv_dim].reshape(n, c.n_kv_heads, c.head_dim), cos, sin
@@ -75,9 +78,9 @@ def dense_logits(
             scores = (q[:, head] @ k[:, kv].T) / np.sqrt(c.head_dim)
             scores[causal] = -np.inf
             out[:, head] = softmax_rows(scores.astype(np.float32)) @ v[:, kv]
-        x = x + out.reshape(n, c.q_dim) @ lw.wo
+        x = x + out.reshape(n, c.q_dim) @ lw.wo.T
         h = rms_norm(x, lw.ffn_norm, c.rms_eps)
-        gu = h @ lw.w_gate_up
-        x = x + silu_mul(gu[:, : c.ffn_dim], gu[:, c.ffn_dim :]) @ lw.w_down
+        gu = h @ lw.w_gate_up.T
+        x = x + silu_mul(gu[:, : c.ffn_dim], gu[:, c.ffn_dim :]) @ lw.w_down.T
     result: np.ndarray = rms_norm(x, weights.output_norm, c.rms_eps) @ weights.lm_head.T
     return result

@@ -22,22 +22,46 @@ I64 = npt.NDArray[np.int64]
 
 
 def rms_norm(x: F32, weight: F32, eps: float) -> F32:
-    variance = np.mean(np.square(x), axis=-1, keepdims=True)
-    out: F32 = x * (1.0 / np.sqrt(variance + eps)).astype(np.float32) * weight
+    squares = np.einsum("...i,...i->...", x, x)  # one pass, no squared copy
+    mean = squares / np.float32(x.shape[-1])
+    scale = (1.0 / np.sqrt(mean + np.float32(eps))).astype(np.float32)
+    out: F32 = x * scale[..., None]
+    out *= weight
+    return out
+
+
+def linear(x: F32, w: F32) -> F32:
+    """x @ w.T for w in GGUF's [out, in] layout, computed as (w @ x.T).T (see LayerWeights);
+    the result is a transposed (Fortran-ordered) view."""
+    out: F32 = np.matmul(w, x.T).T
     return out
 
 
 def silu_mul(gate: F32, up: F32) -> F32:
-    sigmoid = np.reciprocal(np.exp(-gate) + np.float32(1.0), dtype=np.float32)
-    out: F32 = gate * sigmoid * up
+    """silu(gate) * up, as gate / (1 + exp(-gate)) * up in one buffer."""
+    out: F32 = np.exp(-gate)
+    out += np.float32(1.0)
+    np.divide(gate, out, out=out)
+    out *= up
     return out
 
 
 def softmax_rows(scores: F32) -> F32:
-    scores = scores - scores.max(axis=-1, keepdims=True)
+    """Softmax over the last axis, in place (the result is `scores`)."""
+    scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
     return scores
+
+
+def c_ordered(x: F32, rows: int = 4096) -> F32:
+    """A C-ordered copy of a Fortran-ordered [T, N] array (a `linear` result), copied in
+    blocks of columns: a transposing copy of the whole LM head output in one call runs ~3x
+    slower (its writes stride over all N)."""
+    out = np.empty(x.shape, np.float32)
+    for start in range(0, x.shape[1], rows):
+        out[:, start : start + rows] = x[:, start : start + rows]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +70,10 @@ class _AttentionPlan:
 
     decode_rows: I64  # flat token rows of single-token (decode) sequences
     decode_slots: I64  # [D, max_ctx] cache slots each decode row attends to
-    decode_mask: npt.NDArray[np.bool_]  # [D, max_ctx] True where the slot is past the context
+    # [D, 1, 1, max_ctx] added to the scores: -inf where the slot is past the context, else 0
+    decode_bias: F32
     prefill: tuple[tuple[int, int, I64, I64], ...]  # (row start, row end, slots, positions)
+    all_decode: bool  # every row decodes, in order: decode_rows is 0..T-1
 
 
 class NumpyLlama:
@@ -99,25 +125,23 @@ class NumpyLlama:
         cos, sin = self.rope.cos_sin(batch.positions)
         slots = batch.slot_mapping.astype(np.int64)
         x = w.token_embd[batch.token_ids]
+        qk_heads = c.n_heads + c.n_kv_heads
         for layer_idx, lw in enumerate(w.layers):
             h = rms_norm(x, lw.attn_norm, c.rms_eps)
-            qkv = h @ lw.wqkv
-            q = qkv[:, : c.q_dim].reshape(-1, c.n_heads, c.head_dim)
-            k = qkv[:, c.q_dim : c.q_dim + c.kv_dim].reshape(-1, c.n_kv_heads, c.head_dim)
+            qkv = linear(h, lw.wqkv)
+            # q and k rotated together: one [T, heads + kv heads, head_dim] array.
+            qk = qkv[:, : c.q_dim + c.kv_dim].reshape(-1, qk_heads, c.head_dim)
+            qk = self.rope.apply(qk, cos, sin)
             v = qkv[:, c.q_dim + c.kv_dim :].reshape(-1, c.n_kv_heads, c.head_dim)
-            q = self.rope.apply(q, cos, sin)
-            k = self.rope.apply(k, cos, sin)
-            self.k_cache[layer_idx, slots] = k
+            self.k_cache[layer_idx, slots] = qk[:, c.n_heads :]
             self.v_cache[layer_idx, slots] = v
-            attn = self._attention(layer_idx, q, plan)
-            x = x + attn.reshape(-1, c.q_dim) @ lw.wo
+            attn = self._attention(layer_idx, qk[:, : c.n_heads], plan)
+            x = x + linear(attn.reshape(-1, c.q_dim), lw.wo)
             h = rms_norm(x, lw.ffn_norm, c.rms_eps)
-            gate_up = h @ lw.w_gate_up
-            x = x + silu_mul(gate_up[:, : c.ffn_dim], gate_up[:, c.ffn_dim :]) @ lw.w_down
+            gate_up = linear(h, lw.w_gate_up)
+            x = x + linear(silu_mul(gate_up[:, : c.ffn_dim], gate_up[:, c.ffn_dim :]), lw.w_down)
         last = rms_norm(x[batch.logits_indices], w.output_norm, c.rms_eps)
-        # (E @ h.T).T reads the [vocab, d] head without a transposed copy, at `h @ E_t` speed.
-        logits: F32 = np.ascontiguousarray((w.lm_head @ last.T).T)
-        return logits
+        return c_ordered(linear(last, w.lm_head))
 
     def _plan_attention(self, batch: ForwardBatch) -> _AttentionPlan:
         bs = self.block_size
@@ -144,14 +168,16 @@ class NumpyLlama:
             decode_slots = tables[:, block_idx] * bs + offsets % bs
             decode_mask = offsets[None, :] >= ctx_lens[:, None]
             decode_slots[decode_mask] = 0
+            decode_bias = np.where(decode_mask, np.float32(-np.inf), np.float32(0.0))
         else:
             decode_slots = np.zeros((0, 0), np.int64)
-            decode_mask = np.zeros((0, 0), np.bool_)
+            decode_bias = np.zeros((0, 0), np.float32)
         return _AttentionPlan(
             decode_rows=np.asarray(decode_rows, np.int64),
             decode_slots=decode_slots,
-            decode_mask=decode_mask,
+            decode_bias=decode_bias[:, None, None, :],
             prefill=tuple(prefill),
+            all_decode=len(decode_rows) == len(batch.token_ids),
         )
 
     def _attention(self, layer_idx: int, q: F32, plan: _AttentionPlan) -> F32:
@@ -163,13 +189,17 @@ class NumpyLlama:
         k_layer, v_layer = self.k_cache[layer_idx], self.v_cache[layer_idx]
         if plan.decode_rows.size:
             # [D, kvh, group, d] x [D, kvh, d, ctx] -> [D, kvh, group, ctx]
-            qd = q[plan.decode_rows].reshape(-1, c.n_kv_heads, group, c.head_dim)
+            qd = q if plan.all_decode else q[plan.decode_rows]
+            qd = (qd * scale).reshape(-1, c.n_kv_heads, group, c.head_dim)
             kd = k_layer[plan.decode_slots].transpose(0, 2, 3, 1)
             vd = v_layer[plan.decode_slots].transpose(0, 2, 1, 3)
-            scores = np.matmul(qd, kd) * scale
-            scores[np.broadcast_to(plan.decode_mask[:, None, None, :], scores.shape)] = -np.inf
+            scores = np.matmul(qd, kd)
+            scores += plan.decode_bias
             probs = softmax_rows(scores)
-            out[plan.decode_rows] = np.matmul(probs, vd).reshape(-1, c.n_heads, c.head_dim)
+            attn: F32 = np.matmul(probs, vd).reshape(-1, c.n_heads, c.head_dim)
+            if plan.all_decode:
+                return attn
+            out[plan.decode_rows] = attn
         for start, end, slots, positions in plan.prefill:
             n = end - start
             qp = q[start:end].reshape(n, c.n_kv_heads, group, c.head_dim).transpose(1, 2, 0, 3)

@@ -785,15 +785,14 @@ __device__ __forceinline__ void gemv(
         ember_gemv::gemv<ember::block_##TYPE, MAX_BATCH>(w, x, y, n, k, batch, f);              \
     }
 
-EMBER_QUANT_GEMV(q4_0, 1, 512, 1)
-EMBER_QUANT_GEMV(q4_0, 2, 512, 1)
-EMBER_QUANT_GEMV(q4_0, 4, 256, 2)
-EMBER_QUANT_GEMV(q4_0, 8, 256, 2)
-EMBER_QUANT_GEMV(q4_1, 1, 512, 1)
-EMBER_QUANT_GEMV(q4_1, 2, 512, 1)
-EMBER_QUANT_GEMV(q4_1, 4, 256, 2)
-EMBER_QUANT_GEMV(q4_1, 8, 256, 2)
-EMBER_QUANT_GEMV(q8_0, 1, 512, 1)
-EMBER_QUANT_GEMV(q8_0, 2, 512, 1)
-EMBER_QUANT_GEMV(q8_0, 4, 256, 2)
-EMBER_QUANT_GEMV(q8_0, 8, 256, 2)
+// Every tier of a type: 512-thread bounds for tiers 1-2, 256 x 2 blocks above (512 there cost
+// 20-25 % at tier 8).
+#define EMBER_QUANT_GEMV_TIERS(TYPE)       \
+    EMBER_QUANT_GEMV(TYPE, 1, 512, 1)      \
+    EMBER_QUANT_GEMV(TYPE, 2, 512, 1)      \
+    EMBER_QUANT_GEMV(TYPE, 4, 256, 2)      \
+    EMBER_QUANT_GEMV(TYPE, 8, 256, 2)
+
+EMBER_QUANT_GEMV_TIERS(q4_0)
+EMBER_QUANT_GEMV_TIERS(q4_1)
+EMBER_QUANT_GEMV_TIERS(q8_0)

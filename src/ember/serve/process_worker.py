@@ -19,6 +19,7 @@ from multiprocessing.process import BaseProcess
 
 from ember.engine.llm_engine import EngineConfig, LLMEngine
 from ember.errors import EmberError
+from ember.gpu import warmup
 from ember.serve.engine_loop import EngineLoop
 from ember.serve.worker_protocol import (
     FRAME_HEADER,
@@ -40,6 +41,9 @@ def worker_main(sock: socket.socket, config: EngineConfig) -> None:
     # the worker behind the server's back: the server drains, then tells the worker to stop.
     os.setsid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if config.device != "cpu":
+        # The driver's start-up (cuInit, the primary context) beside the model's loading.
+        warmup.start()
     channel = FrameSocket(sock)
     try:
         engine = LLMEngine(config)

@@ -8,8 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm import tqdm
+from typing import Any
 
 from ember.errors import EmberError, ModelFormatError
 from ember.model.backend import ForwardBackend
@@ -120,17 +119,34 @@ def _load_synthetic(model: str, device: str, started: float) -> LoadedModel:
     )
 
 
+_PROGRESS_DELAY = 1.0  # seconds of loading before a progress bar appears
+
+
 @contextmanager
-def _progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    # delay=1.0: the bar appears only when loading takes over a second.
-    with tqdm(
-        total=total, desc=label, unit="layer", delay=1.0, disable=not enabled, leave=False
-    ) as bar:
+def _progress(
+    label: str, total: int, enabled: bool, delay: float = _PROGRESS_DELAY
+) -> Iterator[Callable[[int], None]]:
+    """`advance(done)` for the loading code. The bar appears only once loading has taken
+    `delay` seconds, and tqdm is imported only then: a fast load never pays for its import
+    (~20 ms, more on slower hosts), which counts in the cold start."""
+    started = time.perf_counter()
+    bar: Any = None
 
-        def advance(done: int) -> None:
-            bar.update(done - bar.n)
+    def advance(done: int) -> None:
+        nonlocal bar
+        if bar is None:
+            if not enabled or time.perf_counter() - started < delay:
+                return
+            from tqdm import tqdm
 
+            bar = tqdm(total=total, initial=done, desc=label, unit="layer", leave=False)
+        bar.update(done - bar.n)
+
+    try:
         yield advance
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _cuda_status() -> tuple[bool, str]:

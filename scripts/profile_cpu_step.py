@@ -3,10 +3,10 @@
     python scripts/profile_cpu_step.py [--batch 16] [--prompt-tokens 32] [--repeats 5]
 
 It steps a real engine (default model, CPU) until `--batch` sequences decode, catches the
-ForwardBatch of one decode step, and replays NumpyLlama.forward's sections on it with a timer
-around each (the same functions, in the same order; the KV cache writes repeat the step's own),
-then times the real forward and the whole engine step for comparison. Milliseconds per step,
-the median of `--repeats` replays.
+ForwardBatch of one decode step, and replays NumpyLlama.forward on it with a timer around each
+of the functions it calls (projections told apart by their weight; "other" is the rest of the
+forward: the KV cache writes, residual adds, slicing), then times the whole engine step for
+comparison. Milliseconds per step, the median of `--repeats` replays.
 """
 
 from __future__ import annotations
@@ -16,68 +16,61 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from ember.engine.llm_engine import EngineConfig, LLMEngine
 from ember.engine.sampling_params import SamplingParams
+from ember.model import numpy_llama
 from ember.model.forward_batch import ForwardBatch
-from ember.model.numpy_llama import F32, NumpyLlama, c_ordered, linear, rms_norm, silu_mul
+from ember.model.numpy_llama import F32, NumpyLlama
 
 
-def _sections(model: NumpyLlama, batch: ForwardBatch) -> dict[str, float]:
-    """Seconds per section of one forward pass over `batch`."""
-    c, w = model.config, model.weights
-    times: dict[str, float] = defaultdict(float)
-    clock = [time.perf_counter()]
+def _timed(times: dict[str, float], name: Callable[..., str], fn: Callable[..., Any]) -> Any:
+    """`fn` adding its duration to times[name(*args)]."""
 
-    def tick(name: str) -> None:
-        now = time.perf_counter()
-        times[name] += now - clock[0]
-        clock[0] = now
-
-    plan = model._plan_attention(batch)
-    cos, sin = model.rope.cos_sin(batch.positions)
-    slots = batch.slot_mapping.astype(np.int64)
-    x = w.token_embd[batch.token_ids]
-    tick("plan, embedding")
-    for i, lw in enumerate(w.layers):
-        h = rms_norm(x, lw.attn_norm, c.rms_eps)
-        tick("rms_norm")
-        qkv = linear(h, lw.wqkv)
-        tick("qkv projection")
-        qk = qkv[:, : c.q_dim + c.kv_dim].reshape(-1, c.n_heads + c.n_kv_heads, c.head_dim)
-        qk = model.rope.apply(qk, cos, sin)
-        v = qkv[:, c.q_dim + c.kv_dim :].reshape(-1, c.n_kv_heads, c.head_dim)
-        tick("rope")
-        model.k_cache[i, slots] = qk[:, c.n_heads :]
-        model.v_cache[i, slots] = v
-        tick("kv cache write")
-        attn = model._attention(i, qk[:, : c.n_heads], plan)
-        tick("attention")
-        x = x + linear(attn.reshape(-1, c.q_dim), lw.wo)
-        tick("output projection")
-        h = rms_norm(x, lw.ffn_norm, c.rms_eps)
-        tick("rms_norm")
-        gate_up = linear(h, lw.w_gate_up)
-        tick("gate/up projection")
-        act = silu_mul(gate_up[:, : c.ffn_dim], gate_up[:, c.ffn_dim :])
-        tick("silu * mul")
-        x = x + linear(act, lw.w_down)
-        tick("down projection")
-    last = rms_norm(x[batch.logits_indices], w.output_norm, c.rms_eps)
-    c_ordered(linear(last, w.lm_head))
-    tick("lm head")
-    return times
-
-
-def _median_ms(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
+    def wrapper(*args: Any) -> Any:
         started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times)) * 1e3
+        result = fn(*args)
+        times[name(*args)] += time.perf_counter() - started
+        return result
+
+    return wrapper
+
+
+def _instrument(model: NumpyLlama, times: dict[str, float]) -> None:
+    """Timers around what NumpyLlama.forward calls (for the rest of the process)."""
+    w = model.weights
+    projections = {id(w.lm_head): "lm head"}
+    for lw in w.layers:
+        projections[id(lw.wqkv)] = "qkv projection"
+        projections[id(lw.wo)] = "output projection"
+        projections[id(lw.w_gate_up)] = "gate/up projection"
+        projections[id(lw.w_down)] = "down projection"
+    m = numpy_llama
+    m.linear = _timed(times, lambda x, w: projections[id(w)], m.linear)  # type: ignore[assignment]
+    m.rms_norm = _timed(times, lambda *_: "rms_norm", m.rms_norm)  # type: ignore[assignment]
+    m.silu_mul = _timed(times, lambda *_: "silu * mul", m.silu_mul)  # type: ignore[assignment]
+    m.c_ordered = _timed(times, lambda *_: "lm head", m.c_ordered)  # type: ignore[assignment]
+    model.rope.apply = _timed(times, lambda *_: "rope", model.rope.apply)  # type: ignore[method-assign]
+    for method, label in (("_attention", "attention"), ("_plan_attention", "attention plan")):
+        setattr(model, method, _timed(times, lambda *_, s=label: s, getattr(model, method)))
+
+
+def _catch_decode_batch(engine: LLMEngine, model: NumpyLlama) -> ForwardBatch:
+    """The ForwardBatch of the engine's next step."""
+    caught: list[ForwardBatch] = []
+    forward = model.forward
+
+    def catching(batch: ForwardBatch) -> F32:
+        caught.append(batch)
+        return forward(batch)
+
+    model.forward = catching  # type: ignore[method-assign]
+    engine.step()
+    model.forward = forward  # type: ignore[method-assign]
+    return caught[-1]
 
 
 def main() -> int:
@@ -98,28 +91,31 @@ def main() -> int:
     started: set[str] = set()
     while len(started) < args.batch:
         started.update(out.request_id for out in engine.step())
-    caught: list[ForwardBatch] = []
-    forward = model.forward
+    batch = _catch_decode_batch(engine, model)
 
-    def catching(batch: ForwardBatch) -> F32:
-        caught.append(batch)
-        return forward(batch)
+    step_ms = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        engine.step()
+        step_ms.append((time.perf_counter() - t) * 1e3)
 
-    model.forward = catching  # type: ignore[method-assign]
-    engine.step()
-    model.forward = forward  # type: ignore[method-assign]
-    batch = caught[-1]
-    _sections(model, batch)  # warm-up
-    runs = [_sections(model, batch) for _ in range(args.repeats)]
+    times: dict[str, float] = defaultdict(float)
+    _instrument(model, times)
+    model.forward(batch)  # warm-up
+    runs = []
+    for _ in range(args.repeats):
+        times.clear()
+        t = time.perf_counter()
+        model.forward(batch)
+        runs.append({**times, "forward": time.perf_counter() - t})
+    ms = {name: float(np.median([r[name] for r in runs])) * 1e3 for name in runs[0]}
+    forward_ms = ms.pop("forward")
+    ms["other"] = forward_ms - sum(ms.values())
     print(f"decode step of {args.batch} sequences, ms (median of {args.repeats}):")
-    total = 0.0
-    for name in sorted(runs[0], key=lambda n: -np.median([r[n] for r in runs])):
-        ms = float(np.median([r[name] for r in runs])) * 1e3
-        total += ms
-        print(f"  {name:<20} {ms:7.2f}")
-    print(f"  {'sum':<20} {total:7.2f}")
-    print(f"forward               {_median_ms(lambda: forward(batch), args.repeats):7.2f}")
-    print(f"engine step           {_median_ms(engine.step, args.repeats):7.2f}")
+    for name, value in sorted(ms.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<20} {value:7.2f}")
+    print(f"forward               {forward_ms:7.2f}")
+    print(f"engine step           {float(np.median(step_ms)):7.2f}")
     return 0
 
 

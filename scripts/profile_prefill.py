@@ -14,23 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 
+from ember.engine.benchmark import bench_prefill
 from ember.engine.llm_engine import EngineConfig, LLMEngine
-from ember.engine.sampling_params import SamplingParams
 from ember.gpu.driver import api, call
-
-
-def _prefill_seconds(engine: LLMEngine, request_id: str, prompt: list[int]) -> float:
-    engine.pool.reset_prefix_cache()
-    params = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
-    engine.add_request(request_id, prompt, params)
-    started = time.perf_counter()
-    while engine.has_unfinished_requests():
-        engine.step()
-    return time.perf_counter() - started
 
 
 def main() -> int:
@@ -42,13 +31,7 @@ def main() -> int:
     args = parser.parse_args()
     engine = LLMEngine(EngineConfig(model=args.model, device="cuda", show_progress=False))
     rng = np.random.default_rng(0)
-    vocab = engine.model_config.vocab_size
-
-    def prompt() -> list[int]:
-        ids: list[int] = rng.integers(300, vocab, args.prompt_tokens).tolist()
-        return ids
-
-    walls = [_prefill_seconds(engine, f"prefill-{i}", prompt()) for i in range(args.runs)]
+    walls = [bench_prefill(engine, args.prompt_tokens, rng).seconds for _ in range(args.runs)]
     best = min(walls[1:] or walls)
     print(
         f"prefill of {args.prompt_tokens} tokens: wall ms {[round(w * 1e3, 2) for w in walls]}, "
@@ -56,7 +39,7 @@ def main() -> int:
     )
     if args.ncu:
         call(api().cuProfilerStart)
-        _prefill_seconds(engine, "prefill-ncu", prompt())
+        bench_prefill(engine, args.prompt_tokens, rng)
         call(api().cuProfilerStop)
     return 0
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import httpx
 
+from ember.bench.serve_load import LoadPlan, default_processes, format_report, run_load
 from ember.engine.llm_engine import EngineConfig, LLMEngine
 from ember.engine.sampling_params import SamplingParams
-from ember.serve.load_generator import LoadPlan, default_processes, format_report, run_load
 
 PROMPT = "Write a short story about a lighthouse keeper."
 

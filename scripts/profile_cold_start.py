@@ -68,7 +68,7 @@ def _child(device: str, model: str | None) -> None:
 
     mark("imports")
     if device == "cuda":
-        from ember.model.cuda_llama import CudaLlama
+        from ember.model.cuda.llama import CudaLlama
 
         mark("imports (cuda)")
     path = resolve_model_path(model)
@@ -131,7 +131,7 @@ def _import_costs(device: str, runs: int) -> dict[str, float]:
 
     statement = "import ember.cli; import ember.engine.llm"
     if device == "cuda":
-        statement += "; import ember.model.cuda_llama"
+        statement += "; import ember.model.cuda.llama"
     best: dict[str, float] = {}
     for _ in range(runs):
         err = subprocess.run(
@@ -185,7 +185,7 @@ def main() -> None:
             f"{min(cpus) * 1e3:>9.0f} {statistics.median(cpus) * 1e3:>9.0f}"
         )
     if not args.no_ember_run:
-        from ember.engine.benchmark import cold_start_seconds
+        from ember.bench.engine_throughput import cold_start_seconds
 
         seconds = [cold_start_seconds(args.model, args.device) for _ in range(args.runs)]
         print(

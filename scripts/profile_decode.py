@@ -26,7 +26,7 @@ from ember.engine.sampling_params import SamplingParams
 from ember.gpu.driver import api, call
 from ember.gpu.graph import GraphExec
 from ember.gpu.stream import Event
-from ember.model.cuda_llama import CudaLlama, _bucket
+from ember.model.cuda.llama import CudaLlama, _bucket
 
 
 def _decode_steady(engine: LLMEngine, batch: int, prompt_tokens: int) -> list[float]:

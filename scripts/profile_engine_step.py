@@ -47,11 +47,11 @@ from ember.engine.sampling_params import SamplingParams
 from ember.engine.text_stream import TextStream
 from ember.model.backend import CompletedStep, ForwardBackend, SampledStep, SamplingBatch
 from ember.model.config import ModelConfig
+from ember.model.cuda.step_inputs import StepLayout
 from ember.model.default_model import resolve_model_path
 from ember.model.forward_batch import ForwardBatch
 from ember.model.gguf_file import GGUFFile
 from ember.model.loader import LoadedModel, load_model
-from ember.model.step_inputs import StepLayout
 from ember.model.synthetic import preset, synthetic_tokenizer
 from ember.model.tokenizer import Tokenizer
 

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from ember.engine.benchmark import bench_prefill
+from ember.bench.engine_throughput import bench_prefill
 from ember.engine.llm_engine import EngineConfig, LLMEngine
 from ember.gpu.driver import api, call
 

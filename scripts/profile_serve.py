@@ -36,8 +36,8 @@ from types import FrameType
 import httpx
 from bench_serve_overhead import free_port, wait_until_ready
 
+from ember.bench.serve_load import LoadPlan, RequestRecord, default_processes, run_load
 from ember.engine.llm_engine import EngineConfig, EngineStats
-from ember.serve.load_generator import LoadPlan, RequestRecord, default_processes, run_load
 from ember.serve.worker_protocol import (
     AbortSequences,
     AddSequence,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ember.errors import EmberError
 
 if TYPE_CHECKING:
-    from ember.engine.benchmark import BenchResult
+    from ember.bench.engine_throughput import BenchResult
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -227,7 +227,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     _start_driver_early(args)
-    from ember.engine.benchmark import (
+    from ember.bench.engine_throughput import (
         HostCpuTimes,
         cold_start_seconds,
         format_table,
@@ -280,7 +280,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _print_llama_cpp_comparison(
     args: argparse.Namespace, model: Path, batch_sizes: list[int], results: list[BenchResult]
 ) -> None:
-    from ember.engine.llama_cpp_bench import run_llama_cpp
+    from ember.bench.llama_cpp import run_llama_cpp
 
     theirs = run_llama_cpp(
         Path(args.compare_llama_cpp),
@@ -338,7 +338,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _bench_serve(args: argparse.Namespace) -> int:
-    from ember.serve.load_generator import LoadPlan, default_processes, format_report, run_load
+    from ember.bench.serve_load import LoadPlan, default_processes, format_report, run_load
 
     plan = LoadPlan(
         url=args.url,

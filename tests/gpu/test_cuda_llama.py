@@ -15,7 +15,7 @@ import pytest
 from ember.engine.llm import LLM
 from ember.engine.llm_engine import EngineConfig, LLMEngine
 from ember.engine.sampling_params import SamplingParams
-from ember.model.cuda_llama import CudaLlama
+from ember.model.cuda.llama import CudaLlama
 from ember.model.loader import LoadedModel, load_model
 
 pytestmark = pytest.mark.gpu

@@ -8,9 +8,9 @@ import pytest
 from ember.kernels.attention import MAX_SPLITS, choose_splits, partials_size
 from ember.kernels.sampling import ROW_PARAMS_DTYPE
 from ember.model.backend import SamplingBatch
-from ember.model.cuda_llama import buckets
+from ember.model.cuda.llama import buckets
+from ember.model.cuda.step_inputs import StepLayout
 from ember.model.forward_batch import ForwardBatch
-from ember.model.step_inputs import StepLayout
 
 
 def mixed_batch() -> ForwardBatch:

@@ -64,7 +64,7 @@ def load_model(
             # The driver's start-up (context, kernels) and the weight upload run on a thread
             # while this one builds the tokenizer: the cold start pays for the longer of the
             # two, not their sum. The driver calls release the GIL.
-            from ember.model.cuda_llama import CudaLlama
+            from ember.model.cuda.llama import CudaLlama
 
             with ThreadPoolExecutor(1, thread_name_prefix="ember-load") as pool:
                 loading = pool.submit(CudaLlama.load, gguf, config, progress=advance)

@@ -16,7 +16,7 @@ from ember.model.tokenizer import Tokenizer, byte_alphabet_tokens
 
 if TYPE_CHECKING:
     from ember.kernels.quant_gemv import QuantType
-    from ember.model.cuda_llama import CudaLlama
+    from ember.model.cuda.llama import CudaLlama
 
 PREFIX: Final = "synthetic:"
 _LLAMA3_VOCAB: Final = 128256
@@ -113,7 +113,7 @@ def synthetic_tokenizer(vocab_size: int) -> Tokenizer:
 
 
 def load_synthetic_backend(model: str, ordinal: int = 0) -> CudaLlama:
-    from ember.model.cuda_llama import CudaLlama
+    from ember.model.cuda.llama import CudaLlama
 
     config, quant, head_quant = preset(model)
     return CudaLlama.synthetic(config, quant, head_quant, ordinal)

@@ -42,12 +42,12 @@ from ember.kernels.kernel_set import KernelSet
 from ember.kernels.quant_gemv import MAX_BATCH as GEMV_MAX_ROWS
 from ember.kernels.quant_gemv import Output, QuantType, RmsNorm
 from ember.kernels.rope import RopeCache
-from ember.model.activations import Activations, ActivationViews
 from ember.model.backend import PendingStep, SampledStep, SamplingBatch
 from ember.model.config import ModelConfig
-from ember.model.cuda_weights import CudaWeights, QuantMatrix
+from ember.model.cuda.activation_buffers import Activations, ActivationViews
+from ember.model.cuda.step_inputs import StepArrays, StepInputs
+from ember.model.cuda.weights import CudaWeights, QuantMatrix
 from ember.model.forward_batch import ForwardBatch
-from ember.model.step_inputs import StepArrays, StepInputs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -149,7 +149,7 @@ class CudaLlama:
         ordinal: int = 0,
         progress: Callable[[int], None] | None = None,
     ) -> CudaLlama:
-        from ember.model.cuda_weights import upload_weights
+        from ember.model.cuda.weights import upload_weights
 
         return cls._open(
             config, ordinal, lambda _, stream: upload_weights(gguf, config, stream, progress)
@@ -161,7 +161,7 @@ class CudaLlama:
     ) -> CudaLlama:
         """Random weights of `config`'s shapes, generated on the device (for benchmarks)."""
         from ember.kernels.synthetic import Synthetic
-        from ember.model.cuda_weights import synthetic_weights
+        from ember.model.cuda.weights import synthetic_weights
 
         def generate(device: Device, stream: Stream) -> CudaWeights:
             generator = Synthetic.load(device)

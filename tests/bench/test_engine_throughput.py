@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ember.engine.benchmark import bench_decode
+from ember.bench.engine_throughput import bench_decode
 from ember.model.loader import LoadedModel
 from tests.engine.reference_sampling import engine_over
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ember.engine.llama_cpp_bench import run_llama_cpp
+from ember.bench.llama_cpp import run_llama_cpp
 from ember.errors import EmberError
 
 RECORDED = Path(__file__).parent.parent / "fixtures" / "llama_cpp"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ember.engine.benchmark import HostCpuTimes
+from ember.bench.engine_throughput import HostCpuTimes
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/stat is Linux's")

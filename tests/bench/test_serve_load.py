@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import statistics
 
-from ember.serve.load_generator import LoadPlan, format_report, run_load_async
+from ember.bench.serve_load import LoadPlan, format_report, run_load_async
 from tests.serve.running_server import MODEL, RunningServer
 
 

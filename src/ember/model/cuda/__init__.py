@@ -1,0 +1,1 @@
+"""The CUDA forward pass: weights in device memory, step inputs, activation buffers, graphs."""

@@ -3,7 +3,8 @@
 Feeds step reports (as the engine worker sends them: one per step, one token per running
 sequence) into the real `EngineClient`, with one streaming consumer task per sequence doing
 what an SSE response does per wake-up (take the delta, encode the chunk). Everything but the
-socket write: detokenization, stop-string checks, metrics, waking handlers, JSON chunks. The
+socket writes: each report is encoded into its wire frame and decoded as the worker and the
+server do, then detokenization, stop-string checks, metrics, waking handlers, JSON chunks. The
 token ids come from real text, so detokenization sees realistic pieces.
 
     python scripts/bench_serve_hot_path.py --sequences 256 --steps 200
@@ -15,15 +16,25 @@ import argparse
 import asyncio
 import time
 
-from ember.engine.llm_engine import EngineConfig, EngineStats
+from ember.engine.config import EngineConfig
+from ember.engine.llm_engine import EngineStats
 from ember.engine.sampling_params import SamplingParams
+from ember.engine.sequence import FinishReason
+from ember.engine.sequence_limits import SequenceLimits
 from ember.serve.config import ServerConfig
 from ember.serve.engine_client import EngineClient
 from ember.serve.generation import GenerationRequest
 from ember.serve.metrics import ServerMetrics
 from ember.serve.openai_responses import ChunkEncoder, ResponseIdentity
 from ember.serve.served_model import ServedModel
-from ember.serve.worker_protocol import ServerMessage, StepReport, WorkerReady
+from ember.serve.worker_protocol import (
+    FRAME_HEADER,
+    ServerMessage,
+    StepReport,
+    WorkerReady,
+    decode_worker_message,
+    encode_frame,
+)
 
 TEXT = (
     "The lighthouse keeper climbed the spiral stairs each evening, counting the steps as his "
@@ -41,7 +52,8 @@ async def run(sequences: int, steps: int, stop: tuple[str, ...]) -> float:
     metrics = ServerMetrics(model.name, model.context_length)
     config = ServerConfig(engine=EngineConfig(max_num_seqs=sequences), request_timeout=None)
     client = EngineClient(config, metrics)
-    client.attach(DiscardingLink(), WorkerReady(0, "none", 100_000, 16))
+    limits = SequenceLimits(model.tokenizer.vocab_size, model.context_length, 100_000, 16)
+    client.attach(DiscardingLink(), WorkerReady(0, "none", limits))
     tokens = model.tokenizer.encode(TEXT)
     params = SamplingParams(max_tokens=steps, stop=stop)
     requests = []
@@ -64,13 +76,14 @@ async def run(sequences: int, steps: int, stop: tuple[str, ...]) -> float:
 
     consumers = [asyncio.create_task(consume(r)) for r in requests]
     stats = EngineStats(sequences, 0, 0.5, 1000, 0, 0, 0, sequences, sequences)
-    seq_ids = [r.choices[0].seq_id for r in requests]
+    request_ids = [r.choices[0].request_id for r in requests]
     started = time.perf_counter()
     for step in range(steps):
         token = tokens[step % len(tokens)]
-        finish = "length" if step == steps - 1 else None
-        deltas = [(seq_id, [token], None, finish) for seq_id in seq_ids]
-        client.on_message(StepReport(deltas, seq_ids if step == 0 else [], stats))
+        finish = FinishReason.LENGTH if step == steps - 1 else None
+        deltas = [(request_id, [token], None, finish) for request_id in request_ids]
+        frame = encode_frame(StepReport(deltas, request_ids if step == 0 else [], stats))
+        client.on_message(decode_worker_message(frame[FRAME_HEADER.size :]))
         await asyncio.sleep(0)  # let the consumers run, as the event loop would between reads
     await asyncio.gather(*consumers)
     elapsed = time.perf_counter() - started

@@ -24,7 +24,8 @@ from pathlib import Path
 import httpx
 
 from ember.bench.serve_load import LoadPlan, default_processes, format_report, run_load
-from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.engine.config import EngineConfig
+from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
 
 PROMPT = "Write a short story about a lighthouse keeper."
@@ -34,7 +35,7 @@ def engine_tokens_per_second(engine: LLMEngine, streams: int, max_tokens: int) -
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     started = time.perf_counter()
     for i in range(streams):
-        engine.add_request(f"r{time.monotonic_ns()}-{i}", PROMPT, params)
+        engine.add_request(i, PROMPT, params)
     tokens = 0
     while engine.has_unfinished_requests():
         tokens += sum(len(out.new_token_ids) for out in engine.step())

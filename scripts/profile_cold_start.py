@@ -53,8 +53,9 @@ def _child(device: str, model: str | None) -> None:
 
         warmup.start()
     import ember.cli  # noqa: F401 - `python -m ember` imports the CLI, `run` the engine
+    from ember.engine.config import EngineConfig
     from ember.engine.llm import LLM
-    from ember.engine.llm_engine import EngineConfig, LLMEngine
+    from ember.engine.llm_engine import LLMEngine
     from ember.engine.sampling_params import SamplingParams
     from ember.model.backend import ForwardBackend
     from ember.model.chat_template import ChatTemplate

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.engine.config import EngineConfig
+from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
 from ember.model import numpy_llama
 from ember.model.forward_batch import ForwardBatch
@@ -87,8 +88,8 @@ def main() -> int:
     params = SamplingParams(max_tokens=steps + 8, temperature=0.0, ignore_eos=True)
     vocab = engine.model_config.vocab_size
     for i in range(args.batch):
-        engine.add_request(str(i), rng.integers(300, vocab, args.prompt_tokens).tolist(), params)
-    started: set[str] = set()
+        engine.add_request(i, rng.integers(300, vocab, args.prompt_tokens).tolist(), params)
+    started: set[int] = set()
     while len(started) < args.batch:
         started.update(out.request_id for out in engine.step())
     batch = _catch_decode_batch(engine, model)

@@ -21,7 +21,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.engine.config import EngineConfig
+from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
 from ember.gpu.driver import api, call
 from ember.gpu.graph import GraphExec
@@ -37,11 +38,9 @@ def _decode_steady(engine: LLMEngine, batch: int, prompt_tokens: int) -> list[fl
     params = SamplingParams(max_tokens=prefill_steps + 32, temperature=0.0, ignore_eos=True)
     vocab = engine.model_config.vocab_size
     for i in range(batch):
-        engine.add_request(
-            f"p{batch}-{i}", rng.integers(300, vocab, prompt_tokens).tolist(), params
-        )
+        engine.add_request(i, rng.integers(300, vocab, prompt_tokens).tolist(), params)
     # Only decode steps are timed: step until every sequence has its first token.
-    first_tokens: set[str] = set()
+    first_tokens: set[int] = set()
     while len(first_tokens) < batch:
         first_tokens.update(out.request_id for out in engine.step())
     for _ in range(4):

@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.engine.config import EngineConfig
+from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.text_stream import TextStream
 from ember.model.backend import CompletedStep, ForwardBackend, SampledStep, SamplingBatch
@@ -200,11 +201,11 @@ def run_batch(
     prefill_steps = -(-batch * prompt_tokens // engine.config.max_num_batched_tokens)
     max_tokens = prefill_steps + steps + 32
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-    ids = [f"b{batch}-{i}" for i in range(batch)]
+    ids = list(range(batch))
     for request_id in ids:
         prompt = rng.integers(_FIRST_ORDINARY_ID, vocab, prompt_tokens).tolist()
         engine.add_request(request_id, prompt, params)
-    started: set[str] = set()
+    started: set[int] = set()
     while len(started) < batch:  # prefill, over as many steps as the token budget needs
         started.update(out.request_id for out in engine.step())
     for _ in range(3):

@@ -18,7 +18,8 @@ import sys
 import numpy as np
 
 from ember.bench.engine_throughput import bench_prefill
-from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.engine.config import EngineConfig
+from ember.engine.llm_engine import LLMEngine
 from ember.gpu.driver import api, call
 
 

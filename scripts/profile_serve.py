@@ -37,12 +37,16 @@ import httpx
 from bench_serve_overhead import free_port, wait_until_ready
 
 from ember.bench.serve_load import LoadPlan, RequestRecord, default_processes, run_load
-from ember.engine.llm_engine import EngineConfig, EngineStats
+from ember.engine.config import EngineConfig
+from ember.engine.llm_engine import EngineStats
+from ember.engine.sequence import FinishReason
+from ember.engine.sequence_limits import SequenceLimits
 from ember.serve.worker_protocol import (
-    AbortSequences,
-    AddSequence,
+    SERVER_MESSAGES,
+    AbortRequests,
+    AddRequest,
     FrameSocket,
-    SequenceDelta,
+    RequestDelta,
     Shutdown,
     StepReport,
     WorkerReady,
@@ -66,8 +70,8 @@ def replay_worker_main(
 
     gguf = GGUFFile.open(resolve_model_path(config.model))
     tokens = Tokenizer.from_gguf(gguf).encode(TEXT)
-    channel = FrameSocket(sock)
-    channel.send(WorkerReady(os.getpid(), "replay", 100_000, 16))
+    channel = FrameSocket(sock, SERVER_MESSAGES)
+    channel.send(WorkerReady(os.getpid(), "replay", SequenceLimits(49152, 8192, 100_000, 16)))
     running: dict[int, list[int]] = {}  # seq id -> [next position in tokens, tokens left]
     started: list[int] = []
     deadline = time.monotonic()
@@ -77,11 +81,11 @@ def replay_worker_main(
         except (EOFError, OSError):
             return
         for message in messages:
-            if isinstance(message, AddSequence):
-                running[message.seq_id] = [message.seq_id * 7, message.params.max_tokens]
-                started.append(message.seq_id)
-            elif isinstance(message, AbortSequences):
-                for seq_id in message.seq_ids:
+            if isinstance(message, AddRequest):
+                running[message.request_id] = [message.request_id * 7, message.params.max_tokens]
+                started.append(message.request_id)
+            elif isinstance(message, AbortRequests):
+                for seq_id in message.request_ids:
                     running.pop(seq_id, None)
             elif isinstance(message, Shutdown):
                 return
@@ -89,12 +93,12 @@ def replay_worker_main(
         if not batch:
             deadline = time.monotonic()
             continue
-        deltas: list[SequenceDelta] = []
+        deltas: list[RequestDelta] = []
         for seq_id, state in list(running.items()):
             token = tokens[state[0] % len(tokens)]
             state[0] += 1
             state[1] -= 1
-            finish = None if state[1] else "length"
+            finish = None if state[1] else FinishReason.LENGTH
             if finish is not None:
                 del running[seq_id]
             deltas.append((seq_id, [token], None, finish))

@@ -48,7 +48,7 @@ HOPS = (
 
 def serve(port: int, model: str | None, device: str, dump: str) -> None:
     """The server subprocess: `ember serve` with the timestamps patched in."""
-    from ember.engine.llm_engine import EngineConfig
+    from ember.engine.config import EngineConfig
     from ember.serve import engine_client, openai_routes
     from ember.serve import server as server_module
     from ember.serve.config import ServerConfig
@@ -66,12 +66,12 @@ def serve(port: int, model: str | None, device: str, dump: str) -> None:
         generation = start(self, *args)
         asgi, handler = entered.get()
         arrival = time.perf_counter() - (time.monotonic() - generation.arrival_time)
-        marks[generation.request_id] = {"asgi": asgi, "handler": handler, "arrival": arrival}
+        marks[generation.response_id] = {"asgi": asgi, "handler": handler, "arrival": arrival}
         return generation
 
     async def timed_events(self: Any, generation: Any, *args: Any) -> AsyncGenerator[bytes, None]:
         async for chunk in events(self, generation, *args):
-            marks.get(generation.request_id, {}).setdefault("chunk", time.perf_counter())
+            marks.get(generation.response_id, {}).setdefault("chunk", time.perf_counter())
             yield chunk
 
     on_step = engine_client.EngineClient._on_step
@@ -82,7 +82,7 @@ def serve(port: int, model: str | None, device: str, dump: str) -> None:
         now = time.perf_counter()
         for choice in waiting:  # still here or, finished in this step, gone from the client
             if choice.first_token_time is not None:
-                marks.get(choice.owner.request_id, {}).setdefault("token", now)
+                marks.get(choice.owner.response_id, {}).setdefault("token", now)
 
     build_app = server_module.build_app
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ember.engine.config import EngineConfig
+from ember.engine.sampling_params import SamplingParams
 from ember.errors import EmberError
+from ember.serve.config import ServerConfig
 
 if TYPE_CHECKING:
     from ember.bench.engine_throughput import BenchResult
@@ -17,18 +21,19 @@ if TYPE_CHECKING:
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="path to a GGUF (default: SmolLM2-135M)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument(
+        "--device", default=_default(EngineConfig, "device"), choices=("cpu", "cuda", "auto")
+    )
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-k", type=int, default=_default(SamplingParams, "top_k"))
     parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--min-p", type=float, default=0.0)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--presence-penalty", type=float, default=0.0)
-    parser.add_argument("--frequency-penalty", type=float, default=0.0)
+    for name in ("min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=float, default=_default(SamplingParams, name))
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
@@ -81,24 +86,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_serve_args(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--host", default="127.0.0.1")
-    add("--port", type=int, default=8000)
+
+    def server(name: str) -> Any:
+        return _default(ServerConfig, name)
+
+    def engine(name: str) -> Any:
+        return _default(EngineConfig, name)
+
+    add("--host", default=server("host"))
+    add("--port", type=int, default=server("port"))
     add("--served-model-name", default=None, help="model id for clients (default: from the file)")
     add("--in-process", action="store_true", help="run the engine in the server process")
-    add("--max-queued-requests", type=int, default=512, help="waiting requests before 429")
-    add("--request-timeout", type=float, default=600.0, help="seconds per request (0: none)")
-    add("--shutdown-grace-period", type=float, default=30.0, help="seconds to drain on SIGTERM")
-    add("--max-body-bytes", type=int, default=4 << 20)
-    add("--max-choices", type=int, default=16, help="largest n (choices) per request")
+    add(
+        "--max-queued-requests",
+        type=int,
+        default=server("max_queued_requests"),
+        help="waiting requests before 429",
+    )
+    add(
+        "--request-timeout",
+        type=float,
+        default=server("request_timeout"),
+        help="seconds per request (0: none)",
+    )
+    add(
+        "--shutdown-grace-period",
+        type=float,
+        default=server("shutdown_grace_period"),
+        help="seconds to drain on SIGTERM",
+    )
+    add("--max-body-bytes", type=int, default=server("max_body_bytes"))
+    add(
+        "--max-choices",
+        type=int,
+        default=server("max_choices"),
+        help="largest n (choices) per request",
+    )
     add(
         "--stream-interval",
         type=float,
-        default=0.02,
+        default=server("stream_interval"),
         help="seconds between a stream's chunks at least; tokens arriving sooner go together "
         "in the next chunk (0: a chunk per engine step)",
     )
-    add("--max-num-seqs", type=int, default=256, help="sequences per engine step")
-    add("--max-num-batched-tokens", type=int, default=1024, help="tokens per engine step")
+    add("--max-num-seqs", type=int, default=engine("max_num_seqs"), help="sequences per step")
+    add(
+        "--max-num-batched-tokens",
+        type=int,
+        default=engine("max_num_batched_tokens"),
+        help="tokens per engine step",
+    )
     add(
         "--kv-cache-memory-mb",
         type=int,
@@ -106,15 +143,15 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="KV cache size (default: 1 GiB on the CPU; half the free GPU memory, at most 16 GiB)",
     )
     add("--num-kv-blocks", type=int, default=None, help="overrides --kv-cache-memory-mb")
-    add("--block-size", type=int, default=16)
+    add("--block-size", type=int, default=engine("block_size"))
     add("--no-prefix-caching", action="store_true")
     add(
         "--no-async-scheduling",
         action="store_true",
         help=_NO_ASYNC_HELP,
     )
-    add("--seed", type=int, default=0, help="engine seed for requests without their own")
-    add("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add("--seed", type=int, default=engine("seed"), help="engine seed for requests without one")
+    add("--log-level", default=server("log_level"), choices=("debug", "info", "warning", "error"))
 
 
 def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
@@ -234,7 +271,7 @@ def _bench(args: argparse.Namespace) -> int:
         memory_reference,
         run_benchmarks,
     )
-    from ember.engine.llm_engine import EngineConfig, LLMEngine
+    from ember.engine.llm_engine import LLMEngine
 
     try:
         batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
@@ -299,9 +336,12 @@ def _print_llama_cpp_comparison(
         print(f"{r.work:<8} {r.batch:>5} {ours:>12.1f} {shown} {ratio}")
 
 
+def _default(config: type[Any], name: str) -> Any:
+    """The default of a config dataclass's field: written there once, shown by --help here."""
+    return next(f.default for f in dataclasses.fields(config) if f.name == name)
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from ember.engine.llm_engine import EngineConfig
-    from ember.serve.config import ServerConfig
     from ember.serve.server import run_server
 
     engine = EngineConfig(

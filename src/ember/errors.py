@@ -44,23 +44,78 @@ class CudaUnavailableError(CudaError):
 
 
 class InvalidRequestError(EmberError, ValueError):
-    """A request the engine cannot accept as given (bad sampling parameters, bad prompt)."""
+    """A request the engine cannot accept as given (bad sampling parameters, bad prompt).
+
+    `param` names the request field to change (`"prompt"`, `"max_tokens"`…) where one is to
+    blame, so that an API in front can say which (OpenAI's `param`).
+    """
+
+    param: str | None = None
 
 
 class SamplingParamsError(InvalidRequestError):
     """A sampling parameter is out of range or inconsistent."""
 
 
-class PromptTooLongError(InvalidRequestError):
-    """Prompt plus requested tokens do not fit in the model's context window."""
+class EmptyPromptError(InvalidRequestError):
+    param = "prompt"
 
-    def __init__(self, prompt_tokens: int, max_tokens: int, context_length: int) -> None:
+    def __init__(self) -> None:
+        super().__init__("the prompt is empty")
+
+
+class PromptTokenIdError(InvalidRequestError):
+    """A prompt given as token ids holds ids outside the model's vocabulary."""
+
+    param = "prompt"
+
+    def __init__(self, bad_ids: list[int], vocab_size: int) -> None:
+        self.bad_ids = bad_ids
+        super().__init__(f"prompt token ids must be in [0, {vocab_size}); got {bad_ids[:5]}")
+
+
+class PromptTooLongError(InvalidRequestError):
+    """Prompt plus requested tokens do not fit in the model's context window.
+
+    `max_tokens` None: the prompt alone fills the context (nothing was requested explicitly).
+    """
+
+    def __init__(self, prompt_tokens: int, max_tokens: int | None, context_length: int) -> None:
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
         self.context_length = context_length
+        if max_tokens is None:
+            self.param = "prompt"
+            message = (
+                f"the prompt has {prompt_tokens} tokens but the model's context length is "
+                f"{context_length} tokens, which leaves no room to generate; shorten the prompt"
+            )
+        else:
+            self.param = "max_tokens"
+            message = (
+                f"the prompt has {prompt_tokens} tokens and {max_tokens} more were requested "
+                f"(max_tokens): {prompt_tokens + max_tokens} tokens, but the model's context "
+                f"length is {context_length} tokens; lower max_tokens or shorten the prompt"
+            )
+        super().__init__(message)
+
+
+class KVCacheTooSmallError(InvalidRequestError):
+    """Prompt plus requested tokens need more KV blocks than the whole cache has."""
+
+    def __init__(
+        self, prompt_tokens: int, max_tokens: int | None, blocks_needed: int, num_blocks: int
+    ) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.blocks_needed = blocks_needed
+        self.num_blocks = num_blocks
+        self.param = "prompt" if max_tokens is None else "max_tokens"
+        asked = "" if max_tokens is None else f" plus max_tokens ({max_tokens})"
+        fix = "shorten the prompt" if max_tokens is None else "lower max_tokens"
         super().__init__(
-            f"prompt has {prompt_tokens} tokens and {max_tokens} more were requested, "
-            f"but the model's context length is {context_length} tokens"
+            f"the prompt ({prompt_tokens} tokens){asked} needs {blocks_needed} KV blocks but the "
+            f"cache holds {num_blocks}; {fix}, or give the engine more KV cache memory"
         )
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ember.engine.config import EngineConfig
 from ember.engine.llm import LLM
-from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
 from ember.model.cuda.llama import CudaLlama
 from ember.model.loader import LoadedModel, load_model

@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from ember.engine.llm_engine import EngineStats
 from ember.engine.sampling_params import SamplingParams
+from ember.engine.sequence import FinishReason
+from ember.engine.sequence_limits import SequenceLimits
 from ember.model.tokenizer import Tokenizer
 from ember.serve.config import ServerConfig
 from ember.serve.engine_client import EngineClient
@@ -46,7 +48,9 @@ def stream_deltas(
             ServerConfig(stream_interval=interval, request_timeout=None),
             ServerMetrics("m", 8192),
         )
-        client.attach(DiscardingLink(), WorkerReady(1, "test", 1000, 16))
+        client.attach(
+            DiscardingLink(), WorkerReady(1, "test", SequenceLimits(49152, 8192, 1000, 16))
+        )
         request = GenerationRequest("r", None)
         choice = request.add_choice([1, 2], SamplingParams(max_tokens=64), tokenizer)
         client.submit(request)
@@ -62,8 +66,8 @@ def stream_deltas(
         task = asyncio.create_task(handler())
         for i, wait in enumerate(schedule):
             await asyncio.sleep(wait)
-            finish = "length" if i == len(schedule) - 1 else None
-            report = StepReport([(choice.seq_id, [tokens[i]], None, finish)], [], STATS)
+            finish = FinishReason.LENGTH if i == len(schedule) - 1 else None
+            report = StepReport([(choice.request_id, [tokens[i]], None, finish)], [], STATS)
             client.on_message(report)
         await asyncio.wait_for(task, 10)
         return deltas, tokenizer.decode(tokens[: len(schedule)], skip_special_tokens=True)

@@ -54,7 +54,7 @@ def bench_prefill(
     for i in range(repeats):
         engine.pool.reset_prefix_cache()
         prompt = _random_prompt(rng, engine, prompt_tokens)
-        engine.add_request(f"bench-prefill-{i}", prompt, params)
+        engine.add_request(i, prompt, params)
         started = time.perf_counter()
         while engine.has_unfinished_requests():
             engine.step()
@@ -79,10 +79,10 @@ def bench_decode(
     params = SamplingParams(
         max_tokens=prefill_steps + 1 + decode_tokens + 1, temperature=0.0, ignore_eos=True
     )
-    request_ids = [f"bench-decode-{i}" for i in range(batch)]
+    request_ids = list(range(batch))
     for request_id in request_ids:
         engine.add_request(request_id, _random_prompt(rng, engine, prompt_tokens), params)
-    started_ids: set[str] = set()
+    started_ids: set[int] = set()
     while len(started_ids) < batch:  # prefill, possibly over several steps
         for out in engine.step():
             started_ids.add(out.request_id)

@@ -8,9 +8,10 @@ from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.engine.config import EngineConfig
+from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
-from ember.engine.sequence import FinishReason, TokenLogprob
+from ember.engine.sequence import FinishReason, RequestId, TokenLogprob
 from ember.errors import InvalidRequestError
 from ember.model.tokenizer import Tokenizer
 
@@ -55,11 +56,11 @@ class LLM:
     ) -> list[Completion]:
         prompt_list = _as_prompt_list(prompts)
         params_list = _as_params_list(params, len(prompt_list))
-        request_ids: list[str] = []
-        prompt_ids: dict[str, list[int]] = {}
+        request_ids: list[RequestId] = []
+        prompt_ids: dict[RequestId, list[int]] = {}
         try:
             for prompt, p in zip(prompt_list, params_list, strict=True):
-                request_id = f"generate-{next(self._ids)}"
+                request_id = next(self._ids)
                 prompt_ids[request_id] = self.engine.add_request(request_id, prompt, p)
                 request_ids.append(request_id)
         except Exception:
@@ -90,7 +91,7 @@ class LLM:
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:
         """Yield text deltas as they are generated."""
-        request_id = f"stream-{next(self._ids)}"
+        request_id = next(self._ids)
         self.engine.add_request(request_id, prompt, params or SamplingParams())
         finished = False
         try:
@@ -107,15 +108,15 @@ class LLM:
 
     def _collect(
         self,
-        request_ids: list[str],
-        prompt_ids: dict[str, list[int]],
+        request_ids: list[RequestId],
+        prompt_ids: dict[RequestId, list[int]],
         params_list: SequenceOf[SamplingParams],
-    ) -> dict[str, Completion]:
+    ) -> dict[RequestId, Completion]:
         wanted = set(request_ids)
-        texts: dict[str, list[str]] = {r: [] for r in request_ids}
-        tokens: dict[str, list[int]] = {r: [] for r in request_ids}
-        logprobs: dict[str, list[TokenLogprob]] = {r: [] for r in request_ids}
-        results: dict[str, Completion] = {}
+        texts: dict[RequestId, list[str]] = {r: [] for r in request_ids}
+        tokens: dict[RequestId, list[int]] = {r: [] for r in request_ids}
+        logprobs: dict[RequestId, list[TokenLogprob]] = {r: [] for r in request_ids}
+        results: dict[RequestId, Completion] = {}
         while len(results) < len(request_ids):
             for out in self.engine.step():
                 if out.request_id not in wanted:

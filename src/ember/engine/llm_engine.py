@@ -8,36 +8,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ember.engine.config import EngineConfig
 from ember.engine.kv_cache_pool import KVCachePool
 from ember.engine.model_runner import LaunchedStep, ModelRunner
 from ember.engine.request_output import RequestOutput
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler, SchedulerConfig
-from ember.engine.sequence import FinishReason, Sequence, SequenceStatus, TokenLogprob
-from ember.engine.text_stream import TextStream
-from ember.errors import InvalidRequestError, PromptTooLongError
+from ember.engine.sequence import FinishReason, RequestId, Sequence, SequenceStatus, TokenLogprob
+from ember.engine.sequence_limits import SequenceLimits
+from ember.engine.stop_checker import StopChecker
+from ember.errors import InvalidRequestError
 from ember.model.loader import LoadedModel, load_model
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    model: str | None = None
-    device: str = "cpu"
-    block_size: int = 16
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 1024
-    num_kv_blocks: int | None = None  # None: as many as kv_cache_memory_bytes holds
-    kv_cache_memory_bytes: int | None = None  # None: the backend's default for these limits
-    enable_prefix_caching: bool = True
-    seed: int = 0
-    show_progress: bool = True
-    # False: outputs carry token ids only (no text, no stop strings), for a caller that
-    # detokenizes elsewhere, e.g. the HTTP server in front of an engine worker process.
-    detokenize: bool = True
-    # On a backend that samples on the device: launch each step before taking the previous
-    # step's tokens, so the host's work (scheduling, inputs, outputs) overlaps the device's.
-    # A step's outputs then come from the next `step()` call.
-    async_scheduling: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +37,7 @@ class EngineStats:
 @dataclass(slots=True, eq=False)
 class _Request:
     seq: Sequence
-    text: TextStream | None
-    stop_ids: frozenset[int]
-    # The sequence's length once max_tokens are generated (prompt + max_tokens).
-    max_num_tokens: int
+    stop: StopChecker
     pending_tokens: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
 
@@ -85,6 +63,9 @@ class LLMEngine:
             -(-context // config.block_size),
         )
         self.pool = KVCachePool(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.limits = SequenceLimits(
+            self.model_config.vocab_size, context, num_blocks, config.block_size
+        )
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.pool
         )
@@ -92,7 +73,9 @@ class LLMEngine:
         self._asynchronous = config.async_scheduling and self.runner.device_sampling is not None
         # The launched step whose tokens the next `step()` collects (asynchronous scheduling).
         self._in_flight: LaunchedStep | None = None
-        self._requests: dict[str, _Request] = {}
+        self._requests: dict[RequestId, _Request] = {}
+        # Requests the last `step()` admitted into the running batch (the scheduler's word).
+        self.admitted: list[RequestId] = []
         self._next_seq_id = 0
         self._seed_rng = np.random.default_rng(config.seed)
         self._last_batch_size = 0
@@ -102,20 +85,17 @@ class LLMEngine:
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt, add_special_tokens=True)
         ids = [int(t) for t in prompt]
-        vocab = self.model_config.vocab_size
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab}); got {bad[:5]}")
+        self.limits.check_prompt_ids(ids)
         return ids
 
     def add_request(
-        self, request_id: str, prompt: str | SequenceOf[int], params: SamplingParams
+        self, request_id: RequestId, prompt: str | SequenceOf[int], params: SamplingParams
     ) -> list[int]:
         """Queue a request; returns its prompt token ids. Raises on requests that cannot run."""
         if request_id in self._requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         prompt_ids = self.encode_prompt(prompt)
-        self.check_fits(len(prompt_ids), params.max_tokens)
+        self.limits.max_tokens_for(len(prompt_ids), params.max_tokens)
         seed = params.seed if params.seed is not None else int(self._seed_rng.integers(2**63))
         seq = Sequence(
             seq_id=self._next_seq_id,
@@ -128,30 +108,12 @@ class LLMEngine:
             seed=seed,
         )
         self._next_seq_id += 1
-        stop_ids = frozenset(params.stop_token_ids) | (
-            frozenset() if params.ignore_eos else self.tokenizer.stop_ids
-        )
-        text = TextStream(self.tokenizer, params) if self.config.detokenize else None
-        max_num_tokens = len(prompt_ids) + params.max_tokens
-        self._requests[request_id] = _Request(seq, text, stop_ids, max_num_tokens)
+        stop = StopChecker(params, self.tokenizer, with_text=self.config.detokenize)
+        self._requests[request_id] = _Request(seq, stop)
         self.scheduler.add(seq)
         return list(prompt_ids)
 
-    def check_fits(self, num_prompt_tokens: int, max_tokens: int) -> None:
-        if num_prompt_tokens == 0:
-            raise InvalidRequestError("the prompt is empty")
-        context = self.model_config.context_length
-        if num_prompt_tokens + max_tokens > context:
-            raise PromptTooLongError(num_prompt_tokens, max_tokens, context)
-        needed = self.pool.blocks_for(num_prompt_tokens + max_tokens)
-        if needed > self.pool.num_blocks:
-            raise InvalidRequestError(
-                f"prompt ({num_prompt_tokens} tokens) plus max_tokens ({max_tokens}) needs "
-                f"{needed} KV blocks but the cache holds {self.pool.num_blocks}; "
-                "lower max_tokens or give the engine more KV cache memory"
-            )
-
-    def abort(self, request_id: str) -> bool:
+    def abort(self, request_id: RequestId) -> bool:
         request = self._requests.pop(request_id, None)
         if request is None:
             return False
@@ -172,6 +134,7 @@ class LLMEngine:
         """
         previous, self._in_flight = self._in_flight, None
         batch = self.scheduler.schedule()
+        self.admitted = [seq.request_id for seq in batch.admitted]
         self._last_batch_size = len(batch)
         self._last_batch_tokens = batch.num_tokens
         launched = self.runner.launch(batch, self._asynchronous) if batch.seqs else None
@@ -229,13 +192,8 @@ class LLMEngine:
         request.pending_tokens.append(token_id)
         if logprob is not None:
             request.pending_logprobs.append(logprob)
-        text = request.text
-        finish: FinishReason | None = None
-        if token_id in request.stop_ids or (text is not None and text.push(token_id)):
-            finish = FinishReason.STOP
-        elif len(seq.token_ids) >= request.max_num_tokens:
-            stopped = text is not None and text.finish()
-            finish = FinishReason.STOP if stopped else FinishReason.LENGTH
+        finish = request.stop.accept(token_id)
+        text = request.stop.text
         if finish is not None:
             self.scheduler.finish(seq, finish)
             del self._requests[seq.request_id]
@@ -252,7 +210,3 @@ class LLMEngine:
         )
         request.pending_tokens, request.pending_logprobs = [], []
         return output
-
-    def is_running(self, request_id: str) -> bool:
-        request = self._requests.get(request_id)
-        return request is not None and request.seq.status is SequenceStatus.RUNNING

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ember.engine.sequence import FinishReason, TokenLogprob
+from ember.engine.sequence import FinishReason, RequestId, TokenLogprob
 
 
 # Not frozen: one is made per running request per step, and a frozen dataclass's __init__
 # (object.__setattr__ per field) costs about twice as much.
 @dataclass(slots=True)
 class RequestOutput:
-    request_id: str
+    request_id: RequestId
     new_token_ids: list[int]
     new_text: str
     new_logprobs: list[TokenLogprob]

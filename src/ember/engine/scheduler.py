@@ -33,6 +33,8 @@ class ScheduledBatch:
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    # Waiting sequences this step moved into the running batch (also in `seqs`).
+    admitted: list[Sequence] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -91,8 +93,9 @@ class Scheduler:
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             n = min(seq.num_uncomputed_tokens, budget)
-            batch.seqs.append(seq)
-            batch.num_new_tokens.append(n)
+            seqs.append(seq)
+            counts.append(n)
+            batch.admitted.append(seq)
             budget -= n
         return batch
 

@@ -16,6 +16,11 @@ class SequenceStatus(enum.Enum):
     FINISHED = "finished"
 
 
+# A request's id in the engine, given by its caller (the HTTP server's per-choice counter, the
+# `LLM` facade's own) and carried unchanged in every output and message about it.
+RequestId = int
+
+
 class FinishReason(enum.StrEnum):
     STOP = "stop"
     LENGTH = "length"
@@ -32,7 +37,7 @@ class TokenLogprob:
 @dataclass(slots=True, eq=False)
 class Sequence:
     seq_id: int
-    request_id: str
+    request_id: RequestId
     token_ids: list[int]  # prompt followed by generated tokens
     num_prompt_tokens: int
     params: SamplingParams

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ember.engine.llm_engine import EngineConfig
+from ember.engine.config import EngineConfig
 from ember.errors import EmberError
 
 

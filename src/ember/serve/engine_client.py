@@ -21,6 +21,8 @@ import time
 from typing import Protocol
 
 from ember.engine.sampling_params import SamplingParams
+from ember.engine.sequence import FinishReason, RequestId
+from ember.engine.sequence_limits import SequenceLimits
 from ember.serve.api_errors import (
     APIError,
     BadRequestError,
@@ -33,9 +35,9 @@ from ember.serve.config import ServerConfig
 from ember.serve.generation import Choice, GenerationRequest
 from ember.serve.metrics import ServerMetrics
 from ember.serve.worker_protocol import (
-    AbortSequences,
-    AddSequence,
-    SequenceRejected,
+    AbortRequests,
+    AddRequest,
+    RequestRejected,
     ServerMessage,
     StepReport,
     WorkerMessage,
@@ -55,9 +57,9 @@ class EngineClient:
     def __init__(self, config: ServerConfig, metrics: ServerMetrics) -> None:
         self._config = config
         self._metrics = metrics
-        self._choices: dict[int, Choice] = {}
-        self._waiting: set[int] = set()
-        self._seq_ids = itertools.count()
+        self._choices: dict[RequestId, Choice] = {}
+        self._waiting: set[RequestId] = set()
+        self._request_ids = itertools.count()
         self._worker: WorkerLink | None = None
         self.worker_info: WorkerReady | None = None
         self.draining = False
@@ -70,6 +72,13 @@ class EngineClient:
     @property
     def ready(self) -> bool:
         return self._worker is not None and not self.draining
+
+    @property
+    def limits(self) -> SequenceLimits:
+        """What fits in the worker's engine; raises the 503 while no worker is ready."""
+        self._check_ready()
+        assert self.worker_info is not None
+        return self.worker_info.limits
 
     @property
     def num_in_flight(self) -> int:
@@ -107,22 +116,26 @@ class EngineClient:
             retry_after=RETRY_AFTER_NO_WORKER,
         )
         requests = {choice.owner for choice in self._choices.values()}
-        self._metrics.finished["abort"].inc(len(self._choices))
+        self._metrics.finished[FinishReason.ABORT].inc(len(self._choices))
         self._choices.clear()
         self._waiting.clear()
         for request in requests:
             self._fail(request, error)
 
-    def submit(self, request: GenerationRequest) -> None:
-        """Send the request's choices to the worker; raises the API error that refuses it."""
-        worker = self._worker
-        if worker is None or self.draining:
+    def _check_ready(self) -> None:
+        if self._worker is None or self.draining:
             raise ServiceUnavailableError(
                 "the server is shutting down" if self.draining else "no engine worker is ready",
                 code="draining" if self.draining else None,
                 retry_after=RETRY_AFTER_NO_WORKER,
             )
-        self._check_kv_capacity(request)
+
+    def submit(self, request: GenerationRequest) -> None:
+        """Send the request's choices (each checked against `limits`) to the worker; raises
+        the API error that refuses it."""
+        self._check_ready()
+        worker = self._worker
+        assert worker is not None
         queued = self.num_queued
         if queued + len(request.choices) > max(
             self._config.max_queued_requests, len(request.choices)
@@ -133,10 +146,10 @@ class EngineClient:
                 retry_after=RETRY_AFTER_QUEUE_FULL,
             )
         for choice in request.choices:
-            seq_id = choice.seq_id = next(self._seq_ids)
-            self._choices[seq_id] = choice
-            self._waiting.add(seq_id)
-            worker.send(AddSequence(seq_id, choice.prompt_ids, _engine_params(choice)))
+            request_id = choice.request_id = next(self._request_ids)
+            self._choices[request_id] = choice
+            self._waiting.add(request_id)
+            worker.send(AddRequest(request_id, choice.prompt_ids, _engine_params(choice)))
         timeout = request.timeout
         if timeout is not None:
             loop = asyncio.get_running_loop()
@@ -150,40 +163,40 @@ class EngineClient:
 
     def abort(self, request: GenerationRequest) -> None:
         """Stop the request's unfinished choices in the engine (frees their KV blocks)."""
-        seq_ids = [c.seq_id for c in request.choices if c.seq_id in self._choices]
-        for seq_id in seq_ids:
-            self._forget(seq_id, "abort")
-        if seq_ids and self._worker is not None:
-            self._worker.send(AbortSequences(seq_ids))
+        request_ids = [c.request_id for c in request.choices if c.request_id in self._choices]
+        for request_id in request_ids:
+            self._forget(request_id, FinishReason.ABORT)
+        if request_ids and self._worker is not None:
+            self._worker.send(AbortRequests(request_ids))
         if request.timer is not None:
             request.timer.cancel()
 
     def on_message(self, message: WorkerMessage) -> None:
         if isinstance(message, StepReport):
             self._on_step(message)
-        elif isinstance(message, SequenceRejected):
-            choice = self._choices.get(message.seq_id)
+        elif isinstance(message, RequestRejected):
+            choice = self._choices.get(message.request_id)
             if choice is not None:
-                self._forget(message.seq_id, None)
+                self._forget(message.request_id, None)
                 self.abort(choice.owner)
-                self._fail(choice.owner, BadRequestError(message.message))
+                self._fail(choice.owner, BadRequestError(message.message, param=message.param))
 
     def _on_step(self, report: StepReport) -> None:
         now = time.monotonic()
         metrics = self._metrics
         choices = self._choices
-        for seq_id in report.started:
-            if seq_id in self._waiting:
-                self._waiting.discard(seq_id)
-                choice = choices.get(seq_id)
+        for request_id in report.admitted:
+            if request_id in self._waiting:
+                self._waiting.discard(request_id)
+                choice = choices.get(request_id)
                 if choice is not None:
                     metrics.queue_time.observe(now - choice.owner.arrival_time)
-        to_abort: list[int] = []
+        to_abort: list[RequestId] = []
         num_tokens = 0
         unflushed = self._unflushed
         itl = metrics.itl
-        for seq_id, token_ids, logprobs, finish in report.deltas:
-            choice = choices.get(seq_id)
+        for request_id, token_ids, logprobs, finish in report.deltas:
+            choice = choices.get(request_id)
             if choice is None:
                 continue  # aborted here while the worker was already stepping it
             num_tokens += len(token_ids)
@@ -197,9 +210,9 @@ class EngineClient:
                 itl.observe(now - choice.last_token_time)
             choice.last_token_time = now
             if choice.accept(token_ids, logprobs, finish):
-                to_abort.append(seq_id)
+                to_abort.append(request_id)
             if choice.finished:
-                self._forget(seq_id, choice.finish_reason)
+                self._forget(request_id, choice.finish_reason)
                 self._on_choice_finished(choice, now)
                 owner.wake()
             elif owner.wake_on_tokens:
@@ -210,7 +223,7 @@ class EngineClient:
         if num_tokens:
             metrics.generation_tokens.inc(num_tokens)
         if to_abort and self._worker is not None:
-            self._worker.send(AbortSequences(to_abort))
+            self._worker.send(AbortRequests(to_abort))
         self._engine_has_waiting = report.stats.num_waiting > 0
         metrics.on_engine_step(report.stats)
         if unflushed and self._flush_timer is None:
@@ -238,11 +251,11 @@ class EngineClient:
         if request.timer is not None and request.finished:
             request.timer.cancel()
 
-    def _forget(self, seq_id: int, reason: str | None) -> None:
-        choice = self._choices.pop(seq_id, None)
-        self._waiting.discard(seq_id)
+    def _forget(self, request_id: RequestId, reason: FinishReason | None) -> None:
+        choice = self._choices.pop(request_id, None)
+        self._waiting.discard(request_id)
         if choice is not None and reason is not None:
-            self._metrics.finished[reason if reason in ("stop", "length") else "abort"].inc()
+            self._metrics.finished[reason].inc()
 
     def _expire(self, request: GenerationRequest) -> None:
         if request.finished:
@@ -259,21 +272,6 @@ class EngineClient:
         if request.timer is not None:
             request.timer.cancel()
         request.fail(error)
-
-    def _check_kv_capacity(self, request: GenerationRequest) -> None:
-        info = self.worker_info
-        if info is None:
-            return
-        for choice in request.choices:
-            tokens = len(choice.prompt_ids) + choice.params.max_tokens
-            blocks = -(-tokens // info.block_size)
-            if blocks > info.num_kv_blocks:
-                raise BadRequestError(
-                    f"prompt ({len(choice.prompt_ids)} tokens) plus max_tokens "
-                    f"({choice.params.max_tokens}) needs {blocks} KV blocks but the engine's "
-                    f"cache holds {info.num_kv_blocks}; lower max_tokens",
-                    param="max_tokens",
-                )
 
 
 def _engine_params(choice: Choice) -> SamplingParams:

@@ -13,10 +13,11 @@ from typing import Protocol
 from ember.engine.llm_engine import LLMEngine
 from ember.errors import InvalidRequestError
 from ember.serve.worker_protocol import (
-    AbortSequences,
-    AddSequence,
-    SequenceDelta,
-    SequenceRejected,
+    AbortRequests,
+    AddRequest,
+    RequestDelta,
+    RequestRejected,
+    ServerMessage,
     Shutdown,
     StepReport,
     WorkerMessage,
@@ -24,7 +25,7 @@ from ember.serve.worker_protocol import (
 
 
 class Inbox(Protocol):
-    def receive_all(self, block: bool) -> list[object]:
+    def receive_all(self, block: bool) -> list[ServerMessage]:
         """Every message waiting; when `block`, waits until there is at least one."""
         ...
 
@@ -36,7 +37,6 @@ class EngineLoop:
         self._engine = engine
         self._inbox = inbox
         self._send = send
-        self._waiting: set[str] = set()
 
     def run(self) -> None:
         """Serve until a `Shutdown` message arrives (or the inbox raises on a closed channel)."""
@@ -52,22 +52,17 @@ class EngineLoop:
                 # Nothing to run, but aborts may have freed blocks: report the new usage now.
                 self._send(StepReport([], [], engine.stats()))
 
-    def _handle(self, messages: Iterable[object]) -> bool:
+    def _handle(self, messages: Iterable[ServerMessage]) -> bool:
         engine = self._engine
         for message in messages:
-            if isinstance(message, AddSequence):
-                request_id = str(message.seq_id)
+            if isinstance(message, AddRequest):
                 try:
-                    engine.add_request(request_id, message.prompt_ids, message.params)
+                    engine.add_request(message.request_id, message.prompt_ids, message.params)
                 except InvalidRequestError as error:
-                    self._send(SequenceRejected(message.seq_id, str(error)))
-                    continue
-                self._waiting.add(request_id)
-            elif isinstance(message, AbortSequences):
-                for seq_id in message.seq_ids:
-                    request_id = str(seq_id)
+                    self._send(RequestRejected(message.request_id, str(error), error.param))
+            elif isinstance(message, AbortRequests):
+                for request_id in message.request_ids:
                     engine.abort(request_id)
-                    self._waiting.discard(request_id)
             elif isinstance(message, Shutdown):
                 return False
             else:
@@ -77,21 +72,8 @@ class EngineLoop:
     def _step(self) -> None:
         engine = self._engine
         outputs = engine.step()
-        deltas: list[SequenceDelta] = [
-            (
-                int(out.request_id),
-                out.new_token_ids,
-                out.new_logprobs or None,
-                None if out.finish_reason is None else out.finish_reason.value,
-            )
+        deltas: list[RequestDelta] = [
+            (out.request_id, out.new_token_ids, out.new_logprobs or None, out.finish_reason)
             for out in outputs
         ]
-        started: list[int] = []
-        if self._waiting:
-            produced = {out.request_id for out in outputs}
-            for request_id in list(self._waiting):
-                # Output means it ran, even if it already finished and left the engine.
-                if request_id in produced or engine.is_running(request_id):
-                    self._waiting.discard(request_id)
-                    started.append(int(request_id))
-        self._send(StepReport(deltas, started, engine.stats()))
+        self._send(StepReport(deltas, engine.admitted, engine.stats()))

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 
 from ember.engine.sampling_params import SamplingParams
-from ember.engine.sequence import TokenLogprob
+from ember.engine.sequence import FinishReason, RequestId, TokenLogprob
+from ember.engine.stop_checker import StopChecker
 from ember.engine.text_stream import TextStream
 from ember.model.tokenizer import Tokenizer
 from ember.serve.api_errors import APIError
@@ -27,7 +28,7 @@ class ChoiceDelta:
     text: str
     logprobs: list[TokenLogprob]
     num_tokens: int
-    finish_reason: str | None
+    finish_reason: FinishReason | None
 
 
 @dataclass(slots=True, eq=False)
@@ -35,12 +36,11 @@ class Choice:
     index: int
     prompt_ids: list[int]
     params: SamplingParams
+    stop: StopChecker
     text: TextStream
-    stop_ids: frozenset[int]
     owner: GenerationRequest
-    seq_id: int = -1
-    num_output_tokens: int = 0
-    finish_reason: str | None = None
+    request_id: RequestId = -1  # the engine's id for this choice, given at submission
+    finish_reason: FinishReason | None = None
     first_token_time: float | None = None
     last_token_time: float | None = None
     _pending_logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -53,6 +53,10 @@ class Choice:
         return self.finish_reason is not None
 
     @property
+    def num_output_tokens(self) -> int:
+        return self.stop.num_tokens
+
+    @property
     def awaiting_first_text(self) -> bool:
         """No `take` has returned text yet (a first token may have none: a special token, part
         of a character), so the first text must not wait for the stream interval."""
@@ -62,32 +66,28 @@ class Choice:
         self,
         token_ids: list[int],
         logprobs: list[TokenLogprob] | None,
-        engine_finish: str | None,
+        engine_finish: FinishReason | None,
     ) -> bool:
-        """Add the engine's new tokens; True when a stop string ended the choice here while
-        the engine would go on (so the caller must abort it there)."""
+        """Add the engine's new tokens, checked for a stop as the engine checks them, plus the
+        stop strings the engine does not see; True when the choice ended here while the engine
+        would go on (so the caller must abort it there)."""
         if self.finish_reason is not None:
             return False
-        text = self.text
-        stopped_by_text = False
+        stop = self.stop
+        reason: FinishReason | None = None
         count = 0
         for token_id in token_ids:
             count += 1
-            if token_id in self.stop_ids:
+            reason = stop.accept(token_id)
+            if reason is not None:
                 break
-            if text.push(token_id):
-                stopped_by_text = True
-                break
-        self.num_output_tokens += count
         self._pending_tokens += count
         if logprobs:
             self._pending_logprobs.extend(logprobs[:count])
-        if stopped_by_text:
-            self.finish_reason = "stop"
-        elif engine_finish is not None:
-            completed_stop = text.finish()
-            self.finish_reason = "stop" if completed_stop or engine_finish == "stop" else "length"
-        return stopped_by_text and engine_finish is None
+        if reason is None and engine_finish is not None:  # not expected: both check alike
+            reason = FinishReason.STOP if self.text.finish() else engine_finish
+        self.finish_reason = reason
+        return reason is not None and engine_finish is None
 
     def take(self) -> ChoiceDelta | None:
         """New text, logprobs and (once) the finish reason; None when nothing is new."""
@@ -106,16 +106,12 @@ class Choice:
         self._text_taken = self._text_taken or bool(delta.text)
         return delta
 
-    def finish(self, reason: str) -> None:
-        if self.finish_reason is None:
-            self.finish_reason = reason
-
 
 class GenerationRequest:
     """One HTTP request's sequences, and the event its handler waits on."""
 
-    def __init__(self, request_id: str, timeout: float | None) -> None:
-        self.request_id = request_id
+    def __init__(self, response_id: str, timeout: float | None) -> None:
+        self.response_id = response_id  # the id its response carries ("chatcmpl-…")
         self.arrival_time = time.monotonic()
         self.timeout = timeout  # seconds from submission to the last token
         self.choices: list[Choice] = []
@@ -131,17 +127,9 @@ class GenerationRequest:
     def add_choice(
         self, prompt_ids: list[int], params: SamplingParams, tokenizer: Tokenizer
     ) -> Choice:
-        stop_ids = frozenset(params.stop_token_ids) | (
-            frozenset() if params.ignore_eos else tokenizer.stop_ids
-        )
-        choice = Choice(
-            index=len(self.choices),
-            prompt_ids=prompt_ids,
-            params=params,
-            text=TextStream(tokenizer, params),
-            stop_ids=stop_ids,
-            owner=self,
-        )
+        stop = StopChecker(params, tokenizer, with_text=True)
+        assert stop.text is not None
+        choice = Choice(len(self.choices), prompt_ids, params, stop, stop.text, self)
         self.choices.append(choice)
         return choice
 

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
 from ember.engine.llm_engine import EngineStats
+from ember.engine.sequence import FinishReason
 
 
 def _buckets(bounds: str) -> tuple[float, ...]:
@@ -150,9 +151,7 @@ class ServerMetrics:
             (*labels, "finished_reason"),
             registry=r,
         )
-        self.finished = {
-            reason: success.labels(*values, reason) for reason in ("stop", "length", "abort")
-        }
+        self.finished = {reason: success.labels(*values, reason.value) for reason in FinishReason}
         self.worker_restarts = counter(
             "ember:worker_restarts", "Engine worker processes restarted after dying."
         )

@@ -24,7 +24,7 @@ from ember.serve.generation import Choice, ChoiceDelta, GenerationRequest
 DONE = b"data: [DONE]\n\n"
 
 
-def new_request_id(prefix: str) -> str:
+def new_response_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
@@ -36,7 +36,7 @@ class ResponseIdentity:
 
     @classmethod
     def new(cls, prefix: str, model: str) -> ResponseIdentity:
-        return cls(new_request_id(prefix), model, int(time.time()))
+        return cls(new_response_id(prefix), model, int(time.time()))
 
 
 def usage(request: GenerationRequest) -> dict[str, int]:

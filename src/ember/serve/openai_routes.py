@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ember.errors import InvalidRequestError
+from ember.errors import InvalidRequestError, PromptTooLongError
 from ember.serve.api_errors import (
     BadRequestError,
     ClientClosedRequestError,
@@ -109,7 +109,6 @@ class OpenAIRoutes:
 
         size = sum(len(t) for t in texts)
         prompt_ids = await _run_user_work(encode, offload=size > _OFFLOAD_CHARS)
-        self._check_token_ids(prompt_ids)
         echo: list[str] | None = None
         if completion.echo:
             prompts = [p if isinstance(p, str) else tokenizer.decode(p) for p in completion.prompts]
@@ -130,16 +129,6 @@ class OpenAIRoutes:
                 code="model_not_found",
             )
 
-    def _check_token_ids(self, prompts: Sequence[list[int]]) -> None:
-        vocab = self._model.vocab_size
-        for ids in prompts:
-            bad = [t for t in ids if t >= vocab]
-            if bad:
-                raise BadRequestError(
-                    f"prompt token ids must be below the vocabulary size {vocab}; got {bad[:5]}",
-                    param="prompt",
-                )
-
     def _start(
         self,
         identity: ResponseIdentity,
@@ -147,42 +136,22 @@ class OpenAIRoutes:
         options: GenerationOptions,
         prompt_param: str,
     ) -> GenerationRequest:
-        limits = [t for t in (self._config.request_timeout, options.timeout) if t is not None]
-        generation = GenerationRequest(identity.id, min(limits) if limits else None)
+        deadlines = [t for t in (self._config.request_timeout, options.timeout) if t is not None]
+        generation = GenerationRequest(identity.id, min(deadlines) if deadlines else None)
         generation.wake_on_tokens = options.stream
+        limits = self._client.limits
         for prompt_ids in prompts:
-            max_tokens = self._max_tokens(len(prompt_ids), options.max_tokens, prompt_param)
+            try:
+                limits.check_prompt_ids(prompt_ids)
+                max_tokens = limits.max_tokens_for(len(prompt_ids), options.max_tokens)
+            except InvalidRequestError as error:
+                raise _refusal(error, prompt_param) from None
             for choice in range(options.n):
                 generation.add_choice(
                     prompt_ids, options.params_for(max_tokens, choice), self._model.tokenizer
                 )
         self._client.submit(generation)
         return generation
-
-    def _max_tokens(self, prompt_tokens: int, requested: int | None, prompt_param: str) -> int:
-        if prompt_tokens == 0:
-            raise BadRequestError("the prompt is empty", param=prompt_param)
-        context = self._model.context_length
-        if requested is None:
-            if prompt_tokens >= context:
-                raise ContextLengthExceededError(
-                    f"the prompt has {prompt_tokens} tokens but the model's context length is "
-                    f"{context} tokens, which leaves no room to generate; shorten the prompt",
-                    param=prompt_param,
-                )
-            room = context - prompt_tokens
-            info = self._client.worker_info
-            if info is not None:
-                room = min(room, max(1, info.num_kv_blocks * info.block_size - prompt_tokens))
-            return room
-        if prompt_tokens + requested > context:
-            raise ContextLengthExceededError(
-                f"the prompt has {prompt_tokens} tokens and max_tokens is {requested}: "
-                f"{prompt_tokens + requested} tokens exceed the model's context length of "
-                f"{context} tokens; lower max_tokens or shorten the prompt",
-                param="max_tokens",
-            )
-        return requested
 
     def _disconnected(self, generation: GenerationRequest) -> None:
         self._client.abort(generation)
@@ -248,6 +217,14 @@ class OpenAIRoutes:
         finally:
             if not generation.finished:
                 self._client.abort(generation)
+
+
+def _refusal(error: InvalidRequestError, prompt_param: str) -> BadRequestError:
+    """The 400 for a prompt the engine's limits refuse, naming the field to change."""
+    param = prompt_param if error.param == "prompt" else error.param
+    if isinstance(error, PromptTooLongError):
+        return ContextLengthExceededError(str(error), param=param)
+    return BadRequestError(str(error), param=param)
 
 
 async def _run_user_work(work: Callable[[], T], offload: bool) -> T:

@@ -2,7 +2,8 @@
 
 The worker is started with the `spawn` method (a fresh interpreter: no copied event loop,
 threads or CUDA state) and talks to the server over a Unix socket pair in length-prefixed
-pickle frames. It exits when told to, or when the server's end of the socket closes.
+MessagePack frames (worker_protocol). It exits when told to, or when the server's end of the
+socket closes.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import sys
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
-from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.engine.config import EngineConfig
+from ember.engine.llm_engine import LLMEngine
 from ember.errors import EmberError
 from ember.gpu import warmup
 from ember.serve.engine_loop import EngineLoop
 from ember.serve.worker_protocol import (
     FRAME_HEADER,
+    SERVER_MESSAGES,
     ChannelClosedError,
     FrameSocket,
     ServerMessage,
@@ -30,7 +33,7 @@ from ember.serve.worker_protocol import (
     WorkerFailed,
     WorkerMessage,
     WorkerReady,
-    decode_payload,
+    decode_worker_message,
     encode_frame,
 )
 
@@ -44,16 +47,13 @@ def worker_main(sock: socket.socket, config: EngineConfig) -> None:
     if config.device != "cpu":
         # The driver's start-up (cuInit, the primary context) beside the model's loading.
         warmup.start()
-    channel = FrameSocket(sock)
+    channel = FrameSocket(sock, SERVER_MESSAGES)
     try:
         engine = LLMEngine(config)
     except EmberError as error:
         channel.send(WorkerFailed(str(error)))
         sys.exit(1)
-    pool = engine.pool
-    channel.send(
-        WorkerReady(os.getpid(), engine.model.backend.device_name, pool.num_blocks, pool.block_size)
-    )
+    channel.send(WorkerReady.of(engine))
     with contextlib.suppress(ChannelClosedError, BrokenPipeError, ConnectionResetError):
         EngineLoop(engine, channel, channel.send).run()
     channel.close()
@@ -144,8 +144,7 @@ async def _read_frames(
             payload = await reader.readexactly(length)
         except (asyncio.IncompleteReadError, ConnectionError):
             return
-        message = decode_payload(payload)
-        on_message(message)  # type: ignore[arg-type]
+        on_message(decode_worker_message(payload))
 
 
 def _describe_exit(exitcode: int | None) -> str:

@@ -27,7 +27,6 @@ class ServedModel:
     tokenizer: Tokenizer
     chat_template: ChatTemplate | None
     context_length: int
-    vocab_size: int
     created: int  # Unix time the server loaded it, as /v1/models reports
 
     @classmethod
@@ -44,7 +43,6 @@ class ServedModel:
             tokenizer=Tokenizer.from_gguf(gguf),
             chat_template=ChatTemplate.from_gguf(gguf) if has_template else None,
             context_length=config.context_length,
-            vocab_size=config.vocab_size,
             created=int(time.time()),
         )
 
@@ -58,7 +56,6 @@ class ServedModel:
             tokenizer=synthetic_tokenizer(config.vocab_size),
             chat_template=None,
             context_length=config.context_length,
-            vocab_size=config.vocab_size,
             created=int(time.time()),
         )
 

@@ -122,8 +122,8 @@ class WorkerSupervisor:
                     "engine worker ready: pid %d, %s, %d KV blocks of %d tokens",
                     message.pid,
                     message.device,
-                    message.num_kv_blocks,
-                    message.block_size,
+                    message.limits.num_kv_blocks,
+                    message.limits.block_size,
                 )
                 client.attach(worker, message)
                 if not first_ready.done():

@@ -14,7 +14,8 @@ import queue
 import threading
 from collections.abc import Callable
 
-from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.engine.config import EngineConfig
+from ember.engine.llm_engine import LLMEngine
 from ember.errors import EmberError
 from ember.serve.engine_loop import EngineLoop
 from ember.serve.worker_protocol import (
@@ -28,10 +29,10 @@ from ember.serve.worker_protocol import (
 
 class _QueueInbox:
     def __init__(self) -> None:
-        self.queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[ServerMessage] = queue.SimpleQueue()
 
-    def receive_all(self, block: bool) -> list[object]:
-        messages: list[object] = []
+    def receive_all(self, block: bool) -> list[ServerMessage]:
+        messages: list[ServerMessage] = []
         if block:
             messages.append(self.queue.get())
         while True:
@@ -66,15 +67,7 @@ class ThreadWorker:
             how = "stopped"
             try:
                 engine = LLMEngine(self._config)
-                pool = engine.pool
-                deliver(
-                    WorkerReady(
-                        os.getpid(),
-                        engine.model.backend.device_name,
-                        pool.num_blocks,
-                        pool.block_size,
-                    )
-                )
+                deliver(WorkerReady.of(engine))
                 EngineLoop(engine, self._inbox, deliver).run()
             except EmberError as error:
                 deliver(WorkerFailed(str(error)))

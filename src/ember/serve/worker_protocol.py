@@ -1,107 +1,120 @@
 """Messages between the HTTP server and its engine worker: token ids and small metadata only.
 
-The server sends sequences to add and ids to abort; the worker answers with one `StepReport`
-per engine step carrying every sequence's new token ids at once (never one message per token).
+The server sends requests to add and ids to abort; the worker answers with one `StepReport`
+per engine step carrying every request's new token ids at once (never one message per token).
 Text never crosses: the server holds the tokenizer, detokenizes and applies stop strings.
-Over a process boundary each message is a length-prefixed pickle frame on a stream socket.
+
+Messages are typed `msgspec.Struct`s. Over a process boundary each is a length-prefixed
+MessagePack frame on a stream socket, decoded into the message types and nothing else (a frame
+cannot make the receiver build arbitrary objects, as a pickle could), so the same encoding can
+later cross machines.
 """
 
 from __future__ import annotations
 
-import pickle
+import os
 import select
 import socket
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Final, Generic, TypeVar
 
-from ember.engine.llm_engine import EngineStats
+import msgspec
+
+from ember.engine.llm_engine import EngineStats, LLMEngine
 from ember.engine.sampling_params import SamplingParams
-from ember.engine.sequence import TokenLogprob
+from ember.engine.sequence import FinishReason, RequestId, TokenLogprob
+from ember.engine.sequence_limits import SequenceLimits
 
-FRAME_HEADER = struct.Struct("<I")
-_PICKLE_PROTOCOL = 5
+FRAME_HEADER: Final = struct.Struct("<I")
 
 
-@dataclass(frozen=True, slots=True)
-class AddSequence:
-    seq_id: int
+class AddRequest(msgspec.Struct, frozen=True, array_like=True, tag=True):
+    request_id: RequestId
     prompt_ids: list[int]
     params: SamplingParams  # stop strings removed: the server applies them
 
 
-@dataclass(frozen=True, slots=True)
-class AbortSequences:
-    seq_ids: list[int]
+class AbortRequests(msgspec.Struct, frozen=True, array_like=True, tag=True):
+    request_ids: list[RequestId]
 
 
-@dataclass(frozen=True, slots=True)
-class Shutdown:
+class Shutdown(msgspec.Struct, frozen=True, array_like=True, tag=True):
     pass
 
 
-ServerMessage = AddSequence | AbortSequences | Shutdown
+ServerMessage = AddRequest | AbortRequests | Shutdown
 
-# (seq id, new token ids, their logprobs or None, finish reason or None); a plain tuple because
-# a step carries one per running sequence and tuples are the cheapest thing to pickle.
-SequenceDelta = tuple[int, list[int], list[TokenLogprob] | None, str | None]
+# (request id, new token ids, their logprobs or None, finish reason or None); a tuple because a
+# step carries one per running request, and a tuple is the cheapest thing to encode and build.
+RequestDelta = tuple[RequestId, list[int], list[TokenLogprob] | None, FinishReason | None]
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerReady:
+class WorkerReady(msgspec.Struct, frozen=True, array_like=True, tag=True):
     pid: int
     device: str
-    num_kv_blocks: int
-    block_size: int
+    limits: SequenceLimits  # what fits in the worker's engine: the server checks requests with it
+
+    @classmethod
+    def of(cls, engine: LLMEngine) -> WorkerReady:
+        return cls(os.getpid(), engine.model.backend.device_name, engine.limits)
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerFailed:
+class WorkerFailed(msgspec.Struct, frozen=True, array_like=True, tag=True):
     """The worker could not start (model load failed); it exits after sending this."""
 
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class SequenceRejected:
-    seq_id: int
+class RequestRejected(msgspec.Struct, frozen=True, array_like=True, tag=True):
+    request_id: RequestId
     message: str
+    param: str | None  # the request field to blame, as the engine's error named it
 
 
-@dataclass(frozen=True, slots=True)
-class StepReport:
-    deltas: list[SequenceDelta]
-    started: list[int]  # sequences that began running (left the waiting queue) this step
+class StepReport(msgspec.Struct, frozen=True, array_like=True, tag=True):
+    deltas: list[RequestDelta]
+    admitted: list[RequestId]  # requests the scheduler moved into the running batch this step
     stats: EngineStats
 
 
-WorkerMessage = WorkerReady | WorkerFailed | SequenceRejected | StepReport
+WorkerMessage = WorkerReady | WorkerFailed | RequestRejected | StepReport
+
+_encoder: Final = msgspec.msgpack.Encoder()
+# What each end receives: the worker decodes the server's messages, the server the worker's.
+SERVER_MESSAGES: Final = msgspec.msgpack.Decoder(ServerMessage)
+WORKER_MESSAGES: Final = msgspec.msgpack.Decoder(WorkerMessage)
+
+M = TypeVar("M", ServerMessage, WorkerMessage)
 
 
-def encode_frame(message: object) -> bytes:
-    payload = pickle.dumps(message, protocol=_PICKLE_PROTOCOL)
+def encode_frame(message: ServerMessage | WorkerMessage) -> bytes:
+    payload = _encoder.encode(message)
     return FRAME_HEADER.pack(len(payload)) + payload
 
 
-def decode_payload(payload: bytes) -> object:
-    return pickle.loads(payload)
+def decode_worker_message(payload: bytes) -> WorkerMessage:
+    return WORKER_MESSAGES.decode(payload)
 
 
 class ChannelClosedError(EOFError):
     """The other end of the socket went away."""
 
 
-class FrameSocket:
-    """The worker's end: blocking sends, and receives that can poll without blocking."""
+class FrameSocket(Generic[M]):
+    """A blocking end of the channel (the worker's), receiving the messages `decoder` decodes:
+    blocking sends, and receives that can poll without blocking."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, decoder: msgspec.msgpack.Decoder[M]) -> None:
         sock.setblocking(True)
         self._sock = sock
+        self._decode: Callable[[bytes], M] = decoder.decode
         self._buffer = bytearray()
 
-    def send(self, message: object) -> None:
+    def send(self, message: ServerMessage | WorkerMessage) -> None:
         self._sock.sendall(encode_frame(message))
 
-    def receive_all(self, block: bool) -> list[object]:
+    def receive_all(self, block: bool) -> list[M]:
         """Every complete message available; waits for at least one when `block`."""
         messages = self._complete_frames()
         while not messages:
@@ -121,8 +134,8 @@ class FrameSocket:
     def close(self) -> None:
         self._sock.close()
 
-    def _complete_frames(self) -> list[object]:
-        messages: list[object] = []
+    def _complete_frames(self) -> list[M]:
+        messages: list[M] = []
         buffer = self._buffer
         offset = 0
         while len(buffer) - offset >= FRAME_HEADER.size:
@@ -130,7 +143,8 @@ class FrameSocket:
             end = offset + FRAME_HEADER.size + length
             if len(buffer) < end:
                 break
-            messages.append(decode_payload(bytes(buffer[offset + FRAME_HEADER.size : end])))
+            payload = bytes(buffer[offset + FRAME_HEADER.size : end])
+            messages.append(self._decode(payload))
             offset = end
         del buffer[:offset]
         return messages

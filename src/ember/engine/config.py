@@ -1,0 +1,30 @@
+"""How an engine runs: built from the command line (or `LLM(...)`) and passed down unchanged.
+
+Its own module, importing nothing heavy, so that the command line can read its defaults
+without loading the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    model: str | None = None
+    device: str = "cpu"
+    block_size: int = 16
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 1024
+    num_kv_blocks: int | None = None  # None: as many as kv_cache_memory_bytes holds
+    kv_cache_memory_bytes: int | None = None  # None: the backend's default for these limits
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    show_progress: bool = True
+    # False: outputs carry token ids only (no text, no stop strings), for a caller that
+    # detokenizes elsewhere, e.g. the HTTP server in front of an engine worker process.
+    detokenize: bool = True
+    # On a backend that samples on the device: launch each step before taking the previous
+    # step's tokens, so the host's work (scheduling, inputs, outputs) overlaps the device's.
+    # A step's outputs then come from the next `step()` call.
+    async_scheduling: bool = True

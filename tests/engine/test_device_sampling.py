@@ -1,5 +1,5 @@
 """The engine's device-sampling path (what the CUDA backend takes), driven on the CPU by the real
-NumPy forward pass and the NumPy model of sampling.cu's draw."""
+NumPy forward pass of the tiny fixture model and the NumPy model of sampling.cu's draw."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ def run(engine: LLMEngine, requests: dict[str, tuple[str, SamplingParams]]) -> d
 
 
 def test_runner_takes_the_device_path_and_keeps_host_rows_for_logprobs_and_penalties(
-    default_model: LoadedModel,
+    tiny_model: LoadedModel,
 ) -> None:
-    engine, backend = engine_over(default_model)
+    engine, backend = engine_over(tiny_model)
     assert isinstance(backend, DeviceSamplingBackend)
     greedy = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
     with_logprobs = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True, logprobs=2)
@@ -46,22 +46,22 @@ def test_runner_takes_the_device_path_and_keeps_host_rows_for_logprobs_and_penal
     # Greedy on the device and greedy on the host agree.
     assert got["plain"] == got["lp"]
     # The penalised row was re-sampled on the host: it matches the CPU engine's own answer.
-    cpu = LLMEngine(EngineConfig(num_kv_blocks=64, show_progress=False), model=default_model)
+    cpu = LLMEngine(EngineConfig(num_kv_blocks=64, show_progress=False), model=tiny_model)
     assert run(cpu, {"pen": ("One two one two one two", penalised)})["pen"] == got["pen"]
 
 
-def test_seeded_device_draws_do_not_depend_on_the_batch(default_model: LoadedModel) -> None:
+def test_seeded_device_draws_do_not_depend_on_the_batch(tiny_model: LoadedModel) -> None:
     sampled = SamplingParams(max_tokens=5, temperature=1.0, top_p=0.95, seed=42, ignore_eos=True)
-    alone, _ = engine_over(default_model)
-    crowd, _ = engine_over(default_model)
+    alone, _ = engine_over(tiny_model)
+    crowd, _ = engine_over(tiny_model)
     other = SamplingParams(max_tokens=5, temperature=1.0, ignore_eos=True)
     a = run(alone, {"s": ("Once upon a time", sampled)})["s"]
     b = run(crowd, {"x": ("Hello there", other), "s": ("Once upon a time", sampled)})["s"]
     assert a == b
 
 
-def test_sampling_batch_maps_params_to_rows(default_model: LoadedModel) -> None:
-    engine, _ = engine_over(default_model)
+def test_sampling_batch_maps_params_to_rows(tiny_model: LoadedModel) -> None:
+    engine, _ = engine_over(tiny_model)
     engine.add_request("a", "Hi", SamplingParams(temperature=0.0))
     engine.add_request("b", "Hi", SamplingParams(temperature=0.7, top_k=5, seed=9, logprobs=1))
     seqs = [engine._requests[r].seq for r in ("a", "b")]

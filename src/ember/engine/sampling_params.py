@@ -8,11 +8,15 @@ from dataclasses import dataclass, field
 from ember.errors import SamplingParamsError
 
 MAX_LOGPROBS = 20
+# A temperature below this samples as greedy: logits / 1e-40 overflows float32 to inf (and a
+# positive float64 below 1.4e-45 is 0 in float32), and so close to 0 sampling is argmax anyway.
+# vLLM's _SAMPLING_EPS is the same.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """How to pick tokens and when to stop. `temperature=0` means greedy."""
+    """How to pick tokens and when to stop. `temperature=0` (or below 1e-5) means greedy."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -44,7 +48,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
     @property
     def has_penalties(self) -> bool:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import ClientDisconnect, Request
 
 from ember.serve.api_errors import BadRequestError, PayloadTooLargeError
-from ember.serve.request_fields import parse_json_object
 
 
 class ClientGoneError(Exception):
@@ -34,10 +31,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     except ClientDisconnect:
         raise ClientGoneError() from None
     return b"".join(chunks)
-
-
-async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    return parse_json_object(await read_body(request, limit))
 
 
 def _too_large(size: int, limit: int) -> PayloadTooLargeError:

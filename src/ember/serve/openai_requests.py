@@ -5,22 +5,41 @@ Fields follow OpenAI's API; `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`
 accepts them, and `request_timeout` (seconds) can lower the server's deadline for one request.
 Unknown fields are ignored, as OpenAI-compatible servers do; fields that would change the
 answer in ways Ember cannot honour (tools, logit_bias, JSON mode...) are refused with a 400.
+The body's bytes are decoded into the structs of `openai_bodies` in one pass; this module
+checks what a type cannot say.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import NoReturn, TypeVar
+
+import msgspec
 
 from ember.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from ember.errors import SamplingParamsError
 from ember.serve.api_errors import BadRequestError
-from ember.serve.request_fields import RequestFields, json_type
+from ember.serve.body_decoding import decode_body
+from ember.serve.openai_bodies import (
+    FIELD_TEXT,
+    ChatBody,
+    CompletionBody,
+    ContentPart,
+    GenerationBody,
+    Message,
+    TokenIds,
+)
 
 MAX_STOP_STRINGS = 16
 _SEED_RANGE = 2**63
 _CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# Integers may arrive as 2.0; beyond this a float no longer holds every integer exactly.
+_EXACT_FLOAT_INTEGERS = 2**53
+
+V = TypeVar("V")
+# A prompt that is neither a string nor an array, named by its first byte.
+_SCALAR_NAMES = {b"{": "an object", b"t": "a boolean", b"f": "a boolean"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,87 +77,92 @@ class CompletionRequest:
     options: GenerationOptions
 
 
-def parse_model(body: dict[str, Any]) -> str:
-    fields = RequestFields(body)
-    model = fields.require("model")
-    if not isinstance(model, str):
-        fields.wrong_type("model", "a string", model)
-    return model
-
-
-def parse_chat_request(body: dict[str, Any], max_choices: int) -> ChatRequest:
-    fields = RequestFields(body)
-    for name in ("tools", "functions"):
-        if body.get(name):
-            fields.fail(name, f"'{name}' (tool calling) is not supported by this server")
-    logprobs = fields.boolean("logprobs")
-    top_logprobs = fields.integer("top_logprobs", low=0, high=MAX_LOGPROBS)
+def parse_chat_request(body: bytes, max_choices: int) -> ChatRequest:
+    chat = decode_body(body, ChatBody, FIELD_TEXT)
+    model = _model(chat)
+    for name, value in (("tools", chat.tools), ("functions", chat.functions)):
+        if value:
+            _fail(name, f"'{name}' (tool calling) is not supported by this server")
+    if chat.tool_choice not in (None, "none"):
+        _fail("tool_choice", "'tool_choice' is not supported by this server")
+    response_type = chat.response_format.type if chat.response_format else "text"
+    if response_type != "text":
+        _fail(
+            "response_format",
+            f"response_format type {_shown(response_type)} is not supported; only 'text'",
+        )
+    logprobs = bool(chat.logprobs)
+    top_logprobs = _integer("top_logprobs", chat.top_logprobs, low=0, high=MAX_LOGPROBS)
     if top_logprobs is not None and not logprobs:
-        fields.fail("top_logprobs", "'top_logprobs' needs 'logprobs': true")
-    return ChatRequest(
-        model=parse_model(body),
-        messages=_messages(fields),
-        options=_options(fields, max_choices, (top_logprobs or 0) if logprobs else None, chat=True),
-    )
+        _fail("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+    if chat.max_completion_tokens is not None:  # OpenAI's newer name wins over `max_tokens`
+        max_tokens = _integer("max_completion_tokens", chat.max_completion_tokens, low=1)
+    else:
+        max_tokens = _integer("max_tokens", chat.max_tokens, low=1)
+    messages = _messages(chat.messages)
+    options = _options(chat, max_choices, max_tokens, (top_logprobs or 0) if logprobs else None)
+    return ChatRequest(model, messages, options)
 
 
-def parse_completion_request(body: dict[str, Any], max_choices: int) -> CompletionRequest:
-    fields = RequestFields(body)
-    if body.get("suffix") is not None:
-        fields.fail("suffix", "'suffix' (insertion) is not supported by this server")
-    logprobs = fields.integer("logprobs", low=0, high=MAX_LOGPROBS)
-    echo = fields.boolean("echo")
+def parse_completion_request(body: bytes, max_choices: int) -> CompletionRequest:
+    completion = decode_body(body, CompletionBody, FIELD_TEXT)
+    model = _model(completion)
+    if completion.suffix is not None:
+        _fail("suffix", "'suffix' (insertion) is not supported by this server")
+    logprobs = _integer("logprobs", completion.logprobs, low=0, high=MAX_LOGPROBS)
+    echo = bool(completion.echo)
     if echo and logprobs is not None:
-        fields.fail("echo", "'echo' with 'logprobs' needs prompt logprobs, which Ember lacks")
-    options = _options(fields, max_choices, logprobs, chat=False)
-    best_of = fields.integer("best_of", low=1)
+        _fail("echo", "'echo' with 'logprobs' needs prompt logprobs, which Ember lacks")
+    max_tokens = _integer("max_tokens", completion.max_tokens, low=1)
+    options = _options(completion, max_choices, max_tokens, logprobs)
+    best_of = _integer("best_of", completion.best_of, low=1)
     if best_of is not None and best_of != options.n:
-        fields.fail("best_of", "'best_of' other than 'n' is not supported by this server")
-    prompts = _prompts(fields)
+        _fail("best_of", "'best_of' other than 'n' is not supported by this server")
+    prompts = _prompts(completion.prompt)
     if len(prompts) * options.n > max_choices:
-        fields.fail(
+        _fail(
             "n",
             f"{len(prompts)} prompts x n={options.n} is {len(prompts) * options.n} "
             f"sequences; this server allows {max_choices} per request",
         )
-    return CompletionRequest(parse_model(body), prompts, echo, options)
+    return CompletionRequest(model, prompts, echo, options)
+
+
+def _model(body: GenerationBody) -> str:
+    if body.model is None:
+        _fail("model", "'model' is required", "missing_required_parameter")
+    return body.model
 
 
 def _options(
-    fields: RequestFields, max_choices: int, logprobs: int | None, *, chat: bool
+    body: GenerationBody, max_choices: int, max_tokens: int | None, logprobs: int | None
 ) -> GenerationOptions:
-    _refuse_unsupported(fields, chat)
-    n = fields.integer("n", low=1, high=max_choices) or 1
-    limit_name = "max_completion_tokens" if chat and fields.has("max_completion_tokens") else None
-    max_tokens = fields.integer(limit_name or "max_tokens", low=1)
-    stream = fields.boolean("stream")
-    stream_options = fields.object("stream_options")
-    include_usage = False
-    if stream_options is not None:
-        if not stream:
-            fields.fail("stream_options", "'stream_options' is only allowed with 'stream': true")
-        usage = stream_options.get("include_usage")
-        if usage is not None and not isinstance(usage, bool):
-            fields.wrong_type("stream_options.include_usage", "a boolean", usage)
-        include_usage = bool(usage)
-    seed = fields.integer("seed")
+    if body.logit_bias:
+        _fail("logit_bias", "'logit_bias' is not supported by this server")
+    n = _integer("n", body.n, low=1, high=max_choices) or 1
+    stream = bool(body.stream)
+    if body.stream_options is not None and not stream:
+        _fail("stream_options", "'stream_options' is only allowed with 'stream': true")
+    timeout = body.request_timeout
+    if timeout is not None and timeout < 0.001:
+        _fail("request_timeout", f"'request_timeout' must be >= 0.001, got {timeout}")
     try:
         params = SamplingParams(
             max_tokens=1,
-            temperature=_number(fields, "temperature", 1.0),
-            top_p=_number(fields, "top_p", 1.0),
-            top_k=fields.integer("top_k", 0, low=-1) or 0,
-            min_p=_number(fields, "min_p", 0.0),
-            repetition_penalty=_number(fields, "repetition_penalty", 1.0),
-            presence_penalty=_number(fields, "presence_penalty", 0.0),
-            frequency_penalty=_number(fields, "frequency_penalty", 0.0),
-            seed=seed,
-            stop=fields.strings("stop", MAX_STOP_STRINGS),
-            stop_token_ids=fields.integers("stop_token_ids", low=0, high=2**31 - 1),
-            ignore_eos=fields.boolean("ignore_eos"),
-            include_stop_str_in_output=fields.boolean("include_stop_str_in_output"),
+            temperature=_or(body.temperature, 1.0),
+            top_p=_or(body.top_p, 1.0),
+            top_k=_integer("top_k", body.top_k, low=-1) or 0,
+            min_p=_or(body.min_p, 0.0),
+            repetition_penalty=_or(body.repetition_penalty, 1.0),
+            presence_penalty=_or(body.presence_penalty, 0.0),
+            frequency_penalty=_or(body.frequency_penalty, 0.0),
+            seed=_integer("seed", body.seed),
+            stop=_stop(body.stop),
+            stop_token_ids=tuple(body.stop_token_ids or ()),
+            ignore_eos=bool(body.ignore_eos),
+            include_stop_str_in_output=bool(body.include_stop_str_in_output),
             logprobs=logprobs,
-            skip_special_tokens=fields.boolean("skip_special_tokens", True),
+            skip_special_tokens=_or(body.skip_special_tokens, True),
         )
     except SamplingParamsError as error:
         message = str(error)
@@ -148,102 +172,106 @@ def _options(
         max_tokens=max_tokens,
         n=n,
         stream=stream,
-        include_usage=include_usage,
-        timeout=fields.number("request_timeout", low=0.001),
-        user=fields.string("user"),
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        timeout=timeout,
+        user=body.user,
     )
 
 
-def _number(fields: RequestFields, name: str, default: float) -> float:
-    value = fields.number(name, default)
-    assert value is not None
+def _or(value: V | None, default: V) -> V:
+    return default if value is None else value
+
+
+def _integer(
+    name: str, value: float | None, *, low: int | None = None, high: int | None = None
+) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if not (value.is_integer() and abs(value) <= _EXACT_FLOAT_INTEGERS):
+            _fail(name, f"'{name}' must be an integer, not a number", "invalid_type")
+        value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        _fail(name, f"'{name}' must be {_range(low, high)}, got {value}")
     return value
 
 
-def _refuse_unsupported(fields: RequestFields, chat: bool) -> None:
-    body = fields.body
-    logit_bias = fields.object("logit_bias")
-    if logit_bias:
-        fields.fail("logit_bias", "'logit_bias' is not supported by this server")
-    if chat:
-        response_format = fields.object("response_format")
-        if response_format is not None and response_format.get("type", "text") != "text":
-            fields.fail(
-                "response_format",
-                f"response_format type {response_format.get('type')!r} is not supported; "
-                "only 'text'",
-            )
-        tool_choice = body.get("tool_choice")
-        if tool_choice not in (None, "none"):
-            fields.fail("tool_choice", "'tool_choice' is not supported by this server")
+def _range(low: int | None, high: int | None) -> str:
+    if low is not None and high is not None:
+        return f"between {low} and {high}"
+    return f">= {low}" if low is not None else f"<= {high}"
 
 
-def _messages(fields: RequestFields) -> list[dict[str, str]]:
-    raw = fields.require("messages")
-    if not isinstance(raw, list):
-        fields.wrong_type("messages", "an array of messages", raw)
+def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    items = (stop,) if isinstance(stop, str) else tuple(stop)
+    if len(items) > MAX_STOP_STRINGS:
+        _fail("stop", f"'stop' takes at most {MAX_STOP_STRINGS} entries, got {len(items)}")
+    if not all(items):
+        _fail("stop", "'stop' entries must not be empty")
+    return items
+
+
+def _messages(raw: list[Message] | None) -> list[dict[str, str]]:
+    if raw is None:
+        _fail("messages", "'messages' is required", "missing_required_parameter")
     if not raw:
-        fields.fail("messages", "'messages' must not be empty")
-    messages: list[dict[str, str]] = []
+        _fail("messages", "'messages' must not be empty")
+    roles = _CHAT_ROLES
+    messages = []
     for index, message in enumerate(raw):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict):
-            fields.wrong_type(where, "an object with 'role' and 'content'", message)
-        role = message.get("role")
-        if not isinstance(role, str):
-            fields.wrong_type(f"{where}.role", "a string", role)
-        if role not in _CHAT_ROLES:
-            fields.fail(
-                f"{where}.role",
-                f"{where}.role {role!r} is not supported; use one of "
-                f"{', '.join(sorted(_CHAT_ROLES))}",
+        role = roles.get(message.role)
+        if role is None:
+            where = f"messages[{index}].role"
+            _fail(
+                where,
+                f"{where} {_shown(message.role)} is not supported; use one of "
+                f"{', '.join(sorted(roles))}",
             )
-        content = _content_text(fields, where, message.get("content"))
-        messages.append({"role": _CHAT_ROLES[role], "content": content})
+        content = message.content
+        if not isinstance(content, str):
+            content = _text(content, f"messages[{index}].content")
+        messages.append({"role": role, "content": content})
     return messages
 
 
-def _content_text(fields: RequestFields, where: str, content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        fields.wrong_type(f"{where}.content", "a string or an array of text parts", content)
-    texts: list[str] = []
-    for index, part in enumerate(content):
-        name = f"{where}.content[{index}]"
-        if not isinstance(part, dict):
-            fields.wrong_type(name, "an object", part)
-        kind = part.get("type")
-        if kind != "text":
-            fields.fail(name, f"{name} has type {kind!r}; this model takes 'text' parts only")
-        text = part.get("text")
-        if not isinstance(text, str):
-            fields.wrong_type(f"{name}.text", "a string", text)
-        texts.append(text)
-    return "".join(texts)
+def _text(parts: list[ContentPart], where: str) -> str:
+    for index, part in enumerate(parts):
+        if part.type != "text":
+            name = f"{where}[{index}]"
+            shown = "no type" if part.type is None else f"type {_shown(part.type)}"
+            _fail(name, f"{name} has {shown}; this model takes 'text' parts only")
+        if part.text is None:
+            name = f"{where}[{index}].text"
+            _fail(name, f"'{name}' is required", "missing_required_parameter")
+    return "".join(part.text or "" for part in parts)
 
 
-def _prompts(fields: RequestFields) -> list[str | list[int]]:
-    raw = fields.require("prompt")
-    if isinstance(raw, str):
-        return [raw]
-    if not isinstance(raw, list) or not raw:
-        fields.fail(
-            "prompt",
-            "'prompt' must be a string, an array of strings, an array of token ids or an "
-            f"array of token-id arrays, not {'an empty array' if raw == [] else json_type(raw)}",
-            "invalid_type",
-        )
-    if all(isinstance(item, str) for item in raw):
-        return list(raw)
-    if all(isinstance(item, int) and not isinstance(item, bool) for item in raw):
-        return [_token_ids(fields, raw)]
-    if all(isinstance(item, list) for item in raw):
-        return [_token_ids(fields, item) for item in raw]
-    fields.fail("prompt", "'prompt' mixes strings, token ids and arrays", "invalid_type")
+def _prompts(raw: msgspec.Raw) -> list[str | list[int]]:
+    """The prompt's first bytes say its shape; that shape is then decoded in one pass."""
+    head = bytes(memoryview(raw)[:64]).lstrip()
+    if not head or head == b"null":
+        _fail("prompt", "'prompt' is required", "missing_required_parameter")
+    if head[:1] == b'"':
+        return [decode_body(raw, str, FIELD_TEXT, "prompt")]
+    if head[:1] != b"[":
+        got = _SCALAR_NAMES.get(head[:1], "a number")
+        _fail("prompt", f"'prompt' must be {FIELD_TEXT['prompt']}, not {got}", "invalid_type")
+    first = head[1:].lstrip()[:1]
+    if first == b"]":
+        _fail("prompt", f"'prompt' must be {FIELD_TEXT['prompt']}, not an empty array")
+    if first == b'"':
+        return list(decode_body(raw, list[str], FIELD_TEXT, "prompt"))
+    if first == b"[":
+        return list(decode_body(raw, list[TokenIds], FIELD_TEXT, "prompt"))
+    return [decode_body(raw, TokenIds, FIELD_TEXT, "prompt")]
 
 
-def _token_ids(fields: RequestFields, items: list[Any]) -> list[int]:
-    if not items:
-        fields.fail("prompt", "a token-id prompt must not be empty")
-    return [fields.check_integer("prompt", item, low=0) for item in items]
+def _shown(value: str) -> str:
+    """A client's string quoted for a message, cut short: messages should not echo pages."""
+    return repr(value if len(value) <= 40 else value[:40] + "...")
+
+
+def _fail(param: str, message: str, code: str = "invalid_value") -> NoReturn:
+    raise BadRequestError(message, param=param, code=code)

@@ -27,12 +27,11 @@ from ember.serve.config import ServerConfig
 from ember.serve.engine_client import EngineClient
 from ember.serve.event_stream import EventStreamResponse, disconnect_watch
 from ember.serve.generation import GenerationRequest
-from ember.serve.http_body import read_json_object
+from ember.serve.http_body import read_body
 from ember.serve.openai_requests import (
     GenerationOptions,
     parse_chat_request,
     parse_completion_request,
-    parse_model,
 )
 from ember.serve.openai_responses import (
     DONE,
@@ -69,9 +68,13 @@ class OpenAIRoutes:
         return JSONResponse({"object": "list", "data": [card]})
 
     async def chat_completions(self, request: Request) -> Response:
-        body = await read_json_object(request, self._config.max_body_bytes)
-        self._check_model(parse_model(body))
-        chat = parse_chat_request(body, self._config.max_choices)
+        body = await read_body(request, self._config.max_body_bytes)
+        # A large body is parsed, rendered and tokenized off the loop: its size bounds the
+        # text and the count of messages (110,000 empty ones take seconds to render).
+        offload = len(body) > _OFFLOAD_CHARS
+        max_choices = self._config.max_choices
+        chat = await _run_user_work(lambda: parse_chat_request(body, max_choices), offload)
+        self._check_model(chat.model)
         template = self._model.chat_template
         if template is None:
             raise BadRequestError(
@@ -82,8 +85,7 @@ class OpenAIRoutes:
         def render() -> list[int]:
             return tokenizer.encode(template.render(chat.messages, add_generation_prompt=True))
 
-        size = sum(len(m["content"]) for m in chat.messages)
-        prompt_ids = await _run_user_work(render, offload=size > _OFFLOAD_CHARS)
+        prompt_ids = await _run_user_work(render, offload=offload)
         identity = ResponseIdentity.new("chatcmpl", self._model.name)
         generation = self._start(identity, [prompt_ids], chat.options, "messages")
         if chat.options.stream:
@@ -93,9 +95,13 @@ class OpenAIRoutes:
         return JSONResponse(chat_completion_body(identity, generation, tokenizer))
 
     async def completions(self, request: Request) -> Response:
-        body = await read_json_object(request, self._config.max_body_bytes)
-        self._check_model(parse_model(body))
-        completion = parse_completion_request(body, self._config.max_choices)
+        body = await read_body(request, self._config.max_body_bytes)
+        offload = len(body) > _OFFLOAD_CHARS
+        max_choices = self._config.max_choices
+        completion = await _run_user_work(
+            lambda: parse_completion_request(body, max_choices), offload
+        )
+        self._check_model(completion.model)
         tokenizer = self._model.tokenizer
         texts = [p for p in completion.prompts if isinstance(p, str)]
 
@@ -107,8 +113,7 @@ class OpenAIRoutes:
             encoded = iter(batch)
             return [next(encoded) if isinstance(p, str) else p for p in completion.prompts]
 
-        size = sum(len(t) for t in texts)
-        prompt_ids = await _run_user_work(encode, offload=size > _OFFLOAD_CHARS)
+        prompt_ids = await _run_user_work(encode, offload=offload)
         echo: list[str] | None = None
         if completion.echo:
             prompts = [p if isinstance(p, str) else tokenizer.decode(p) for p in completion.prompts]

@@ -1,0 +1,95 @@
+"""The JSON bodies of `/v1/chat/completions` and `/v1/completions`, as msgspec decodes them.
+
+Shapes only: which fields exist and their JSON types. What their values mean, and the checks
+that need more than a type (ranges, fields that exclude each other), is `openai_requests`'s.
+Every optional field takes `null` as absent, as OpenAI's clients send it; unknown fields are
+skipped. `int | float` is an integer that may arrive as `2.0` (as Python clients write one).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+TokenId = Annotated[int, msgspec.Meta(ge=0)]
+StopTokenId = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+TokenIds = Annotated[list[TokenId], msgspec.Meta(min_length=1)]
+
+# What a field must be, in words, where msgspec's type names (`str | array`) would not say;
+# keys are paths with every index as `[]`.
+FIELD_TEXT = {
+    "messages": "an array of messages",
+    "messages[]": "an object with 'role' and 'content'",
+    "messages[].content": "a string or an array of text parts",
+    "messages[].content[]": "an object with 'type' and 'text'",
+    "stop": "a string or an array of strings",
+    "stop_token_ids": "an array of token ids",
+    "prompt": "a string, an array of strings, an array of token ids or an array of token-id arrays",
+}
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class ContentPart(msgspec.Struct, gc=False):
+    type: str | None = None
+    text: str | None = None
+
+
+class Message(msgspec.Struct, gc=False):
+    role: str
+    content: str | list[ContentPart]
+
+
+class ResponseFormat(msgspec.Struct):
+    type: str = "text"
+
+
+class GenerationBody(msgspec.Struct):
+    """The fields both endpoints take."""
+
+    model: str | None = None
+    n: int | float | None = None
+    max_tokens: int | float | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | float | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | float | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[StopTokenId] | None = None
+    ignore_eos: bool | None = None
+    include_stop_str_in_output: bool | None = None
+    skip_special_tokens: bool | None = None
+    request_timeout: float | None = None
+    user: str | None = None
+    logit_bias: dict[str, Any] | None = None
+
+
+class ChatBody(GenerationBody):
+    messages: list[Message] | None = None
+    max_completion_tokens: int | float | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | float | None = None
+    response_format: ResponseFormat | None = None
+    # Refused when set; any JSON value.
+    tools: Any = None
+    functions: Any = None
+    tool_choice: Any = None
+
+
+class CompletionBody(GenerationBody):
+    # A string, strings, token ids or arrays of them: msgspec takes one array type per union,
+    # so the prompt is decoded again once its first bytes tell which (`openai_requests`).
+    prompt: msgspec.Raw = msgspec.Raw()
+    logprobs: int | float | None = None
+    echo: bool | None = None
+    best_of: int | float | None = None
+    suffix: Any = None

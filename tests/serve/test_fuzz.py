@@ -107,6 +107,15 @@ _RAW_BODIES: list[bytes] = [
     b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
     b'{"model": "' + MODEL.encode() + b'", "prompt": "hi", "max_tokens": 1,}',
     b'{"model": "' + MODEL.encode() + b'", "prompt": "hi", "max_tokens": 1, "max_tokens": 0}',
+    # Issue 15: each of these was a 500.
+    b'{"model": "m", "prompt": "hi", "max_tokens": 1' + b"0" * 4400 + b"}",
+    b'{"model": "m", "prompt": "hi", "temperature": 1' + b"0" * 400 + b"}",
+    b'{"model": "m", "prompt": "hi", "request_timeout": 1' + b"0" * 400 + b"}",
+    b'{"model": "\\ud800", "prompt": "hi"}',
+    b'{"model": "m", "prompt": "\\ud800", "messages": [{"role": "user", "content": "\\udc00"}]}',
+    b'{"model": "' + MODEL.encode() + b'", "prompt": ["\\ud800"], "max_tokens": 1}',
+    b'{"model": "' + MODEL.encode() + b'", "messages": [{"role": "user", "content": '
+    b'[{"type": "text", "text": "\\udbff"}]}], "prompt": "x", "max_tokens": 1}',
 ]
 
 

@@ -32,11 +32,15 @@ class LoopUnderTest:
     def __init__(self, engine: LLMEngine) -> None:
         ours, theirs = socket.socketpair()
         self.server = FrameSocket(ours, WORKER_MESSAGES)
-        worker = FrameSocket(theirs, SERVER_MESSAGES)
+        self.worker = FrameSocket(theirs, SERVER_MESSAGES)
         self.thread = threading.Thread(
-            target=EngineLoop(engine, worker, worker.send).run, daemon=True
+            target=EngineLoop(engine, self.worker, self.worker.send).run, daemon=True
         )
         self.thread.start()
+
+    def close(self) -> None:
+        self.server.close()
+        self.worker.close()
 
     def next_message(self) -> object:
         return self.server.receive_all(block=True)[0]
@@ -59,6 +63,7 @@ def loop(default_model: LoadedModel) -> Iterator[LoopUnderTest]:
     under_test.server.send(Shutdown())
     under_test.thread.join(60)
     assert not under_test.thread.is_alive()
+    under_test.close()
 
 
 def test_a_sequence_runs_to_its_token_limit_with_one_report_per_step(loop: LoopUnderTest) -> None:
@@ -111,3 +116,4 @@ def test_frames_split_at_any_byte_are_reassembled() -> None:
     ours.close()
     with pytest.raises(ChannelClosedError):
         receiver.receive_all(block=True)
+    receiver.close()

@@ -285,3 +285,7 @@ def test_bodies_that_are_not_a_json_object(body: bytes) -> None:
             parse(body, 4)
         assert caught.value.code == "invalid_json" and caught.value.param is None
         assert "the request body" in caught.value.message
+
+
+def test_a_utf8_byte_order_mark_is_skipped_as_pythons_json_did() -> None:
+    assert parse_chat(b"\xef\xbb\xbf" + chat()).model == "m"

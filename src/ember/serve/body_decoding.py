@@ -28,6 +28,7 @@ _INDEX = re.compile(r"\[\d+\]")
 # JSON may escape a UTF-16 surrogate without its pair ("\ud800"); no UTF-8 text holds one.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_UTF8_BOM = b"\xef\xbb\xbf"
 _JSON_NAMES = {
     "str": "a string",
     "int": "an integer",
@@ -43,6 +44,8 @@ def decode_body(
     data: bytes | msgspec.Raw, into: type[T], field_text: Mapping[str, str], at: str = ""
 ) -> T:
     """`data` as an `into`; `at` is where `data` sits in the request body ('' for all of it)."""
+    if isinstance(data, bytes) and data.startswith(_UTF8_BOM):
+        data = data[len(_UTF8_BOM) :]  # RFC 8259 lets a parser skip it; Python's json does
     try:
         return msgspec.json.decode(data, type=into)
     except msgspec.ValidationError as error:

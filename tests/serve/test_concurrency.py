@@ -33,7 +33,8 @@ def test_64_concurrent_streams_all_complete_and_free_their_blocks(server: Runnin
         return text, finish, tokens
 
     async def everyone() -> list[tuple[str, str | None, int]]:
-        return await asyncio.gather(*(one(i) for i in range(64)))
+        async with client:  # closes its 64 connections before asyncio.run closes the loop
+            return await asyncio.gather(*(one(i) for i in range(64)))
 
     results = asyncio.run(everyone())
     assert [finish for _, finish, _ in results] == ["length"] * 64

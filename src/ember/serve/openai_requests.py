@@ -183,7 +183,7 @@ def _or(value: V | None, default: V) -> V:
 
 
 def _integer(
-    name: str, value: float | None, *, low: int | None = None, high: int | None = None
+    name: str, value: int | float | None, *, low: int | None = None, high: int | None = None
 ) -> int | None:
     if value is None:
         return None

@@ -151,7 +151,8 @@ def weights(vocab: int, allowed: list[bool]) -> dict[str, F32]:
     q_dim, kv_dim = N_HEADS * HEAD_DIM, N_KV_HEADS * HEAD_DIM
 
     def mat(n_out: int, n_in: int, gain: float = 1.0) -> F32:
-        return (gain * rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(np.float32)
+        m: F32 = (gain * rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(np.float32)
+        return m
 
     def norm() -> F32:
         return (1.0 + 0.1 * rng.standard_normal(D_MODEL)).astype(np.float32)

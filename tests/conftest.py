@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from ember.engine.config import EngineConfig
 from ember.engine.llm import LLM
-from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.engine.llm_engine import LLMEngine
 from ember.model.loader import LoadedModel, load_model
 
 # A 2-layer random Llama with a real byte-level BPE tokenizer and a chat template, ~60 KB;

@@ -8,7 +8,8 @@ from pathlib import Path
 from types import ModuleType
 
 from ember import LLM, SamplingParams
-from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.engine.config import EngineConfig
+from ember.engine.llm_engine import LLMEngine
 from ember.model.loader import LoadedModel
 
 from .conftest import TINY_MODEL_PATH

@@ -8,7 +8,8 @@ import dataclasses
 import numpy as np
 import numpy.typing as npt
 
-from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.engine.config import EngineConfig
+from ember.engine.llm_engine import LLMEngine
 from ember.kernels.sampling import row_params
 from ember.kernels.sampling_reference import reference_sample
 from ember.model.backend import CompletedStep, PendingStep, SampledStep, SamplingBatch

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.engine.config import EngineConfig
+from ember.engine.llm_engine import LLMEngine
 from ember.engine.model_runner import sampling_batch
 from ember.engine.sampling_params import SamplingParams
 from ember.model.backend import DeviceSamplingBackend

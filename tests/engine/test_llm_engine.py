@@ -9,7 +9,8 @@ from collections.abc import Callable
 import pytest
 
 from ember import LLM, PromptTooLongError, SamplingParams
-from ember.engine.llm_engine import EngineConfig, LLMEngine
+from ember.engine.config import EngineConfig
+from ember.engine.llm_engine import LLMEngine
 from ember.errors import InvalidRequestError
 from ember.model.loader import LoadedModel
 

@@ -16,11 +16,15 @@ from ember.model.loader import LoadedModel, load_model
 TINY_MODEL_PATH = Path(__file__).parent / "fixtures" / "tiny_llama.gguf"
 
 
+# Fixtures that run the real default model: in this process, or in an `ember serve` process
+# (tests/serve/conftest.py). Loading it takes 1-3 s and a test on it seconds, so needing one
+# of these is what makes a test slow; `-m "not slow"` runs without the model.
+_REAL_MODEL_FIXTURES = frozenset({"default_model", "server"})
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # A test on the real model takes seconds (its load alone, once per run, takes 1-3 s), so
-    # needing it is what makes a test slow: `-m "not slow"` then runs without the model file.
     for item in items:
-        if "default_model" in getattr(item, "fixturenames", ()):
+        if _REAL_MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 

@@ -7,14 +7,17 @@
 Each `<family>.cu` becomes one cubin per shipped SM (`<family>.sm_<XY>.cubin`) and one PTX for
 newer GPUs (`<family>.compute_80.ptx`) in src/ember/kernels/bin/, next to manifest.json, which
 records the nvcc release and flags, the sha256 of each source and of each local header it
-includes (recursively), and the sha256 of each artifact.
+includes (recursively), the sha256 of each artifact, and each family's interface: its kernels'
+parameter types, constants and struct layouts, read out of its PTX (interface.cuh's exports,
+ember.kernels.interface), which the Python wrappers take their signatures and sizes from.
 
 --check always compares the hashes in the manifest with the sources, headers and artifacts on
-disk. Where nvcc of the manifest's release is on PATH, it also rebuilds into a temporary folder
-and compares the outputs byte for byte. With nvcc 13.0.88 both PTX and cubins came out
-byte-identical across two builds, across source folders and across two x86-64 machines (checked
-2026-11-23), so the comparison covers cubins too. Without nvcc (CI), or with another release,
-only hashes are checked.
+disk, and the manifest's interfaces with those read again out of the PTX. Where nvcc of the
+manifest's release is on PATH, it also rebuilds into a temporary folder and compares the outputs
+byte for byte. With nvcc 13.0.88 both PTX and cubins came out byte-identical across two builds,
+across source folders and across two x86-64 machines (checked 2026-11-23), so the comparison
+covers cubins too. Without nvcc (CI), or with another release, only hashes and interfaces are
+checked.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
+from ember.errors import CudaError  # noqa: E402
 from ember.gpu.module import PTX_SM, SHIPPED_SMS, cubin_filename, ptx_filename  # noqa: E402
+from ember.kernels.interface import FamilyInterface  # noqa: E402
 
 KERNELS_DIR = REPO / "src" / "ember" / "kernels"
 MANIFEST = "manifest.json"
@@ -122,7 +127,21 @@ def describe(nvcc: str, kernels_dir: Path, sources: list[str], bin_dir: Path) ->
         "nvcc_flags": list(NVCC_FLAGS),
         "sources": manifest_sources,
         "artifacts": dict(sorted(artifacts.items())),
+        "interfaces": interfaces(bin_dir, sources),
     }
+
+
+def interfaces(bin_dir: Path, sources: list[str]) -> dict[str, object]:
+    """Each family's interface, read out of its PTX (SystemExit where it does not hold)."""
+    found = {}
+    for source in sources:
+        family = source.removesuffix(".cu")
+        try:
+            ptx = (bin_dir / ptx_filename(family)).read_text()
+            found[family] = FamilyInterface.from_ptx(family, ptx).to_json()
+        except (CudaError, OSError) as exc:
+            raise SystemExit(f"{source}: {exc}") from exc
+    return found
 
 
 def find_sources(kernels_dir: Path) -> list[str]:
@@ -191,7 +210,24 @@ def check_hashes(kernels_dir: Path, manifest: dict[str, object]) -> list[str]:
     on_disk = {path.name for path in bin_dir.iterdir()} - {MANIFEST}
     for name in sorted(on_disk - set(artifacts)):
         problems.append(f"bin/{name} is not in the manifest (left over from an old build?)")
+    if not problems:
+        problems += check_interfaces(bin_dir, sources, manifest)
     return problems
+
+
+def check_interfaces(bin_dir: Path, sources: list[str], manifest: dict[str, object]) -> list[str]:
+    """The manifest's interfaces against those read again out of the committed PTX."""
+    recorded = manifest.get("interfaces", {})
+    assert isinstance(recorded, dict)
+    try:
+        current = interfaces(bin_dir, sources)
+    except SystemExit as exc:
+        return [str(exc)]
+    return [
+        f"the manifest's interface of {family} differs from its PTX's"
+        for family in sorted(set(current) | set(recorded))
+        if current.get(family) != recorded.get(family)
+    ]
 
 
 def check_rebuild(nvcc: str, kernels_dir: Path, manifest: dict[str, object]) -> list[str]:

@@ -8,11 +8,16 @@ import numpy as np
 import pytest
 
 from ember.errors import CudaError
-from ember.gpu import Context, DeviceArray, Module
+from ember.gpu import Arg, Context, DeviceArray, Module
 from ember.gpu.device import Device
 from ember.gpu.module import SHIPPED_SMS, cubin_filename, ptx_filename, select_image
-from ember.kernels.binaries import BIN_DIR
+from ember.kernels.binaries import BIN_DIR, load_family
 from ember.kernels.elementwise import Elementwise
+from ember.kernels.interface import family_interface
+from ember.kernels.quant_gemv import GemvFusion
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FAMILIES = sorted(path.stem for path in BIN_DIR.parent.glob("*.cu"))
 
 
 @pytest.fixture
@@ -91,3 +96,35 @@ def test_bad_image_and_missing_function(context: Context) -> None:
         with pytest.raises(CudaError) as missing:
             module.function("no_such_kernel", ())
         assert missing.value.name == "CUDA_ERROR_NOT_FOUND"
+
+
+@pytest.mark.gpu
+def test_a_signature_that_does_not_fit_the_image_is_refused(context: Context) -> None:
+    image = (FIXTURES / "scalar_args.ptx").read_bytes()
+    right = (Arg.I32, Arg.I64, Arg.U32, Arg.F32, Arg.PTR)
+    with Module.from_image(image, source="scalar_args.ptx") as module:
+        with pytest.raises(CudaError, match=r"store_scalars of scalar_args\.ptx: parameter 1 is 8"):
+            module.function("store_scalars", (Arg.I32, Arg.I32, Arg.U32, Arg.F32, Arg.PTR))
+        with pytest.raises(CudaError, match=r"store_scalars .* takes 5 parameters in the image"):
+            module.function("store_scalars", (*right, Arg.I32))
+        with pytest.raises(CudaError, match="more than the 4 parameters of its signature"):
+            module.function("store_scalars", right[:4])
+        assert module.function("store_scalars", right).signature == right
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("image", ["cubin", "ptx"])
+def test_every_kernel_takes_the_parameters_its_cu_exports(
+    context: Context, device: Device, family: str, image: str
+) -> None:
+    """Each kernel of the manifest, checked by cuFuncGetParamInfo against the device's cubin
+    and against the PTX as the driver compiles it (what GPUs newer than the cubins run)."""
+    if image == "cubin":
+        module = load_family(family, device)
+    else:
+        module = Module.from_image((BIN_DIR / ptx_filename(family)).read_bytes(), source="ptx")
+    with module:
+        interface = family_interface(family)
+        for name in interface.kernels:
+            interface.kernel(module, name, GemvFusion)

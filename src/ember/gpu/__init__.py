@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ember.gpu.device import Device
     from ember.gpu.driver import DriverInfo, cuda_available, init
     from ember.gpu.graph import CaptureMode, Graph, GraphExec, StreamCapture
-    from ember.gpu.launch import Arg, ArgPack, Dim3, Kernel, Launch
+    from ember.gpu.launch import Arg, ArgPack, Dim3, Kernel, Launch, StructArg
     from ember.gpu.memory import DeviceBuffer, PinnedHostBuffer
     from ember.gpu.module import Module
     from ember.gpu.peer import PeerGroup
@@ -42,6 +42,7 @@ _LAZY = {
     "PinnedHostBuffer": "ember.gpu.memory",
     "Stream": "ember.gpu.stream",
     "StreamCapture": "ember.gpu.graph",
+    "StructArg": "ember.gpu.launch",
     "cuda_available": "ember.gpu.driver",
     "init": "ember.gpu.driver",
 }
@@ -66,6 +67,7 @@ __all__ = [
     "PinnedHostBuffer",
     "Stream",
     "StreamCapture",
+    "StructArg",
     "cuda_available",
     "init",
 ]

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from ember.gpu.handle import Scoped
 from ember.gpu.memory import DeviceBuffer
 from ember.gpu.stream import Stream
 
 
 @dataclass(frozen=True, slots=True)
-class DeviceArray:
-    """A C-contiguous array in device memory. Owns its buffer unless made by `flat_slice`."""
+class DeviceArray(Scoped):
+    """A C-contiguous array in device memory. Owns its buffer unless it is a view (`flat_slice`,
+    `view`); `with` frees an owned buffer, unless freed already."""
 
     buffer: DeviceBuffer
     shape: tuple[int, ...]
@@ -89,14 +90,6 @@ class DeviceArray:
                 f"device array is {self.dtype}{list(self.shape)}"
             )
 
-    def __enter__(self) -> DeviceArray:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self.buffer.owns_memory:
-            self.buffer.__exit__(exc_type, exc, traceback)
+    def _leave(self) -> None:
+        if self.buffer.owns_memory and not self.buffer.released:
+            self.buffer.free()

@@ -6,27 +6,27 @@ process) rather than creating its own, so that a process holds one context per G
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
-from ember.errors import CudaError
 from ember.gpu.device import Device
 from ember.gpu.driver import api, call
+from ember.gpu.handle import Handle
 
 
-class Context:
-    """A retained primary context; release it (or use it as a context manager) when done.
+class Context(Handle):
+    """A retained primary context; release it (or use it as a context manager, which also makes
+    it current) when done.
 
     Driver calls act on the calling thread's current context: call `make_current()` in each
     thread, and again after switching to another device's context.
     """
 
-    __slots__ = ("_released", "device", "handle")
+    __slots__ = ("device", "handle")
 
     def __init__(self, device: Device, handle: Any) -> None:
+        super().__init__()
         self.device = device
         self.handle = handle  # CUcontext
-        self._released = False
 
     @classmethod
     def retain_primary(cls, device: Device) -> Context:
@@ -50,22 +50,14 @@ class Context:
 
     def release(self) -> None:
         """Drop this retain; the driver destroys the context (and frees all it owns) at zero."""
-        self._check_alive()
-        self._released = True
+        self._release_once()
+
+    def _release(self) -> None:
         call(api().cuDevicePrimaryCtxRelease, self.device.handle)
 
-    def _check_alive(self) -> None:
-        if self._released:
-            raise CudaError(f"the primary context of GPU {self.device.ordinal} was released")
+    def _name(self) -> str:
+        return f"the primary context of GPU {self.device.ordinal}"
 
-    def __enter__(self) -> Context:
+    def __enter__(self) -> Self:
         self.make_current()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.release()

@@ -14,6 +14,7 @@ from typing import Any
 
 from ember.errors import CudaError
 from ember.gpu.driver import api, call, check, error_from_result
+from ember.gpu.handle import Handle
 from ember.gpu.stream import Stream
 
 
@@ -26,14 +27,15 @@ class CaptureMode(Enum):
     RELAXED = "CU_STREAM_CAPTURE_MODE_RELAXED"
 
 
-class Graph:
+class Graph(Handle):
     """A captured (not yet executable) graph."""
 
-    __slots__ = ("_destroyed", "handle")
+    __slots__ = ("handle",)
+    RELEASED = "destroyed"
 
     def __init__(self, handle: Any) -> None:
+        super().__init__()
         self.handle = handle  # CUgraph
-        self._destroyed = False
 
     def node_count(self) -> int:
         _nodes, count = call(api().cuGraphGetNodes, self.handle, 0)
@@ -43,21 +45,25 @@ class Graph:
         return GraphExec(call(api().cuGraphInstantiate, self.handle, 0))
 
     def destroy(self) -> None:
-        if self._destroyed:
-            raise CudaError("graph destroyed twice")
-        self._destroyed = True
+        self._release_once()
+
+    def _release(self) -> None:
         call(api().cuGraphDestroy, self.handle)
 
+    def _name(self) -> str:
+        return "graph"
 
-class GraphExec:
+
+class GraphExec(Handle):
     """An instantiated graph, ready to launch on any stream of its context."""
 
-    __slots__ = ("_destroyed", "_launch", "handle")
+    __slots__ = ("_launch", "handle")
+    RELEASED = "destroyed"
 
     def __init__(self, handle: Any) -> None:
+        super().__init__()
         self.handle = handle  # CUgraphExec
         self._launch = api().cuGraphLaunch
-        self._destroyed = False
 
     def launch(self, stream: Stream) -> None:
         (err,) = self._launch(self.handle, stream.handle)
@@ -80,10 +86,13 @@ class GraphExec:
         return True
 
     def destroy(self) -> None:
-        if self._destroyed:
-            raise CudaError("graph exec destroyed twice")
-        self._destroyed = True
+        self._release_once()
+
+    def _release(self) -> None:
         call(api().cuGraphExecDestroy, self.handle)
+
+    def _name(self) -> str:
+        return "graph exec"
 
 
 class StreamCapture:

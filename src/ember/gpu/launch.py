@@ -3,9 +3,13 @@ launched as programmatic dependents, see Kernel).
 
 The driver reads kernel arguments through `void** kernelParams`, one pointer per argument to
 where its value lies. Each Kernel builds that pointer array once, over a fixed block of 8-byte
-slots, and a launch only writes the new values into the slots with one `struct.pack_into` and
-passes the array's address as an int. That is the cheapest form cuda-bindings accepts: its
-`((values), (ctypes types))` tuple form allocates and converts per argument on every call.
+slots (a struct passed by value takes as many as its bytes need), and a launch only writes the
+new values into the slots with one `struct.pack_into` and passes the array's address as an int.
+That is the cheapest form cuda-bindings accepts: its `((values), (ctypes types))` tuple form
+allocates and converts per argument on every call.
+
+A kernel's signature is what its .cu declares (ember.kernels.interface reads it from the
+build's manifest), and Module.function checks it against the loaded image.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
@@ -21,19 +26,79 @@ from ember.gpu.stream import Stream
 
 Dim3 = tuple[int, int, int]
 
-# Every argument gets an 8-byte slot: each slot is then aligned for any scalar the driver may
-# copy from it, and the slot layout does not depend on the kernel's own parameter layout.
+# Every argument gets its own 8-byte-aligned slots: each scalar slot is then aligned for any
+# scalar the driver may copy from it, whatever the kernel's own parameter layout.
 _SLOT_BYTES: Final = 8
 
 
 class Arg(Enum):
-    """A kernel parameter's type, as the `struct` format that writes it into its slot."""
+    """A scalar kernel parameter's C type, named as interface.cuh's EMBER_EXPORT_PARAMS names
+    it in manifest.json."""
 
-    PTR = "Q"  # device address, an int (DeviceBuffer.ptr)
-    I32 = "i4x"
-    I64 = "q"
-    U32 = "I4x"
-    F32 = "f4x"
+    PTR = "pointer"  # a device address, an int (DeviceBuffer.ptr)
+    I32 = "int32"
+    U32 = "uint32"
+    I64 = "int64"
+    U64 = "uint64"
+    F32 = "float32"
+
+    @property
+    def size(self) -> int:
+        """Bytes in the kernel's parameter buffer, which is also the alignment there."""
+        return _ARG_FORMATS[self][1]
+
+    @property
+    def slot_format(self) -> str:
+        """The `struct` format that writes it into its 8-byte slot."""
+        return _ARG_FORMATS[self][0]
+
+
+_ARG_FORMATS: Final = {
+    Arg.PTR: ("Q", 8),
+    Arg.I32: ("i4x", 4),
+    Arg.U32: ("I4x", 4),
+    Arg.I64: ("q", 8),
+    Arg.U64: ("Q", 8),
+    Arg.F32: ("f4x", 4),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StructArg:
+    """A struct passed by value: its name, bytes and alignment. A launch passes its bytes (e.g.
+    `bytes(a_ctypes_structure)`, built once per Launch); their length is checked against the
+    kernel once, when its signature is, not per launch."""
+
+    name: str
+    size: int
+    align: int
+
+    @property
+    def slot_format(self) -> str:
+        pad = -self.size % _SLOT_BYTES
+        return f"{self.size}s{pad}x" if pad else f"{self.size}s"
+
+
+Param = Arg | StructArg
+# What a launch passes for a parameter: an int (PTR and the integers), a float, a struct's bytes.
+ArgValue = int | float | bytes
+
+
+def param_layout(signature: Sequence[Param]) -> list[tuple[int, int]]:
+    """(offset, size) of each parameter in the kernel's parameter buffer: each at its natural
+    alignment, as the C ABI lays out arguments (and cuFuncGetParamInfo reports them)."""
+    layout = []
+    offset = 0
+    for param in signature:
+        align = param.align if isinstance(param, StructArg) else param.size
+        offset += -offset % align
+        layout.append((offset, param.size))
+        offset += param.size
+    return layout
+
+
+def describe(param: Param) -> str:
+    return f"struct {param.name}" if isinstance(param, StructArg) else param.name
 
 
 class ArgPack:
@@ -45,16 +110,19 @@ class ArgPack:
 
     __slots__ = ("_pack_into", "_pointers", "_slots", "address", "signature")
 
-    def __init__(self, signature: Sequence[Arg]) -> None:
+    def __init__(self, signature: Sequence[Param]) -> None:
         self.signature = tuple(signature)
+        sizes = [-(-p.size // _SLOT_BYTES) * _SLOT_BYTES for p in self.signature]
         count = max(len(self.signature), 1)
-        self._slots = (ctypes.c_uint64 * count)()
+        self._slots = (ctypes.c_uint64 * max(sum(sizes) // _SLOT_BYTES, 1))()
         base = ctypes.addressof(self._slots)
-        self._pointers = (ctypes.c_void_p * count)(*(base + _SLOT_BYTES * i for i in range(count)))
+        starts = [base + sum(sizes[:i]) for i in range(len(sizes))] or [base]
+        self._pointers = (ctypes.c_void_p * count)(*starts)
         self.address = ctypes.addressof(self._pointers) if self.signature else 0
-        self._pack_into = struct.Struct("<" + "".join(a.value for a in self.signature)).pack_into
+        layout = "".join(p.slot_format for p in self.signature)
+        self._pack_into = struct.Struct("<" + layout).pack_into
 
-    def pack(self, args: tuple[int | float, ...]) -> int:
+    def pack(self, args: tuple[ArgValue, ...]) -> int:
         """Write `args` into the slots; returns the kernelParams address."""
         try:
             self._pack_into(self._slots, 0, *args)
@@ -62,8 +130,8 @@ class ArgPack:
             raise self.mismatch(args, exc) from exc
         return self.address
 
-    def mismatch(self, args: tuple[int | float, ...], exc: struct.error) -> ValueError:
-        expected = ", ".join(a.name for a in self.signature)
+    def mismatch(self, args: tuple[ArgValue, ...], exc: struct.error) -> ValueError:
+        expected = ", ".join(describe(p) for p in self.signature)
         return ValueError(f"kernel arguments {args!r} do not match ({expected}): {exc}")
 
     def slot_bytes(self) -> bytes:
@@ -92,7 +160,7 @@ class Kernel:
     )
 
     def __init__(
-        self, function: Any, name: str, signature: Sequence[Arg], *, programmatic: bool = False
+        self, function: Any, name: str, signature: Sequence[Param], *, programmatic: bool = False
     ) -> None:
         """`programmatic`: launch with programmatic stream serialization (sm_90+), which lets
         this kernel's blocks start while the previous kernel on the stream finishes. Only for
@@ -116,14 +184,14 @@ class Kernel:
         self._null_stream = cu.CUstream(0)
 
     @property
-    def signature(self) -> tuple[Arg, ...]:
+    def signature(self) -> tuple[Param, ...]:
         return self._args.signature
 
     def launch(
         self,
         grid: Dim3,
         block: Dim3,
-        *args: int | float,
+        *args: ArgValue,
         stream: Stream | None = None,
         shared_mem: int = 0,
     ) -> None:
@@ -198,7 +266,7 @@ class Launch:
         kernel: Kernel,
         grid: Dim3,
         block: Dim3,
-        args: tuple[int | float, ...],
+        args: tuple[ArgValue, ...],
         shared_mem: int = 0,
     ) -> None:
         self.kernel = kernel

@@ -1,23 +1,21 @@
 """Device memory and page-locked host memory, with explicit ownership.
 
-Nothing here frees memory behind the caller's back (no `__del__`): a buffer is freed by
-`free()` or by leaving its `with` block, exactly once. Views share their parent's memory and
-never free it. Copies take a `stream`: with one they are queued asynchronously on it, without
-one they are synchronous.
+A buffer is freed by `free()` or by leaving its `with` block, exactly once (ember.gpu.handle).
+Views share their parent's memory and never free it. Copies take a `stream`: with one they are
+queued asynchronously on it, without one they are synchronous.
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ember.errors import CudaError
 from ember.gpu.driver import api, call
+from ember.gpu.handle import Handle
 from ember.gpu.stream import Stream
 
 
@@ -27,16 +25,17 @@ def _host_array_bytes(array: npt.NDArray[Any], what: str) -> int:
     return int(array.nbytes)
 
 
-class DeviceBuffer:
+class DeviceBuffer(Handle):
     """`nbytes` of device memory at `ptr`, in the context that was current when allocated."""
 
-    __slots__ = ("_freed", "_parent", "_ptr", "nbytes")
+    __slots__ = ("_parent", "_ptr", "nbytes")
+    RELEASED = "freed"
 
     def __init__(self, ptr: int, nbytes: int, parent: DeviceBuffer | None = None) -> None:
+        super().__init__()
         self._ptr = ptr
         self.nbytes = nbytes
         self._parent = parent  # set for views: keeps the owner reachable, never freed here
-        self._freed = False
 
     @classmethod
     def alloc(cls, nbytes: int) -> DeviceBuffer:
@@ -53,8 +52,9 @@ class DeviceBuffer:
     @property
     def ptr(self) -> int:
         """The device address; CudaError once the buffer (or its owner) has been freed."""
-        if self._freed or (self._parent is not None and self._parent._freed):
-            raise CudaError(f"device buffer of {self.nbytes} bytes used after it was freed")
+        self._check_alive()
+        if self._parent is not None:
+            self._parent._check_alive()
         return self._ptr
 
     @property
@@ -71,14 +71,15 @@ class DeviceBuffer:
         return DeviceBuffer(self.ptr + offset, nbytes, owner)
 
     def free(self) -> None:
+        self._release_once()
+
+    def _release(self) -> None:
         if self._parent is not None:
             raise ValueError("a view does not own its memory; free the buffer it came from")
-        if self._freed:
-            # Checked here, not left to the driver: the address may already belong to a newer
-            # allocation, and freeing it again would free someone else's memory.
-            raise CudaError(f"device buffer of {self.nbytes} bytes freed twice", call="cuMemFree")
         call(api().cuMemFree, self._ptr)
-        self._freed = True
+
+    def _name(self) -> str:
+        return f"device buffer of {self.nbytes} bytes at 0x{self._ptr:x}"
 
     def memset_d8(self, value: int, stream: Stream | None = None) -> None:
         """Set every byte to `value` (0..255)."""
@@ -152,36 +153,21 @@ class DeviceBuffer:
         if nbytes > self.nbytes:
             raise ValueError(f"{nbytes} bytes do not fit in a device buffer of {self.nbytes}")
 
-    def __enter__(self) -> DeviceBuffer:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if not self._freed:
-            self.free()
-
-    def __repr__(self) -> str:
-        state = "freed" if self._freed else f"0x{self._ptr:x}"
-        return f"DeviceBuffer({state}, {self.nbytes} bytes)"
-
-
-class PinnedHostBuffer:
+class PinnedHostBuffer(Handle):
     """Page-locked host memory (cuMemHostAlloc): the only host memory the copy engines can
     read or write asynchronously, at full PCIe/NVLink speed.
 
     `array()` views stay valid only until `free()`; they must not be used after it.
     """
 
-    __slots__ = ("_freed", "nbytes", "ptr")
+    __slots__ = ("nbytes", "ptr")
+    RELEASED = "freed"
 
     def __init__(self, ptr: int, nbytes: int) -> None:
+        super().__init__()
         self.ptr = ptr
         self.nbytes = nbytes
-        self._freed = False
 
     @classmethod
     def alloc(
@@ -201,8 +187,7 @@ class PinnedHostBuffer:
 
     def array(self, dtype: npt.DTypeLike, shape: tuple[int, ...] | None = None) -> npt.NDArray[Any]:
         """A numpy view of this memory (no copy)."""
-        if self._freed:
-            raise CudaError("pinned host buffer used after it was freed")
+        self._check_alive()
         dt = np.dtype(dtype)
         count = self.nbytes // dt.itemsize if shape is None else math.prod(shape)
         if count * dt.itemsize > self.nbytes:
@@ -212,19 +197,10 @@ class PinnedHostBuffer:
         return view if shape is None else view.reshape(shape)
 
     def free(self) -> None:
-        if self._freed:
-            raise CudaError(f"pinned host buffer of {self.nbytes} bytes freed twice")
+        self._release_once()
+
+    def _release(self) -> None:
         call(api().cuMemFreeHost, self.ptr)
-        self._freed = True
 
-    def __enter__(self) -> PinnedHostBuffer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if not self._freed:
-            self.free()
+    def _name(self) -> str:
+        return f"pinned host buffer of {self.nbytes} bytes"

@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 from ember.errors import CudaError
 from ember.gpu.device import Device
-from ember.gpu.driver import api, call
-from ember.gpu.launch import Arg, Kernel
+from ember.gpu.driver import api, call, check
+from ember.gpu.handle import Handle
+from ember.gpu.launch import Kernel, Param, describe, param_layout
 
 # Ampere (A100, A10/RTX 30xx), Ada (L4/RTX 40xx) and Hopper (H100/H200) machine code ships;
 # newer GPUs JIT the PTX, which is built for the oldest of them so that it runs on all.
@@ -75,17 +75,18 @@ def select_image(bin_dir: Path, family: str, compute_capability: tuple[int, int]
     )
 
 
-class Module:
+class Module(Handle):
     """A loaded cubin or PTX image in the current context; unload it before the context goes."""
 
-    __slots__ = ("_unloaded", "handle", "programmatic", "source")
+    __slots__ = ("handle", "programmatic", "source")
+    RELEASED = "unloaded"
 
     def __init__(self, handle: Any, source: str, *, programmatic: bool = False) -> None:
+        super().__init__()
         self.handle = handle  # CUmodule
         self.source = source
         # Whether its kernels are launched as programmatic dependents (see Kernel).
         self.programmatic = programmatic
-        self._unloaded = False
 
     @classmethod
     def load(
@@ -122,26 +123,56 @@ class Module:
             ) from exc
         return cls(handle, source)
 
-    def function(self, name: str, signature: Sequence[Arg]) -> Kernel:
-        """The kernel `name` (its `extern "C"` name) with its parameter types."""
-        if self._unloaded:
-            raise CudaError(f"module {self.source} was unloaded")
+    def function(self, name: str, signature: Sequence[Param]) -> Kernel:
+        """The kernel `name` (its `extern "C"` name) with its parameter types, checked against
+        the image's own parameter list (CudaError on any difference in count, offset or size)."""
+        self._check_alive()
         handle = call(api().cuModuleGetFunction, self.handle, name.encode())
+        check_image_params(handle, f"kernel {name} of {self.source}", signature)
         return Kernel(handle, name, signature, programmatic=self.programmatic)
 
     def unload(self) -> None:
-        if self._unloaded:
-            raise CudaError(f"module {self.source} unloaded twice")
-        self._unloaded = True
+        self._release_once()
+
+    def _release(self) -> None:
         call(api().cuModuleUnload, self.handle)
 
-    def __enter__(self) -> Module:
-        return self
+    def _name(self) -> str:
+        return f"module {self.source}"
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.unload()
+
+def check_image_params(function: Any, what: str, signature: Sequence[Param]) -> None:
+    """CudaError unless the loaded kernel `function` takes exactly `signature`'s parameters, at
+    the same offsets and of the same sizes (cuFuncGetParamInfo, CUDA 12.4+; bindings without
+    it skip the check). A kernel whose parameters changed without its signature in Ember
+    changing would otherwise read every later argument from the wrong bytes."""
+    cu = api()
+    param_info = getattr(cu, "cuFuncGetParamInfo", None)
+    if param_info is None:
+        return
+    expected = param_layout(signature)
+    fix = "rebuild the kernels (python3 scripts/build_kernels.py) or fix the signature"
+    for index in range(len(expected) + 1):
+        err, offset, size = param_info(function, index)
+        past_end = err == cu.CUresult.CUDA_ERROR_INVALID_VALUE
+        if not past_end:
+            check("cuFuncGetParamInfo", err)
+        if index == len(expected):
+            if past_end:
+                return
+            raise CudaError(
+                f"{what} takes more than the {index} parameters of its signature in the image "
+                f"(parameter {index}: {size} bytes at offset {offset}): {fix}"
+            )
+        if past_end:
+            raise CudaError(
+                f"{what} takes {index} parameters in the image, but its signature has "
+                f"{len(expected)} ({', '.join(describe(p) for p in signature)}): {fix}"
+            )
+        if (int(offset), int(size)) != expected[index]:
+            want_offset, want_size = expected[index]
+            raise CudaError(
+                f"{what}: parameter {index} is {size} bytes at offset {offset} in the image, "
+                f"but {describe(signature[index])} ({want_size} bytes at offset {want_offset}) "
+                "in its signature: " + fix
+            )

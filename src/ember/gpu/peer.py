@@ -4,23 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 
 from ember.errors import CudaError
 from ember.gpu.context import Context
 from ember.gpu.device import Device
 from ember.gpu.driver import api, call, check
+from ember.gpu.handle import Handle
 from ember.gpu.memory import DeviceBuffer
 from ember.gpu.stream import Stream
 
 
-@dataclass(slots=True)
-class PeerGroup:
+@dataclass(slots=True, repr=False)
+class PeerGroup(Handle):
     """The primary contexts of a set of GPUs, with peer access enabled between every ordered
     pair for which cuDeviceCanAccessPeer says yes (over NVLink or PCIe P2P)."""
 
     contexts: tuple[Context, ...]
     peer_access: frozenset[tuple[int, int]]  # (from ordinal, to ordinal)
+
+    RELEASED = "closed"
+
+    def __post_init__(self) -> None:
+        Handle.__init__(self)
 
     @classmethod
     def open(cls, ordinals: Sequence[int] | None = None) -> PeerGroup:
@@ -76,6 +81,9 @@ class PeerGroup:
     def close(self) -> None:
         """Release the contexts. Peer access is left on: it belongs to the context pair, which
         other users of the primary contexts may share, and goes when the contexts do."""
+        self._release_once()
+
+    def _release(self) -> None:
         errors: list[CudaError] = []
         for ctx in self.contexts:
             try:
@@ -85,13 +93,5 @@ class PeerGroup:
         if errors:
             raise errors[0]
 
-    def __enter__(self) -> PeerGroup:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _name(self) -> str:
+        return f"peer group of GPUs {[ctx.device.ordinal for ctx in self.contexts]}"

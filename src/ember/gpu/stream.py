@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 
-from ember.errors import CudaError
 from ember.gpu.driver import api, call, check
+from ember.gpu.handle import Handle
 
 
 def stream_handle(stream: Stream | None) -> Any:
@@ -14,15 +13,16 @@ def stream_handle(stream: Stream | None) -> Any:
     return api().CUstream(0) if stream is None else stream.handle
 
 
-class Stream:
+class Stream(Handle):
     """A stream in the current context. Non-blocking by default: it does not synchronise with
     the legacy default stream, which would serialise otherwise independent work."""
 
-    __slots__ = ("_destroyed", "handle")
+    __slots__ = ("handle",)
+    RELEASED = "destroyed"
 
     def __init__(self, handle: Any) -> None:
+        super().__init__()
         self.handle = handle  # CUstream
-        self._destroyed = False
 
     @classmethod
     def create(cls, *, non_blocking: bool = True, priority: int = 0) -> Stream:
@@ -51,31 +51,24 @@ class Stream:
         call(api().cuStreamWaitEvent, self.handle, event.handle, 0)
 
     def destroy(self) -> None:
-        if self._destroyed:
-            raise CudaError("stream destroyed twice")
-        self._destroyed = True
+        self._release_once()
+
+    def _release(self) -> None:
         call(api().cuStreamDestroy, self.handle)
 
-    def __enter__(self) -> Stream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.destroy()
+    def _name(self) -> str:
+        return "stream"
 
 
-class Event:
+class Event(Handle):
     """A marker recorded into a stream; with timing on, two of them measure device time."""
 
-    __slots__ = ("_destroyed", "handle")
+    __slots__ = ("handle",)
+    RELEASED = "destroyed"
 
     def __init__(self, handle: Any) -> None:
+        super().__init__()
         self.handle = handle  # CUevent
-        self._destroyed = False
 
     @classmethod
     def create(cls, *, timing: bool = True, blocking_sync: bool = False) -> Event:
@@ -107,18 +100,10 @@ class Event:
         return float(call(api().cuEventElapsedTime, self.handle, end.handle))
 
     def destroy(self) -> None:
-        if self._destroyed:
-            raise CudaError("event destroyed twice")
-        self._destroyed = True
+        self._release_once()
+
+    def _release(self) -> None:
         call(api().cuEventDestroy, self.handle)
 
-    def __enter__(self) -> Event:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.destroy()
+    def _name(self) -> str:
+        return "event"

@@ -26,6 +26,7 @@
 // combine launch is needed. The counters are one int per (token, kv head) in the `counters`
 // array, which must be zero before the first launch.
 #include "common.cuh"
+#include "interface.cuh"
 
 namespace ember_attention {
 
@@ -283,14 +284,15 @@ __device__ __forceinline__ void attend(
         ember_attention::attend<HD, G>(qkv, k_cache, v_cache, positions, token_seq,           \
                                        block_tables, table_stride, out, partials, counters,   \
                                        kv_heads, block_shift, scale_log2);                    \
-    }
+    }                                                                                         \
+    EMBER_EXPORT_PARAMS(paged_attention_hd##HD##_g##G)
 
-EMBER_PAGED_ATTENTION(64, 1)
-EMBER_PAGED_ATTENTION(64, 2)
-EMBER_PAGED_ATTENTION(64, 3)
-EMBER_PAGED_ATTENTION(64, 4)
-EMBER_PAGED_ATTENTION(64, 8)
-EMBER_PAGED_ATTENTION(128, 1)
-EMBER_PAGED_ATTENTION(128, 2)
-EMBER_PAGED_ATTENTION(128, 4)
-EMBER_PAGED_ATTENTION(128, 8)
+// Every (head_dim, query heads per kv head) instantiated.
+#define EMBER_ATTENTION_SHAPES(X) \
+    X(64, 1) X(64, 2) X(64, 3) X(64, 4) X(64, 8) X(128, 1) X(128, 2) X(128, 4) X(128, 8)
+
+EMBER_ATTENTION_SHAPES(EMBER_PAGED_ATTENTION)
+
+#define EMBER_ATTENTION_SHAPE(HD, G) HD, G,
+EMBER_EXPORT_CONST(shapes, EMBER_ATTENTION_SHAPES(EMBER_ATTENTION_SHAPE))  // (head_dim, G) pairs
+EMBER_EXPORT_CONST(threads, ember_attention::THREADS)  // a block's

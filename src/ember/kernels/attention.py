@@ -9,26 +9,18 @@ import numpy as np
 
 from ember.gpu.array import DeviceArray
 from ember.gpu.device import Device
-from ember.gpu.launch import Arg, Kernel, Launch
+from ember.gpu.launch import Kernel, Launch
 from ember.gpu.module import Module
 from ember.kernels.binaries import load_family
+from ember.kernels.interface import family_interface
 
+_INTERFACE: Final = family_interface("attention")
 _F32: Final = np.dtype(np.float32)
 _F16: Final = np.dtype(np.float16)
 _I32: Final = np.dtype(np.int32)
-_THREADS: Final = 256  # attention.cu's THREADS
+_THREADS: Final = _INTERFACE.constant("threads")
 # (head_dim, query heads per kv head) pairs attention.cu is instantiated for.
-SHAPES: Final = (
-    (64, 1),
-    (64, 2),
-    (64, 3),
-    (64, 4),
-    (64, 8),
-    (128, 1),
-    (128, 2),
-    (128, 4),
-    (128, 8),
-)
+SHAPES: Final = tuple((hd, g) for hd, g in _INTERFACE.rows("shapes", 2))
 MAX_SPLITS: Final = 32
 
 
@@ -59,9 +51,8 @@ class Attention:
 
     def __init__(self, module: Module) -> None:
         self.module = module
-        attend = (Arg.PTR,) * 6 + (Arg.I32,) + (Arg.PTR,) * 3 + (Arg.I32, Arg.I32, Arg.F32)
         self._attend: dict[tuple[int, int], Kernel] = {
-            (hd, g): module.function(f"paged_attention_hd{hd}_g{g}", attend) for hd, g in SHAPES
+            (hd, g): _INTERFACE.kernel(module, f"paged_attention_hd{hd}_g{g}") for hd, g in SHAPES
         }
 
     @classmethod

@@ -4,6 +4,7 @@
 // 16-byte store when the pointers allow it: these kernels are bound by memory bandwidth, and
 // wide accesses need fewer instructions and transactions for the same bytes.
 #include "common.cuh"
+#include "interface.cuh"
 
 namespace {
 
@@ -32,6 +33,8 @@ __device__ __forceinline__ void binary_f32(
 
 }  // namespace
 
+EMBER_EXPORT_CONST(vec, VEC)  // elements a thread takes
+
 // out[i] = a[i] + b[i] for i < n; launch with ceil(n / 4) threads.
 extern "C" __global__ void vector_add_f32(
     const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out,
@@ -39,6 +42,7 @@ extern "C" __global__ void vector_add_f32(
     ember::await_prior_grid();
     binary_f32(a, b, out, n, Add{});
 }
+EMBER_EXPORT_PARAMS(vector_add_f32)
 
 // SwiGLU's gate: out[r, j] = silu(gu[r, j]) * gu[r, f + j] for the fused gate/up projection's
 // output gu [rows, 2f]. Launch with ceil(rows * f / 4) threads (4 outputs each).
@@ -57,6 +61,7 @@ extern "C" __global__ void silu_mul_f32(
         out[k] = g / (1.0f + expf(-g)) * u;
     }
 }
+EMBER_EXPORT_PARAMS(silu_mul_f32)
 
 // dst[l, :] = src[index[l], :] for rows of n floats: picks the rows whose logits are needed.
 // Grid (L), any block.
@@ -68,3 +73,4 @@ extern "C" __global__ void gather_rows_f32(
     const float* row = src + static_cast<long long>(index[l]) * n;
     for (int i = threadIdx.x; i < n; i += blockDim.x) dst[l * n + i] = row[i];
 }
+EMBER_EXPORT_PARAMS(gather_rows_f32)

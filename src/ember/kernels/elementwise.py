@@ -8,14 +8,16 @@ import numpy as np
 
 from ember.gpu.array import DeviceArray
 from ember.gpu.device import Device
-from ember.gpu.launch import Arg, Kernel, Launch
+from ember.gpu.launch import Kernel, Launch
 from ember.gpu.module import Module
 from ember.gpu.stream import Stream
 from ember.kernels.binaries import load_family
+from ember.kernels.interface import family_interface
 
-# Elements per thread and threads per block, as elementwise.cu's VEC and a block size that
-# keeps every SM busy on memory-bound work.
-_VEC: Final = 4
+_INTERFACE: Final = family_interface("elementwise")
+# Elements per thread (elementwise.cu's VEC) and threads per block, a block size that keeps
+# every SM busy on memory-bound work.
+_VEC: Final = _INTERFACE.constant("vec")
 _BLOCK: Final = (256, 1, 1)
 _PER_BLOCK: Final = _VEC * _BLOCK[0]
 _F32: Final = np.dtype(np.float32)
@@ -29,15 +31,9 @@ class Elementwise:
 
     def __init__(self, module: Module) -> None:
         self.module = module
-        self._vector_add_f32: Kernel = module.function(
-            "vector_add_f32", (Arg.PTR, Arg.PTR, Arg.PTR, Arg.I64)
-        )
-        self._silu_mul_f32: Kernel = module.function(
-            "silu_mul_f32", (Arg.PTR, Arg.PTR, Arg.I32, Arg.I64)
-        )
-        self._gather_rows_f32: Kernel = module.function(
-            "gather_rows_f32", (Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32)
-        )
+        self._vector_add_f32: Kernel = _INTERFACE.kernel(module, "vector_add_f32")
+        self._silu_mul_f32: Kernel = _INTERFACE.kernel(module, "silu_mul_f32")
+        self._gather_rows_f32: Kernel = _INTERFACE.kernel(module, "gather_rows_f32")
 
     @classmethod
     def load(cls, device: Device) -> Elementwise:

@@ -7,6 +7,7 @@
 // placeholder for `previous[r]`, the token the previous step sampled in row r (asynchronous
 // scheduling: the host launches a step before it has seen the previous step's tokens).
 #include "common.cuh"
+#include "interface.cuh"
 
 namespace ember_embedding {
 
@@ -76,7 +77,8 @@ __device__ __forceinline__ void embed_float(
         ember::await_prior_grid();                                                         \
         ember_embedding::embed_quant<ember::block_##TYPE>(                                 \
             table, ids, previous, out, d, vocab);                                          \
-    }
+    }                                                                                      \
+    EMBER_EXPORT_PARAMS(embedding_##TYPE)
 
 EMBER_EMBEDDING_QUANT(q4_0)
 EMBER_EMBEDDING_QUANT(q4_1)
@@ -88,6 +90,7 @@ extern "C" __global__ void embedding_f32(
     ember::await_prior_grid();
     ember_embedding::embed_float(table, ids, previous, out, d, vocab);
 }
+EMBER_EXPORT_PARAMS(embedding_f32)
 
 extern "C" __global__ void embedding_f16(
     const half* __restrict__ table, const int* __restrict__ ids, const int* __restrict__ previous,
@@ -95,3 +98,4 @@ extern "C" __global__ void embedding_f16(
     ember::await_prior_grid();
     ember_embedding::embed_float(table, ids, previous, out, d, vocab);
 }
+EMBER_EXPORT_PARAMS(embedding_f16)

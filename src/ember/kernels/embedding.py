@@ -9,11 +9,13 @@ from gguf import GGMLQuantizationType
 
 from ember.gpu.array import DeviceArray
 from ember.gpu.device import Device
-from ember.gpu.launch import Arg, Kernel, Launch
+from ember.gpu.launch import Kernel, Launch
 from ember.gpu.module import Module
 from ember.gpu.stream import Stream
 from ember.kernels.binaries import load_family
+from ember.kernels.interface import family_interface
 
+_INTERFACE: Final = family_interface("embedding")
 _I32: Final = np.dtype(np.int32)
 _F32: Final = np.dtype(np.float32)
 _THREADS: Final = 256
@@ -34,9 +36,8 @@ class Embedding:
 
     def __init__(self, module: Module) -> None:
         self.module = module
-        signature = (Arg.PTR, Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.I32)
         self._kernels: dict[GGMLQuantizationType, Kernel] = {
-            t: module.function(f"embedding_{t.name.lower()}", signature) for t in _ROW_BYTES
+            t: _INTERFACE.kernel(module, f"embedding_{t.name.lower()}") for t in _ROW_BYTES
         }
 
     @classmethod

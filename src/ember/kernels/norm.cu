@@ -4,6 +4,7 @@
 // registers-through-L1, reduces the sum of squares in shared memory, and writes the scaled row.
 // The fused form saves a separate add kernel and one round trip of the hidden state.
 #include "common.cuh"
+#include "interface.cuh"
 
 // A named namespace, not an anonymous one: internal-linkage names embed a hash of the source
 // path, which would make the PTX differ between checkouts and fail the artifact check.
@@ -74,6 +75,8 @@ __device__ __forceinline__ void rms_norm_row(
 
 }  // namespace ember_norm
 
+EMBER_EXPORT_CONST(max_threads, 32 * ember_norm::MAX_WARPS)  // a row's block, at most
+
 using ember_norm::rms_norm_row;
 
 // out[r] = rmsnorm(x[r]) * w for each row r of x [rows, n]; launch one block per row.
@@ -83,6 +86,7 @@ extern "C" __global__ void rms_norm_f32(
     ember::await_prior_grid();
     rms_norm_row<false>(x, nullptr, w, out, n, eps, blockIdx.x);
 }
+EMBER_EXPORT_PARAMS(rms_norm_f32)
 
 // residual[r] += x[r]; out[r] = rmsnorm(residual[r]) * w; launch one block per row.
 extern "C" __global__ void add_rms_norm_f32(
@@ -91,6 +95,7 @@ extern "C" __global__ void add_rms_norm_f32(
     ember::await_prior_grid();
     rms_norm_row<true>(x, residual, w, out, n, eps, blockIdx.x);
 }
+EMBER_EXPORT_PARAMS(add_rms_norm_f32)
 
 // out[l] = rmsnorm(x[index[l]]) * w: the rows whose logits are wanted, normed for the LM head.
 // Launch one block per output row.
@@ -100,3 +105,4 @@ extern "C" __global__ void gather_rms_norm_f32(
     ember::await_prior_grid();
     rms_norm_row<false>(x, nullptr, w, out, n, eps, index[blockIdx.x]);
 }
+EMBER_EXPORT_PARAMS(gather_rms_norm_f32)

@@ -9,14 +9,16 @@ import numpy as np
 
 from ember.gpu.array import DeviceArray
 from ember.gpu.device import Device
-from ember.gpu.launch import Arg, Kernel, Launch
+from ember.gpu.launch import Kernel, Launch
 from ember.gpu.module import Module
 from ember.gpu.stream import Stream
 from ember.kernels.binaries import load_family
+from ember.kernels.interface import family_interface
 
+_INTERFACE: Final = family_interface("norm")
 _F32: Final = np.dtype(np.float32)
 _I32: Final = np.dtype(np.int32)
-_MAX_THREADS: Final = 1024
+_MAX_THREADS: Final = _INTERFACE.constant("max_threads")
 
 
 def _threads(n: int) -> int:
@@ -46,15 +48,9 @@ class Norm:
 
     def __init__(self, module: Module) -> None:
         self.module = module
-        self._rms_norm_f32: Kernel = module.function(
-            "rms_norm_f32", (Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.F32)
-        )
-        self._add_rms_norm_f32: Kernel = module.function(
-            "add_rms_norm_f32", (Arg.PTR, Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.F32)
-        )
-        self._gather_rms_norm_f32: Kernel = module.function(
-            "gather_rms_norm_f32", (Arg.PTR, Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.F32)
-        )
+        self._rms_norm_f32: Kernel = _INTERFACE.kernel(module, "rms_norm_f32")
+        self._add_rms_norm_f32: Kernel = _INTERFACE.kernel(module, "add_rms_norm_f32")
+        self._gather_rms_norm_f32: Kernel = _INTERFACE.kernel(module, "gather_rms_norm_f32")
 
     @classmethod
     def load(cls, device: Device) -> Norm:

@@ -30,6 +30,7 @@
 // either end of a row's blocks never leave W's pages. Rows and columns past M and N are clamped
 // to the last ones on loads and skipped on stores.
 #include "common.cuh"
+#include "interface.cuh"
 
 // A named namespace, not an anonymous one: internal-linkage names embed a hash of the source
 // path, which would make the PTX differ between checkouts and fail the artifact check.
@@ -38,7 +39,7 @@ namespace ember_gemm {
 constexpr int THREADS = 256;
 
 // A tile shape, one per kernel suffix. ID is its position in quant_gemm.py's GemmTile, which
-// repeats BM, BN and KB and checks them against quant_gemm_layouts when it loads the family.
+// repeats BM, BN and KB and checks them against the exported layouts (EMBER_GEMM_LAYOUT).
 // STAGES is as many W (and x) steps as fit BUDGET bytes of shared memory, at most MAX_STAGES.
 template <int ID_, int BM_, int BN_, int WARPS_M_, int WARPS_N_, int WARPS_K_, int KB_,
           bool X_ASYNC_, int BUDGET_, int MAX_STAGES_, int MIN_BLOCKS_>
@@ -511,22 +512,10 @@ __device__ __forceinline__ void gemm(
     }
 }
 
-template <typename Block, typename S>
-__device__ void describe(int* out) {
-    using T = Tile<Block, S>;
-    out[0] = T::BLOCK_BYTES;
-    out[1] = S::ID;
-    out[2] = T::BM;
-    out[3] = T::BN;
-    out[4] = T::KB;
-    out[5] = T::SMEM;
-    out[6] = S::MIN_BLOCKS;
-}
-
 }  // namespace ember_gemm
 
 // Launch grid (ceil(m / BM), ceil(n / BN), splits), block 256 threads, SMEM bytes of dynamic
-// shared memory (quant_gemm_layouts); w and x 16-byte aligned, k a positive multiple of 32.
+// shared memory (the exported layouts); w and x 16-byte aligned, k a positive multiple of 32.
 // M tiles vary fastest, so the blocks that share a W tile run together and read it from DRAM
 // once. With splits > 1, partials holds splits * BM * BN floats per tile (16-byte aligned) and
 // counters one int per tile, zero before the launch (the launch leaves them zero).
@@ -539,7 +528,8 @@ __device__ void describe(int* out) {
         extern __shared__ __align__(16) uint8_t smem[];                                        \
         ember_gemm::gemm<ember::block_##TYPE, ember_gemm::SHAPE>(                              \
             w, x, y, m, n, k, partials, counters, smem);                                       \
-    }
+    }                                                                                          \
+    EMBER_EXPORT_PARAMS(quant_gemm_##TYPE##_##SHAPE)
 
 // Every (type, shape) in quant_gemm.py's order: QuantType, then GemmTile.
 #define EMBER_GEMM_SHAPES(X, TYPE) \
@@ -552,11 +542,11 @@ __device__ void describe(int* out) {
 EMBER_GEMM_ALL(EMBER_GEMM_KERNEL)
 
 // The layout of every kernel, 7 ints each in EMBER_GEMM_ALL's order: block bytes, shape ID, BM,
-// BN, KB, dynamic shared memory bytes, blocks per SM the registers were fitted for. One thread.
-#define EMBER_GEMM_DESCRIBE(TYPE, SHAPE) \
-    ember_gemm::describe<ember::block_##TYPE, ember_gemm::SHAPE>(out + 7 * i++);
-extern "C" __global__ void quant_gemm_layouts(int* out) {
-    if (threadIdx.x != 0 || blockIdx.x != 0) return;
-    int i = 0;
-    EMBER_GEMM_ALL(EMBER_GEMM_DESCRIBE)
-}
+// BN, KB, dynamic shared memory bytes, blocks per SM the registers were fitted for.
+#define EMBER_GEMM_LAYOUT(TYPE, SHAPE)                                                     \
+    ember_gemm::Tile<ember::block_##TYPE, ember_gemm::SHAPE>::BLOCK_BYTES,                 \
+        ember_gemm::SHAPE::ID, ember_gemm::SHAPE::BM, ember_gemm::SHAPE::BN,               \
+        ember_gemm::SHAPE::KB, ember_gemm::Tile<ember::block_##TYPE, ember_gemm::SHAPE>::SMEM, \
+        ember_gemm::SHAPE::MIN_BLOCKS,
+EMBER_EXPORT_CONST(layouts, EMBER_GEMM_ALL(EMBER_GEMM_LAYOUT))
+EMBER_EXPORT_CONST(threads, ember_gemm::THREADS)  // a block's

@@ -15,22 +15,21 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
-import numpy as np
-
 from ember.errors import EmberError
 from ember.gpu.array import DeviceArray
 from ember.gpu.device import Device
-from ember.gpu.launch import Arg, Dim3, Kernel, Launch
+from ember.gpu.launch import Dim3, Kernel, Launch
 from ember.gpu.module import Module
 from ember.gpu.stream import Stream
 from ember.kernels.binaries import load_family
+from ember.kernels.interface import family_interface
 from ember.kernels.quant_gemv import BLOCK_WEIGHTS, QuantType, check_fit, check_operands
 
-_THREADS: Final = 256  # every tile shape in quant_gemm.cu runs 8 warps
+_INTERFACE: Final = family_interface("quant_gemm")
+_THREADS: Final = _INTERFACE.constant("threads")  # every tile shape runs this many
 _MAX_GRID_YZ: Final = 65535
 _SHARED_RESERVED: Final = 1024  # the driver's own shared memory per block
 _INDEX_LIMIT: Final = 2**31  # the kernel indexes W's bytes and x's elements in 32 bits
-_LAYOUT_INTS: Final = 7  # quant_gemm_layouts' record per kernel
 
 MAX_SPLITS: Final = 16
 # Workspace: one int32 counter per tile of a split launch, then the splits' partial sums.
@@ -191,7 +190,7 @@ def choose_tile(m: int, n: int, multiprocessors: int, k: int = 4096) -> GemmTile
 
 @dataclass(frozen=True, slots=True)
 class TileLayout:
-    """What quant_gemm_layouts reports for one kernel."""
+    """One kernel's layout, as quant_gemm.cu exports it (`layouts`) on this device."""
 
     shared_bytes: int  # dynamic shared memory per block
     per_sm: int  # blocks an SM holds (registers and shared memory), 0: cannot run here
@@ -205,11 +204,11 @@ class QuantGemm:
     def __init__(self, module: Module, device: Device) -> None:
         self.module = module
         self.multiprocessors = device.multiprocessor_count
-        self.layouts = _read_layouts(module, device)
-        signature = (Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.I32, Arg.I32, Arg.PTR, Arg.PTR)
+        self.layouts = tile_layouts(device.max_shared_memory_per_block_optin)
         self._kernels: dict[tuple[QuantType, GemmTile], Kernel] = {}
         for (q, tile), layout in self.layouts.items():
-            kernel = module.function(f"quant_gemm_{q.name.lower()}_{tile.name.lower()}", signature)
+            name = f"quant_gemm_{q.name.lower()}_{tile.name.lower()}"
+            kernel = _INTERFACE.kernel(module, name)
             if layout.per_sm:  # needed above 48 KB, harmless below
                 kernel.set_max_dynamic_shared_memory(layout.shared_bytes)
             self._kernels[q, tile] = kernel
@@ -329,18 +328,20 @@ def _split_workspace(
     return workspace.ptr + _PARTIALS_OFFSET, workspace.ptr
 
 
-def _read_layouts(module: Module, device: Device) -> dict[tuple[QuantType, GemmTile], TileLayout]:
-    """Every kernel's layout from quant_gemm_layouts, checked against GemmTile."""
+def tile_layouts(max_shared: int) -> dict[tuple[QuantType, GemmTile], TileLayout]:
+    """Every kernel's layout on a device with `max_shared` bytes of shared memory per block
+    (opt-in), from quant_gemm.cu's exported table (7 ints a kernel: block bytes, tile ID, rows,
+    columns, blocks per K step, dynamic shared memory, blocks per SM its registers were fitted
+    for), each row checked against its QuantType and GemmTile."""
     keys = [(q, tile) for q in QuantType for tile in GemmTile]
-    kernel = module.function("quant_gemm_layouts", (Arg.PTR,))
-    with DeviceArray.empty((len(keys), _LAYOUT_INTS), np.int32) as out:
-        kernel.launch((1, 1, 1), (32, 1, 1), out.ptr)
-        table = out.to_numpy()
-    per_sm_bytes = device.max_shared_memory_per_block_optin + _SHARED_RESERVED
+    rows = _INTERFACE.rows("layouts", 7)
+    if len(rows) != len(keys):
+        raise EmberError(f"quant_gemm.cu exports {len(rows)} layouts for {len(keys)} kernels")
+    per_sm_bytes = max_shared + _SHARED_RESERVED
     layouts = {}
-    for (q, tile), row in zip(keys, table.tolist(), strict=True):
-        block_bytes, tile_id, rows, cols, step_blocks, shared, min_blocks = row
-        if (block_bytes, tile_id, rows, cols, step_blocks) != (
+    for (q, tile), row in zip(keys, rows, strict=True):
+        block_bytes, tile_id, tile_rows, cols, step_blocks, shared, min_blocks = row
+        if (block_bytes, tile_id, tile_rows, cols, step_blocks) != (
             q.block_bytes,
             tile.id,
             tile.rows,

@@ -50,6 +50,7 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "interface.cuh"
 
 // A named namespace: an anonymous one gives its `smem` a name hashed from the source path, so
 // the PTX would differ between checkouts (the artifact check rebuilds in a fresh clone).
@@ -64,10 +65,13 @@ constexpr uint32_t LOW_NIBBLES = 0x0F0F0F0Fu;
 // What a GEMV does with its sums (see the fusions above); quant_gemv.py's Output.
 enum Out : int { STORE = 0, ADD = 1, SWIGLU = 2, ROPE = 3 };
 
+// A launch's fusions, passed by value as llama.cpp's mmvq passes its fusion arguments; the rope
+// fields are read only for ROPE. quant_gemv.py's GemvFusion mirrors it, checked against the
+// layout exported below (pointers first: no padding). nvcc gives struct fields none of the
+// no-alias guarantees of __restrict__ kernel parameters, so the read-only buffers are read
+// with __ldg, through the read-only cache as when they were such parameters.
 struct Fusion {
-    int out;                   // an Out
     const float* norm_weight;  // g [K] for the norm prologue, or null
-    float eps;
     // Sums of squares of x's 32-column groups [batch][K / 32] (written by the ADD GEMV that
     // produced x), or null: the norm then sums x's squares itself.
     const float* norm_partials;
@@ -76,6 +80,8 @@ struct Fusion {
     const int* slots;      // [batch] cache slots (< 0: store nothing), rope
     half* k_cache;         // [slots, kv_heads, head_dim], rope
     half* v_cache;
+    int out;  // an Out
+    float eps;
     int n_q_heads;
     int n_kv_heads;
     int head_dim;
@@ -84,6 +90,9 @@ struct Fusion {
     float linear_factor;
 };
 
+// Weight rows per thread block: lane l computes row l.
+constexpr int ROWS = 32;
+
 // The weight rows a thread block's 32 lanes compute: 32 consecutive rows, or (swiglu) 16 gate
 // rows and the matching 16 up rows, half = F rows apart. Rows past the end repeat the last.
 struct RowMap {
@@ -91,7 +100,7 @@ struct RowMap {
     long long n;      // W's rows
     bool swiglu;
     __device__ __forceinline__ RowMap(long long n_rows, bool gate_up) : n(n_rows), swiglu(gate_up) {
-        first = static_cast<long long>(blockIdx.x) * (swiglu ? 16 : 32);
+        first = static_cast<long long>(blockIdx.x) * (swiglu ? ROWS / 2 : ROWS);
     }
     __device__ __forceinline__ long long row(int r) const {
         if (swiglu) {
@@ -113,6 +122,9 @@ struct Stage {
     static_assert(piece % 16 == 0, "a stage must be whole 16-byte granules of an aligned row");
     static constexpr int granules_aligned = piece / 16;
     static constexpr int granules_general = (piece + 14 + 15) / 16;
+    // A warp's ring of STAGES stages of 32 rows.
+    static constexpr int ring_aligned = STAGES * 32 * 16 * granules_aligned;
+    static constexpr int ring_general = STAGES * 32 * 16 * granules_general;
 };
 
 // The x of one stage in a warp's shared memory: int8 [batch][8][32], then the records.
@@ -628,7 +640,7 @@ __device__ __forceinline__ void norm_scales(
         float sum_sq = 0.f;
         if (f.norm_partials != nullptr) {
             const float* p = f.norm_partials + static_cast<long long>(b) * groups;
-            for (int i = lane; i < groups; i += 32) sum_sq += p[i];
+            for (int i = lane; i < groups; i += 32) sum_sq += __ldg(p + i);
         } else {
             const float4* row = reinterpret_cast<const float4*>(x + static_cast<long long>(b) * k);
             for (int i = lane; i < k / 4; i += 32) {
@@ -652,7 +664,8 @@ __device__ __forceinline__ void rope_pair(
     if (row < q_rows + kv_rows && e < f.rot_dim) {
         const int i = e / 2;
         const double inv_freq = pow(static_cast<double>(f.rope_base), -2.0 * i / f.rot_dim);
-        const double angle = static_cast<double>(f.positions[b]) / f.linear_factor * inv_freq;
+        const double angle =
+            static_cast<double>(__ldg(f.positions + b)) / f.linear_factor * inv_freq;
         double sd, cd;
         sincos(angle, &sd, &cd);
         const float c = static_cast<float>(cd);
@@ -662,7 +675,7 @@ __device__ __forceinline__ void rope_pair(
         v0 = r0;
         v1 = r1;
     }
-    const long long slot = f.slots[b];
+    const long long slot = __ldg(f.slots + b);
     if (row >= q_rows && slot >= 0) {
         const bool is_v = row >= q_rows + kv_rows;
         const long long at = slot * kv_rows + (row - q_rows - (is_v ? kv_rows : 0));
@@ -686,8 +699,7 @@ __device__ __forceinline__ void gemv(
     const int warps = blockDim.x >> 5;
     const long long row_bytes = static_cast<long long>(k / 32) * S::block_bytes;
     const bool aligned = (row_bytes & 15) == 0;
-    const int ring_bytes =
-        STAGES * 32 * 16 * (aligned ? S::granules_aligned : S::granules_general);
+    const int ring_bytes = aligned ? S::ring_aligned : S::ring_general;
     uint8_t* ring = smem + warp * ring_bytes;
     uint8_t* xs = smem + warps * ring_bytes + warp * X_BYTES<MAX_BATCH>;
     auto ready = [&]() {
@@ -763,36 +775,42 @@ __device__ __forceinline__ void gemv(
 
 }  // namespace ember_gemv
 
+EMBER_EXPORT_STRUCT(gemv_fusion, ember_gemv::Fusion, norm_weight, norm_partials, out_partials,
+                    positions, slots, k_cache, v_cache, out, eps, n_q_heads, n_kv_heads, head_dim,
+                    rot_dim, rope_base, linear_factor)
+
 // One kernel per block type and batch tier: registers grow with the batch, so batch 1 must not
 // pay for batch 8. Launch grid ceil(n / 32) (swiglu: ceil(n / 2 / 16)), block 32 * warps
-// (warps <= 16 at tiers 1 and 2, <= 8 above: at tiers 4 and 8, bounds of 512 threads cost
-// 20-25 % against 256), dynamic shared memory warps * (ring + x) bytes (quant_gemv.py's
-// warp_shared_bytes); batch <= MAX_BATCH. `out` is an Out; norm_weight null for no norm; the
-// rope arguments are read only for ROPE. Either bound leaves 128 registers a thread.
+// (warps <= THREADS / 32), dynamic shared memory warps * (ring + x) bytes (the exported
+// warp_bytes); batch <= MAX_BATCH. Either bound leaves 128 registers a thread.
 #define EMBER_QUANT_GEMV(TYPE, MAX_BATCH, THREADS, MIN_BLOCKS)                                 \
     extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                          \
         quant_gemv_##TYPE##_b##MAX_BATCH(                                                      \
             const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,  \
-            int n, int k, int batch, int out, const float* __restrict__ norm_weight, float eps, \
-            const float* __restrict__ norm_partials, float* __restrict__ out_partials,          \
-            const int* __restrict__ positions, const int* __restrict__ slots, half* k_cache,    \
-            half* v_cache, int n_q_heads, int n_kv_heads, int head_dim, int rot_dim,           \
-            float rope_base, float linear_factor) {                                             \
-        const ember_gemv::Fusion f{out,        norm_weight,  eps,        norm_partials,         \
-                                   out_partials, positions,  slots,      k_cache,               \
-                                   v_cache,    n_q_heads,    n_kv_heads, head_dim,              \
-                                   rot_dim,    rope_base,    linear_factor};                    \
+            int n, int k, int batch, const ember_gemv::Fusion f) {                              \
         ember_gemv::gemv<ember::block_##TYPE, MAX_BATCH>(w, x, y, n, k, batch, f);              \
-    }
+    }                                                                                          \
+    EMBER_EXPORT_PARAMS(quant_gemv_##TYPE##_b##MAX_BATCH)
 
-// Every tier of a type: 512-thread bounds for tiers 1-2, 256 x 2 blocks above (512 there cost
-// 20-25 % at tier 8).
-#define EMBER_QUANT_GEMV_TIERS(TYPE)       \
-    EMBER_QUANT_GEMV(TYPE, 1, 512, 1)      \
-    EMBER_QUANT_GEMV(TYPE, 2, 512, 1)      \
-    EMBER_QUANT_GEMV(TYPE, 4, 256, 2)      \
-    EMBER_QUANT_GEMV(TYPE, 8, 256, 2)
+// Every tier of a type, (MAX_BATCH, THREADS, MIN_BLOCKS): 512-thread bounds for tiers 1-2,
+// 256 x 2 blocks above (512 there cost 20-25 % at tier 8).
+#define EMBER_GEMV_TIERS(X, TYPE) \
+    X(TYPE, 1, 512, 1) X(TYPE, 2, 512, 1) X(TYPE, 4, 256, 2) X(TYPE, 8, 256, 2)
+#define EMBER_GEMV_ALL(X) \
+    EMBER_GEMV_TIERS(X, q4_0) EMBER_GEMV_TIERS(X, q4_1) EMBER_GEMV_TIERS(X, q8_0)
 
-EMBER_QUANT_GEMV_TIERS(q4_0)
-EMBER_QUANT_GEMV_TIERS(q4_1)
-EMBER_QUANT_GEMV_TIERS(q8_0)
+EMBER_GEMV_ALL(EMBER_QUANT_GEMV)
+
+// What quant_gemv.py sizes launches by. Per tier: MAX_BATCH, THREADS, MIN_BLOCKS and the static
+// shared memory (the rows' norm scales). Per kernel: its block bytes and tier, then a warp's
+// dynamic shared memory (its ring and one stage of x) for 16-byte-aligned rows, and for others.
+#define EMBER_GEMV_TIER(TYPE, MAX_BATCH, THREADS, MIN_BLOCKS) \
+    MAX_BATCH, THREADS, MIN_BLOCKS, static_cast<int>(sizeof(float) * MAX_BATCH),
+#define EMBER_GEMV_WARP_BYTES(TYPE, MAX_BATCH, THREADS, MIN_BLOCKS)                          \
+    ember_gemv::Stage<ember::block_##TYPE>::block_bytes, MAX_BATCH,                          \
+        ember_gemv::Stage<ember::block_##TYPE>::ring_aligned + ember_gemv::X_BYTES<MAX_BATCH>, \
+        ember_gemv::Stage<ember::block_##TYPE>::ring_general + ember_gemv::X_BYTES<MAX_BATCH>,
+EMBER_EXPORT_CONST(tiers, EMBER_GEMV_TIERS(EMBER_GEMV_TIER, q4_0))
+EMBER_EXPORT_CONST(warp_bytes, EMBER_GEMV_ALL(EMBER_GEMV_WARP_BYTES))
+EMBER_EXPORT_CONST(rows_per_block, ember_gemv::ROWS)
+EMBER_EXPORT_CONST(stage_blocks, ember_gemv::STAGE_BLOCKS)  // GGUF blocks of a row per stage

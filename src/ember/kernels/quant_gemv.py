@@ -4,6 +4,7 @@ or RoPE and the KV-cache store after)."""
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Final
@@ -12,40 +13,39 @@ import numpy as np
 
 from ember.gpu.array import DeviceArray
 from ember.gpu.device import Device
-from ember.gpu.launch import Arg, Kernel, Launch
+from ember.gpu.launch import Kernel, Launch
 from ember.gpu.module import Module
 from ember.gpu.stream import Stream
 from ember.kernels.binaries import load_family
+from ember.kernels.interface import KernelStruct, family_interface
 from ember.kernels.rope import RopeCache
 
+_INTERFACE: Final = family_interface("quant_gemv")
 _F32: Final = np.dtype(np.float32)
 _U8: Final = np.dtype(np.uint8)
+# quant_gemv.cu's tiers: (batch tier, threads, blocks per SM, static shared bytes) each.
+_TIERS: Final = _INTERFACE.rows("tiers", 4)
 # One kernel per batch tier; a batch runs on the smallest tier that holds it (a tier-T kernel
 # computes at least T / 2 + 1 rows whatever the batch, and stores only the batch's).
-BATCH_TIERS: Final = (1, 2, 4, 8)
+BATCH_TIERS: Final = tuple(tier for tier, *_ in _TIERS)
 MAX_BATCH: Final = BATCH_TIERS[-1]
 BLOCK_WEIGHTS: Final = 32
-# quant_gemv.cu's layout: a thread block of up to 16 warps (8 above batch tier 2) owns 32
-# weight rows; each warp keeps STAGES stages of 32 rows x 8 GGUF blocks in shared memory, and
-# the x of one stage.
-_ROWS_PER_BLOCK: Final = 32
-_MAX_WARPS: Final = 16
-_MAX_WARPS_ABOVE_TIER_2: Final = 8
-# Warps of the kernel an SM holds at once: its registers (at most 128 a thread) allow 16.
-_RESIDENT_WARPS: Final = 16
+# quant_gemv.cu's layout: a thread block of up to THREADS / 32 warps of its tier owns 32 weight
+# rows; each warp streams stages of 32 rows x 8 GGUF blocks through its shared memory, with
+# the x of one stage (warp_bytes: for 16-byte-aligned rows, and for others).
+_ROWS_PER_BLOCK: Final = _INTERFACE.constant("rows_per_block")
+_STAGE_BLOCKS: Final = _INTERFACE.constant("stage_blocks")
+_MAX_WARPS: Final = {tier: threads // 32 for tier, threads, _, _ in _TIERS}
+# Warps of the kernel an SM holds at once: what its launch bounds leave registers for.
+_RESIDENT_WARPS: Final = {tier: threads * blocks // 32 for tier, threads, blocks, _ in _TIERS}
 _SHARED_RESERVED: Final = 1024  # the driver's own shared memory per block
-_STAGES: Final = 2
-_STAGE_BLOCKS: Final = 8
-_X_RECORD_BYTES: Final = 16
-# The kernel's static shared memory (the rows' norm scales), on top of the dynamic.
-_STATIC_SHARED: Final = 4 * MAX_BATCH
-_SIGNATURE: Final = (
-    (Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.I32, Arg.I32)  # w, x, y, n, k, batch
-    + (Arg.I32, Arg.PTR, Arg.F32)  # output, norm weight, eps
-    + (Arg.PTR, Arg.PTR)  # norm partials in, out
-    + (Arg.PTR, Arg.PTR, Arg.PTR, Arg.PTR)  # positions, slots, k cache, v cache
-    + (Arg.I32, Arg.I32, Arg.I32, Arg.I32, Arg.F32, Arg.F32)  # heads, dims, rope base, factor
-)
+# The kernel's static shared memory (the rows' norm scales), on top of the dynamic: the
+# largest tier's, budgeted for in every tier.
+_STATIC_SHARED: Final = max(static for *_, static in _TIERS)
+_WARP_BYTES: Final = {
+    (block_bytes, tier): (aligned, general)
+    for block_bytes, tier, aligned, general in _INTERFACE.rows("warp_bytes", 4)
+}
 
 
 class Output(IntEnum):
@@ -55,6 +55,29 @@ class Output(IntEnum):
     ADD = 1  # y += x @ W.T
     SWIGLU = 2  # W is gate rows then up rows [2F, K]; y [batch, F] = silu(gate) * up
     ROPE = 3  # y is q|k|v of one layer: q, k rotated; k, v stored in the paged cache
+
+
+class GemvFusion(KernelStruct):
+    """quant_gemv.cu's Fusion, field for field: a launch's fusions, passed by value."""
+
+    exported_as = "gemv_fusion"
+    _fields_ = (
+        ("norm_weight", ctypes.c_void_p),
+        ("norm_partials", ctypes.c_void_p),
+        ("out_partials", ctypes.c_void_p),
+        ("positions", ctypes.c_void_p),
+        ("slots", ctypes.c_void_p),
+        ("k_cache", ctypes.c_void_p),
+        ("v_cache", ctypes.c_void_p),
+        ("out", ctypes.c_int32),
+        ("eps", ctypes.c_float),
+        ("n_q_heads", ctypes.c_int32),
+        ("n_kv_heads", ctypes.c_int32),
+        ("head_dim", ctypes.c_int32),
+        ("rot_dim", ctypes.c_int32),
+        ("rope_base", ctypes.c_float),
+        ("linear_factor", ctypes.c_float),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,17 +110,12 @@ class QuantType(Enum):
         return k // BLOCK_WEIGHTS * self.value
 
 
-def stage_granules(quant: QuantType, k: int) -> int:
-    """16-byte granules a row's stage of 8 blocks takes in shared memory: the stage's bytes when
-    rows are 16-byte aligned, else room for a start up to 14 bytes into the first granule."""
-    piece = _STAGE_BLOCKS * quant.block_bytes
-    return piece // 16 if quant.row_bytes(k) % 16 == 0 else (piece + 14 + 15) // 16
-
-
 def warp_shared_bytes(quant: QuantType, k: int, tier: int) -> int:
-    """Shared memory one warp of quant_gemv uses: its stages and one stage of quantised x."""
-    ring = _STAGES * _ROWS_PER_BLOCK * 16 * stage_granules(quant, k)
-    return ring + tier * _STAGE_BLOCKS * (BLOCK_WEIGHTS + _X_RECORD_BYTES)
+    """Shared memory one warp of quant_gemv uses: its stages of weights (16-byte-aligned rows,
+    K a multiple of 256 (128 for Q4_1), are copied as they are; others need room for a start
+    up to 14 bytes into a stage's first granule) and one stage of quantised x."""
+    aligned, general = _WARP_BYTES[quant.block_bytes, tier]
+    return aligned if quant.row_bytes(k) % 16 == 0 else general
 
 
 def check_operands(
@@ -154,7 +172,7 @@ class QuantGemv:
         self.max_shared = max_shared
         self.multiprocessors = multiprocessors
         self._kernels: dict[tuple[QuantType, int], Kernel] = {
-            (q, tier): module.function(f"quant_gemv_{q.name.lower()}_b{tier}", _SIGNATURE)
+            (q, tier): _INTERFACE.kernel(module, f"quant_gemv_{q.name.lower()}_b{tier}", GemvFusion)
             for q in QuantType
             for tier in BATCH_TIERS
         }
@@ -223,14 +241,15 @@ class QuantGemv:
                 f"{quant.name} gemv needs {per_warp} bytes of shared memory per warp; "
                 f"the device has {self.max_shared} per block"
             )
-        args: tuple[int | float, ...] = (weight.ptr, x.ptr, y.ptr, n, k, batch, int(output))
-        args += _norm_args(norm, batch, k) + (_sums_address(sums_of_squares, output, batch, n),)
-        args += _rope_args(rope, output, batch, n)
+        fusion = GemvFusion(out=int(output))
+        _set_norm(fusion, norm, batch, k)
+        fusion.out_partials = _sums_address(sums_of_squares, output, batch, n)
+        _set_rope(fusion, rope, output, batch, n)
         return Launch(
             self._kernels[quant, tier],
             (blocks, 1, 1),
             (32 * warps, 1, 1),
-            args,
+            (weight.ptr, x.ptr, y.ptr, n, k, batch, bytes(fusion)),
             shared_mem=warps * per_warp,
         )
 
@@ -242,9 +261,10 @@ class QuantGemv:
         each SM idle, and a 14336-row gate/up (896 blocks) 2-warp blocks, 6 or 7 an SM, where
         8-warp blocks would run 3.4 waves, the last mostly idle. Larger grids take 8 warps."""
         room = self.max_shared - _STATIC_SHARED
-        resident = min(_RESIDENT_WARPS, (room + _STATIC_SHARED + _SHARED_RESERVED) // per_warp)
+        per_sm_bytes = room + _STATIC_SHARED + _SHARED_RESERVED
+        resident = min(_RESIDENT_WARPS[tier], per_sm_bytes // per_warp)
         per_sm = -(-blocks // self.multiprocessors)
-        warps = _MAX_WARPS if tier <= 2 else _MAX_WARPS_ABOVE_TIER_2
+        warps = _MAX_WARPS[tier]
         if per_sm > resident // 2:
             warps = min(warps, 8)
         else:
@@ -260,17 +280,18 @@ class QuantGemv:
         self.module.unload()
 
 
-def _norm_args(norm: RmsNorm | None, batch: int, k: int) -> tuple[int, float, int]:
+def _set_norm(fusion: GemvFusion, norm: RmsNorm | None, batch: int, k: int) -> None:
     if norm is None:
-        return (0, 0.0, 0)
+        return
     w = norm.weight
     if w.dtype != _F32 or w.shape != (k,) or w.ptr % 16:
         raise ValueError(
             f"a fused norm needs a 16-byte aligned float32 weight [{k}], got {w.dtype} {w.shape}"
         )
-    if norm.partials is None:
-        return (w.ptr, norm.eps, 0)
-    return (w.ptr, norm.eps, _group_sums(norm.partials, batch, k // BLOCK_WEIGHTS).ptr)
+    fusion.norm_weight = w.ptr
+    fusion.eps = norm.eps
+    if norm.partials is not None:
+        fusion.norm_partials = _group_sums(norm.partials, batch, k // BLOCK_WEIGHTS).ptr
 
 
 def _group_sums(sums: DeviceArray, batch: int, groups: int) -> DeviceArray:
@@ -295,11 +316,23 @@ def _sums_address(sums: DeviceArray | None, output: Output, batch: int, n: int) 
     return _group_sums(sums, batch, -(-n // 32)).ptr
 
 
-def _rope_args(
-    rope: RopeCache | None, output: Output, batch: int, n: int
-) -> tuple[int | float, ...]:
+def _set_rope(
+    fusion: GemvFusion, rope: RopeCache | None, output: Output, batch: int, n: int
+) -> None:
     if (rope is None) != (output is not Output.ROPE):
         raise ValueError("a gemv takes rope arguments exactly when its output is ROPE")
     if rope is None:
-        return (0, 0, 0, 0, 0, 0, 0, 0, 0.0, 1.0)
-    return rope.kernel_args(batch, n)
+        fusion.linear_factor = 1.0
+        return
+    (
+        fusion.positions,
+        fusion.slots,
+        fusion.k_cache,
+        fusion.v_cache,
+        fusion.n_q_heads,
+        fusion.n_kv_heads,
+        fusion.head_dim,
+        fusion.rot_dim,
+        fusion.rope_base,
+        fusion.linear_factor,
+    ) = rope.kernel_args(batch, n)

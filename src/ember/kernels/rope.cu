@@ -7,6 +7,7 @@
 // a float angle is off by ~1e-3 rad, and the cost is one sincos per pair per token, not per
 // head.
 #include "common.cuh"
+#include "interface.cuh"
 
 namespace {
 
@@ -38,6 +39,7 @@ extern "C" __global__ void rope_f32(
     for (int h = threadIdx.y; h < n_kv_heads; h += blockDim.y)
         rotate(k + (t * n_kv_heads + h) * head_dim + 2 * i, cf, sf);
 }
+EMBER_EXPORT_PARAMS(rope_f32)
 
 // The attention prologue of one layer, fused: rotate the q and k heads of the fused projection
 // output qkv [T, (n_q_heads + 2 n_kv_heads) * head_dim] in place, then store k and v as fp16
@@ -77,3 +79,4 @@ extern "C" __global__ void rope_qkv_cache_f32(
         }
     }
 }
+EMBER_EXPORT_PARAMS(rope_qkv_cache_f32)

@@ -9,11 +9,13 @@ import numpy as np
 
 from ember.gpu.array import DeviceArray
 from ember.gpu.device import Device
-from ember.gpu.launch import Arg, Kernel, Launch
+from ember.gpu.launch import Kernel, Launch
 from ember.gpu.module import Module
 from ember.gpu.stream import Stream
 from ember.kernels.binaries import load_family
+from ember.kernels.interface import family_interface
 
+_INTERFACE: Final = family_interface("rope")
 _F32: Final = np.dtype(np.float32)
 _I32: Final = np.dtype(np.int32)
 _F16: Final = np.dtype(np.float16)
@@ -84,15 +86,8 @@ class Rope:
 
     def __init__(self, module: Module) -> None:
         self.module = module
-        self._rope_f32: Kernel = module.function(
-            "rope_f32",
-            (Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32, Arg.I32, Arg.I32, Arg.I32, Arg.F32, Arg.F32),
-        )
-        self._rope_qkv_cache_f32: Kernel = module.function(
-            "rope_qkv_cache_f32",
-            (Arg.PTR, Arg.PTR, Arg.PTR, Arg.PTR, Arg.PTR)
-            + (Arg.I32, Arg.I32, Arg.I32, Arg.I32, Arg.F32, Arg.F32),
-        )
+        self._rope_f32: Kernel = _INTERFACE.kernel(module, "rope_f32")
+        self._rope_qkv_cache_f32: Kernel = _INTERFACE.kernel(module, "rope_qkv_cache_f32")
 
     @classmethod
     def load(cls, device: Device) -> Rope:

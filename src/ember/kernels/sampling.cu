@@ -28,6 +28,7 @@
 // Every reduction runs in a fixed order for the fixed block size, on the same element-to-thread
 // assignment whatever the alignment, so a row's token is deterministic.
 #include "common.cuh"
+#include "interface.cuh"
 
 #include <stdint.h>
 
@@ -47,7 +48,7 @@ constexpr float INF = __builtin_huge_valf();
 constexpr float GUMBEL_MAX = 18.0f;
 constexpr float GUMBEL_MIN_MARGIN = 3.0f;
 
-// Per-row parameters; Python's ROW_PARAMS_DTYPE has exactly this layout.
+// Per-row parameters; sampling.py's ROW_PARAMS_DTYPE mirrors the layout exported below.
 struct RowParams {
     float temperature;  // <= 0: greedy
     int32_t top_k;      // <= 0 or >= vocab: all
@@ -58,7 +59,6 @@ struct RowParams {
     int32_t step;
     int32_t pad;
 };
-static_assert(sizeof(RowParams) == 32, "RowParams must match ROW_PARAMS_DTYPE (32 bytes)");
 
 // --- Counter-based noise --------------------------------------------------------------------
 
@@ -302,6 +302,10 @@ __device__ __forceinline__ void sample_row(
 
 }  // namespace ember_sampling
 
+EMBER_EXPORT_CONST(threads, ember_sampling::THREADS)  // a block's, exactly
+EMBER_EXPORT_STRUCT(row_params, ember_sampling::RowParams, temperature, top_k, top_p, min_p,
+                    seed_lo, seed_hi, step, pad)
+
 // out[r] = the token sampled from logits[r, :vocab] with params[r], for r < gridDim.x. Launch
 // one block of ember_sampling::THREADS (1024) threads per row.
 extern "C" __global__ void __launch_bounds__(ember_sampling::THREADS, 1) sample_f32(
@@ -313,3 +317,4 @@ extern "C" __global__ void __launch_bounds__(ember_sampling::THREADS, 1) sample_
     const ember_sampling::Row row = {x, vocab, (vocab & 3) == 0 && ember::aligned16(x)};
     ember_sampling::sample_row(row, params[r], out + r);
 }
+EMBER_EXPORT_PARAMS(sample_f32)

@@ -14,12 +14,14 @@ import numpy.typing as npt
 
 from ember.gpu.array import DeviceArray
 from ember.gpu.device import Device
-from ember.gpu.launch import Arg, Kernel, Launch
+from ember.gpu.launch import Kernel, Launch
 from ember.gpu.module import Module
 from ember.gpu.stream import Stream
 from ember.kernels.binaries import load_family
+from ember.kernels.interface import dtype_fields, family_interface
 
-# sampling.cu's RowParams, field for field (32 bytes, no padding between fields).
+_INTERFACE: Final = family_interface("sampling")
+# sampling.cu's RowParams, field for field (checked against its exported layout at load).
 ROW_PARAMS_DTYPE: Final = np.dtype(
     [
         ("temperature", "<f4"),  # <= 0: greedy
@@ -37,7 +39,7 @@ _FIELDS: Final = ("temperature", "top_k", "top_p", "min_p", "seed_lo", "seed_hi"
 _F32: Final = np.dtype(np.float32)
 _I32: Final = np.dtype(np.int32)
 _U8: Final = np.dtype(np.uint8)
-_THREADS: Final = 1024  # sampling.cu's THREADS: the kernel assumes exactly this block size
+_THREADS: Final = _INTERFACE.constant("threads")  # the kernel assumes exactly this block size
 
 RowParamsArray = npt.NDArray[np.void]
 
@@ -82,6 +84,12 @@ def row_params(
     return out
 
 
+def check_row_params() -> None:
+    """CudaError unless ROW_PARAMS_DTYPE is sampling.cu's RowParams, field for field."""
+    fields = dtype_fields(ROW_PARAMS_DTYPE)
+    _INTERFACE.struct("row_params").check("ROW_PARAMS_DTYPE", fields, ROW_PARAMS_DTYPE.itemsize)
+
+
 class Sampling:
     """The sampling kernel family, loaded in the current context."""
 
@@ -89,9 +97,8 @@ class Sampling:
 
     def __init__(self, module: Module) -> None:
         self.module = module
-        self._sample_f32: Kernel = module.function(
-            "sample_f32", (Arg.PTR, Arg.PTR, Arg.PTR, Arg.I32)
-        )
+        check_row_params()
+        self._sample_f32: Kernel = _INTERFACE.kernel(module, "sample_f32")
 
     @classmethod
     def load(cls, device: Device) -> Sampling:

@@ -5,6 +5,7 @@
 // blocks get scales like real weights' (d in [scale/2, scale)) and uniformly random codes, so
 // the kernels do exactly the work they do on a real file of that type.
 #include "common.cuh"
+#include "interface.cuh"
 
 namespace ember_synthetic {
 
@@ -59,7 +60,8 @@ __device__ __forceinline__ void fill(Block* blocks, long long count, unsigned lo
                                                 unsigned long long seed, float scale) {      \
         ember_synthetic::fill(reinterpret_cast<ember::block_##TYPE*>(out), count, seed,      \
                               scale);                                                        \
-    }
+    }                                                                                        \
+    EMBER_EXPORT_PARAMS(synthetic_##TYPE)
 
 EMBER_SYNTHETIC(q4_0)
 EMBER_SYNTHETIC(q4_1)
@@ -73,3 +75,4 @@ extern "C" __global__ void synthetic_f32(float* __restrict__ out, long long coun
          i += stride)
         out[i] = lo + (hi - lo) * ember_synthetic::unit(ember_synthetic::random_bits(seed, i));
 }
+EMBER_EXPORT_PARAMS(synthetic_f32)

@@ -6,12 +6,14 @@ from typing import Final
 
 from ember.gpu.array import DeviceArray
 from ember.gpu.device import Device
-from ember.gpu.launch import Arg, Kernel
+from ember.gpu.launch import Kernel
 from ember.gpu.module import Module
 from ember.gpu.stream import Stream
 from ember.kernels.binaries import load_family
+from ember.kernels.interface import family_interface
 from ember.kernels.quant_gemv import QuantType
 
+_INTERFACE: Final = family_interface("synthetic")
 _THREADS: Final = 256
 _BLOCKS: Final = 1024  # grid-stride loops: enough blocks to fill every SM
 _SEED_MASK: Final = (1 << 63) - 1
@@ -25,12 +27,9 @@ class Synthetic:
     def __init__(self, module: Module) -> None:
         self.module = module
         self._quant: dict[QuantType, Kernel] = {
-            q: module.function(f"synthetic_{q.name.lower()}", (Arg.PTR, Arg.I64, Arg.I64, Arg.F32))
-            for q in QuantType
+            q: _INTERFACE.kernel(module, f"synthetic_{q.name.lower()}") for q in QuantType
         }
-        self._f32: Kernel = module.function(
-            "synthetic_f32", (Arg.PTR, Arg.I64, Arg.I64, Arg.F32, Arg.F32)
-        )
+        self._f32: Kernel = _INTERFACE.kernel(module, "synthetic_f32")
 
     @classmethod
     def load(cls, device: Device) -> Synthetic:

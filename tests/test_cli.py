@@ -43,6 +43,7 @@ def test_info_into_a_pipe_nobody_reads_is_not_an_error() -> None:
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
 
 
+@pytest.mark.slow  # loads the real model
 def test_run_streams_a_chat_answer(capsys: pytest.CaptureFixture[str]) -> None:
     question = "What is the capital of France?"
     code = main(["run", "--chat", question, "--temperature", "0", "--max-tokens", "12"])

@@ -30,6 +30,7 @@ def entries(ptx: str) -> dict[str, list[str]]:
     return found
 
 
+@pytest.mark.slow  # nvcc compiles each family (4-12 s)
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
 @pytest.mark.parametrize("family", sorted(AWAITING_FAMILIES))
 def test_every_kernel_waits_before_touching_memory(family: str, tmp_path: Path) -> None:

@@ -75,6 +75,7 @@ def edge_entries() -> list[tuple[str, bytes]]:
     ]
 
 
+@pytest.mark.slow  # reads the real model through gguf's reader too
 def test_default_model_metadata_matches_gguf_reader() -> None:
     try:
         path = default_model_path()

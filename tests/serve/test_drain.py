@@ -20,6 +20,7 @@ from tests.serve.test_worker_crash import StreamInBackground
 GRACE = 20.0
 
 
+@pytest.mark.slow  # its own server and a drain of up to GRACE seconds
 def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path) -> None:
     server = start_server(tmp_path, "--in-process", "--shutdown-grace-period", str(GRACE))
     try:

@@ -63,6 +63,7 @@ class StreamInBackground:
         assert not self._thread.is_alive(), "the stream did not end"
 
 
+@pytest.mark.slow  # its own server, a killed worker and a restart
 def test_full_queue_is_429_then_killed_worker_fails_its_requests_and_recovers(
     small_server: RunningServer,
 ) -> None:

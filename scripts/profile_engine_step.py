@@ -116,6 +116,9 @@ class DeviceStandIn:
     def default_kv_cache_bytes(self, max_tokens: int) -> int:
         return max_tokens * self.kv_bytes_per_token()
 
+    def default_prefill_tokens_per_step(self) -> int | None:
+        return None  # as the CUDA backend's
+
     def reserve(self, max_num_tokens: int, max_num_seqs: int, max_blocks_per_seq: int) -> None:
         max_tokens = max(max_num_tokens, max_num_seqs)
         max_rows = min(max_num_seqs, max_tokens)

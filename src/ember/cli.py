@@ -137,6 +137,13 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="tokens per engine step",
     )
     add(
+        "--max-prefill-tokens-per-step",
+        type=int,
+        default=engine("max_prefill_tokens_per_step"),
+        help="prompt tokens per engine step (default: 64 on the CPU, so that a step stays short; "
+        "no limit beyond --max-num-batched-tokens on the GPU)",
+    )
+    add(
         "--kv-cache-memory-mb",
         type=int,
         default=None,
@@ -285,6 +292,8 @@ def _bench(args: argparse.Namespace) -> int:
             device=args.device,
             max_num_seqs=max(batch_sizes + [1]),
             max_num_batched_tokens=max(1024, args.prefill_tokens),
+            # The prefill figure is the backend's rate on whole prompts, as llama-bench's.
+            max_prefill_tokens_per_step=max(1024, args.prefill_tokens),
             enable_prefix_caching=False,
             detokenize=False,
             async_scheduling=not args.no_async_scheduling,
@@ -350,6 +359,7 @@ def _serve(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
+        max_prefill_tokens_per_step=args.max_prefill_tokens_per_step,
         num_kv_blocks=args.num_kv_blocks,
         kv_cache_memory_bytes=None
         if args.kv_cache_memory_mb is None

@@ -23,13 +23,14 @@ def test_chunked_prefill_respects_token_budget() -> None:
     batch = sched.schedule()
     assert batch.seqs == [a] and batch.num_new_tokens == [8]
     advance(batch)
+    # Half the budget is kept for the waiting b's first chunk.
     batch = sched.schedule()
-    assert batch.num_new_tokens == [8]
-    advance(batch)
-    batch = sched.schedule()  # a's last 4 prompt tokens, then b admitted with the rest
     assert batch.seqs == [a, b] and batch.num_new_tokens == [4, 4]
     advance(batch)
-    batch = sched.schedule()
+    batch = sched.schedule()  # nobody waits: a's last 8 prompt tokens fill the budget
+    assert batch.seqs == [a] and batch.num_new_tokens == [8]
+    advance(batch)
+    batch = sched.schedule()  # a's first decode, b's last prompt token
     assert batch.seqs == [a, b] and batch.num_new_tokens == [1, 1]
 
 
@@ -76,3 +77,37 @@ def test_abort_waiting_and_running() -> None:
     sched.finish(b, FinishReason.ABORT)
     sched.finish(a, FinishReason.ABORT)
     assert sched.num_unfinished == 0 and pool.num_used_blocks == 0
+
+
+def test_prefill_budget_caps_prompt_tokens_but_not_decodes() -> None:
+    config = SchedulerConfig(max_num_batched_tokens=64, max_prefill_tokens=8)
+    sched = Scheduler(config, KVCachePool(64, 4))
+    decoding = [make_seq([1, 2]) for _ in range(10)]
+    for seq in decoding:
+        sched.add(seq)
+    while sched.waiting:  # prefilled 8 prompt tokens a step: 4 sequences
+        advance(sched.schedule())
+    long = make_seq(list(range(30)))
+    sched.add(long)
+    batch = sched.schedule()
+    # Ten decodes (their prefill done) and 8 of the long prompt's tokens.
+    assert batch.num_new_tokens == [1] * 10 + [8] and batch.seqs[-1] is long
+
+
+def test_a_long_prefill_lets_a_new_request_in_at_the_next_step() -> None:
+    sched = Scheduler(SchedulerConfig(max_num_batched_tokens=16), KVCachePool(64, 4))
+    long = make_seq(list(range(100)))
+    sched.add(long)
+    advance(sched.schedule())
+    short = make_seq([5, 6, 7])
+    sched.add(short)
+    batch = sched.schedule()
+    assert batch.seqs == [long, short] and batch.num_new_tokens == [13, 3]
+    advance(batch)
+    assert short.num_tokens == 4  # its first token, one step after it arrived
+    # The long prompt never gets less than half the budget while others arrive.
+    for _ in range(5):
+        sched.add(make_seq([1] * 40))
+        batch = sched.schedule()
+        assert batch.num_new_tokens[0] >= 8 and batch.seqs[0] is long
+        advance(batch)

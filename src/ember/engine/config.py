@@ -16,6 +16,9 @@ class EngineConfig:
     block_size: int = 16
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 1024
+    # Prompt tokens a step prefills at most (decodes are not counted); None: the backend's
+    # choice, small where prefill is slow (the CPU) so that every stream's step stays short.
+    max_prefill_tokens_per_step: int | None = None
     num_kv_blocks: int | None = None  # None: as many as kv_cache_memory_bytes holds
     kv_cache_memory_bytes: int | None = None  # None: the backend's default for these limits
     enable_prefix_caching: bool = True

@@ -67,7 +67,17 @@ class LLMEngine:
             self.model_config.vocab_size, context, num_blocks, config.block_size
         )
         self.scheduler = Scheduler(
-            SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens), self.pool
+            SchedulerConfig(
+                config.max_num_seqs,
+                config.max_num_batched_tokens,
+                min(
+                    config.max_num_batched_tokens,
+                    config.max_prefill_tokens_per_step
+                    or backend.default_prefill_tokens_per_step()
+                    or config.max_num_batched_tokens,
+                ),
+            ),
+            self.pool,
         )
         self.runner = ModelRunner(backend, config.block_size, self.pool.tables)
         self._asynchronous = config.async_scheduling and self.runner.device_sampling is not None

@@ -1,9 +1,14 @@
 """Continuous batching: decide which sequences run this step and with how many tokens.
 
-Each step has a token budget. Running sequences go first (decode tokens and the rest of
-chunked prefills), oldest first; then waiting sequences are admitted, oldest first, while their
-blocks fit. When a running sequence needs a block and none is free, the newest running
-sequence is preempted: its blocks are freed and it will be recomputed from its tokens.
+Each step has a token budget, and within it a smaller budget for prefill (prompt chunks) where
+prefill is slow: on the CPU a step's length is mostly its prefill tokens, and every running
+stream waits for the step. Running sequences go first (decode tokens and the rest of chunked
+prefills), oldest first; then waiting sequences are admitted, oldest first, while their blocks
+fit. Room for the oldest waiting sequence's first chunk (at most half the prefill budget) is
+kept from running prefills, so a long prompt in progress cannot hold a new request back for its
+whole length, and still gets at least half the prefill budget each step. When a running
+sequence needs a block and none is free, the newest running sequence is preempted: its blocks
+are freed and it will be recomputed from its tokens.
 A running sequence's tokens include those sampled by a step still in flight (`num_pending`):
 it decodes the next one from the device's copy, unless that token is its last by max_tokens.
 The scheduler says *what* runs; the model runner decides *how*.
@@ -22,10 +27,13 @@ from ember.engine.sequence import FinishReason, Sequence, SequenceStatus
 class SchedulerConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 1024
+    max_prefill_tokens: int = 1024  # prompt tokens per step; decodes are not counted
 
     def __post_init__(self) -> None:
-        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
-            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if min(self.max_num_seqs, self.max_num_batched_tokens, self.max_prefill_tokens) < 1:
+            raise ValueError(
+                "max_num_seqs, max_num_batched_tokens and max_prefill_tokens must be positive"
+            )
 
 
 @dataclass(slots=True)
@@ -62,10 +70,15 @@ class Scheduler:
 
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
-        budget = self.config.max_num_batched_tokens
+        config = self.config
+        budget = config.max_num_batched_tokens
+        prefill_budget = min(config.max_prefill_tokens, budget)
         seqs, counts = batch.seqs, batch.num_new_tokens
-        running = self.running
+        running, waiting = self.running, self.waiting
         block_size = self.pool.block_size
+        reserved = 0
+        if waiting and len(running) < config.max_num_seqs:
+            reserved = min(prefill_budget // 2, waiting[0].num_uncomputed_tokens)
         index = 0
         while index < len(running) and budget > 0:
             seq = running[index]
@@ -74,6 +87,12 @@ class Scheduler:
                 continue
             computed = seq.num_computed_tokens
             n = min(seq.num_uncomputed_tokens, budget)
+            if n > 1:  # a prefill chunk (a decode is one token)
+                n = min(n, prefill_budget - reserved)
+                if n <= 0:
+                    index += 1
+                    continue
+                prefill_budget -= n
             # Most steps need no new block: skip the pool unless the table is full.
             if computed + n > len(seq.block_table) * block_size and not self._make_room(
                 seq, computed + n, batch
@@ -85,18 +104,19 @@ class Scheduler:
             index += 1
         if batch.preempted:
             return batch
-        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            seq = self.waiting[0]
+        while waiting and min(budget, prefill_budget) > 0 and len(running) < config.max_num_seqs:
+            seq = waiting[0]
             if not self.pool.try_allocate(seq):
                 break
-            self.waiting.popleft()
+            waiting.popleft()
             seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
-            n = min(seq.num_uncomputed_tokens, budget)
+            running.append(seq)
+            n = min(seq.num_uncomputed_tokens, budget, prefill_budget)
             seqs.append(seq)
             counts.append(n)
             batch.admitted.append(seq)
             budget -= n
+            prefill_budget -= n
         return batch
 
     def finish(self, seq: Sequence, reason: FinishReason) -> None:

@@ -35,6 +35,11 @@ class ForwardBackend(Protocol):
         that could ever be cached at once (sequences x context)."""
         ...
 
+    def default_prefill_tokens_per_step(self) -> int | None:
+        """Prompt tokens a step should prefill at most when the engine is not told; None: no
+        limit beyond the step's token budget."""
+        ...
+
     def reserve(self, max_num_tokens: int, max_num_seqs: int, max_blocks_per_seq: int) -> None:
         """Preallocate per-step buffers for batches up to these sizes (before the first step)."""
         ...

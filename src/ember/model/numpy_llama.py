@@ -20,6 +20,11 @@ from ember.model.rope import RotaryEmbedding
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
+# A step prefills at most this many prompt tokens by default: SmolLM2-135M prefills 250-500
+# tokens/s on a 2-core machine, so a step (which every running stream waits for) stays within
+# ~200 ms, at 10-15 % less prefill throughput than 256-token chunks (measured 2026-12-07).
+_DEFAULT_PREFILL_TOKENS_PER_STEP = 64
+
 
 def rms_norm(x: F32, weight: F32, eps: float) -> F32:
     squares = np.einsum("...i,...i->...", x, x)  # one pass, no squared copy
@@ -113,6 +118,9 @@ class NumpyLlama:
 
     def default_kv_cache_bytes(self, max_tokens: int) -> int:
         return min(1 << 30, max_tokens * self.kv_bytes_per_token())
+
+    def default_prefill_tokens_per_step(self) -> int | None:
+        return _DEFAULT_PREFILL_TOKENS_PER_STEP
 
     def reserve(self, max_num_tokens: int, max_num_seqs: int, max_blocks_per_seq: int) -> None:
         """Nothing to preallocate: NumPy allocates each step's activations as it goes."""

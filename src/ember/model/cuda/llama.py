@@ -205,6 +205,9 @@ class CudaLlama:
         share = int(free * _KV_MEMORY_SHARE)
         return max(1, min(max_tokens * self.kv_bytes_per_token(), share, _KV_MEMORY_CAP))
 
+    def default_prefill_tokens_per_step(self) -> int | None:
+        return None  # a 1,024-token prefill step takes a few ms here
+
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         if block_size & (block_size - 1):
             raise EmberError(f"the CUDA backend needs a power-of-two block size, not {block_size}")

@@ -12,6 +12,7 @@ import pytest
 
 from ember.errors import CudaError
 from ember.gpu import Arg, ArgPack, Context, Device, DeviceBuffer, Kernel, Module, Stream
+from ember.gpu.launch import StructArg, param_layout
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SCALARS = (Arg.I32, Arg.I64, Arg.U32, Arg.F32, Arg.PTR)
@@ -40,6 +41,20 @@ def test_arg_pack_rejects_wrong_arguments() -> None:
     with pytest.raises(ValueError):
         pack.pack((-1, 0))  # a pointer is unsigned
     assert ArgPack(()).address == 0  # no arguments: kernelParams is NULL
+
+
+def test_arg_pack_gives_a_struct_its_bytes_in_consecutive_slots() -> None:
+    signature = (Arg.I32, StructArg("pair", 12, 4), Arg.PTR)
+    pack = ArgPack(signature)
+    address = pack.pack((7, b"abcdefghijkl", 0xBEEF))
+    raw = pack.slot_bytes()
+    assert struct.unpack_from("<i", raw, 0)[0] == 7
+    assert raw[8:20] == b"abcdefghijkl"
+    assert struct.unpack_from("<Q", raw, 24)[0] == 0xBEEF
+    pointers = [int(p or 0) for p in (ctypes.c_void_p * 3).from_address(address)]
+    assert [p - pointers[0] for p in pointers] == [0, 8, 24]
+    # Where the kernel's parameter buffer holds them: each at its own alignment.
+    assert param_layout(signature) == [(0, 4), (4, 12), (16, 8)]
 
 
 @pytest.fixture(scope="module")

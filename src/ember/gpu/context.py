@@ -21,12 +21,11 @@ class Context(Handle):
     thread, and again after switching to another device's context.
     """
 
-    __slots__ = ("device", "handle")
+    __slots__ = ("device",)
 
     def __init__(self, device: Device, handle: Any) -> None:
-        super().__init__()
+        super().__init__(handle)  # CUcontext
         self.device = device
-        self.handle = handle  # CUcontext
 
     @classmethod
     def retain_primary(cls, device: Device) -> Context:

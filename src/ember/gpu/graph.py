@@ -30,12 +30,8 @@ class CaptureMode(Enum):
 class Graph(Handle):
     """A captured (not yet executable) graph."""
 
-    __slots__ = ("handle",)
-    RELEASED = "destroyed"
-
-    def __init__(self, handle: Any) -> None:
-        super().__init__()
-        self.handle = handle  # CUgraph
+    __slots__ = ()
+    KIND, RELEASED, DRIVER_RELEASE = "graph", "destroyed", "cuGraphDestroy"
 
     def node_count(self) -> int:
         _nodes, count = call(api().cuGraphGetNodes, self.handle, 0)
@@ -47,22 +43,15 @@ class Graph(Handle):
     def destroy(self) -> None:
         self._release_once()
 
-    def _release(self) -> None:
-        call(api().cuGraphDestroy, self.handle)
-
-    def _name(self) -> str:
-        return "graph"
-
 
 class GraphExec(Handle):
     """An instantiated graph, ready to launch on any stream of its context."""
 
-    __slots__ = ("_launch", "handle")
-    RELEASED = "destroyed"
+    __slots__ = ("_launch",)
+    KIND, RELEASED, DRIVER_RELEASE = "graph exec", "destroyed", "cuGraphExecDestroy"
 
     def __init__(self, handle: Any) -> None:
-        super().__init__()
-        self.handle = handle  # CUgraphExec
+        super().__init__(handle)  # CUgraphExec
         self._launch = api().cuGraphLaunch
 
     def launch(self, stream: Stream) -> None:
@@ -87,12 +76,6 @@ class GraphExec(Handle):
 
     def destroy(self) -> None:
         self._release_once()
-
-    def _release(self) -> None:
-        call(api().cuGraphExecDestroy, self.handle)
-
-    def _name(self) -> str:
-        return "graph exec"
 
 
 class StreamCapture:

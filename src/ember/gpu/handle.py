@@ -10,9 +10,10 @@ to a newer allocation), and releasing it again would release someone else's.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 from ember.errors import CudaError
+from ember.gpu.driver import api, call
 
 
 class Scoped:
@@ -36,15 +37,19 @@ class Scoped:
 
 
 class Handle(Scoped):
-    """A driver object released exactly once. A subclass names what it is (`_name`) and what
-    releasing it is called (`RELEASED`), makes the driver call in `_release`, and gives it the
-    driver's own public name (`def free(self): self._release_once()`)."""
+    """A driver object released exactly once. A subclass says what it is (KIND), what releasing
+    it is called (RELEASED) and which driver call releases its `handle` (DRIVER_RELEASE), or
+    overrides `_name` and `_release`; its public method, named as the driver names the act
+    (free, destroy, unload...), calls `_release_once`."""
 
-    __slots__ = ("_released",)
+    __slots__ = ("_released", "handle")
 
+    KIND: ClassVar[str] = "driver object"
     RELEASED: ClassVar[str] = "released"
+    DRIVER_RELEASE: ClassVar[str] = ""
 
-    def __init__(self) -> None:
+    def __init__(self, handle: Any = None) -> None:
+        self.handle = handle  # the driver's CUstream, CUmodule...
         self._released = False
 
     @property
@@ -68,10 +73,10 @@ class Handle(Scoped):
             self._release_once()
 
     def _name(self) -> str:
-        raise NotImplementedError
+        return self.KIND
 
     def _release(self) -> None:
-        raise NotImplementedError
+        call(getattr(api(), self.DRIVER_RELEASE), self.handle)
 
     def __repr__(self) -> str:
         return f"<{self._name()}{f', {self.RELEASED}' if self._released else ''}>"

@@ -78,12 +78,11 @@ def select_image(bin_dir: Path, family: str, compute_capability: tuple[int, int]
 class Module(Handle):
     """A loaded cubin or PTX image in the current context; unload it before the context goes."""
 
-    __slots__ = ("handle", "programmatic", "source")
-    RELEASED = "unloaded"
+    __slots__ = ("programmatic", "source")
+    RELEASED, DRIVER_RELEASE = "unloaded", "cuModuleUnload"
 
     def __init__(self, handle: Any, source: str, *, programmatic: bool = False) -> None:
-        super().__init__()
-        self.handle = handle  # CUmodule
+        super().__init__(handle)  # CUmodule
         self.source = source
         # Whether its kernels are launched as programmatic dependents (see Kernel).
         self.programmatic = programmatic
@@ -133,9 +132,6 @@ class Module(Handle):
 
     def unload(self) -> None:
         self._release_once()
-
-    def _release(self) -> None:
-        call(api().cuModuleUnload, self.handle)
 
     def _name(self) -> str:
         return f"module {self.source}"

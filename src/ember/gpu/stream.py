@@ -13,16 +13,22 @@ def stream_handle(stream: Stream | None) -> Any:
     return api().CUstream(0) if stream is None else stream.handle
 
 
+def _finished(query: str, handle: Any) -> bool:
+    """cuStreamQuery's or cuEventQuery's answer: done, not ready yet, or an error."""
+    cu = api()
+    (err,) = getattr(cu, query)(handle)
+    if err == cu.CUresult.CUDA_ERROR_NOT_READY:
+        return False
+    check(query, err)
+    return True
+
+
 class Stream(Handle):
     """A stream in the current context. Non-blocking by default: it does not synchronise with
     the legacy default stream, which would serialise otherwise independent work."""
 
-    __slots__ = ("handle",)
-    RELEASED = "destroyed"
-
-    def __init__(self, handle: Any) -> None:
-        super().__init__()
-        self.handle = handle  # CUstream
+    __slots__ = ()
+    KIND, RELEASED, DRIVER_RELEASE = "stream", "destroyed", "cuStreamDestroy"
 
     @classmethod
     def create(cls, *, non_blocking: bool = True, priority: int = 0) -> Stream:
@@ -38,13 +44,8 @@ class Stream(Handle):
         call(api().cuStreamSynchronize, self.handle)
 
     def is_done(self) -> bool:
-        """True when all work queued so far has finished (cuStreamQuery)."""
-        cu = api()
-        (err,) = cu.cuStreamQuery(self.handle)
-        if err == cu.CUresult.CUDA_ERROR_NOT_READY:
-            return False
-        check("cuStreamQuery", err)
-        return True
+        """True when all work queued so far has finished."""
+        return _finished("cuStreamQuery", self.handle)
 
     def wait(self, event: Event) -> None:
         """Make later work on this stream wait for `event` (no host blocking)."""
@@ -53,22 +54,12 @@ class Stream(Handle):
     def destroy(self) -> None:
         self._release_once()
 
-    def _release(self) -> None:
-        call(api().cuStreamDestroy, self.handle)
-
-    def _name(self) -> str:
-        return "stream"
-
 
 class Event(Handle):
     """A marker recorded into a stream; with timing on, two of them measure device time."""
 
-    __slots__ = ("handle",)
-    RELEASED = "destroyed"
-
-    def __init__(self, handle: Any) -> None:
-        super().__init__()
-        self.handle = handle  # CUevent
+    __slots__ = ()
+    KIND, RELEASED, DRIVER_RELEASE = "event", "destroyed", "cuEventDestroy"
 
     @classmethod
     def create(cls, *, timing: bool = True, blocking_sync: bool = False) -> Event:
@@ -88,12 +79,8 @@ class Event(Handle):
         call(api().cuEventSynchronize, self.handle)
 
     def is_done(self) -> bool:
-        cu = api()
-        (err,) = cu.cuEventQuery(self.handle)
-        if err == cu.CUresult.CUDA_ERROR_NOT_READY:
-            return False
-        check("cuEventQuery", err)
-        return True
+        """True when the work before the event's last record has finished."""
+        return _finished("cuEventQuery", self.handle)
 
     def elapsed_ms(self, end: Event) -> float:
         """Milliseconds of device time from this event to `end` (both recorded and complete)."""
@@ -101,9 +88,3 @@ class Event(Handle):
 
     def destroy(self) -> None:
         self._release_once()
-
-    def _release(self) -> None:
-        call(api().cuEventDestroy, self.handle)
-
-    def _name(self) -> str:
-        return "event"

@@ -88,3 +88,29 @@ def test_prefix_caching_disabled() -> None:
     b = make_seq([1, 2, 3, 4, 5])
     pool.try_allocate(b)
     assert b.num_computed_tokens == 0 and pool.stats.hits == 0
+
+
+def test_a_cache_salt_partitions_the_prefix_cache() -> None:
+    pool = KVCachePool(num_blocks=16, block_size=4)
+    prompt = list(range(13))  # three full blocks can hit
+    first = make_seq(prompt)
+    first.cache_salt = "tenant-a"
+    assert pool.try_allocate(first)
+    compute_all(pool, first)
+    for salt, hits in (("tenant-b", 0), (None, 0), ("tenant-a", 12)):
+        seq = make_seq(prompt)
+        seq.cache_salt = salt
+        assert pool.try_allocate(seq)
+        assert seq.num_computed_tokens == hits, salt
+        pool.free(seq)
+
+
+def test_block_hashes_are_cryptographic_and_chained() -> None:
+    from ember.engine.kv_cache_pool import chain_hash, root_hash
+
+    root = root_hash(None)
+    one = chain_hash(root, (1, 2, 3, 4))
+    assert len(one) == 16 and one != chain_hash(root, (1, 2, 3, 5))
+    assert chain_hash(one, (5, 6, 7, 8)) != chain_hash(root_hash("x"), (5, 6, 7, 8))
+    # Python's hash((parent, tokens)) of small ints is fixed and easy to collide; these are not.
+    assert root_hash("a") != root_hash("b") != root_hash(None)

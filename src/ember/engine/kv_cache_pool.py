@@ -2,7 +2,11 @@
 
 The pool hands out block ids; the backend owns the memory they index. A full block is
 identified by a chained hash of its tokens (the hash of everything before it and its own
-tokens), so equal prefixes map to equal blocks. Blocks are reference-counted; a block whose
+tokens), so equal prefixes map to equal blocks. The hash is cryptographic (BLAKE2b), so that
+nobody can craft a prompt whose blocks collide with another's (Python's `hash` of ints is
+fixed and invertible), and its chain starts from the sequence's cache salt: sequences of
+different salts (tenants) never share blocks, nor learn from timing or metrics whether another
+salt's prompt was cached. Blocks are reference-counted; a block whose
 count drops to zero stays in the cache, and is evicted least-recently-used first, only when a
 fresh block is needed and no never-cached block is free.
 
@@ -12,6 +16,8 @@ Each sequence's block table is kept twice: as its `block_table` list, and as its
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,13 +25,14 @@ from dataclasses import dataclass
 from ember.engine.block_tables import BlockTables
 from ember.engine.sequence import Sequence
 
-_ROOT_HASH = 0
+_ROOT_HASH = b"ember-prefix-cache-v1"
+_DIGEST_BYTES = 16
 
 
 @dataclass(slots=True)
 class _Block:
     ref_count: int = 0
-    hash: int | None = None
+    hash: bytes | None = None
     tokens: tuple[int, ...] = ()
 
 
@@ -35,8 +42,17 @@ class PrefixCacheStats:
     hits: int = 0  # of those, tokens served from the cache
 
 
-def chain_hash(parent: int, tokens: tuple[int, ...]) -> int:
-    return hash((parent, tokens))
+def chain_hash(parent: bytes, tokens: tuple[int, ...]) -> bytes:
+    data = parent + struct.pack(f"<{len(tokens)}I", *tokens)
+    return hashlib.blake2b(data, digest_size=_DIGEST_BYTES).digest()
+
+
+def root_hash(cache_salt: str | None) -> bytes:
+    """Where a sequence's chain of block hashes starts: one root per salt."""
+    if cache_salt is None:
+        return _ROOT_HASH
+    salt = cache_salt.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(_ROOT_HASH + b"\0" + salt, digest_size=_DIGEST_BYTES).digest()
 
 
 class KVCachePool:
@@ -49,7 +65,7 @@ class KVCachePool:
         self._blocks = [_Block() for _ in range(num_blocks)]
         self._never_cached: list[int] = list(range(num_blocks - 1, -1, -1))
         self._cached_free: OrderedDict[int, None] = OrderedDict()  # LRU order, oldest first
-        self._by_hash: dict[int, int] = {}
+        self._by_hash: dict[bytes, int] = {}
         self.stats = PrefixCacheStats()
         self.tables = BlockTables()
 
@@ -148,7 +164,7 @@ class KVCachePool:
         full_blocks = seq.num_computed_tokens // self.block_size
         bs = self.block_size
         for index in range(len(seq.block_hashes), full_blocks):
-            parent = seq.block_hashes[-1] if seq.block_hashes else _ROOT_HASH
+            parent = seq.block_hashes[-1] if seq.block_hashes else root_hash(seq.cache_salt)
             tokens = tuple(seq.token_ids[index * bs : (index + 1) * bs])
             block_hash = chain_hash(parent, tokens)
             seq.block_hashes.append(block_hash)
@@ -168,7 +184,7 @@ class KVCachePool:
             return []
         bs = self.block_size
         hits: list[int] = []
-        parent = _ROOT_HASH
+        parent = root_hash(seq.cache_salt)
         for index in range((seq.num_tokens - 1) // bs):
             tokens = tuple(seq.token_ids[index * bs : (index + 1) * bs])
             parent = chain_hash(parent, tokens)

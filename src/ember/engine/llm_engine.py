@@ -99,9 +99,14 @@ class LLMEngine:
         return ids
 
     def add_request(
-        self, request_id: RequestId, prompt: str | SequenceOf[int], params: SamplingParams
+        self,
+        request_id: RequestId,
+        prompt: str | SequenceOf[int],
+        params: SamplingParams,
+        cache_salt: str | None = None,
     ) -> list[int]:
-        """Queue a request; returns its prompt token ids. Raises on requests that cannot run."""
+        """Queue a request; returns its prompt token ids. Raises on requests that cannot run.
+        `cache_salt`: it reuses cached prefix blocks only of requests with the same salt."""
         if request_id in self._requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         prompt_ids = self.encode_prompt(prompt)
@@ -116,6 +121,7 @@ class LLMEngine:
             rng=np.random.default_rng(seed),
             arrival_time=time.monotonic(),
             seed=seed,
+            cache_salt=cache_salt,
         )
         self._next_seq_id += 1
         stop = StopChecker(params, self.tokenizer, with_text=self.config.detokenize)

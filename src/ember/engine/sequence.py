@@ -51,7 +51,9 @@ class Sequence:
     # The row of the pool's BlockTables mirroring `block_table`; -1 while it holds no blocks.
     table_row: int = -1
     # Chained hashes of the full blocks registered in the prefix cache, in order.
-    block_hashes: list[int] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)
+    # Sequences share cached prefix blocks only with sequences of the same salt (a tenant's).
+    cache_salt: str | None = None
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     num_preemptions: int = 0

@@ -149,7 +149,11 @@ class EngineClient:
             request_id = choice.request_id = next(self._request_ids)
             self._choices[request_id] = choice
             self._waiting.add(request_id)
-            worker.send(AddRequest(request_id, choice.prompt_ids, _engine_params(choice)))
+            worker.send(
+                AddRequest(
+                    request_id, choice.prompt_ids, _engine_params(choice), request.cache_salt
+                )
+            )
         timeout = request.timeout
         if timeout is not None:
             loop = asyncio.get_running_loop()

@@ -57,7 +57,9 @@ class EngineLoop:
         for message in messages:
             if isinstance(message, AddRequest):
                 try:
-                    engine.add_request(message.request_id, message.prompt_ids, message.params)
+                    engine.add_request(
+                        message.request_id, message.prompt_ids, message.params, message.cache_salt
+                    )
                 except InvalidRequestError as error:
                     self._send(RequestRejected(message.request_id, str(error), error.param))
             elif isinstance(message, AbortRequests):

@@ -110,8 +110,11 @@ class Choice:
 class GenerationRequest:
     """One HTTP request's sequences, and the event its handler waits on."""
 
-    def __init__(self, response_id: str, timeout: float | None) -> None:
+    def __init__(
+        self, response_id: str, timeout: float | None, cache_salt: str | None = None
+    ) -> None:
         self.response_id = response_id  # the id its response carries ("chatcmpl-…")
+        self.cache_salt = cache_salt  # its sequences share cached prefixes only within it
         self.arrival_time = time.monotonic()
         self.timeout = timeout  # seconds from submission to the last token
         self.choices: list[Choice] = []

@@ -14,6 +14,7 @@ import msgspec
 
 TokenId = Annotated[int, msgspec.Meta(ge=0)]
 StopTokenId = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+CacheSalt = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 TokenIds = Annotated[list[TokenId], msgspec.Meta(min_length=1)]
 
 # What a field must be, in words, where msgspec's type names (`str | array`) would not say;
@@ -70,6 +71,7 @@ class GenerationBody(msgspec.Struct):
     skip_special_tokens: bool | None = None
     request_timeout: float | None = None
     user: str | None = None
+    cache_salt: CacheSalt | None = None  # vLLM's: shares cached prefixes only within a salt
     logit_bias: dict[str, Any] | None = None
 
 

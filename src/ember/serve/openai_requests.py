@@ -53,6 +53,7 @@ class GenerationOptions:
     include_usage: bool
     timeout: float | None
     user: str | None
+    cache_salt: str | None
 
     def params_for(self, max_tokens: int, choice: int) -> SamplingParams:
         """Choice `i` of a seeded request uses seed + i, so the n choices differ but repeat."""
@@ -175,6 +176,7 @@ def _options(
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         timeout=timeout,
         user=body.user,
+        cache_salt=body.cache_salt,
     )
 
 

@@ -142,7 +142,9 @@ class OpenAIRoutes:
         prompt_param: str,
     ) -> GenerationRequest:
         deadlines = [t for t in (self._config.request_timeout, options.timeout) if t is not None]
-        generation = GenerationRequest(identity.id, min(deadlines) if deadlines else None)
+        generation = GenerationRequest(
+            identity.id, min(deadlines) if deadlines else None, options.cache_salt
+        )
         generation.wake_on_tokens = options.stream
         limits = self._client.limits
         for prompt_ids in prompts:

@@ -33,6 +33,7 @@ class AddRequest(msgspec.Struct, frozen=True, array_like=True, tag=True):
     request_id: RequestId
     prompt_ids: list[int]
     params: SamplingParams  # stop strings removed: the server applies them
+    cache_salt: str | None = None
 
 
 class AbortRequests(msgspec.Struct, frozen=True, array_like=True, tag=True):

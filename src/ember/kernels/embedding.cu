@@ -84,18 +84,15 @@ EMBER_EMBEDDING_QUANT(q4_0)
 EMBER_EMBEDDING_QUANT(q4_1)
 EMBER_EMBEDDING_QUANT(q8_0)
 
-extern "C" __global__ void embedding_f32(
-    const float* __restrict__ table, const int* __restrict__ ids, const int* __restrict__ previous,
-    float* __restrict__ out, int d, int vocab) {
-    ember::await_prior_grid();
-    ember_embedding::embed_float(table, ids, previous, out, d, vocab);
-}
-EMBER_EXPORT_PARAMS(embedding_f32)
+// The same for a float32 or float16 table [vocab, d].
+#define EMBER_EMBEDDING_FLOAT(NAME, T)                                                     \
+    extern "C" __global__ void embedding_##NAME(                                           \
+        const T* __restrict__ table, const int* __restrict__ ids,                          \
+        const int* __restrict__ previous, float* __restrict__ out, int d, int vocab) {     \
+        ember::await_prior_grid();                                                         \
+        ember_embedding::embed_float(table, ids, previous, out, d, vocab);                 \
+    }                                                                                      \
+    EMBER_EXPORT_PARAMS(embedding_##NAME)
 
-extern "C" __global__ void embedding_f16(
-    const half* __restrict__ table, const int* __restrict__ ids, const int* __restrict__ previous,
-    float* __restrict__ out, int d, int vocab) {
-    ember::await_prior_grid();
-    ember_embedding::embed_float(table, ids, previous, out, d, vocab);
-}
-EMBER_EXPORT_PARAMS(embedding_f16)
+EMBER_EMBEDDING_FLOAT(f32, float)
+EMBER_EMBEDDING_FLOAT(f16, half)

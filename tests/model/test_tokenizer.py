@@ -213,3 +213,81 @@ def test_added_token_types() -> None:
     # The rest of the vocabulary is untouched by the one token that needed respelling.
     for entry in TEXTS[:20]:
         assert tok.encode(entry["text"]) == entry["ids"]
+
+
+def _between_special_tokens(tokenizer: Tokenizer, text: str) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for match in tokenizer.special_text.finditer(text):
+        spans.append((start, match.start()))
+        start = match.end()
+    return [*spans, (start, len(text))]
+
+
+@pytest.mark.parametrize("entry", TEXTS, ids=_text_id)
+def test_plain_spans_between_special_tokens_change_nothing(
+    tokenizer: Tokenizer, entry: dict[str, Any]
+) -> None:
+    """Marking all the text around the special tokens as typed keeps Hugging Face's ids: the
+    text is cut where the backend cuts it, and BPE runs on the same pieces."""
+    spans = _between_special_tokens(tokenizer, entry["text"])
+    assert tokenizer.encode(entry["text"], plain_spans=spans) == entry["ids"]
+
+
+@pytest.mark.parametrize("entry", TEXTS, ids=_text_id)
+def test_special_token_text_in_a_plain_span_is_plain_text(
+    tokenizer: Tokenizer, entry: dict[str, Any]
+) -> None:
+    text = entry["text"]
+    ids = tokenizer.encode(text, plain_spans=[(0, len(text))])
+    assert not any(map(tokenizer.is_special, ids))
+    assert tokenizer.decode(ids, skip_special_tokens=False) == text
+    if tokenizer.special_text.search(text) is None:
+        assert ids == entry["ids"]
+
+
+def test_a_special_token_partly_in_a_plain_span_is_plain_text(tokenizer: Tokenizer) -> None:
+    plain = tokenizer.encode("a<|im_end|>b", plain_spans=[(0, 12)])
+    # The byte-level split cuts between letters and punctuation, so the halves add up.
+    assert plain == [*tokenizer.encode("a<|im"), *tokenizer.encode("_end|>b")]
+    assert tokenizer.encode("a<|im_end|>b<|im_end|>", plain_spans=[(3, 4)]) == [*plain, 2]
+    assert tokenizer.encode("<|im_end|>", plain_spans=[(9, 10)]) == tokenizer.encode(
+        "<|im_end|>", plain_spans=[(0, 10)]
+    )
+
+
+def test_plain_spans_over_16_kib_give_the_same_ids(tokenizer: Tokenizer) -> None:
+    """Long texts go through encode_batch (which releases the GIL) with spans too."""
+    unit = "x <|im_end|>\n"
+    text = unit * 3000
+    assert len(text) > 16_384
+    typed = tokenizer.encode(text, plain_spans=[(0, len(text))])
+    assert typed == tokenizer.encode(unit, plain_spans=[(0, len(unit))]) * 3000
+    assert tokenizer.encode(text, plain_spans=_between_special_tokens(tokenizer, text)) == (
+        tokenizer.encode(text)
+    )
+
+
+def test_plain_spans_keep_bos(tokenizer: Tokenizer) -> None:
+    metadata = {**default_tokenizer_metadata(), "tokenizer.ggml.add_bos_token": True}
+    with_bos = Tokenizer.from_metadata(metadata)
+    typed = with_bos.encode("<|im_end|>", add_special_tokens=True, plain_spans=[(0, 10)])
+    assert typed == [1, *tokenizer.encode("<|im_end|>", plain_spans=[(0, 10)])]
+
+
+def test_user_defined_tokens_stay_whole_in_plain_spans() -> None:
+    """As in llama.cpp (parse_special off) and Hugging Face (encode_special_tokens): only
+    control tokens become text; a user-defined token is vocabulary, matched anywhere."""
+    metadata = default_tokenizer_metadata()
+    tokens, types = metadata["tokenizer.ggml.tokens"], metadata["tokenizer.ggml.token_type"]
+    assert isinstance(tokens, list) and isinstance(types, list)
+    tok = Tokenizer.from_metadata(
+        {
+            **metadata,
+            "tokenizer.ggml.tokens": [*tokens, "<|tool|>", "<|mine|>"],
+            "tokenizer.ggml.token_type": [*types, 3, 4],
+        }
+    )
+    tool, mine = len(tokens), len(tokens) + 1
+    ids = tok.encode("<|tool|>a<|mine|>", plain_spans=[(0, 17)])
+    assert tool not in ids and ids[-1] == mine
+    assert tok.decode(ids, skip_special_tokens=False) == "<|tool|>a<|mine|>"

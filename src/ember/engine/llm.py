@@ -87,7 +87,7 @@ class LLM:
         template = self.engine.model.chat_template
         if template is None:
             raise InvalidRequestError("this model has no chat template; use generate()")
-        return self.tokenizer.encode(template.render(messages, add_generation_prompt=True))
+        return template.encode(messages, self.tokenizer, add_generation_prompt=True)
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:
         """Yield text deltas as they are generated."""

@@ -5,6 +5,10 @@ sandbox. The environment copies transformers' `apply_chat_template` (trim_blocks
 lstrip_blocks, loop controls, a `tojson` that does not HTML-escape, `raise_exception`,
 `strftime_now`) so a prompt renders here byte for byte as it did in the model's training.
 
+`encode` turns the rendered prompt into token ids with one rule: special tokens come only from
+the template's markup, never from what the messages say, so that a message cannot forge a turn
+by typing `<|im_end|>\n<|im_start|>system`.
+
 jinja2 is imported when a template is first compiled, not with this module: a process that
 never chats (`ember run` on a plain prompt) does not pay ~0.15 s of cold start for it.
 """
@@ -13,7 +17,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -24,6 +29,7 @@ if TYPE_CHECKING:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     from ember.model.gguf_file import GGUFFile
+    from ember.model.tokenizer import Tokenizer
 
 TEMPLATE_KEY = "tokenizer.chat_template"
 
@@ -122,9 +128,41 @@ class ChatTemplate:
     ) -> str:
         """The prompt text; `InvalidRequestError` for malformed messages or ones the template
         rejects (e.g. roles out of order)."""
+        return self._render(_checked_messages(messages), add_generation_prompt)
+
+    def encode(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tokenizer: Tokenizer,
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
+        """The prompt's token ids, with the special tokens of the template's markup only.
+
+        A special token's text in a message is tokenized as the text it is. Messages without
+        one are `tokenizer.encode(render(...))`. Messages with one render a second time, each
+        occurrence replaced by a sentinel, which says where the typed occurrences lie in the
+        prompt. `InvalidRequestError` as `render`, and where the two renders differ by more
+        than the sentinels: the template then acts on the typed text itself (slices or tests
+        it), and where it went cannot be told.
+        """
+        plain = _checked_messages(messages)
+        rendered = self._render(plain, add_generation_prompt)
+        special_text = tokenizer.special_text
+        if not any(map(special_text.search, _strings(plain))):
+            return tokenizer.encode(rendered)
+        typed = _TypedSpecialText(plain, special_text, [self.text, *self._special_tokens.values()])
+        found = typed.restore(self._render(typed.messages, add_generation_prompt))
+        if found is None or found[0] != rendered:
+            raise InvalidRequestError(
+                f"a message holds {typed.originals[0]!r}, the text of a special token, and the "
+                "chat template treats it apart from the text around it; remove it from the "
+                "messages"
+            )
+        return tokenizer.encode(rendered, plain_spans=found[1])
+
+    def _render(self, plain: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         import jinja2
 
-        plain = _checked_messages(messages)
         template = self._compiled()
         try:
             rendered: str = template.render(
@@ -187,3 +225,82 @@ def _checked_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, A
         # A copy: the template sees plain data and cannot reach the caller's objects.
         plain.append(dict(message))
     return plain
+
+
+class _TypedSpecialText:
+    """Messages with each special token's text in them replaced by a sentinel, and the way back.
+
+    A sentinel is `M<n>M`, M a character found in no message, template or token variable: its
+    n-th occurrence's text. It holds no whitespace or letters, so `trim`, `upper` and the like
+    leave it be, and no special token's text can form across it.
+    """
+
+    __slots__ = ("_marker", "_sentinel", "messages", "originals")
+
+    def __init__(
+        self, plain: list[dict[str, Any]], special_text: re.Pattern[str], others: list[str]
+    ) -> None:
+        self._marker = _unused_character([*_strings(plain), *others])
+        self.originals: list[str] = []
+
+        def sentinel(match: re.Match[str]) -> str:
+            self.originals.append(match.group())
+            return f"{self._marker}{len(self.originals) - 1}{self._marker}"
+
+        self.messages = _map_strings(plain, lambda text: special_text.sub(sentinel, text))
+        marker = re.escape(self._marker)
+        self._sentinel = re.compile(f"{marker}([0-9]+){marker}")
+
+    def restore(self, rendered: str) -> tuple[str, list[tuple[int, int]]] | None:
+        """The prompt with the typed texts back, and their `(start, end)` spans in it; None
+        when a sentinel did not come through whole."""
+        pieces = self._sentinel.split(rendered)
+        parts: list[str] = []
+        spans: list[tuple[int, int]] = []
+        at = 0
+        for index, piece in enumerate(pieces):
+            if index % 2:
+                number = int(piece)
+                if number >= len(self.originals):
+                    return None
+                piece = self.originals[number]
+                spans.append((at, at + len(piece)))
+            elif self._marker in piece:
+                return None
+            parts.append(piece)
+            at += len(piece)
+        return "".join(parts), spans
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in the messages' values, however deep (the template may read any)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def _map_strings(value: Any, change: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, Mapping):
+        return {key: _map_strings(item, change) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(item, change) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_map_strings(item, change) for item in value)
+    return value
+
+
+def _unused_character(texts: list[str]) -> str:
+    """A character none of `texts` holds, from the top of Unicode's private use planes down
+    (a text can hold only so many characters, so the search is short)."""
+    used = set().union(*texts)
+    for code in range(0x10FFFD, 0xFF, -1):
+        if not 0xD800 <= code <= 0xDFFF and chr(code) not in used:
+            return chr(code)
+    raise InvalidRequestError("the messages use every character; no sentinel is left")

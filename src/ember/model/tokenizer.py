@@ -4,11 +4,16 @@ A GGUF carries no `tokenizer.json`: only the vocabulary, the merges, a token-typ
 special ids and the name of the pre-tokenizer (`tokenizer.ggml.pre`). We rebuild the byte-level
 BPE tokenizer those describe with the `tokenizers` library, picking the text splitting the
 vocabulary was trained with, so ids match the model's own Hugging Face tokenizer.
+
+Special tokens (BOS, `<|im_end|>` ...) are matched whole in text, except in spans the caller
+marks as typed by a user: there their text is plain text, tokenized as any other, so that a
+chat message cannot forge a control token (`ChatTemplate.encode` marks those spans).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from itertools import compress, repeat
@@ -133,9 +138,12 @@ class Tokenizer:
 
     __slots__ = (
         "_added_ids",
+        "_added_text",
         "_backend",
         "_pieces",
+        "_plain_backend",
         "_special_ids",
+        "_special_text",
         "_texts",
         "add_bos",
         "bos_id",
@@ -167,6 +175,10 @@ class Tokenizer:
         self._pieces: list[tuple[bytes, str | None] | None] = [None] * len(self._texts)
         self._special_ids = special_ids
         self._added_ids = added_ids
+        # Built on first use: only prompts with a special token's text typed in them need them.
+        self._plain_backend: BackendTokenizer | None = None
+        self._special_text: re.Pattern[str] | None = None
+        self._added_text: re.Pattern[str] | None = None
         self.bos_id = bos_id
         self.eos_id = eos_id
         self.unk_id = unk_id
@@ -243,11 +255,22 @@ class Tokenizer:
     def eos_text(self) -> str:
         return self._texts[self.eos_id]
 
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        """Token ids of `text`; special-token strings in it become their single ids.
+    def encode(
+        self,
+        text: str,
+        add_special_tokens: bool = False,
+        *,
+        plain_spans: Sequence[tuple[int, int]] = (),
+    ) -> list[int]:
+        """Token ids of `text`; special-token strings in it become their single ids, except
+        where one overlaps a `(start, end)` span of `plain_spans` (sorted, disjoint: text a user
+        typed), which is tokenized as the plain text it is.
 
         `add_special_tokens` prepends BOS only where the file asks for it (`add_bos_token`).
         """
+        if plain_spans:
+            around = self._encode_around(text, plain_spans)
+            return self._with_bos(around) if add_special_tokens else around
         if len(text) > _GIL_FREE_CHARS:
             # `tokenizers`' encode holds the GIL for the whole call, encode_batch releases it:
             # a 3 MB prompt tokenized on a worker thread stalled the server's event loop 2.5 s
@@ -263,6 +286,61 @@ class Tokenizer:
         if add_special_tokens:
             return [self._with_bos(e.ids) for e in encodings]
         return [e.ids for e in encodings]
+
+    @property
+    def special_text(self) -> re.Pattern[str]:
+        """Matches the text of any special token (the longest of those starting at a place)."""
+        if self._special_text is None:
+            self._special_text = _longest_first(self._texts[i] for i in self._special_ids)
+        return self._special_text
+
+    def _encode_around(self, text: str, plain_spans: Sequence[tuple[int, int]]) -> list[int]:
+        """`encode` with the special tokens overlapping `plain_spans` left as text.
+
+        Cuts `text` where the backend would (its added tokens, leftmost-longest, as its
+        aho-corasick automaton matches them), keeps the special tokens outside the spans, and
+        tokenizes the text between them with special-token matching off. With no span
+        overlapping a special token the ids are `encode`'s: the backend cuts at the same places
+        and runs BPE on the same pieces.
+        """
+        if self._added_text is None:
+            self._added_text = _longest_first(self._texts[i] for i in self._added_ids)
+        kept: list[int] = []
+        between: list[str] = []
+        start = 0
+        span = 0
+        for match in self._added_text.finditer(text):
+            begin, end = match.span()
+            while span < len(plain_spans) and plain_spans[span][1] <= begin:
+                span += 1
+            if span < len(plain_spans) and plain_spans[span][0] < end:
+                continue
+            token_id = self._backend.token_to_id(match.group())
+            if token_id is None or token_id not in self._special_ids:
+                continue  # user-defined: the plain backend matches it again
+            between.append(text[start:begin])
+            kept.append(token_id)
+            start = end
+        between.append(text[start:])
+        pieces = self._encode_plain(between)
+        ids = pieces[0]
+        for token_id, piece in zip(kept, pieces[1:], strict=True):
+            ids.append(token_id)
+            ids.extend(piece)
+        return ids
+
+    def _encode_plain(self, texts: list[str]) -> list[list[int]]:
+        """Each text's ids with special tokens matched as text (user-defined ones still whole)."""
+        backend = self._plain_backend
+        if backend is None:
+            # A copy (0.1 s, once): the flag is the backend's state, and other threads encode
+            # with the first one meanwhile.
+            backend = BackendTokenizer.from_str(self._backend.to_str())
+            backend.encode_special_tokens = True
+            self._plain_backend = backend
+        if sum(map(len, texts)) > _GIL_FREE_CHARS:  # see `encode`
+            return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+        return [backend.encode(t, add_special_tokens=False).ids for t in texts]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         self._check_ids(ids)
@@ -346,6 +424,13 @@ def _added_token_ids(
         if i not in special and tokens[i] == respelled[i]
     )
     return special, user_defined
+
+
+def _longest_first(texts: Iterable[str]) -> re.Pattern[str]:
+    """One pattern for all `texts`: re tries alternatives in order, so at the leftmost place
+    where any matches, the longest wins (a pattern that never matches for none)."""
+    ordered = sorted({text for text in texts if text}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, ordered)) or "(?!)")
 
 
 def _ids_of_type(token_types: Sequence[int], kind: int) -> set[int]:

@@ -83,7 +83,7 @@ class OpenAIRoutes:
         tokenizer = self._model.tokenizer
 
         def render() -> list[int]:
-            return tokenizer.encode(template.render(chat.messages, add_generation_prompt=True))
+            return template.encode(chat.messages, tokenizer, add_generation_prompt=True)
 
         prompt_ids = await _run_user_work(render, offload=offload)
         identity = ResponseIdentity.new("chatcmpl", self._model.name)

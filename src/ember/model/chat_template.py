@@ -230,9 +230,9 @@ def _checked_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, A
 class _TypedSpecialText:
     """Messages with each special token's text in them replaced by a sentinel, and the way back.
 
-    A sentinel is `M<n>M`, M a character found in no message, template or token variable: its
-    n-th occurrence's text. It holds no whitespace or letters, so `trim`, `upper` and the like
-    leave it be, and no special token's text can form across it.
+    The n-th occurrence becomes `M<n>M`, M a character found in no message, template or token
+    variable. A sentinel holds no whitespace or letters, so `trim`, `upper` and the like leave
+    it be, and no special token's text can form across it.
     """
 
     __slots__ = ("_marker", "_sentinel", "messages", "originals")
@@ -249,7 +249,8 @@ class _TypedSpecialText:
 
         self.messages = _map_strings(plain, lambda text: special_text.sub(sentinel, text))
         marker = re.escape(self._marker)
-        self._sentinel = re.compile(f"{marker}([0-9]+){marker}")
+        # Bounded: int() refuses over 4,300 digits, and no count of occurrences needs 12.
+        self._sentinel = re.compile(f"{marker}([0-9]{{1,12}}){marker}")
 
     def restore(self, rendered: str) -> tuple[str, list[tuple[int, int]]] | None:
         """The prompt with the typed texts back, and their `(start, end)` spans in it; None

@@ -51,7 +51,7 @@ _CHAT_FIELDS = [
     "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "seed",
     "stop", "n", "stream", "stream_options", "logprobs", "top_logprobs", "user", "logit_bias",
     "response_format", "tools", "tool_choice", "stop_token_ids", "ignore_eos",
-    "request_timeout", "skip_special_tokens",
+    "request_timeout", "skip_special_tokens", "cache_salt",
 ]  # fmt: skip
 _COMPLETION_FIELDS = [
     "model", "prompt", "max_tokens", "temperature", "top_p", "n", "stream", "logprobs", "echo",

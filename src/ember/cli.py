@@ -159,6 +159,38 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
     )
     add("--seed", type=int, default=engine("seed"), help="engine seed for requests without one")
     add("--log-level", default=server("log_level"), choices=("debug", "info", "warning", "error"))
+    add(
+        "--allowed-hosts",
+        type=_comma_list,
+        default=server("allowed_hosts"),
+        help="host names the server answers to besides localhost, 127.0.0.1, ::1 and --host "
+        "(comma-separated; '*': any); other Host headers get 421",
+    )
+    add(
+        "--allowed-origins",
+        type=_comma_list,
+        default=server("allowed_origins"),
+        help="origins (http://host:port, comma-separated; '*': any) whose browser pages may call "
+        "the API, with CORS; other cross-site requests get 403",
+    )
+    add(
+        "--max-connections",
+        type=int,
+        default=server("max_connections"),
+        help="open connections at most (also kept under the descriptor limit)",
+    )
+    add(
+        "--max-header-bytes",
+        type=int,
+        default=server("max_header_bytes"),
+        help="request line and headers at most (431 beyond)",
+    )
+    add(
+        "--read-timeout",
+        type=float,
+        default=server("read_timeout"),
+        help="seconds a client has to send a request's headers, and the longest pause in a body",
+    )
 
 
 def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
@@ -350,6 +382,10 @@ def _default(config: type[Any], name: str) -> Any:
     return next(f.default for f in dataclasses.fields(config) if f.name == name)
 
 
+def _comma_list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
 def _serve(args: argparse.Namespace) -> int:
     from ember.serve.server import run_server
 
@@ -382,6 +418,11 @@ def _serve(args: argparse.Namespace) -> int:
             max_choices=args.max_choices,
             stream_interval=args.stream_interval,
             log_level=args.log_level,
+            allowed_hosts=args.allowed_hosts,
+            allowed_origins=args.allowed_origins,
+            max_connections=args.max_connections,
+            max_header_bytes=args.max_header_bytes,
+            read_timeout=args.read_timeout,
         )
     )
     return 0

@@ -8,13 +8,34 @@ from __future__ import annotations
 
 import json
 
+from starlette.responses import Response
+
 from ember.errors import EmberError
+
+# How much of a client's value an error message quotes: enough to recognise it, never a page.
+QUOTED_CHARS = 100
+
+
+def quoted(value: object) -> str:
+    """A client's value as every error message shows it: `repr`-escaped (control characters and
+    lone surrogates as escapes, so the body always encodes) and cut to ~100 characters."""
+    if isinstance(value, str):
+        if len(value) <= QUOTED_CHARS:
+            return repr(value)
+        return f"{value[:QUOTED_CHARS]!r}... ({len(value)} characters)"
+    text = repr(value)
+    if len(text) <= QUOTED_CHARS:
+        return text
+    return f"{text[:QUOTED_CHARS]}... ({len(text)} characters)"
 
 
 class APIError(EmberError):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    # Answered with `Connection: close`: what follows on the connection cannot be trusted to
+    # start a request (a body left unread, bytes that were not HTTP).
+    close_connection: bool = False
 
     def __init__(
         self,
@@ -45,9 +66,21 @@ class APIError(EmberError):
         return json.dumps(self.body(), ensure_ascii=False)
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
+        headers = {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(self.retry_after)))
+        if self.close_connection:
+            headers["Connection"] = "close"
+        return headers
+
+
+def api_error_response(error: APIError) -> Response:
+    return Response(
+        error.json(),
+        status_code=error.status,
+        headers=error.headers(),
+        media_type="application/json",
+    )
 
 
 class BadRequestError(APIError):
@@ -62,6 +95,21 @@ class ContextLengthExceededError(BadRequestError):
     code = "context_length_exceeded"
 
 
+class InvalidHTTPError(BadRequestError):
+    """400 from the HTTP layer: the bytes are not an HTTP/1.1 request."""
+
+    code = "invalid_http"
+    close_connection = True
+
+
+class CrossOriginError(APIError):
+    """403: a browser page of another site (its `Origin`) that `--allowed-origins` lacks."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "origin_not_allowed"
+
+
 class NotFoundError(APIError):
     status = 404
     type = "invalid_request_error"
@@ -74,10 +122,34 @@ class MethodNotAllowedError(APIError):
     code = "method_not_allowed"
 
 
+class RequestTimeoutError(APIError):
+    """408: the client took longer than `--read-timeout` to send its headers or a body part."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "read_timeout"
+    close_connection = True
+
+
 class PayloadTooLargeError(APIError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class MisdirectedRequestError(APIError):
+    """421: the `Host` header names a host this server does not answer to (DNS rebinding)."""
+
+    status = 421
+    type = "invalid_request_error"
+    code = "host_not_allowed"
+
+
+class HeadersTooLargeError(APIError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+    close_connection = True
 
 
 class UnsupportedMediaTypeError(APIError):
@@ -100,6 +172,13 @@ class ServiceUnavailableError(APIError):
     status = 503
     type = "service_unavailable"
     code = "no_worker_ready"
+
+
+class TooManyConnectionsError(ServiceUnavailableError):
+    """503: `--max-connections` are open and none is idle enough to be closed for this one."""
+
+    code = "too_many_connections"
+    close_connection = True
 
 
 class WorkerCrashedError(ServiceUnavailableError):

@@ -17,8 +17,11 @@ from ember.serve.api_errors import (
     InternalServerError,
     MethodNotAllowedError,
     NotFoundError,
+    api_error_response,
+    quoted,
 )
 from ember.serve.config import ServerConfig
+from ember.serve.cross_site import CrossSiteGuard
 from ember.serve.engine_client import EngineClient
 from ember.serve.http_body import ClientGoneError
 from ember.serve.metrics import ServerMetrics
@@ -29,6 +32,8 @@ from ember.serve.supervisor import WorkerSupervisor
 logger = logging.getLogger("ember.serve")
 
 _PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Probes: answered whatever the Host or Origin (a load balancer's Host is its own business).
+PROBE_PATHS = frozenset({"/health", "/ready"})
 
 
 def build_app(
@@ -76,16 +81,8 @@ def build_app(
         },
     )
     known_paths = {route.path for route in routes}
-    return HTTPMetricsMiddleware(app, metrics, known_paths)
-
-
-def api_error_response(error: APIError) -> Response:
-    return Response(
-        error.json(),
-        status_code=error.status,
-        headers=error.headers(),
-        media_type="application/json",
-    )
+    guarded = CrossSiteGuard(app, config, PROBE_PATHS)
+    return HTTPMetricsMiddleware(guarded, metrics, known_paths)
 
 
 async def _api_error(request: Request, error: Exception) -> Response:
@@ -97,10 +94,10 @@ async def _http_exception(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
     if error.status_code == 405:
         return api_error_response(
-            MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}")
+            MethodNotAllowedError(f"{request.method} is not allowed on {quoted(request.url.path)}")
         )
     if error.status_code == 404:
-        return api_error_response(NotFoundError(f"no route {request.url.path}"))
+        return api_error_response(NotFoundError(f"no route {quoted(request.url.path)}"))
     generic = APIError(str(error.detail))
     generic.status = error.status_code
     return api_error_response(generic)
@@ -111,7 +108,15 @@ async def _client_gone(request: Request, error: Exception) -> Response:
 
 
 async def _unexpected(request: Request, error: Exception) -> Response:
-    logger.exception("unexpected error serving %s %s", request.method, request.url.path)
+    # The path and the error's message are the client's text: the log escapes them and cuts
+    # them short (log_format); the body is named by its size only.
+    size = request.headers.get("content-length", "")
+    logger.exception(
+        "unexpected error serving %s %s (%s body bytes)",
+        request.method,
+        ascii(request.url.path),
+        size if size.isdigit() else "unknown",
+    )
     return api_error_response(
         InternalServerError("the server failed to handle this request; see the server log")
     )

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import msgspec
 
-from ember.serve.api_errors import BadRequestError
+from ember.serve.api_errors import BadRequestError, quoted
 
 T = TypeVar("T")
 
@@ -29,6 +29,7 @@ _INDEX = re.compile(r"\[\d+\]")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _UTF8_BOM = b"\xef\xbb\xbf"
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _JSON_NAMES = {
     "str": "a string",
     "int": "an integer",
@@ -118,8 +119,7 @@ def _value_at(data: bytes, path: str) -> str | None:
             value = value[name] if name else value[int(index)]  # type: ignore[index]
     except (msgspec.DecodeError, LookupError, TypeError, RecursionError):
         return None
-    text = repr(value)
-    return text if len(text) <= 40 else text[:40] + "..."
+    return quoted(value)
 
 
 def _json_name(msgspec_type: str) -> str:
@@ -170,7 +170,10 @@ def _lone_surrogate(data: bytes, at: str) -> str | None:
             for key, item in reversed(value.items()):
                 if _SURROGATE.search(key):
                     return path or None
-                stack.append((f"{path}.{key}" if path else key, item))
+                if not _FIELD_NAME.fullmatch(key):  # a client's own key, not a field name
+                    stack.append((f"{path}[...]", item))
+                else:
+                    stack.append((f"{path}.{key}" if path else key, item))
         elif isinstance(value, list):
             stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
     return None

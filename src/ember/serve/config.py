@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ember.engine.config import EngineConfig
 from ember.errors import EmberError
+
+_ORIGIN = re.compile(r"https?://[^/\s]+", re.IGNORECASE)
+_HOST_NAME = re.compile(r"[^/\s:\[\]]+|\*|[0-9a-f:.]*:[0-9a-f:.]*", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +37,21 @@ class ServerConfig:
     restart_backoff: float = 0.5
     max_restart_backoff: float = 30.0
     log_level: str = "info"
+    # Host names the server answers to besides localhost, 127.0.0.1, ::1 and `host` (any IP
+    # address too when `host` is a wildcard); "*": any. Others get 421 (DNS rebinding).
+    allowed_hosts: tuple[str, ...] = ()
+    # Origins (scheme://host[:port]) whose browser pages may call the API, with CORS; "*": any.
+    # Cross-site requests from others get 403.
+    allowed_origins: tuple[str, ...] = ()
+    # Open connections at most (also held under the descriptor limit); at the bound a new one
+    # closes the longest-idle connection, or gets 503 when none is idle.
+    max_connections: int = 4096
+    # Request line and headers together; more: 431 and the connection closes.
+    max_header_bytes: int = 64 << 10
+    # Seconds a client has to send a request's headers, from connecting or from its previous
+    # response, and the longest pause within a body; then the connection closes (408 if the
+    # request had begun).
+    read_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -49,3 +68,21 @@ class ServerConfig:
             raise EmberError("--max-choices must be >= 1")
         if not 0 <= self.stream_interval <= 10:
             raise EmberError("--stream-interval must be between 0 and 10 seconds")
+        if self.max_connections < 1:
+            raise EmberError("--max-connections must be >= 1")
+        if self.max_header_bytes < 1024:
+            raise EmberError("--max-header-bytes must be at least 1024")
+        if self.read_timeout <= 0:
+            raise EmberError("--read-timeout must be positive")
+        for host in self.allowed_hosts:
+            if not _HOST_NAME.fullmatch(host):
+                raise EmberError(
+                    f"--allowed-hosts takes host names without ports or brackets "
+                    f"(localhost, example.com, ::1) or '*', got {host!r}"
+                )
+        for origin in self.allowed_origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin.rstrip("/")):
+                raise EmberError(
+                    f"--allowed-origins takes origins as browsers send them, scheme://host[:port] "
+                    f"(http://localhost:3000), or '*', got {origin!r}"
+                )

@@ -19,7 +19,7 @@ import msgspec
 
 from ember.engine.sampling_params import MAX_LOGPROBS, SamplingParams
 from ember.errors import SamplingParamsError
-from ember.serve.api_errors import BadRequestError
+from ember.serve.api_errors import BadRequestError, quoted
 from ember.serve.body_decoding import decode_body
 from ember.serve.openai_bodies import (
     FIELD_TEXT,
@@ -90,7 +90,7 @@ def parse_chat_request(body: bytes, max_choices: int) -> ChatRequest:
     if response_type != "text":
         _fail(
             "response_format",
-            f"response_format type {_shown(response_type)} is not supported; only 'text'",
+            f"response_format type {quoted(response_type)} is not supported; only 'text'",
         )
     logprobs = bool(chat.logprobs)
     top_logprobs = _integer("top_logprobs", chat.top_logprobs, low=0, high=MAX_LOGPROBS)
@@ -238,7 +238,7 @@ def _messages(raw: list[Message] | None) -> list[dict[str, str]]:
             where = f"messages[{index}].role"
             _fail(
                 where,
-                f"{where} {_shown(message.role)} is not supported; use one of "
+                f"{where} {quoted(message.role)} is not supported; use one of "
                 f"{', '.join(sorted(roles))}",
             )
         if not isinstance(message.content, str):
@@ -261,7 +261,7 @@ def _check_parts(parts: list[ContentPart], where: str) -> None:
     for index, part in enumerate(parts):
         name = f"{where}[{index}]"
         if part.type != "text":
-            shown = "no type" if part.type is None else f"type {_shown(part.type)}"
+            shown = "no type" if part.type is None else f"type {quoted(part.type)}"
             _fail(name, f"{name} has {shown}; this model takes 'text' parts only")
         if part.text is None:
             _fail(f"{name}.text", f"'{name}.text' is required", "missing_required_parameter")
@@ -285,11 +285,6 @@ def _prompts(raw: msgspec.Raw) -> list[str | list[int]]:
     if first == b"[":
         return list(decode_body(raw, list[TokenIds], FIELD_TEXT, "prompt"))
     return [decode_body(raw, TokenIds, FIELD_TEXT, "prompt")]
-
-
-def _shown(value: str) -> str:
-    """A client's string quoted for a message, cut short: messages should not echo pages."""
-    return repr(value if len(value) <= 40 else value[:40] + "...")
 
 
 def _fail(param: str, message: str, code: str = "invalid_value") -> NoReturn:

@@ -22,6 +22,7 @@ from ember.serve.api_errors import (
     ClientClosedRequestError,
     ContextLengthExceededError,
     NotFoundError,
+    quoted,
 )
 from ember.serve.config import ServerConfig
 from ember.serve.engine_client import EngineClient
@@ -68,7 +69,7 @@ class OpenAIRoutes:
         return JSONResponse({"object": "list", "data": [card]})
 
     async def chat_completions(self, request: Request) -> Response:
-        body = await read_body(request, self._config.max_body_bytes)
+        body = await read_body(request, self._config.max_body_bytes, self._config.read_timeout)
         # A large body is parsed, rendered and tokenized off the loop: its size bounds the
         # text and the count of messages (110,000 empty ones take seconds to render).
         offload = len(body) > _OFFLOAD_CHARS
@@ -95,7 +96,7 @@ class OpenAIRoutes:
         return JSONResponse(chat_completion_body(identity, generation, tokenizer))
 
     async def completions(self, request: Request) -> Response:
-        body = await read_body(request, self._config.max_body_bytes)
+        body = await read_body(request, self._config.max_body_bytes, self._config.read_timeout)
         offload = len(body) > _OFFLOAD_CHARS
         max_choices = self._config.max_choices
         completion = await _run_user_work(
@@ -129,7 +130,8 @@ class OpenAIRoutes:
     def _check_model(self, name: str) -> None:
         if name != self._model.name:
             raise NotFoundError(
-                f"the model '{name}' does not exist; this server serves '{self._model.name}'",
+                f"the model {quoted(name)} does not exist; this server serves "
+                f"{quoted(self._model.name)}",
                 param="model",
                 code="model_not_found",
             )

@@ -25,7 +25,15 @@ import uvicorn
 from ember.serve.api_errors import ServiceUnavailableError
 from ember.serve.app import build_app
 from ember.serve.config import ServerConfig
+from ember.serve.connection_bounds import (
+    ConnectionBounds,
+    ConnectionLimits,
+    connections_within,
+    raise_descriptor_limit,
+)
 from ember.serve.engine_client import EngineClient
+from ember.serve.http_protocol import bounded_protocol
+from ember.serve.log_format import configure_logging
 from ember.serve.metrics import ServerMetrics
 from ember.serve.served_model import ServedModel
 from ember.serve.supervisor import WorkerSupervisor
@@ -34,12 +42,24 @@ logger = logging.getLogger("ember.serve")
 
 # Time after the grace period for the error events to reach clients before connections close.
 _FLUSH_SECONDS = 2.0
+# Seconds a connection is kept between requests (uvicorn's default).
+_KEEP_ALIVE_SECONDS = 5
+# A body past the limit is dropped as it arrives, up to this many times the limit, so that the
+# connection survives its 413; a larger one is cut off.
+_DISCARDED_BODIES = 4
 _SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class EmberServer:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, max_connections: int | None = None) -> None:
+        """`max_connections`: `config.max_connections` as the descriptor limit allows."""
         self.config = config
+        self.connection_limits = ConnectionLimits(
+            max_connections=max_connections or config.max_connections,
+            max_header_bytes=config.max_header_bytes,
+            read_timeout=config.read_timeout,
+            max_discarded_bytes=_DISCARDED_BODIES * config.max_body_bytes,
+        )
         self.model = ServedModel.load(config.engine.model, config.served_model_name)
         self.metrics = ServerMetrics(self.model.name, self.model.context_length)
         self.client = EngineClient(config, self.metrics)
@@ -54,8 +74,13 @@ class EmberServer:
                 self.app,
                 host=self.config.host,
                 port=self.config.port,
+                http=bounded_protocol(ConnectionBounds(self.connection_limits)),
+                ws="none",
+                # Logging is the root logger's, escaping client text (run_server).
+                log_config=None,
                 log_level=self.config.log_level,
                 lifespan="off",
+                timeout_keep_alive=_KEEP_ALIVE_SECONDS,
                 timeout_graceful_shutdown=math.ceil(
                     self.config.shutdown_grace_period + _FLUSH_SECONDS
                 ),
@@ -67,7 +92,11 @@ class EmberServer:
 
             server = _DrainingServer(uv_config, on_exit)
             logger.info(
-                "serving %s on http://%s:%d", self.model.name, self.config.host, self.config.port
+                "serving %s on http://%s:%d, up to %d connections",
+                self.model.name,
+                self.config.host,
+                self.config.port,
+                self.connection_limits.max_connections,
             )
             await server.serve(sockets=None if sock is None else [sock])
         finally:
@@ -125,10 +154,9 @@ class _DrainingServer(uvicorn.Server):
 
 
 def run_server(config: ServerConfig) -> None:
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    server = EmberServer(config)
+    configure_logging(config.log_level)
+    max_connections = connections_within(config.max_connections, raise_descriptor_limit())
+    server = EmberServer(config, max_connections)
     # The tokenizer's and template's objects live as long as the process: out of the cyclic
     # collector's sight, its full collections during a burst of requests take no time.
     gc.freeze()

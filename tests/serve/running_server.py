@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -93,15 +94,22 @@ def free_port() -> int:
         return port
 
 
-def start_server(log_dir: Path, *args: str) -> RunningServer:
+def start_server(log_dir: Path, *args: str, descriptor_limit: int | None = None) -> RunningServer:
+    """`descriptor_limit`: the server's soft and hard RLIMIT_NOFILE, to run out of them."""
     port = free_port()
     log = log_dir / f"ember-serve-{port}.log"
+
+    def limit_descriptors() -> None:
+        if descriptor_limit is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (descriptor_limit, descriptor_limit))
+
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "ember.cli", "serve", "--port", str(port), *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=limit_descriptors,
         )
     server = RunningServer(process, port, log)
     try:

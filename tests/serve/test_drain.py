@@ -42,8 +42,16 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path: Path) -> None:
         first = next(iter(short))
         assert first.choices[0].text
 
+        kept_alive = httpx.Client(base_url=server.url, timeout=30)
+        assert kept_alive.get("/v1/models").status_code == 200
         server.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
+        # A connection opened before the signal gets an answer: 503, then it closes.
+        time.sleep(0.5)
+        late = kept_alive.post("/v1/completions", json={"model": MODEL, "prompt": "Hi"})
+        kept_alive.close()
+        assert late.status_code == 503 and late.json()["error"]["code"] == "draining", late.text
+        assert late.headers["connection"] == "close"
         rest = list(short)
         assert rest[-1].choices[0].finish_reason == "length"  # finished despite the SIGTERM
         with pytest.raises(httpx.HTTPError):

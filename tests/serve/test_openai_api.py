@@ -130,6 +130,19 @@ def test_unknown_model_is_not_found(server: RunningServer) -> None:
     assert caught.value.code == "model_not_found" and MODEL in caught.value.message
 
 
+def test_a_huge_model_name_is_not_echoed_whole(server: RunningServer) -> None:
+    # Before: a 1 MB model name came back in a 1 MB 404.
+    name = "x" * (1 << 20)
+    response = httpx.post(
+        server.url + "/v1/completions",
+        json={"model": name, "prompt": "Hi", "max_tokens": 1},
+        timeout=60,
+    )
+    assert response.status_code == 404 and len(response.content) < 1000, len(response.content)
+    message = response.json()["error"]["message"]
+    assert "'" + "x" * 100 + "'... (1048576 characters)" in message and MODEL in message
+
+
 def test_wrong_types_are_bad_requests(server: RunningServer) -> None:
     client = server.client()
     with pytest.raises(openai.BadRequestError) as caught:

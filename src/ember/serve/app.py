@@ -92,12 +92,13 @@ async def _api_error(request: Request, error: Exception) -> Response:
 
 async def _http_exception(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
+    path = request.scope["path"]  # as the client sent it (request.url drops some characters)
     if error.status_code == 405:
         return api_error_response(
-            MethodNotAllowedError(f"{request.method} is not allowed on {quoted(request.url.path)}")
+            MethodNotAllowedError(f"{request.method} is not allowed on {quoted(path)}")
         )
     if error.status_code == 404:
-        return api_error_response(NotFoundError(f"no route {quoted(request.url.path)}"))
+        return api_error_response(NotFoundError(f"no route {quoted(path)}"))
     generic = APIError(str(error.detail))
     generic.status = error.status_code
     return api_error_response(generic)
@@ -114,7 +115,7 @@ async def _unexpected(request: Request, error: Exception) -> Response:
     logger.exception(
         "unexpected error serving %s %s (%s body bytes)",
         request.method,
-        ascii(request.url.path),
+        ascii(request.scope["path"]),
         size if size.isdigit() else "unknown",
     )
     return api_error_response(

@@ -275,3 +275,20 @@ def test_at_the_bound_with_no_idle_connection_a_new_one_gets_503() -> None:
                 assert error["header:retry-after"] == "1" and refused.closed()
             assert busy.response()[2] == b"held"
         assert bounds.refused == 1
+
+
+def test_an_upgrade_request_is_served_as_plain_http(bounds: ConnectionBounds) -> None:
+    with connect(bounds) as sock:  # what `curl --http2 http://...` sends
+        sock.sendall(get("/ok", b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"))
+        assert sock.response()[2] == b"ok"
+
+
+def test_a_413_to_an_expect_100_continue_closes_the_connection(bounds: ConnectionBounds) -> None:
+    head = (
+        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n"
+        b"Expect: 100-continue\r\n\r\n" % (2 * BODY_LIMIT)
+    )
+    with connect(bounds) as sock:
+        sock.sendall(head)  # and wait: the body only follows a 100 Continue
+        sock.error(413, "request_too_large")
+        assert sock.closed()

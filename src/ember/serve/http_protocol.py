@@ -169,6 +169,11 @@ class BoundedHTTPProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if not self._awaiting_headers and self.expect_100_continue:
+            # Answered before its body was asked for: the client will not send it, so the
+            # connection cannot frame another request.
+            self._linger_close()
+            return
         self._update_idle()
 
     # Server events

@@ -92,10 +92,9 @@ class KVCachePool:
         """
         assert not seq.block_table, "sequence already holds blocks"
         hits = self._lookup_prefix(seq)
-        needed_fresh = self.blocks_for(seq.num_tokens) - len(hits)
-        hits_in_use = sum(1 for block_id in hits if self._blocks[block_id].ref_count > 0)
-        if self.num_free_blocks - (len(hits) - hits_in_use) < needed_fresh:
+        if self._shortfall(seq, hits) > 0:
             return False
+        needed_fresh = self.blocks_for(seq.num_tokens) - len(hits)
         for block_id in hits:
             block = self._blocks[block_id]
             if block.ref_count == 0:
@@ -114,6 +113,20 @@ class KVCachePool:
             self.stats.queries += seq.num_tokens
             self.stats.hits += cached_tokens
         return True
+
+    def blocks_short_for(self, seq: Sequence) -> int:
+        """How many blocks `try_allocate(seq)` lacks now (0: it would succeed)."""
+        return max(0, self._shortfall(seq, self._lookup_prefix(seq)))
+
+    def blocks_freed_by(self, seq: Sequence) -> int:
+        """Blocks that freeing `seq` alone would return to the pool (those it does not share)."""
+        return sum(1 for block_id in seq.block_table if self._blocks[block_id].ref_count == 1)
+
+    def _shortfall(self, seq: Sequence, hits: list[int]) -> int:
+        # Cached blocks not in use count among the free ones: taking them as hits uses them up.
+        needed_fresh = self.blocks_for(seq.num_tokens) - len(hits)
+        hits_idle = sum(1 for block_id in hits if self._blocks[block_id].ref_count == 0)
+        return needed_fresh + hits_idle - self.num_free_blocks
 
     def ensure_capacity(self, seq: Sequence, num_tokens: int) -> bool:
         """Grow the block table to hold `num_tokens`; False (nothing taken) if the pool is short."""

@@ -14,7 +14,15 @@ from ember.engine.model_runner import LaunchedStep, ModelRunner
 from ember.engine.request_output import RequestOutput
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduler import Scheduler, SchedulerConfig
-from ember.engine.sequence import FinishReason, RequestId, Sequence, SequenceStatus, TokenLogprob
+from ember.engine.scheduling import Scheduling
+from ember.engine.sequence import (
+    EQUAL_SCHEDULING,
+    FinishReason,
+    RequestId,
+    Sequence,
+    SequenceStatus,
+    TokenLogprob,
+)
 from ember.engine.sequence_limits import SequenceLimits
 from ember.engine.stop_checker import StopChecker
 from ember.errors import InvalidRequestError
@@ -32,6 +40,10 @@ class EngineStats:
     num_preemptions: int
     last_batch_size: int
     last_batch_tokens: int
+    # Sequences by priority (`Scheduling.priority`), for per-class metrics; priorities with
+    # none are left out.
+    running_by_priority: dict[int, int] = field(default_factory=dict)
+    waiting_by_priority: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
@@ -104,9 +116,12 @@ class LLMEngine:
         prompt: str | SequenceOf[int],
         params: SamplingParams,
         cache_salt: str | None = None,
+        scheduling: Scheduling | None = None,
     ) -> list[int]:
         """Queue a request; returns its prompt token ids. Raises on requests that cannot run.
-        `cache_salt`: it reuses cached prefix blocks only of requests with the same salt."""
+        `cache_salt`: it reuses cached prefix blocks only of requests with the same salt.
+        `scheduling`: its priority and tenant's share (None: all requests equal, first come
+        first served)."""
         if request_id in self._requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         prompt_ids = self.encode_prompt(prompt)
@@ -122,6 +137,7 @@ class LLMEngine:
             arrival_time=time.monotonic(),
             seed=seed,
             cache_salt=cache_salt,
+            scheduling=EQUAL_SCHEDULING if scheduling is None else scheduling,
         )
         self._next_seq_id += 1
         stop = StopChecker(params, self.tokenizer, with_text=self.config.detokenize)
@@ -195,6 +211,8 @@ class LLMEngine:
             num_preemptions=self.scheduler.num_preemptions,
             last_batch_size=self._last_batch_size,
             last_batch_tokens=self._last_batch_tokens,
+            running_by_priority=self.scheduler.running_by_priority(),
+            waiting_by_priority=self.scheduler.waiting.counts_by_priority(),
         )
 
     def _advance(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ember.engine.sampling_params import SamplingParams
+from ember.engine.scheduling import Scheduling
 
 
 class SequenceStatus(enum.Enum):
@@ -19,6 +20,9 @@ class SequenceStatus(enum.Enum):
 # A request's id in the engine, given by its caller (the HTTP server's per-choice counter, the
 # `LLM` facade's own) and carried unchanged in every output and message about it.
 RequestId = int
+
+# All requests equal: first come, first served (the `LLM` API's, and any caller's that sets none).
+EQUAL_SCHEDULING = Scheduling()
 
 
 class FinishReason(enum.StrEnum):
@@ -57,6 +61,10 @@ class Sequence:
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     num_preemptions: int = 0
+    scheduling: Scheduling = EQUAL_SCHEDULING
+    # Preempted for a higher priority, it may not be again until its tokens (pending ones
+    # included) reach this: each such preemption is followed by a token of progress.
+    protected_until: int = 0
     # Counts of generated tokens, for presence/frequency penalties.
     output_counts: dict[int, int] = field(default_factory=dict)
     first_token_time: float | None = None
@@ -107,6 +115,11 @@ class Sequence:
         return len(self.token_ids) + self.num_pending - self.num_prompt_tokens >= (
             self.params.max_tokens
         )
+
+    @property
+    def is_protected(self) -> bool:
+        """Whether it must make progress before it may be preempted for a higher priority."""
+        return len(self.token_ids) + self.num_pending < self.protected_until
 
     @property
     def is_finished(self) -> bool:

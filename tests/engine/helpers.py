@@ -5,12 +5,18 @@ import itertools
 import numpy as np
 
 from ember.engine.sampling_params import SamplingParams
-from ember.engine.sequence import Sequence
+from ember.engine.scheduling import Scheduling
+from ember.engine.sequence import EQUAL_SCHEDULING, Sequence
 
 _ids = itertools.count()
 
 
-def make_seq(tokens: list[int], params: SamplingParams | None = None, seed: int = 0) -> Sequence:
+def make_seq(
+    tokens: list[int],
+    params: SamplingParams | None = None,
+    seed: int = 0,
+    scheduling: Scheduling = EQUAL_SCHEDULING,
+) -> Sequence:
     seq_id = next(_ids)
     return Sequence(
         seq_id=seq_id,
@@ -20,4 +26,5 @@ def make_seq(tokens: list[int], params: SamplingParams | None = None, seed: int 
         params=params or SamplingParams(),
         rng=np.random.default_rng(seed),
         arrival_time=0.0,
+        scheduling=scheduling,
     )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
+from ember.engine.scheduling import Scheduling
 from ember.model.loader import LoadedModel
 from tests.engine.reference_sampling import engine_over
 
@@ -125,3 +126,31 @@ def test_preemption_and_prefix_hits_under_async_steps(model: LoadedModel) -> Non
     assert tight.pool.stats.hits > 0
     assert backend.placeholders > 0
     assert tight.pool.num_used_blocks == 0
+
+
+def test_priority_preemption_under_async_steps(model: LoadedModel) -> None:
+    """An interactive request preempts a batch one whose next token is still on the device;
+    every request's tokens are those it gets alone."""
+    requests = {
+        f"bulk{i}": (prompt, greedy(10, ignore_eos=True)) for i, prompt in enumerate(PROMPTS[:3])
+    }
+    chat = {"chat": (PROMPTS[2] * 2, greedy(6, ignore_eos=True))}
+    roomy, _ = engine_over(model, async_scheduling=False)
+    want = {rid: run(roomy, {rid: request}) for rid, request in (requests | chat).items()}
+    # Room for the three batch requests, not for them and the long interactive prompt.
+    prompt_len = len(roomy.tokenizer.encode(chat["chat"][0], add_special_tokens=True))
+    engine, backend = engine_over(model, num_kv_blocks=-(-prompt_len // 16) + 2)
+    for rid, (prompt, params) in requests.items():
+        engine.add_request(rid, prompt, params, scheduling=Scheduling(priority=2))
+    got: dict[str, list[int]] = {rid: [] for rid in want}
+    for step in range(1000):
+        if step == 3:
+            engine.add_request("chat", *chat["chat"], scheduling=Scheduling(priority=0))
+        if step > 3 and not engine.has_unfinished_requests():
+            break
+        for out in engine.step():
+            got[out.request_id] += out.new_token_ids
+    assert got == {rid: result[rid].token_ids for rid, result in want.items()}
+    assert engine.scheduler.num_preemptions >= 1
+    assert backend.placeholders > 0
+    assert engine.pool.num_used_blocks == 0

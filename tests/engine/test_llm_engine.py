@@ -11,6 +11,7 @@ import pytest
 from ember import LLM, PromptTooLongError, SamplingParams
 from ember.engine.config import EngineConfig
 from ember.engine.llm_engine import LLMEngine
+from ember.engine.scheduling import Scheduling
 from ember.errors import InvalidRequestError
 from ember.model.loader import LoadedModel
 
@@ -210,3 +211,36 @@ def test_bad_requests_get_specific_errors(make_tiny_llm: MakeLLM) -> None:
         llm.chat([{"role": "user"}])
     # The engine is still healthy after all of that.
     assert llm.generate("Hello", SamplingParams(max_tokens=2))[0].token_ids
+
+
+def test_priority_preemption_gives_same_outputs(
+    model: LoadedModel, one_at_a_time: list[list[int]]
+) -> None:
+    """Two batch requests fill the engine; three interactive ones arrive and preempt them. Each
+    request's greedy tokens are those it gets alone."""
+    engine = llm_over(model, max_num_seqs=2).engine
+    bulk, chat = Scheduling(priority=2, tenant="bulk"), Scheduling(priority=0, tenant="chat")
+    got: dict[int, list[int]] = {i: [] for i in range(len(PROMPTS))}
+    admitted: list[int] = []
+
+    def step() -> None:
+        for out in engine.step():
+            got[out.request_id] += out.new_token_ids
+        admitted.extend(engine.admitted)
+
+    for i in (0, 1):
+        engine.add_request(i, PROMPTS[i], GREEDY, scheduling=bulk)
+    for _ in range(3):
+        step()
+    for i in (2, 3, 4):
+        engine.add_request(i, PROMPTS[i], GREEDY, scheduling=chat)
+    stats = engine.stats()
+    assert stats.running_by_priority == {2: 2} and stats.waiting_by_priority == {0: 3}
+    step()
+    assert engine.stats().running_by_priority == {0: 1, 2: 1}
+    while engine.has_unfinished_requests():
+        step()
+    assert [got[i] for i in range(len(PROMPTS))] == one_at_a_time
+    assert engine.stats().num_preemptions == 2
+    assert admitted[:4] == [0, 1, 2, 3] and sorted(admitted[4:]) == [0, 1, 4]
+    assert engine.stats().kv_usage == 0.0

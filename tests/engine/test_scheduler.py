@@ -292,3 +292,15 @@ def test_batch_runs_unhindered_while_interactive_requests_leave_room() -> None:
         step(sched)
         steps += 1
     assert steps == 20 and sched.num_preemptions == 0  # one token a step from the start
+
+
+def test_a_waiting_sequence_with_a_token_in_flight_waits_for_it() -> None:
+    """A sequence preempted while its step is in flight (asynchronous scheduling) is recomputed
+    from its tokens only once that token has arrived."""
+    sched = Scheduler(SchedulerConfig(), KVCachePool(64, 4))
+    seq = make_seq([1, 2, 3])
+    sched.add(seq)
+    seq.num_pending = 1
+    assert not sched.schedule().seqs and seq.status is SequenceStatus.WAITING
+    seq.num_pending = 0
+    assert sched.schedule().admitted == [seq]

@@ -58,7 +58,11 @@ class EngineLoop:
             if isinstance(message, AddRequest):
                 try:
                     engine.add_request(
-                        message.request_id, message.prompt_ids, message.params, message.cache_salt
+                        message.request_id,
+                        message.prompt_ids,
+                        message.params,
+                        message.cache_salt,
+                        message.scheduling,
                     )
                 except InvalidRequestError as error:
                     self._send(RequestRejected(message.request_id, str(error), error.param))

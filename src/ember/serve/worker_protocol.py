@@ -23,6 +23,7 @@ import msgspec
 
 from ember.engine.llm_engine import EngineStats, LLMEngine
 from ember.engine.sampling_params import SamplingParams
+from ember.engine.scheduling import Scheduling
 from ember.engine.sequence import FinishReason, RequestId, TokenLogprob
 from ember.engine.sequence_limits import SequenceLimits
 
@@ -34,6 +35,8 @@ class AddRequest(msgspec.Struct, frozen=True, array_like=True, tag=True):
     prompt_ids: list[int]
     params: SamplingParams  # stop strings removed: the server applies them
     cache_salt: str | None = None
+    # The tenant's class and share; None: the engine's default (first come, first served).
+    scheduling: Scheduling | None = None
 
 
 class AbortRequests(msgspec.Struct, frozen=True, array_like=True, tag=True):

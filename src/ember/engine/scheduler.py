@@ -4,7 +4,7 @@ Each step has a token budget, and within it a smaller budget for prefill (prompt
 prefill is slow: on the CPU a step's length is mostly its prefill tokens, and every running
 stream waits for the step. Running sequences go first (decode tokens and the rest of chunked
 prefills), oldest first; then waiting sequences are admitted, oldest first, while their blocks
-fit. Room for the oldest waiting sequence's first chunk (at most half the prefill budget) is
+fit. Room for the next waiting sequence's first chunk (at most half the prefill budget) is
 kept from running prefills, so a long prompt in progress cannot hold a new request back for its
 whole length, and still gets at least half the prefill budget each step. When a running
 sequence needs a block and none is free, the newest running sequence is preempted: its blocks
@@ -16,8 +16,9 @@ lowest priority is the one preempted for a block. When the next waiting sequence
 (a slot or its blocks), running sequences of lower priorities are preempted for it, the lowest
 priority first and within it the one with the fewest computed tokens, but only when that makes
 the room; a sequence so preempted is protected until it has made a token of progress, so it
-cannot be preempted back and forth without end. Under the default `Scheduling` (all equal)
-none of this changes the order: first come, first served.
+cannot be preempted back and forth without end. Preemption for priority is looked at once a
+step, for the next waiting sequence only. Under the default `Scheduling` (all equal) none of
+this changes the order: first come, first served.
 A running sequence's tokens include those sampled by a step still in flight (`num_pending`):
 it decodes the next one from the device's copy, unless that token is its last by max_tokens.
 The scheduler says *what* runs; the model runner decides *how*.

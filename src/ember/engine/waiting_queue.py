@@ -8,7 +8,9 @@ Under the default `Scheduling` there is one queue, and this is first-come first-
 Fair share is kept as virtual time, as in start-time fair queuing (or CFS's vruntime): a tenant's
 tokens computed, prompt and generated, over its weight. A tenant that had nothing waiting
 comes back at its priority's clock (the virtual time of the tenant picked last), so an idle
-spell is not saved up as credit to flood with later.
+spell is not saved up as credit to flood with later. Tokens are counted only while tenants
+contend (two or more waiting at one priority): what a tenant got while nobody else asked is
+no debt, and the count costs nothing per step the rest of the time.
 
 A priority with requests waiting and none admitted for `starvation_steps` scheduler steps goes
 first at the next room: lower priorities are delayed by higher ones, never starved.
@@ -56,8 +58,8 @@ class WaitingQueue:
         self._order: list[_Level] = []  # by priority
         self._size = 0
         self._step = 0
-        # Some priority has had two tenants: tokens must be counted per tenant.
-        self._fair = False
+        # Priorities with two or more tenants waiting: tokens are counted while there are any.
+        self._num_contended = 0
 
     def __len__(self) -> int:
         return self._size
@@ -92,10 +94,11 @@ class WaitingQueue:
         queue = level.tenants.get(scheduling.tenant)
         if queue is None:
             queue = level.tenants[scheduling.tenant] = _TenantQueue()
-            self._fair = self._fair or len(level.tenants) > 1
         if not queue.seqs:
             queue.vtime = max(queue.vtime, level.clock)
             level.active[scheduling.tenant] = queue
+            if len(level.active) == 2:
+                self._num_contended += 1
         if not level.size:
             level.last_admit_step = self._step
         if front:
@@ -135,7 +138,7 @@ class WaitingQueue:
 
     def charge(self, seqs: list[Sequence], counts: list[int]) -> None:
         """Count a step's computed tokens against their tenants' shares."""
-        if not self._fair:
+        if not self._num_contended:
             return
         levels = self._levels
         for seq, n in zip(seqs, counts, strict=True):
@@ -152,5 +155,7 @@ class WaitingQueue:
     def _drop(self, level: _Level, queue: _TenantQueue, seq: Sequence) -> None:
         if not queue.seqs:
             del level.active[seq.scheduling.tenant]
+            if len(level.active) == 1:
+                self._num_contended -= 1
         level.size -= 1
         self._size -= 1

@@ -1,4 +1,4 @@
-"""`ember` command line: run, info, bench, serve."""
+"""`ember` command line: run, info, bench, serve, keys."""
 
 from __future__ import annotations
 
@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="OpenAI-compatible HTTP server")
     _add_model_args(serve)
     _add_serve_args(serve)
+
+    keys = commands.add_parser("keys", help="API keys for `ember serve --tenants`")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser(
+        "create", help="print a new random key once, and the hash to put in the tenants file"
+    )
+    create.add_argument("--tenant", required=True, help="the tenant the key is for")
     return parser
 
 
@@ -191,6 +198,26 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         default=server("read_timeout"),
         help="seconds a client has to send a request's headers, and the longest pause in a body",
     )
+    add(
+        "--tenants",
+        metavar="FILE",
+        default=os.environ.get("EMBER_TENANTS_FILE") or server("tenants_file"),
+        help="tenants, API key hashes, limits and service classes (TOML; reloaded on SIGHUP "
+        "and on change; default: $EMBER_TENANTS_FILE). Without it or --api-key the server is "
+        "open to anyone who can reach it",
+    )
+    add(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get("EMBER_API_KEY") or server("api_key"),
+        help="the one key callers must send, for a single user (default: $EMBER_API_KEY)",
+    )
+    add(
+        "--metrics-public",
+        action="store_true",
+        default=server("metrics_public"),
+        help="serve /metrics without a key when keys are required",
+    )
 
 
 def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
@@ -250,6 +277,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _info(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "keys":
+        return _keys_create(args)
     if args.bench_command == "serve":
         return _bench_serve(args)
     return _bench(args)
@@ -423,8 +452,30 @@ def _serve(args: argparse.Namespace) -> int:
             max_connections=args.max_connections,
             max_header_bytes=args.max_header_bytes,
             read_timeout=args.read_timeout,
+            tenants_file=args.tenants,
+            api_key=args.api_key,
+            metrics_public=args.metrics_public,
         )
     )
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from ember.serve.api_keys import key_hash, new_key, short_id
+    from ember.serve.tenants_file import valid_name
+
+    if not valid_name(args.tenant):
+        raise EmberError(
+            f"--tenant {args.tenant!r}: a tenant name is 1-64 letters, digits, '_', '.', '-', "
+            "starting with a letter or digit"
+        )
+    key = new_key()
+    stored = key_hash(key)
+    print(f"API key for tenant {args.tenant!r} (shown only now; the server keeps its hash):")
+    print(f"  {key}")
+    print(f"key id {short_id(stored)}. In the tenants file, add the hash to the tenant's keys:")
+    print(f"[tenants.{args.tenant}]")
+    print(f'keys = ["{stored}"]')
     return 0
 
 

@@ -7,6 +7,7 @@ Every error a client can cause or meet is one of these; the body is always
 from __future__ import annotations
 
 import json
+import math
 
 from starlette.responses import Response
 
@@ -68,7 +69,8 @@ class APIError(EmberError):
     def headers(self) -> dict[str, str]:
         headers = {}
         if self.retry_after is not None:
-            headers["Retry-After"] = str(max(1, round(self.retry_after)))
+            # Rounded up: a client that waits as told is not refused again for being early.
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after - 1e-9)))
         if self.close_connection:
             headers["Connection"] = "close"
         return headers
@@ -166,6 +168,37 @@ class QueueFullError(APIError):
     code = "queue_full"
 
 
+class RateLimitExceededError(APIError):
+    """429: the caller's tenant is over one of its limits (requests or tokens per minute,
+    concurrent requests); `type` says which kind, as OpenAI's does."""
+
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type: str,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, param=param, retry_after=retry_after)
+        self.type = type
+
+
+class InvalidAPIKeyError(APIError):
+    """401: no key, or one that is unknown or expired, while the server requires keys."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "WWW-Authenticate": 'Bearer realm="ember"'}
+
+
 class ServiceUnavailableError(APIError):
     """503: no engine worker is ready (starting, restarting) or the server is draining."""
 
@@ -179,6 +212,13 @@ class TooManyConnectionsError(ServiceUnavailableError):
 
     code = "too_many_connections"
     close_connection = True
+
+
+class ServerOverloadedError(ServiceUnavailableError):
+    """503: the server, not the caller's tenant, is full: the class's queue is at its bound, a
+    request waited past its class's queue timeout, or a sheddable request was shed."""
+
+    code = "server_overloaded"
 
 
 class WorkerCrashedError(ServiceUnavailableError):

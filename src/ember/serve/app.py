@@ -26,8 +26,12 @@ from ember.serve.engine_client import EngineClient
 from ember.serve.http_body import ClientGoneError
 from ember.serve.metrics import ServerMetrics
 from ember.serve.openai_routes import OpenAIRoutes
+from ember.serve.rate_limits import RateLimiter
+from ember.serve.request_ids import RequestIds
 from ember.serve.served_model import ServedModel
 from ember.serve.supervisor import WorkerSupervisor
+from ember.serve.tenant_directory import TenantDirectory
+from ember.serve.tenant_gate import ERROR_CODE, TenantGate
 
 logger = logging.getLogger("ember.serve")
 
@@ -42,6 +46,8 @@ def build_app(
     client: EngineClient,
     supervisor: WorkerSupervisor,
     metrics: ServerMetrics,
+    tenants: TenantDirectory,
+    limiter: RateLimiter,
 ) -> ASGIApp:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -66,7 +72,7 @@ def build_app(
         return Response(metrics.exposition(), media_type=_PROMETHEUS_TYPE)
 
     routes = [
-        *OpenAIRoutes(config, model, client).routes(),
+        *OpenAIRoutes(config, model, client, limiter, metrics.tenants).routes(),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
@@ -81,12 +87,15 @@ def build_app(
         },
     )
     known_paths = {route.path for route in routes}
-    guarded = CrossSiteGuard(app, config, PROBE_PATHS)
-    return HTTPMetricsMiddleware(guarded, metrics, known_paths)
+    keyless = PROBE_PATHS | {"/metrics"} if config.metrics_public else PROBE_PATHS
+    gated = TenantGate(app, tenants, limiter, metrics.tenants, keyless)
+    guarded = CrossSiteGuard(gated, config, PROBE_PATHS)
+    return RequestIds(HTTPMetricsMiddleware(guarded, metrics, known_paths))
 
 
 async def _api_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, APIError)
+    request.scope.setdefault("state", {})[ERROR_CODE] = error.code
     return api_error_response(error)
 
 

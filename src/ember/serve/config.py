@@ -52,6 +52,13 @@ class ServerConfig:
     # response, and the longest pause within a body; then the connection closes (408 if the
     # request had begun).
     read_timeout: float = 10.0
+    # Tenants, keys and service classes (`serve/tenants_file.py`); reloaded on SIGHUP and on
+    # change. None, and no `api_key`: the server is open to anyone who can reach it.
+    tenants_file: str | None = None
+    # The one-key shortcut: one tenant, no limits (not together with `tenants_file`).
+    api_key: str | None = None
+    # Serve /metrics without a key even when keys are required.
+    metrics_public: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -74,6 +81,13 @@ class ServerConfig:
             raise EmberError("--max-header-bytes must be at least 1024")
         if self.read_timeout <= 0:
             raise EmberError("--read-timeout must be positive")
+        if self.api_key is not None and not self.api_key.strip():
+            raise EmberError("--api-key must not be empty")
+        if self.tenants_file is not None and self.api_key is not None:
+            raise EmberError(
+                "give either --tenants (EMBER_TENANTS_FILE) or --api-key (EMBER_API_KEY), not "
+                "both: put the key in the tenants file as a tenant's key hash"
+            )
         for host in self.allowed_hosts:
             if not _HOST_NAME.fullmatch(host):
                 raise EmberError(

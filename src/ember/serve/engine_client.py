@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import itertools
 import time
+from collections import Counter
 from typing import Protocol
 
 from ember.engine.sampling_params import SamplingParams
@@ -28,6 +29,7 @@ from ember.serve.api_errors import (
     BadRequestError,
     DeadlineExceededError,
     QueueFullError,
+    ServerOverloadedError,
     ServiceUnavailableError,
     WorkerCrashedError,
 )
@@ -47,6 +49,8 @@ from ember.serve.worker_protocol import (
 # Seconds a client is told to wait before retrying while no worker is ready or the queue is full.
 RETRY_AFTER_NO_WORKER = 5.0
 RETRY_AFTER_QUEUE_FULL = 1.0
+# A shed or timed-out request of a class is told to come back after this many seconds.
+RETRY_AFTER_OVERLOAD = 5.0
 
 
 class WorkerLink(Protocol):
@@ -59,6 +63,8 @@ class EngineClient:
         self._metrics = metrics
         self._choices: dict[RequestId, Choice] = {}
         self._waiting: set[RequestId] = set()
+        # Sequences waiting for the engine, per service class (requests without one: "").
+        self._waiting_by_class: Counter[str] = Counter()
         self._request_ids = itertools.count()
         self._worker: WorkerLink | None = None
         self.worker_info: WorkerReady | None = None
@@ -92,10 +98,12 @@ class EngineClient:
         (a burst is admitted whole if the engine can run it), unless the engine last reported
         sequences waiting anyway: then KV space, not slots, is the limit and all of them wait.
         """
-        waiting = len(self._waiting)
+        return self._beyond_free_slots(len(self._waiting))
+
+    def _beyond_free_slots(self, waiting: int) -> int:
         if self._engine_has_waiting:
             return waiting
-        running = len(self._choices) - waiting
+        running = len(self._choices) - len(self._waiting)
         free_slots = max(0, self._config.engine.max_num_seqs - running)
         return max(0, waiting - free_slots)
 
@@ -119,8 +127,11 @@ class EngineClient:
         self._metrics.finished[FinishReason.ABORT].inc(len(self._choices))
         self._choices.clear()
         self._waiting.clear()
+        self._waiting_by_class.clear()
         for request in requests:
+            request.live_choices = 0
             self._fail(request, error)
+            request.settle()
 
     def _check_ready(self) -> None:
         if self._worker is None or self.draining:
@@ -132,32 +143,107 @@ class EngineClient:
 
     def submit(self, request: GenerationRequest) -> None:
         """Send the request's choices (each checked against `limits`) to the worker; raises
-        the API error that refuses it."""
+        the API error that refuses it. Under overload, waiting requests of a sheddable class
+        are shed to make room for a request of a class that is not."""
         self._check_ready()
         worker = self._worker
         assert worker is not None
-        queued = self.num_queued
-        if queued + len(request.choices) > max(
-            self._config.max_queued_requests, len(request.choices)
-        ):
-            raise QueueFullError(
-                f"{queued} requests are already waiting for the engine "
-                f"(--max-queued-requests {self._config.max_queued_requests}); retry later",
-                retry_after=RETRY_AFTER_QUEUE_FULL,
-            )
+        self._make_room(request)
+        class_name = _class_name(request)
         for choice in request.choices:
             request_id = choice.request_id = next(self._request_ids)
             self._choices[request_id] = choice
             self._waiting.add(request_id)
             worker.send(
                 AddRequest(
-                    request_id, choice.prompt_ids, _engine_params(choice), request.cache_salt
+                    request_id,
+                    choice.prompt_ids,
+                    _engine_params(choice),
+                    request.cache_salt,
+                    request.scheduling,
                 )
             )
+        request.live_choices = len(request.choices)
+        self._waiting_by_class[class_name] += len(request.choices)
+        loop = asyncio.get_running_loop()
         timeout = request.timeout
         if timeout is not None:
-            loop = asyncio.get_running_loop()
             request.timer = loop.call_later(timeout, self._expire, request)
+        service_class = request.service_class
+        if service_class is not None:
+            request.queue_timer = loop.call_later(
+                service_class.queue_timeout, self._queue_expired, request
+            )
+
+    def _make_room(self, request: GenerationRequest) -> None:
+        needed = len(request.choices)
+        service_class = request.service_class
+        if service_class is not None:
+            waiting = self._beyond_free_slots(self._waiting_by_class[service_class.name])
+            if waiting + needed > max(service_class.max_queued, needed):
+                raise ServerOverloadedError(
+                    f"{waiting} sequences of the class {service_class.name!r} are already "
+                    f"waiting for the engine (its max_queued is {service_class.max_queued}); "
+                    "retry later",
+                    retry_after=RETRY_AFTER_QUEUE_FULL,
+                )
+        limit = max(self._config.max_queued_requests, needed)
+        excess = self.num_queued + needed - limit
+        if excess <= 0:
+            return
+        if service_class is not None and service_class.sheddable:
+            raise ServerOverloadedError(
+                f"the server is overloaded and requests of the class {service_class.name!r} "
+                "are shed first; retry later",
+                code="shed",
+                retry_after=RETRY_AFTER_OVERLOAD,
+            )
+        victims = self._sheddable_for(request, excess)
+        if victims is None:
+            raise QueueFullError(
+                f"{self.num_queued} requests are already waiting for the engine "
+                f"(--max-queued-requests {self._config.max_queued_requests}); retry later",
+                retry_after=RETRY_AFTER_QUEUE_FULL,
+            )
+        for victim in victims:
+            assert victim.service_class is not None
+            self.abort(victim)
+            self._fail(
+                victim,
+                ServerOverloadedError(
+                    f"the server is overloaded and this request, of the sheddable class "
+                    f"{victim.service_class.name!r}, was shed for more urgent work; retry later",
+                    code="shed",
+                    retry_after=RETRY_AFTER_OVERLOAD,
+                ),
+            )
+
+    def _sheddable_for(
+        self, request: GenerationRequest, excess: int
+    ) -> list[GenerationRequest] | None:
+        """The newest waiting requests of sheddable, less urgent classes whose sequences make
+        `excess` room; None if those are not enough."""
+        priority = request.service_class.priority if request.service_class else 0
+        victims: list[GenerationRequest] = []
+        freed = 0
+        seen: set[GenerationRequest] = set()
+        for choice in reversed(self._choices.values()):
+            owner = choice.owner
+            service_class = owner.service_class
+            if (
+                owner in seen
+                or owner.admitted
+                or service_class is None
+                or not service_class.sheddable
+                or service_class.priority <= priority
+            ):
+                continue
+            seen.add(owner)
+            victims.append(owner)
+            freed += owner.live_choices
+            if freed >= excess:
+                return victims
+        return None
 
     def fail_all(self, error: APIError) -> None:
         """End every request in flight with `error` (and abort it in the engine)."""
@@ -194,7 +280,17 @@ class EngineClient:
                 self._waiting.discard(request_id)
                 choice = choices.get(request_id)
                 if choice is not None:
-                    metrics.queue_time.observe(now - choice.owner.arrival_time)
+                    owner = choice.owner
+                    self._waiting_by_class[_class_name(owner)] -= 1
+                    queue_time = now - owner.arrival_time
+                    metrics.queue_time.observe(queue_time)
+                    if owner.series is not None:
+                        owner.series.queue_time.observe(queue_time)
+                    if not owner.admitted:
+                        owner.admitted = True
+                        if owner.queue_timer is not None:
+                            owner.queue_timer.cancel()
+                        owner.wake()
         to_abort: list[RequestId] = []
         num_tokens = 0
         unflushed = self._unflushed
@@ -208,8 +304,11 @@ class EngineClient:
             first = choice.first_token_time is None
             if first:
                 choice.first_token_time = now
-                metrics.ttft.observe(now - owner.arrival_time)
+                ttft = now - owner.arrival_time
+                metrics.ttft.observe(ttft)
                 metrics.prompt_tokens.inc(len(choice.prompt_ids))
+                if owner.series is not None:
+                    owner.series.ttft.observe(ttft)
             elif choice.last_token_time is not None:
                 itl.observe(now - choice.last_token_time)
             choice.last_token_time = now
@@ -248,7 +347,10 @@ class EngineClient:
 
     def _on_choice_finished(self, choice: Choice, now: float) -> None:
         metrics = self._metrics
-        metrics.e2e.observe(now - choice.owner.arrival_time)
+        e2e = now - choice.owner.arrival_time
+        metrics.e2e.observe(e2e)
+        if choice.owner.series is not None:
+            choice.owner.series.e2e.observe(e2e)
         metrics.request_prompt_tokens.observe(len(choice.prompt_ids))
         metrics.request_generation_tokens.observe(choice.num_output_tokens)
         request = choice.owner
@@ -257,9 +359,41 @@ class EngineClient:
 
     def _forget(self, request_id: RequestId, reason: FinishReason | None) -> None:
         choice = self._choices.pop(request_id, None)
-        self._waiting.discard(request_id)
-        if choice is not None and reason is not None:
+        if choice is None:
+            return
+        owner = choice.owner
+        if request_id in self._waiting:
+            self._waiting.discard(request_id)
+            self._waiting_by_class[_class_name(owner)] -= 1
+        if reason is not None:
             self._metrics.finished[reason].inc()
+        owner.live_choices -= 1
+        if owner.live_choices == 0:
+            self._settle(owner)
+
+    def _settle(self, request: GenerationRequest) -> None:
+        series = request.series
+        if series is not None:
+            started = [c for c in request.choices if c.first_token_time is not None]
+            series.prompt_tokens.inc(sum(len(c.prompt_ids) for c in started))
+            series.generation_tokens.inc(sum(c.num_output_tokens for c in request.choices))
+        request.settle()
+
+    def _queue_expired(self, request: GenerationRequest) -> None:
+        if request.finished or request.admitted:
+            return
+        service_class = request.service_class
+        assert service_class is not None
+        self.abort(request)
+        self._fail(
+            request,
+            ServerOverloadedError(
+                f"the engine did not start this request within the queue timeout of its class "
+                f"{service_class.name!r} ({service_class.queue_timeout:g} s); retry later",
+                code="queue_timeout",
+                retry_after=RETRY_AFTER_OVERLOAD,
+            ),
+        )
 
     def _expire(self, request: GenerationRequest) -> None:
         if request.finished:
@@ -276,6 +410,10 @@ class EngineClient:
         if request.timer is not None:
             request.timer.cancel()
         request.fail(error)
+
+
+def _class_name(request: GenerationRequest) -> str:
+    return "" if request.service_class is None else request.service_class.name
 
 
 def _engine_params(choice: Choice) -> SamplingParams:

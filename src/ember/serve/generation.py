@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ember.engine.sampling_params import SamplingParams
+from ember.engine.scheduling import Scheduling
 from ember.engine.sequence import FinishReason, RequestId, TokenLogprob
 from ember.engine.stop_checker import StopChecker
 from ember.engine.text_stream import TextStream
 from ember.model.tokenizer import Tokenizer
 from ember.serve.api_errors import APIError
+from ember.serve.metrics import TenantSeries
+from ember.serve.service_classes import ServiceClass
 
 
 @dataclass(slots=True)
@@ -120,6 +124,17 @@ class GenerationRequest:
         self.choices: list[Choice] = []
         self.error: APIError | None = None
         self.timer: asyncio.TimerHandle | None = None
+        # Who asked, and how the engine orders it (None: an open server's defaults).
+        self.scheduling: Scheduling | None = None
+        self.service_class: ServiceClass | None = None
+        self.series: TenantSeries | None = None
+        # Until the engine starts one of its sequences; then `admitted`.
+        self.queue_timer: asyncio.TimerHandle | None = None
+        self.admitted = False
+        # Choices the engine client still tracks; at 0 the request settles, once.
+        self.live_choices = 0
+        self.on_settled: Callable[[GenerationRequest], None] | None = None
+        self._settled = False
         # Streams wake to forward tokens; a whole response waits for the finish only.
         self.wake_on_tokens = True
         # A future only while the handler waits, and a flag for a wake-up before it does:
@@ -139,6 +154,25 @@ class GenerationRequest:
     @property
     def finished(self) -> bool:
         return self.error is not None or all(c.finished for c in self.choices)
+
+    @property
+    def used_tokens(self) -> int:
+        """Prompt tokens of the choices that started, plus every token generated."""
+        return sum(
+            (len(c.prompt_ids) if c.first_token_time is not None else 0) + c.num_output_tokens
+            for c in self.choices
+        )
+
+    def settle(self) -> None:
+        """No sequence of it is left in the engine: give back what it reserved, once."""
+        if self._settled:
+            return
+        self._settled = True
+        for timer in (self.queue_timer, self.timer):
+            if timer is not None:
+                timer.cancel()
+        if self.on_settled is not None:
+            self.on_settled(self)
 
     def fail(self, error: APIError) -> None:
         if self.error is None and not self.finished:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
@@ -85,6 +86,87 @@ class TokenHistogram:
             buckets.append((le, float(cumulative)))
         family.add_metric(list(self._labels.values()), buckets, self._sum)
         yield family
+
+
+# How a request to the API ended, for `ember:tenant_requests_total`: "shed" is a 503 given to a
+# waiting request of a sheddable class to make room for a more urgent one.
+OUTCOMES = ("served", "401", "404", "429", "503", "shed", "other")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSeries:
+    """One tenant and class's series, resolved once per tenant (not per request)."""
+
+    queue_time: Histogram
+    ttft: Histogram
+    e2e: Histogram
+    prompt_tokens: Counter
+    generation_tokens: Counter
+
+
+class TenantMetrics:
+    """Series per tenant and class. Their labels come from the tenants file only (plus
+    `anonymous`, `default`, and "" for callers with no valid key), so their number is bounded
+    by the file's tenants, however many keys or callers there are."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ("tenant", "class")
+        r = registry
+        self._requests = Counter(
+            "ember:tenant_requests",
+            "API requests by tenant, class and outcome (served, 401, 404, 429, 503, shed, other).",
+            (*labels, "outcome"),
+            registry=r,
+        )
+        self._queue_time = Histogram(
+            "ember:tenant_queue_time_seconds",
+            "Arrival until the engine first schedules a sequence, by tenant and class.",
+            labels,
+            buckets=_REQUEST_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._ttft = Histogram(
+            "ember:tenant_time_to_first_token_seconds",
+            "Time to first token, by tenant and class.",
+            labels,
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self._e2e = Histogram(
+            "ember:tenant_e2e_request_latency_seconds",
+            "Arrival to last token, per sequence, by tenant and class.",
+            labels,
+            buckets=_REQUEST_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._prompt = Counter(
+            "ember:tenant_prompt_tokens", "Prompt tokens of started sequences.", labels, registry=r
+        )
+        self._generation = Counter(
+            "ember:tenant_generation_tokens", "Generated tokens.", labels, registry=r
+        )
+        self._series: dict[tuple[str, str], TenantSeries] = {}
+        self._outcomes: dict[tuple[str, str, str], Counter] = {}
+
+    def series(self, tenant: str, service_class: str) -> TenantSeries:
+        key = (tenant, service_class)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = TenantSeries(
+                self._queue_time.labels(*key),
+                self._ttft.labels(*key),
+                self._e2e.labels(*key),
+                self._prompt.labels(*key),
+                self._generation.labels(*key),
+            )
+        return found
+
+    def on_outcome(self, tenant: str, service_class: str, outcome: str) -> None:
+        key = (tenant, service_class, outcome)
+        child = self._outcomes.get(key)
+        if child is None:
+            child = self._outcomes[key] = self._requests.labels(*key)
+        child.inc()
 
 
 class ServerMetrics:
@@ -166,6 +248,7 @@ class ServerMetrics:
             registry=r,
         )
         self._http_children: dict[tuple[str, int], Counter] = {}
+        self.tenants = TenantMetrics(r)
         self._last_stats: EngineStats | None = None
 
     def on_engine_step(self, stats: EngineStats) -> None:

@@ -73,6 +73,7 @@ class GenerationBody(msgspec.Struct):
     user: str | None = None
     cache_salt: CacheSalt | None = None  # vLLM's: shares cached prefixes only within a salt
     logit_bias: dict[str, Any] | None = None
+    priority: int | float | None = None  # vLLM's: lower runs first; may only lower urgency
 
 
 class ChatBody(GenerationBody):

@@ -54,6 +54,9 @@ class GenerationOptions:
     timeout: float | None
     user: str | None
     cache_salt: str | None
+    # The body's `priority` (vLLM's: lower runs first); it may only make a request less urgent
+    # than its tenant's class (`Tenant.scheduling`).
+    priority: int | None = None
 
     def params_for(self, max_tokens: int, choice: int) -> SamplingParams:
         """Choice `i` of a seeded request uses seed + i, so the n choices differ but repeat."""
@@ -177,6 +180,7 @@ def _options(
         timeout=timeout,
         user=body.user,
         cache_salt=body.cache_salt,
+        priority=_integer("priority", body.priority, low=-(2**31), high=2**31 - 1),
     )
 
 

@@ -1,9 +1,11 @@
 """`/v1/chat/completions`, `/v1/completions` and `/v1/models`.
 
-A generation request goes: body -> typed request (400s) -> prompt token ids (chat template,
-tokenizer) -> context check (400 stating the numbers) -> engine client (429/503) -> either one
-JSON response or a stream of SSE chunks. A client that disconnects, or a deadline that passes,
-aborts the request's sequences in the engine.
+A generation request goes: body -> typed request (400s) -> the model, among the tenant's (404)
+-> prompt token ids (chat template, tokenizer) -> context check (400 stating the numbers) ->
+the tenant's limits (429: its request and tokens reserved) -> engine client (429/503) -> either
+one JSON response or, once the engine has started it, a stream of SSE chunks. A client that
+disconnects, or a deadline that passes, aborts the request's sequences in the engine; however
+it ends, the tokens it did not use go back to its tenant.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from starlette.routing import Route
 
 from ember.errors import InvalidRequestError, PromptTooLongError
 from ember.serve.api_errors import (
+    APIError,
     BadRequestError,
     ClientClosedRequestError,
     ContextLengthExceededError,
@@ -29,6 +32,7 @@ from ember.serve.engine_client import EngineClient
 from ember.serve.event_stream import EventStreamResponse, disconnect_watch
 from ember.serve.generation import GenerationRequest
 from ember.serve.http_body import read_body
+from ember.serve.metrics import TenantMetrics
 from ember.serve.openai_requests import (
     GenerationOptions,
     parse_chat_request,
@@ -42,7 +46,10 @@ from ember.serve.openai_responses import (
     completion_body,
     error_event,
 )
+from ember.serve.rate_limits import RateLimiter
 from ember.serve.served_model import ServedModel
+from ember.serve.tenant_gate import tenant_of
+from ember.serve.tenants import Tenant
 
 # Prompts longer than this are rendered and tokenized off the event loop.
 _OFFLOAD_CHARS = 16_384
@@ -51,10 +58,19 @@ T = TypeVar("T")
 
 
 class OpenAIRoutes:
-    def __init__(self, config: ServerConfig, model: ServedModel, client: EngineClient) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        model: ServedModel,
+        client: EngineClient,
+        limiter: RateLimiter,
+        metrics: TenantMetrics,
+    ) -> None:
         self._config = config
         self._model = model
         self._client = client
+        self._limiter = limiter
+        self._metrics = metrics
 
     def routes(self) -> list[Route]:
         return [
@@ -66,7 +82,8 @@ class OpenAIRoutes:
     async def models(self, request: Request) -> Response:
         model = self._model
         card = {"id": model.name, "object": "model", "created": model.created, "owned_by": "ember"}
-        return JSONResponse({"object": "list", "data": [card]})
+        cards = [card] if tenant_of(request.scope).allows_model(model.name) else []
+        return JSONResponse({"object": "list", "data": cards})
 
     async def chat_completions(self, request: Request) -> Response:
         body = await read_body(request, self._config.max_body_bytes, self._config.read_timeout)
@@ -75,7 +92,8 @@ class OpenAIRoutes:
         offload = len(body) > _OFFLOAD_CHARS
         max_choices = self._config.max_choices
         chat = await _run_user_work(lambda: parse_chat_request(body, max_choices), offload)
-        self._check_model(chat.model)
+        tenant = tenant_of(request.scope)
+        self._check_model(chat.model, tenant)
         template = self._model.chat_template
         if template is None:
             raise BadRequestError(
@@ -88,8 +106,9 @@ class OpenAIRoutes:
 
         prompt_ids = await _run_user_work(render, offload=offload)
         identity = ResponseIdentity.new("chatcmpl", self._model.name)
-        generation = self._start(identity, [prompt_ids], chat.options, "messages")
+        generation = self._start(identity, [prompt_ids], chat.options, "messages", tenant)
         if chat.options.stream:
+            await self._wait(request, generation, until_started=True)
             encoder = ChunkEncoder(identity, tokenizer, True, chat.options.include_usage)
             return self._stream(generation, encoder, chat.options, None)
         await self._wait(request, generation)
@@ -102,7 +121,8 @@ class OpenAIRoutes:
         completion = await _run_user_work(
             lambda: parse_completion_request(body, max_choices), offload
         )
-        self._check_model(completion.model)
+        tenant = tenant_of(request.scope)
+        self._check_model(completion.model, tenant)
         tokenizer = self._model.tokenizer
         texts = [p for p in completion.prompts if isinstance(p, str)]
 
@@ -120,18 +140,25 @@ class OpenAIRoutes:
             prompts = [p if isinstance(p, str) else tokenizer.decode(p) for p in completion.prompts]
             echo = [prompt for prompt in prompts for _ in range(completion.options.n)]
         identity = ResponseIdentity.new("cmpl", self._model.name)
-        generation = self._start(identity, prompt_ids, completion.options, "prompt")
+        generation = self._start(identity, prompt_ids, completion.options, "prompt", tenant)
         if completion.options.stream:
+            await self._wait(request, generation, until_started=True)
             encoder = ChunkEncoder(identity, tokenizer, False, completion.options.include_usage)
             return self._stream(generation, encoder, completion.options, echo)
         await self._wait(request, generation)
         return JSONResponse(completion_body(identity, generation, tokenizer, echo))
 
-    def _check_model(self, name: str) -> None:
+    def _check_model(self, name: str, tenant: Tenant) -> None:
         if name != self._model.name:
             raise NotFoundError(
                 f"the model {quoted(name)} does not exist; this server serves "
                 f"{quoted(self._model.name)}",
+                param="model",
+                code="model_not_found",
+            )
+        if not tenant.allows_model(name):
+            raise NotFoundError(
+                f"the model {quoted(name)} does not exist or your key may not use it",
                 param="model",
                 code="model_not_found",
             )
@@ -142,6 +169,7 @@ class OpenAIRoutes:
         prompts: Sequence[list[int]],
         options: GenerationOptions,
         prompt_param: str,
+        tenant: Tenant,
     ) -> GenerationRequest:
         deadlines = [t for t in (self._config.request_timeout, options.timeout) if t is not None]
         generation = GenerationRequest(
@@ -149,31 +177,49 @@ class OpenAIRoutes:
         )
         generation.wake_on_tokens = options.stream
         limits = self._client.limits
+        most_tokens = 0  # what the request can use at most: reserved from the tenant's tokens
         for prompt_ids in prompts:
             try:
                 limits.check_prompt_ids(prompt_ids)
                 max_tokens = limits.max_tokens_for(len(prompt_ids), options.max_tokens)
             except InvalidRequestError as error:
                 raise _refusal(error, prompt_param) from None
+            most_tokens += options.n * (len(prompt_ids) + max_tokens)
             for choice in range(options.n):
                 generation.add_choice(
                     prompt_ids, options.params_for(max_tokens, choice), self._model.tokenizer
                 )
-        self._client.submit(generation)
+        service_class = tenant.service_class
+        generation.scheduling = tenant.scheduling(options.priority)
+        generation.service_class = service_class
+        generation.series = self._metrics.series(tenant.name, service_class.name)
+        reservation = self._limiter.admit(tenant, most_tokens)
+        generation.on_settled = lambda request: reservation.settle(request.used_tokens)
+        try:
+            self._client.submit(generation)
+        except APIError:
+            reservation.cancel()
+            raise
         return generation
 
     def _disconnected(self, generation: GenerationRequest) -> None:
         self._client.abort(generation)
         generation.fail(ClientClosedRequestError("the client closed the connection"))
 
-    async def _wait(self, request: Request, generation: GenerationRequest) -> None:
+    async def _wait(
+        self, request: Request, generation: GenerationRequest, until_started: bool = False
+    ) -> None:
+        """Until the request finishes, or (`until_started`) the engine starts it: a stream's
+        answer waits for that, so a request shed or timed out in the queue is a 503, not a
+        200 with an error event."""
         async with disconnect_watch(request, lambda: self._disconnected(generation)):
             try:
-                while not generation.finished:
+                while not (generation.finished or (until_started and generation.admitted)):
                     await generation.wait()
-            finally:
+            except BaseException:
                 if not generation.finished:
                     self._client.abort(generation)
+                raise
         if generation.error is not None:
             raise generation.error
 

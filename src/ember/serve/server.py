@@ -35,8 +35,10 @@ from ember.serve.engine_client import EngineClient
 from ember.serve.http_protocol import bounded_protocol
 from ember.serve.log_format import configure_logging
 from ember.serve.metrics import ServerMetrics
+from ember.serve.rate_limits import RateLimiter
 from ember.serve.served_model import ServedModel
 from ember.serve.supervisor import WorkerSupervisor
+from ember.serve.tenant_directory import TenantDirectory
 
 logger = logging.getLogger("ember.serve")
 
@@ -60,15 +62,27 @@ class EmberServer:
             read_timeout=config.read_timeout,
             max_discarded_bytes=_DISCARDED_BODIES * config.max_body_bytes,
         )
+        # First: a tenants file that cannot be used stops the start before the model loads.
+        self.tenants = TenantDirectory.from_settings(config.tenants_file, config.api_key)
+        self.limiter = RateLimiter()
         self.model = ServedModel.load(config.engine.model, config.served_model_name)
         self.metrics = ServerMetrics(self.model.name, self.model.context_length)
         self.client = EngineClient(config, self.metrics)
         self.supervisor = WorkerSupervisor(config, self.client, self.metrics)
-        self.app = build_app(config, self.model, self.client, self.supervisor, self.metrics)
+        self.app = build_app(
+            config,
+            self.model,
+            self.client,
+            self.supervisor,
+            self.metrics,
+            self.tenants,
+            self.limiter,
+        )
 
     async def serve(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
         await self.supervisor.start()
+        self.tenants.start()
         try:
             uv_config = uvicorn.Config(
                 self.app,
@@ -92,14 +106,16 @@ class EmberServer:
 
             server = _DrainingServer(uv_config, on_exit)
             logger.info(
-                "serving %s on http://%s:%d, up to %d connections",
+                "serving %s on http://%s:%d, up to %d connections; %s",
                 self.model.name,
                 self.config.host,
                 self.config.port,
                 self.connection_limits.max_connections,
+                self.tenants.describe(),
             )
             await server.serve(sockets=None if sock is None else [sock])
         finally:
+            await self.tenants.stop()
             await self.supervisor.stop()
 
     def drain(self) -> None:

@@ -224,10 +224,23 @@ def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
     add("--model", default=None, help="model id (default: the first of /v1/models)")
-    add("--api-key", default="EMPTY")
+    add("--api-key", default=None, help="the key of a single load (default: EMPTY)")
     add("--endpoint", default="chat", choices=("chat", "completions"))
-    add("--concurrency", type=int, default=16, help="streaming clients at most in flight")
-    add("--requests", type=int, default=64, help="requests in all")
+    add(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="streaming clients at most in flight (default: 16)",
+    )
+    add(
+        "--mix",
+        default=None,
+        metavar="LABEL:KEY:CONCURRENCY[:MAX_TOKENS],...",
+        help="several tenants at once, each with its key and concurrency (instead of "
+        "--api-key and --concurrency); a table per tenant, its share of output tokens, and "
+        "the aggregate",
+    )
+    add("--requests", type=int, default=64, help="requests in all (with --mix: per tenant)")
     add("--rate", type=float, default=None, help="arrivals per second (default: all at once)")
     add("--arrivals", default="poisson", choices=("poisson", "fixed"))
     add("--prompt", default="Write a short story about a lighthouse keeper.")
@@ -480,14 +493,26 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _bench_serve(args: argparse.Namespace) -> int:
-    from ember.bench.serve_load import LoadPlan, default_processes, format_report, run_load
+    from ember.bench.serve_load import (
+        LoadPlan,
+        default_processes,
+        format_mix_report,
+        format_report,
+        parse_mix,
+        run_load,
+        run_mix,
+    )
 
+    if args.mix is not None and (args.api_key is not None or args.concurrency is not None):
+        raise EmberError("--mix gives each tenant its key and concurrency; drop --api-key and "
+                         "--concurrency")  # fmt: skip
+    concurrency = 16 if args.concurrency is None else args.concurrency
     plan = LoadPlan(
         url=args.url,
         model=args.model,
-        api_key=args.api_key,
+        api_key="EMPTY" if args.api_key is None else args.api_key,
         endpoint=args.endpoint,
-        concurrency=args.concurrency,
+        concurrency=concurrency,
         num_requests=args.requests,
         rate=args.rate,
         arrivals=args.arrivals,
@@ -497,9 +522,13 @@ def _bench_serve(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         timeout=args.timeout,
         seed=args.seed,
-        processes=args.processes or default_processes(args.concurrency),
+        processes=args.processes or default_processes(concurrency),
     )
-    print(format_report(plan, run_load(plan)))
+    if args.mix is None:
+        print(format_report(plan, run_load(plan)))
+        return 0
+    loads = parse_mix(args.mix, plan, processes=args.processes)
+    print(format_mix_report(loads, run_mix(loads)))
     return 0
 
 

@@ -1,13 +1,27 @@
-"""`ember bench serve` against a real server: arrivals, the figures, errors by status."""
+"""`ember bench serve` against a real server: arrivals, the figures, errors by status, and a
+mix of tenants against `ember serve --tenants`."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import statistics
+from collections.abc import Iterator
 
-from ember.bench.serve_load import LoadPlan, format_report, run_load_async
-from tests.serve.running_server import MODEL, RunningServer
+import pytest
+
+from ember.bench.serve_load import (
+    LoadPlan,
+    default_processes,
+    format_report,
+    parse_mix,
+    run_load_async,
+)
+from ember.cli import main
+from ember.errors import EmberError
+from ember.serve.api_keys import key_hash
+from tests.serve.running_server import MODEL, RunningServer, start_server
 
 
 def test_arrival_schedules() -> None:
@@ -49,3 +63,68 @@ def test_errors_are_counted_by_status(server: RunningServer) -> None:
     report = asyncio.run(run_load_async(plan))
     assert report.errors == {"404": 3} and not report.completed
     assert "404: 3" in format_report(plan, report)
+
+
+def test_a_mix_is_parsed_into_a_plan_per_tenant() -> None:
+    base = LoadPlan(url="http://x", max_tokens=64, seed=7)
+    chat, bulk = parse_mix("chat:sk-1:4,bulk:sk-2:256:128", base, processes=None)
+    assert (chat.label, chat.plan.api_key, chat.plan.concurrency) == ("chat", "sk-1", 4)
+    assert (chat.plan.max_tokens, chat.plan.seed, chat.plan.processes) == (64, 7, 1)
+    assert (bulk.label, bulk.plan.api_key, bulk.plan.concurrency) == ("bulk", "sk-2", 256)
+    assert (bulk.plan.max_tokens, bulk.plan.seed) == (128, 8)
+    assert bulk.plan.processes == default_processes(256)
+    assert parse_mix("a:k:2", base, processes=3)[0].plan.processes == 3
+    for bad, says in (
+        ("chat:sk-1", "label:key:concurrency"),
+        ("chat::4", "label:key:concurrency"),
+        ("chat:sk-1:four", "integers"),
+        ("a:k:1,a:j:2", "twice"),
+        ("a:k:0", "must be positive"),
+    ):
+        with pytest.raises(EmberError, match=says):
+            parse_mix(bad, base)
+
+
+@pytest.fixture(scope="module")
+def tenants_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    directory = tmp_path_factory.mktemp("mix")
+    path = directory / "tenants.toml"
+    path.write_text(
+        f'[tenants.chat]\nkeys = ["{key_hash("key-chat")}"]\nclass = "interactive"\n\n'
+        f'[tenants.bulk]\nkeys = ["{key_hash("key-bulk")}"]\nclass = "batch"\n'
+    )
+    running = start_server(directory, "--tenants", str(path), "--log-level", "warning")
+    yield running
+    assert running.stop() == 0, running.log.read_text()
+
+
+@pytest.mark.slow
+def test_bench_serve_mix_against_tenants(
+    tenants_server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ember bench serve --mix`: both tenants' loads at once, each in its own process, a
+    table per tenant with its share of the output tokens, and the aggregate; a key the server
+    does not know is counted as its 401s."""
+    argv = ["bench", "serve", "--url", tenants_server.url, "--endpoint", "completions"]
+    argv += ["--model", MODEL, "--requests", "4", "--max-tokens", "4", "--ignore-eos"]
+    assert main([*argv, "--mix", "chat:key-chat:1:2,bulk:key-bulk:4,stranger:sk-nope:1"]) == 0
+    text = capsys.readouterr().out
+    chat, bulk, stranger, aggregate = text.split("\n\n")
+    assert chat.startswith("== tenant chat") and "concurrency 1," in chat
+    assert "max_tokens 2" in chat and "requests 4 (4 ok)" in chat
+    assert bulk.startswith("== tenant bulk") and "max_tokens 4" in bulk and "(4 ok)" in bulk
+    # Output tokens: chat 4 x 2, bulk 4 x 4, the stranger none.
+    assert re.search(r"output token share +33\.3%", chat), chat
+    assert re.search(r"output token share +66\.7%", bulk), bulk
+    assert re.search(r"errors +401: 4", stranger), stranger
+    assert aggregate.startswith("== aggregate of 3 tenants")
+    assert re.search(r"errors +401: 4", aggregate) and "TTFT p50 / p99" in aggregate
+    assert main([*argv, "--mix", "a:k:1", "--concurrency", "2"]) == 2
+    assert "drop --api-key and --concurrency" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_one_plan_with_a_key(tenants_server: RunningServer) -> None:
+    plan = LoadPlan(url=tenants_server.url, api_key="key-chat", num_requests=2, max_tokens=2)
+    report = asyncio.run(run_load_async(plan))
+    assert not report.errors and len(report.completed) == 2

@@ -28,6 +28,7 @@ import queue
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier
 
@@ -79,6 +80,43 @@ class LoadPlan:
             offsets.append(now)
             now += rng.expovariate(self.rate)
         return offsets
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLoad:
+    """One tenant's share of a `--mix`: a label for the table and the plan run with its key."""
+
+    label: str
+    plan: LoadPlan
+
+
+def parse_mix(spec: str, base: LoadPlan, processes: int | None = None) -> list[TenantLoad]:
+    """`label:key:concurrency[:max_tokens],...`: each tenant is `base` with its key, its
+    concurrency and its max_tokens, sending `base.num_requests` requests of its own from
+    `processes` processes (default: `default_processes` of its concurrency)."""
+    loads: list[TenantLoad] = []
+    for number, entry in enumerate(spec.split(",")):
+        fields = entry.strip().split(":")
+        if len(fields) not in (3, 4) or not all(fields):
+            raise EmberError(
+                f"--mix entry {entry.strip()!r} is not label:key:concurrency[:max_tokens] "
+                "(e.g. interactive:KEY1:4,batch:KEY2:256:128)"
+            )
+        label, key, *numbers = fields
+        if not all(n.isdigit() for n in numbers):
+            raise EmberError(f"--mix entry {label!r}: concurrency and max_tokens are integers")
+        if label in (load.label for load in loads):
+            raise EmberError(f"--mix names {label!r} twice; give each tenant its own label")
+        plan = dataclasses.replace(
+            base,
+            api_key=key,
+            concurrency=int(numbers[0]),
+            max_tokens=int(numbers[1]) if len(numbers) == 2 else base.max_tokens,
+            seed=base.seed + number,  # Poisson arrivals of their own
+            processes=processes or default_processes(int(numbers[0])),
+        )
+        loads.append(TenantLoad(label, plan))
+    return loads
 
 
 @dataclass(slots=True)
@@ -134,7 +172,12 @@ def run_load(plan: LoadPlan) -> LoadReport:
     processes = min(plan.processes, plan.concurrency, plan.num_requests)
     if processes == 1:
         return asyncio.run(run_load_async(plan))
-    return _run_in_processes(plan, processes)
+    return _run_in_processes([plan])[0]
+
+
+def run_mix(loads: list[TenantLoad]) -> list[LoadReport]:
+    """Every tenant's plan at once, each in its own processes, all started together."""
+    return _run_in_processes([load.plan for load in loads])
 
 
 async def run_load_async(
@@ -188,65 +231,83 @@ async def _open_connections(session: aiohttp.ClientSession, count: int) -> None:
     await asyncio.gather(*(touch() for _ in range(count)))
 
 
-def _run_in_processes(plan: LoadPlan, processes: int) -> LoadReport:
-    """Each process gets every `processes`-th arrival and its share of the concurrency; they
-    pass a barrier together, so their durations all run from the same moment."""
+def _run_in_processes(plans: list[LoadPlan]) -> list[LoadReport]:
+    """Each plan runs in `plan.processes` processes (at least one); each of its processes gets
+    every `processes`-th arrival and its share of the concurrency. All processes pass one
+    barrier together, so every duration runs from the same moment."""
 
-    async def resolve_model() -> str:
+    async def resolve_model(plan: LoadPlan) -> str:
         async with _session(plan) as session:
             return await _first_model(session)
 
-    model = plan.model or asyncio.run(resolve_model())
     context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(processes)
-    results: multiprocessing.Queue[LoadReport | str] = context.Queue()
-    offsets = plan.arrival_offsets()
+    shares: list[tuple[int, LoadPlan, list[float]]] = []
+    models = []
+    for index, plan in enumerate(plans):
+        model = plan.model or asyncio.run(resolve_model(plan))
+        models.append(model)
+        offsets = plan.arrival_offsets()
+        processes = max(1, min(plan.processes, plan.concurrency, plan.num_requests))
+        for i in range(processes):
+            share = dataclasses.replace(
+                plan,
+                model=model,
+                concurrency=plan.concurrency // processes + (i < plan.concurrency % processes),
+                num_requests=len(offsets[i::processes]),
+                processes=1,
+            )
+            shares.append((index, share, offsets[i::processes]))
+    barrier = context.Barrier(len(shares))
+    results: multiprocessing.Queue[tuple[int, LoadReport] | str] = context.Queue()
     workers = []
-    for i in range(processes):
-        share = dataclasses.replace(
-            plan,
-            model=model,
-            concurrency=plan.concurrency // processes + (i < plan.concurrency % processes),
-            num_requests=len(offsets[i::processes]),
-            processes=1,
-        )
+    for number, (index, share, offsets) in enumerate(shares):
         worker = context.Process(
             target=_run_share,
-            args=(share, offsets[i::processes], barrier, results),
-            name=f"ember-load-{i}",
+            args=(index, share, offsets, barrier, results),
+            name=f"ember-load-{number}",
             daemon=True,
         )
         worker.start()
         workers.append(worker)
-    reports: list[LoadReport] = []
+    reports: list[list[LoadReport]] = [[] for _ in plans]
     try:
-        while len(reports) < processes:
-            try:
-                result = results.get(timeout=1.0)
-            except queue.Empty:
-                if any(w.exitcode not in (None, 0) for w in workers):
-                    raise EmberError("a load-generating process died; see its output") from None
-                continue
+        for _ in shares:
+            result = _next_result(results, workers)
             if isinstance(result, str):
                 raise EmberError(f"a load-generating process failed: {result}")
-            reports.append(result)
+            reports[result[0]].append(result[1])
     finally:
         for worker in workers:
             worker.join(5.0)
             if worker.is_alive():
                 worker.kill()
-    records = [record for report in reports for record in report.records]
-    return LoadReport(model, max(report.duration for report in reports), records)
+    return [
+        LoadReport(model, max(r.duration for r in parts), [x for r in parts for x in r.records])
+        for model, parts in zip(models, reports, strict=True)
+    ]
+
+
+def _next_result(
+    results: multiprocessing.Queue[tuple[int, LoadReport] | str],
+    workers: Sequence[multiprocessing.process.BaseProcess],
+) -> tuple[int, LoadReport] | str:
+    while True:
+        try:
+            return results.get(timeout=1.0)
+        except queue.Empty:
+            if any(w.exitcode not in (None, 0) for w in workers):
+                raise EmberError("a load-generating process died; see its output") from None
 
 
 def _run_share(
+    index: int,
     plan: LoadPlan,
     offsets: list[float],
     barrier: Barrier,
-    results: multiprocessing.Queue[LoadReport | str],
+    results: multiprocessing.Queue[tuple[int, LoadReport] | str],
 ) -> None:
     try:
-        results.put(asyncio.run(run_load_async(plan, offsets, barrier)))
+        results.put((index, asyncio.run(run_load_async(plan, offsets, barrier))))
     except Exception as error:  # reported to the parent, which raises it as an EmberError
         barrier.abort()
         results.put(f"{type(error).__name__}: {error}")
@@ -329,20 +390,54 @@ def _has_content(choice: dict[str, object]) -> bool:
 
 
 def format_report(plan: LoadPlan, report: LoadReport) -> str:
+    return "\n".join([*_plan_lines(plan, report), *_figure_lines(report)])
+
+
+def format_mix_report(loads: list[TenantLoad], reports: list[LoadReport]) -> str:
+    """The table per tenant with its share of the output tokens, then the aggregate."""
+    tokens = [sum(r.output_tokens for r in report.completed) for report in reports]
+    total = sum(tokens)
+    sections = []
+    for load, report, own in zip(loads, reports, tokens, strict=True):
+        share = f"{own / total:.1%}" if total else "-"
+        sections.append(
+            "\n".join(
+                [
+                    f"== tenant {load.label}",
+                    *_plan_lines(load.plan, report),
+                    *_figure_lines(report),
+                    f"{'output token share':<22}{share}",
+                ]
+            )
+        )
+    everything = LoadReport(
+        ", ".join(sorted({r.model for r in reports})),
+        max(r.duration for r in reports),
+        [record for report in reports for record in report.records],
+    )
+    aggregate = [f"== aggregate of {len(loads)} tenants", *_figure_lines(everything)]
+    return "\n\n".join([*sections, "\n".join(aggregate)])
+
+
+def _plan_lines(plan: LoadPlan, report: LoadReport) -> list[str]:
     arrivals = (
         "all at once" if plan.rate is None else f"{plan.arrivals} at {plan.rate:g} requests/s"
     )
-
-    def seconds(value: float | None) -> str:
-        return "-" if value is None else f"{value:.3f}"
-
-    errors = report.errors
-    lines = [
+    return [
         f"server {plan.url}  model {report.model}  endpoint {plan.endpoint}",
         f"requests {plan.num_requests} ({len(report.completed)} ok), concurrency "
         f"{plan.concurrency}, arrivals {arrivals}, max_tokens {plan.max_tokens}"
         + (", ignore_eos" if plan.ignore_eos else "")
         + (f", {plan.processes} processes" if plan.processes > 1 else ""),
+    ]
+
+
+def _figure_lines(report: LoadReport) -> list[str]:
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    errors = report.errors
+    return [
         f"{'duration (s)':<22}{report.duration:.2f}",
         f"{'requests/s':<22}{report.requests_per_second:.2f}",
         f"{'output tok/s':<22}{report.output_tokens_per_second:.1f}",
@@ -353,4 +448,3 @@ def format_report(plan: LoadPlan, report: LoadReport) -> str:
         f"{'errors':<22}"
         + (", ".join(f"{k}: {v}" for k, v in sorted(errors.items())) if errors else "none"),
     ]
-    return "\n".join(lines)

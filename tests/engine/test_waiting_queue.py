@@ -11,13 +11,12 @@ def seq_of(priority: int = 0, tenant: str = "", weight: float = 1.0) -> Sequence
     return make_seq([1, 2, 3], scheduling=Scheduling(priority, tenant, weight))
 
 
-def take(queue: WaitingQueue, tokens: int = 0) -> Sequence:
-    """Admit the head and charge it `tokens` computed tokens."""
+def take(queue: WaitingQueue) -> Sequence:
+    """Admit the head (charged, while tenants contend, its 3 prompt tokens and 16 to come)."""
     queue.tick()
     seq = queue.head()
     assert seq is not None
     queue.pop(seq)
-    queue.charge([seq], [tokens])
     return seq
 
 
@@ -40,7 +39,7 @@ def test_tenants_of_one_priority_are_served_by_tokens_over_weight() -> None:
     for _ in range(40):
         queue.add(seq_of(tenant="a", weight=1.0))
         queue.add(seq_of(tenant="b", weight=3.0))
-    picks = [take(queue, tokens=10).scheduling.tenant for _ in range(40)]
+    picks = [take(queue).scheduling.tenant for _ in range(40)]
     assert picks.count("b") == 30 and picks.count("a") == 10
 
 
@@ -49,10 +48,10 @@ def test_a_tenant_back_from_idle_gets_its_share_not_its_idle_time_as_credit() ->
     for _ in range(50):
         queue.add(seq_of(tenant="busy"))
     for _ in range(30):
-        take(queue, tokens=10)  # "busy" alone: its virtual time runs to 300
+        take(queue)  # "busy" alone: its virtual time runs to 300
     for _ in range(20):
         queue.add(seq_of(tenant="back"))
-    picks = [take(queue, tokens=10).scheduling.tenant for _ in range(20)]
+    picks = [take(queue).scheduling.tenant for _ in range(20)]
     assert 9 <= picks.count("back") <= 11  # alternating, not 20 in a row
 
 

@@ -165,13 +165,6 @@ def test_an_interactive_tenant_keeps_its_ttft_beside_a_batch_flood(
     assert classes.wait_metric("vllm:num_requests_running", 0.0) == 0.0
 
 
-@pytest.mark.xfail(
-    reason="fair share oscillates: WaitingQueue charges a tenant's tokens only as they are "
-    "computed, so an admission (its prompt a prefix-cache hit) does not move its tenant's "
-    "virtual time and the tenant behind wins every slot that frees until its running tokens "
-    "catch up; measured 1:2.5 to 1:5.8 over 12 s windows, bursts of seconds with 0 tokens",
-    strict=False,
-)
 def test_weights_share_generated_tokens(classes: RunningServer) -> None:
     """Two tenants of one class, weights 1 and 3, each with twice the engine's slots of
     streams of 16 tokens: over a window while both are saturated, their tokens are 1:3

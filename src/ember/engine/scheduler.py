@@ -130,7 +130,6 @@ class Scheduler:
             index += 1
         if len(batch.preempted) == num_preempted_for_priority:
             self._admit(batch, budget, prefill_budget)
-        waiting.charge(seqs, counts)
         return batch
 
     def _admit(self, batch: ScheduledBatch, budget: int, prefill_budget: int) -> None:
@@ -155,6 +154,7 @@ class Scheduler:
     def finish(self, seq: Sequence, reason: FinishReason) -> None:
         """Retire a sequence (finished or aborted) and free its blocks."""
         if seq.status is SequenceStatus.RUNNING:
+            self.waiting.settle(seq)
             self._remove_running(seq)
             self.pool.free(seq)
         elif seq.status is SequenceStatus.WAITING:
@@ -204,6 +204,7 @@ class Scheduler:
             batch.preempted.append(seq)
 
     def _preempt(self, seq: Sequence, protect: bool = False) -> None:
+        self.waiting.settle(seq)
         self._remove_running(seq)
         self.pool.free(seq)
         seq.status = SequenceStatus.WAITING

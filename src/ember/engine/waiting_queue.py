@@ -5,12 +5,16 @@ weight (fair share); then by arrival. It is a queue per (priority, tenant) and a
 their heads, so a pick costs the number of tenants waiting, never a sort of the whole queue.
 Under the default `Scheduling` there is one queue, and this is first-come first-served.
 
-Fair share is kept as virtual time, as in start-time fair queuing (or CFS's vruntime): a tenant's
-tokens computed, prompt and generated, over its weight. A tenant that had nothing waiting
-comes back at its priority's clock (the virtual time of the tenant picked last), so an idle
-spell is not saved up as credit to flood with later. Tokens are counted only while tenants
-contend (two or more waiting at one priority): what a tenant got while nobody else asked is
-no debt, and the count costs nothing per step the rest of the time.
+Fair share is kept as virtual time, as in start-time fair queuing: a tenant's tokens, prompt
+and generated, over its weight. A sequence is charged when it is admitted, for what it will
+cost: its uncomputed tokens and the tokens it may still generate; what it did not use is given
+back when it finishes or is preempted (`settle`). Charging at admission matters: charged only as
+its tokens were computed, a tenant's admissions barely moved its share, and whichever tenant was
+behind took every free slot until its running sequences caught up (tenants weighted 1:3 got
+1:4-1:6 on a real server). A tenant that had nothing waiting comes back at its priority's clock
+(the virtual time of the tenant picked last), so an idle spell is not saved up as credit to
+flood with later. Only admissions while tenants contend (two or more waiting at one priority)
+are charged: what a tenant got while nobody else asked is no debt.
 
 A priority with requests waiting and none admitted for `starvation_steps` scheduler steps goes
 first at the next room: lower priorities are delayed by higher ones, never starved.
@@ -58,8 +62,8 @@ class WaitingQueue:
         self._order: list[_Level] = []  # by priority
         self._size = 0
         self._step = 0
-        # Priorities with two or more tenants waiting: tokens are counted while there are any.
-        self._num_contended = 0
+        # Sequences charged at admission: seq id -> (tokens charged, tokens computed then).
+        self._charged: dict[int, tuple[int, int]] = {}
 
     def __len__(self) -> int:
         return self._size
@@ -97,8 +101,6 @@ class WaitingQueue:
         if not queue.seqs:
             queue.vtime = max(queue.vtime, level.clock)
             level.active[scheduling.tenant] = queue
-            if len(level.active) == 2:
-                self._num_contended += 1
         if not level.size:
             level.last_admit_step = self._step
         if front:
@@ -129,6 +131,11 @@ class WaitingQueue:
         queue.seqs.popleft()
         level.last_admit_step = self._step
         level.clock = max(level.clock, queue.vtime)
+        if len(level.active) > 1:
+            remaining = seq.params.max_tokens - seq.num_output_tokens - seq.num_pending
+            cost = seq.num_uncomputed_tokens + max(0, remaining)
+            queue.vtime += cost / seq.scheduling.weight
+            self._charged[seq.seq_id] = (cost, seq.num_computed_tokens)
         self._drop(level, queue, seq)
 
     def remove(self, seq: Sequence) -> None:
@@ -136,14 +143,17 @@ class WaitingQueue:
         queue.seqs.remove(seq)
         self._drop(level, queue, seq)
 
-    def charge(self, seqs: list[Sequence], counts: list[int]) -> None:
-        """Count a step's computed tokens against their tenants' shares."""
-        if not self._num_contended:
+    def settle(self, seq: Sequence) -> None:
+        """A running sequence leaves (finished, aborted or preempted): give its tenant back
+        what it was charged at admission and did not compute."""
+        entry = self._charged.pop(seq.seq_id, None)
+        if entry is None:
             return
-        levels = self._levels
-        for seq, n in zip(seqs, counts, strict=True):
-            scheduling = seq.scheduling
-            levels[scheduling.priority].tenants[scheduling.tenant].vtime += n / scheduling.weight
+        cost, computed_then = entry
+        unused = cost - max(0, seq.num_computed_tokens - computed_then)
+        if unused > 0:
+            _, queue = self._queue_of(seq)
+            queue.vtime -= unused / seq.scheduling.weight
 
     def counts_by_priority(self) -> dict[int, int]:
         return {level.priority: level.size for level in self._order if level.size}
@@ -155,7 +165,5 @@ class WaitingQueue:
     def _drop(self, level: _Level, queue: _TenantQueue, seq: Sequence) -> None:
         if not queue.seqs:
             del level.active[seq.scheduling.tenant]
-            if len(level.active) == 1:
-                self._num_contended -= 1
         level.size -= 1
         self._size -= 1

@@ -161,10 +161,11 @@ class UnsupportedMediaTypeError(APIError):
 
 
 class QueueFullError(APIError):
-    """429: more requests are waiting for the engine than `--max-queued-requests` allows."""
+    """503: more requests are waiting for the engine than `--max-queued-requests` allows. The
+    server is full, not the caller over its own limits (that is a 429)."""
 
-    status = 429
-    type = "rate_limit_error"
+    status = 503
+    type = "service_unavailable"
     code = "queue_full"
 
 

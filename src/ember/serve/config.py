@@ -21,7 +21,7 @@ class ServerConfig:
     served_model_name: str | None = None
     # Run the engine on a thread of the server process instead of a crash-isolated worker.
     in_process: bool = False
-    # Requests admitted to the engine but not yet running; beyond this, 429.
+    # Requests admitted to the engine but not yet running; beyond this, 503 queue_full.
     max_queued_requests: int = 512
     # Seconds from arrival to the last token; a request's own `request_timeout` may lower it.
     request_timeout: float | None = 600.0

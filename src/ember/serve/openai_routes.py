@@ -51,8 +51,8 @@ from ember.serve.served_model import ServedModel
 from ember.serve.tenant_gate import tenant_of
 from ember.serve.tenants import Tenant
 
-# Prompts longer than this are rendered and tokenized off the event loop.
-_OFFLOAD_CHARS = 16_384
+# Bodies larger than this (bytes) are parsed, rendered and tokenized off the event loop.
+_OFFLOAD_BYTES = 16_384
 
 T = TypeVar("T")
 
@@ -89,7 +89,7 @@ class OpenAIRoutes:
         body = await read_body(request, self._config.max_body_bytes, self._config.read_timeout)
         # A large body is parsed, rendered and tokenized off the loop: its size bounds the
         # text and the count of messages (110,000 empty ones take seconds to render).
-        offload = len(body) > _OFFLOAD_CHARS
+        offload = len(body) > _OFFLOAD_BYTES
         max_choices = self._config.max_choices
         chat = await _run_user_work(lambda: parse_chat_request(body, max_choices), offload)
         tenant = tenant_of(request.scope)
@@ -116,7 +116,7 @@ class OpenAIRoutes:
 
     async def completions(self, request: Request) -> Response:
         body = await read_body(request, self._config.max_body_bytes, self._config.read_timeout)
-        offload = len(body) > _OFFLOAD_CHARS
+        offload = len(body) > _OFFLOAD_BYTES
         max_choices = self._config.max_choices
         completion = await _run_user_work(
             lambda: parse_completion_request(body, max_choices), offload

@@ -235,12 +235,12 @@ def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
     add(
         "--mix",
         default=None,
-        metavar="LABEL:KEY:CONCURRENCY[:MAX_TOKENS],...",
-        help="several tenants at once, each with its key and concurrency (instead of "
-        "--api-key and --concurrency); a table per tenant, its share of output tokens, and "
-        "the aggregate",
+        metavar="LABEL:KEY:CONCURRENCY[:MAX_TOKENS[:REQUESTS]],...",
+        help="several tenants at once, each with its key, concurrency, max_tokens and number "
+        "of requests (instead of --api-key and --concurrency); a table per tenant, its share "
+        "of output tokens, and the aggregate",
     )
-    add("--requests", type=int, default=64, help="requests in all (with --mix: per tenant)")
+    add("--requests", type=int, default=64, help="requests in all (with --mix: per tenant that names none)")
     add("--rate", type=float, default=None, help="arrivals per second (default: all at once)")
     add("--arrivals", default="poisson", choices=("poisson", "fixed"))
     add("--prompt", default="Write a short story about a lighthouse keeper.")

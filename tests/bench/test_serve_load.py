@@ -74,10 +74,15 @@ def test_a_mix_is_parsed_into_a_plan_per_tenant() -> None:
     assert (bulk.plan.max_tokens, bulk.plan.seed) == (128, 8)
     assert bulk.plan.processes == default_processes(256)
     assert parse_mix("a:k:2", base, processes=3)[0].plan.processes == 3
+    few, many = parse_mix("few:k1:4:32:16,many:k2:8", base, processes=None)
+    assert (few.plan.max_tokens, few.plan.num_requests) == (32, 16)
+    assert (many.plan.max_tokens, many.plan.num_requests) == (64, base.num_requests)
     for bad, says in (
         ("chat:sk-1", "label:key:concurrency"),
         ("chat::4", "label:key:concurrency"),
         ("chat:sk-1:four", "integers"),
+        ("chat:sk-1:4:32:16:9", "label:key:concurrency"),
+        ("chat:sk-1:4:32:x", "integers"),
         ("a:k:1,a:j:2", "twice"),
         ("a:k:0", "must be positive"),
     ):

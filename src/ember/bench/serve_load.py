@@ -91,27 +91,33 @@ class TenantLoad:
 
 
 def parse_mix(spec: str, base: LoadPlan, processes: int | None = None) -> list[TenantLoad]:
-    """`label:key:concurrency[:max_tokens],...`: each tenant is `base` with its key, its
-    concurrency and its max_tokens, sending `base.num_requests` requests of its own from
-    `processes` processes (default: `default_processes` of its concurrency)."""
+    """`label:key:concurrency[:max_tokens[:requests]],...`: each tenant is `base` with its
+    key, its concurrency, its max_tokens and its number of requests (default:
+    `base.num_requests`), sent from `processes` processes (default: `default_processes` of its
+    concurrency). A few interactive requests beside thousands of batch ones measure the
+    interactive tenant while the batch load lasts."""
     loads: list[TenantLoad] = []
     for number, entry in enumerate(spec.split(",")):
         fields = entry.strip().split(":")
-        if len(fields) not in (3, 4) or not all(fields):
+        if len(fields) not in (3, 4, 5) or not all(fields):
             raise EmberError(
-                f"--mix entry {entry.strip()!r} is not label:key:concurrency[:max_tokens] "
-                "(e.g. interactive:KEY1:4,batch:KEY2:256:128)"
+                f"--mix entry {entry.strip()!r} is not "
+                "label:key:concurrency[:max_tokens[:requests]] "
+                "(e.g. interactive:KEY1:4:128:64,batch:KEY2:256:128)"
             )
         label, key, *numbers = fields
         if not all(n.isdigit() for n in numbers):
-            raise EmberError(f"--mix entry {label!r}: concurrency and max_tokens are integers")
+            raise EmberError(
+                f"--mix entry {label!r}: concurrency, max_tokens and requests are integers"
+            )
         if label in (load.label for load in loads):
             raise EmberError(f"--mix names {label!r} twice; give each tenant its own label")
         plan = dataclasses.replace(
             base,
             api_key=key,
             concurrency=int(numbers[0]),
-            max_tokens=int(numbers[1]) if len(numbers) == 2 else base.max_tokens,
+            max_tokens=int(numbers[1]) if len(numbers) >= 2 else base.max_tokens,
+            num_requests=int(numbers[2]) if len(numbers) == 3 else base.num_requests,
             seed=base.seed + number,  # Poisson arrivals of their own
             processes=processes or default_processes(int(numbers[0])),
         )

@@ -302,23 +302,23 @@ def test_shape_mismatch(sample: tuple[Path, dict[str, npt.NDArray[np.float32]]])
 
 def test_unsupported_tensor_types(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
-    q5_k_bytes = gguf.GGML_QUANT_SIZES[T.Q5_K][1]
+    iq2_bytes = gguf.GGML_QUANT_SIZES[T.IQ2_XXS][1]
     positions = rng.integers(1, 1000, size=(8,), dtype=np.int32)
     tensors: Encoded = {
         "blk.0.attn_norm.weight": (rng.standard_normal(64).astype(np.float32), None),
-        "blk.0.q5k.weight": (rng.integers(1, 255, (2, q5_k_bytes), dtype=np.uint8), T.Q5_K),
+        "blk.0.iq2.weight": (rng.integers(1, 255, (2, iq2_bytes), dtype=np.uint8), T.IQ2_XXS),
         "blk.0.positions": (positions, None),  # the writer records int32 data as I32
     }
     path = write_gguf(tmp_path / "odd.gguf", tensors)
     model = GGUFFile.open(path)  # opening is fine: only loading needs a dequantizer
-    assert model.tensors["blk.0.q5k.weight"].shape == (2, 256)
+    assert model.tensors["blk.0.iq2.weight"].shape == (2, 256)
     np.testing.assert_array_equal(model.raw("blk.0.positions"), positions)
-    for name, type_name in [("blk.0.q5k.weight", "Q5_K"), ("blk.0.positions", "I32")]:
+    for name, type_name in [("blk.0.iq2.weight", "IQ2_XXS"), ("blk.0.positions", "I32")]:
         with pytest.raises(ModelFormatError) as error:
             model.load(name)
         message = str(error.value)
         assert str(path) in message and repr(name) in message and type_name in message
-        assert "Q4_1" in message  # the supported list
+        assert "Q4_K" in message  # the supported list
 
 
 def test_missing_and_ill_typed_keys(

@@ -1,4 +1,6 @@
-"""Llama-family weights from a GGUF, dequantized to float32 NumPy arrays for the CPU backend."""
+"""Llama-family weights from a GGUF, dequantized to float32 NumPy arrays for the CPU backend.
+
+The optional tensors (`ModelConfig.qkv_bias`, `qk_norm`) are None where the model has none."""
 
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ class LayerWeights:
     ffn_norm: F32  # [d_model]
     w_gate_up: F32  # [2 * ffn_dim, d_model]: gate and up stacked (one GEMM)
     w_down: F32  # [d_model, ffn_dim]
+    bqkv: F32 | None = None  # [q_dim + 2 * kv_dim]: q, k, v biases stacked (Qwen2)
+    # [n_heads + n_kv_heads, head_dim]: the RMSNorm weight of each q head, then of each k head
+    # (Qwen3's attn_q_norm / attn_k_norm, one [head_dim] vector each, repeated per head).
+    qk_norm: F32 | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,24 +57,7 @@ class LlamaWeights:
         embd = gguf.load("token_embd.weight", (c.vocab_size, c.d_model))
         layers = []
         for i in range(c.n_layers):
-            p = f"blk.{i}."
-            layers.append(
-                LayerWeights(
-                    attn_norm=gguf.load(p + "attn_norm.weight", (c.d_model,)),
-                    wqkv=_stacked(
-                        gguf.load(p + "attn_q.weight", (c.q_dim, c.d_model)),
-                        gguf.load(p + "attn_k.weight", (c.kv_dim, c.d_model)),
-                        gguf.load(p + "attn_v.weight", (c.kv_dim, c.d_model)),
-                    ),
-                    wo=_stacked(gguf.load(p + "attn_output.weight", (c.d_model, c.q_dim))),
-                    ffn_norm=gguf.load(p + "ffn_norm.weight", (c.d_model,)),
-                    w_gate_up=_stacked(
-                        gguf.load(p + "ffn_gate.weight", (c.ffn_dim, c.d_model)),
-                        gguf.load(p + "ffn_up.weight", (c.ffn_dim, c.d_model)),
-                    ),
-                    w_down=_stacked(gguf.load(p + "ffn_down.weight", (c.d_model, c.ffn_dim))),
-                )
-            )
+            layers.append(_load_layer(gguf, c, f"blk.{i}."))
             if progress is not None:
                 progress(i + 1)
         lm_head = (
@@ -80,6 +69,39 @@ class LlamaWeights:
             output_norm=gguf.load("output_norm.weight", (c.d_model,)),
             lm_head=lm_head,
         )
+
+
+def _load_layer(gguf: GGUFFile, c: ModelConfig, p: str) -> LayerWeights:
+    bqkv = None
+    if c.qkv_bias:
+        bqkv = _stacked(
+            gguf.load(p + "attn_q.bias", (c.q_dim,)),
+            gguf.load(p + "attn_k.bias", (c.kv_dim,)),
+            gguf.load(p + "attn_v.bias", (c.kv_dim,)),
+        )
+    qk_norm = None
+    if c.qk_norm:
+        qk_norm = _stacked(
+            np.tile(gguf.load(p + "attn_q_norm.weight", (c.head_dim,)), (c.n_heads, 1)),
+            np.tile(gguf.load(p + "attn_k_norm.weight", (c.head_dim,)), (c.n_kv_heads, 1)),
+        )
+    return LayerWeights(
+        attn_norm=gguf.load(p + "attn_norm.weight", (c.d_model,)),
+        wqkv=_stacked(
+            gguf.load(p + "attn_q.weight", (c.q_dim, c.d_model)),
+            gguf.load(p + "attn_k.weight", (c.kv_dim, c.d_model)),
+            gguf.load(p + "attn_v.weight", (c.kv_dim, c.d_model)),
+        ),
+        wo=_stacked(gguf.load(p + "attn_output.weight", (c.d_model, c.q_dim))),
+        ffn_norm=gguf.load(p + "ffn_norm.weight", (c.d_model,)),
+        w_gate_up=_stacked(
+            gguf.load(p + "ffn_gate.weight", (c.ffn_dim, c.d_model)),
+            gguf.load(p + "ffn_up.weight", (c.ffn_dim, c.d_model)),
+        ),
+        w_down=_stacked(gguf.load(p + "ffn_down.weight", (c.d_model, c.ffn_dim))),
+        bqkv=bqkv,
+        qk_norm=qk_norm,
+    )
 
 
 def _stacked(*weights: F32) -> F32:

@@ -1,4 +1,8 @@
-"""The Llama forward pass in NumPy: the CPU backend and the reference for every GPU kernel.
+"""The Llama-family forward pass in NumPy: the CPU backend and the reference for every GPU kernel.
+
+One pass for every supported architecture; `ModelConfig`'s flags and the optional weights
+(q/k/v biases, per-head q/k norms, RoPE layout and frequency factors, a sliding window) are
+the only differences.
 
 Weights are float32 (dequantized once at load); the KV cache is a float32 pool of slots,
 `[n_layers, n_slots, n_kv_heads, head_dim]`, addressed by slot = block_id * block_size + offset.
@@ -75,7 +79,8 @@ class _AttentionPlan:
 
     decode_rows: I64  # flat token rows of single-token (decode) sequences
     decode_slots: I64  # [D, max_ctx] cache slots each decode row attends to
-    # [D, 1, 1, max_ctx] added to the scores: -inf where the slot is past the context, else 0
+    # [D, 1, 1, max_ctx] added to the scores: -inf where the slot is past the context (or
+    # before a sliding window), else 0
     decode_bias: F32
     prefill: tuple[tuple[int, int, I64, I64], ...]  # (row start, row end, slots, positions)
     all_decode: bool  # every row decodes, in order: decode_rows is 0..T-1
@@ -137,9 +142,13 @@ class NumpyLlama:
         for layer_idx, lw in enumerate(w.layers):
             h = rms_norm(x, lw.attn_norm, c.rms_eps)
             qkv = linear(h, lw.wqkv)
-            # q and k rotated together: one [T, heads + kv heads, head_dim] array.
+            if lw.bqkv is not None:
+                qkv = qkv + lw.bqkv
+            # q and k normed and rotated together: one [T, heads + kv heads, head_dim] array.
             qk = qkv[:, : c.q_dim + c.kv_dim].reshape(-1, qk_heads, c.head_dim)
-            qk = self.rope.apply(qk, cos, sin)
+            if lw.qk_norm is not None:
+                qk = rms_norm(qk, lw.qk_norm, c.rms_eps)
+            qk = self.rope.rotate(qk, cos, sin)
             v = qkv[:, c.q_dim + c.kv_dim :].reshape(-1, c.n_kv_heads, c.head_dim)
             self.k_cache[layer_idx, slots] = qk[:, c.n_heads :]
             self.v_cache[layer_idx, slots] = v
@@ -153,6 +162,7 @@ class NumpyLlama:
 
     def _plan_attention(self, batch: ForwardBatch) -> _AttentionPlan:
         bs = self.block_size
+        window = self._config.sliding_window
         starts = batch.query_starts
         decode_rows: list[int] = []
         decode_seqs: list[int] = []
@@ -175,6 +185,8 @@ class NumpyLlama:
             block_idx = np.minimum(offsets // bs, tables.shape[1] - 1)
             decode_slots = tables[:, block_idx] * bs + offsets % bs
             decode_mask = offsets[None, :] >= ctx_lens[:, None]
+            if window is not None:
+                decode_mask |= offsets[None, :] < ctx_lens[:, None] - window
             decode_slots[decode_mask] = 0
             decode_bias = np.where(decode_mask, np.float32(-np.inf), np.float32(0.0))
         else:
@@ -214,8 +226,11 @@ class NumpyLlama:
             kp = k_layer[slots].transpose(1, 2, 0)  # [kvh, d, ctx]
             vp = v_layer[slots].transpose(1, 0, 2)  # [kvh, ctx, d]
             scores = np.matmul(qp, kp[:, None]) * scale  # [kvh, group, n, ctx]
-            future = np.arange(slots.shape[0])[None, :] > positions[:, None]  # [n, ctx]
-            scores[:, :, future] = -np.inf
+            keys = np.arange(slots.shape[0])[None, :]
+            hidden = keys > positions[:, None]  # [n, ctx]: the future
+            if c.sliding_window is not None:
+                hidden |= keys <= positions[:, None] - c.sliding_window
+            scores[:, :, hidden] = -np.inf
             probs = softmax_rows(scores)
             attn = np.matmul(probs, vp[:, None])  # [kvh, group, n, d]
             out[start:end] = attn.transpose(2, 0, 1, 3).reshape(n, c.n_heads, c.head_dim)

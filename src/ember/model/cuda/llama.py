@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 import numpy.typing as npt
 
-from ember.errors import EmberError
+from ember.errors import EmberError, ModelFormatError
 from ember.gpu import warmup
 from ember.gpu.array import DeviceArray
 from ember.gpu.context import Context
@@ -81,6 +81,28 @@ def _bucket(sizes: list[int], n: int) -> int:
         if size >= n:
             return size
     raise EmberError(f"a step of {n} exceeds the reserved {sizes[-1]}")
+
+
+def _refuse_cpu_only_features(gguf: GGUFFile, config: ModelConfig) -> None:
+    """The CUDA kernels implement Llama's pass without the other architectures' extras yet;
+    those files run on the CPU (`--device cpu`) until they do."""
+    rope = config.rope
+    missing = [
+        name
+        for unsupported, name in (
+            (config.qkv_bias, "q/k/v biases"),
+            (config.qk_norm, "per-head q/k norms"),
+            (config.sliding_window is not None, f"a sliding window ({config.sliding_window})"),
+            (rope.style != "adjacent", "RoPE over halves (NEOX)"),
+            (rope.freq_factors is not None, "RoPE frequency factors (rope_freqs.weight)"),
+        )
+        if unsupported
+    ]
+    if missing:
+        raise ModelFormatError(
+            f"{gguf.path}: the CUDA backend does not implement {', '.join(missing)} "
+            f"({config.architecture}) yet; run this model with --device cpu"
+        )
 
 
 class CudaLlama:
@@ -151,6 +173,7 @@ class CudaLlama:
     ) -> CudaLlama:
         from ember.model.cuda.weights import upload_weights
 
+        _refuse_cpu_only_features(gguf, config)
         return cls._open(
             config, ordinal, lambda _, stream: upload_weights(gguf, config, stream, progress)
         )

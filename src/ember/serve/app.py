@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,15 +24,20 @@ from ember.serve.api_errors import (
 from ember.serve.config import ServerConfig
 from ember.serve.cross_site import CrossSiteGuard
 from ember.serve.engine_client import EngineClient
+from ember.serve.generation_runner import GenerationRunner
 from ember.serve.http_body import ClientGoneError
 from ember.serve.metrics import ServerMetrics
 from ember.serve.openai_routes import OpenAIRoutes
 from ember.serve.rate_limits import RateLimiter
 from ember.serve.request_ids import RequestIds
+from ember.serve.response_store import ResponseStore
+from ember.serve.responses_api import ResponsesRoutes
 from ember.serve.served_model import ServedModel
 from ember.serve.supervisor import WorkerSupervisor
+from ember.serve.system_fingerprint import system_fingerprint
 from ember.serve.tenant_directory import TenantDirectory
 from ember.serve.tenant_gate import ERROR_CODE, TenantGate
+from ember.serve.tokenizer_routes import TokenizerRoutes
 
 logger = logging.getLogger("ember.serve")
 
@@ -71,8 +77,12 @@ def build_app(
     async def prometheus(request: Request) -> Response:
         return Response(metrics.exposition(), media_type=_PROMETHEUS_TYPE)
 
+    runner = GenerationRunner(config, model, client, limiter, metrics.tenants)
+    fingerprint = system_fingerprint(model.path)
     routes = [
-        *OpenAIRoutes(config, model, client, limiter, metrics.tenants).routes(),
+        *OpenAIRoutes(runner, fingerprint).routes(),
+        *ResponsesRoutes(runner, ResponseStore()).routes(),
+        *TokenizerRoutes(runner).routes(),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
@@ -139,13 +149,26 @@ class HTTPMetricsMiddleware:
         self._app = app
         self._metrics = metrics
         self._known_paths = known_paths
+        # `/v1/models/{model_id:path}` counts as `/v1/models/{model_id}`, whatever the id: the
+        # label's values stay bounded.
+        self._templates = [
+            (path.partition("{")[0], re.sub(r":\w+}", "}", path))
+            for path in sorted(known_paths)
+            if "{" in path
+        ]
+
+    def _templated(self, path: str) -> str:
+        for prefix, label in self._templates:
+            if path.startswith(prefix) and len(path) > len(prefix):
+                return label
+        return "other"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
         path = scope["path"]
-        endpoint = path if path in self._known_paths else "other"
+        endpoint = path if path in self._known_paths else self._templated(path)
         metrics = self._metrics
 
         async def counting_send(message: Message) -> None:

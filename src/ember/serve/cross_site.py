@@ -15,6 +15,7 @@ both, for every route but the probes':
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,8 +32,19 @@ from ember.serve.config import ServerConfig
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 _ANY = "*"
-_ALLOWED_METHODS = "GET, POST, OPTIONS"
-_PREFLIGHT_MAX_AGE = "600"
+_ALLOWED_METHODS = b"GET, POST, DELETE, OPTIONS"
+_PREFLIGHT_MAX_AGE = b"600"
+# What a page may send besides the CORS-safelisted headers, when its preflight does not say.
+_ALLOWED_HEADERS = b"authorization, content-type, x-request-id, openai-organization, openai-project"
+# Response headers a page's script may read besides the safelisted ones: the id to quote in a
+# report, and the tenant's limits (`rate_limits.py`) and when to retry.
+_EXPOSED_HEADERS = (
+    b"x-request-id, retry-after, x-ratelimit-limit-requests, x-ratelimit-limit-tokens, "
+    b"x-ratelimit-remaining-requests, x-ratelimit-remaining-tokens, "
+    b"x-ratelimit-reset-requests, x-ratelimit-reset-tokens"
+)
+# A preflight's Access-Control-Request-Headers, echoed only when it is a list of header names.
+_HEADER_NAMES = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:\s*,\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
 
 
 class CrossSiteGuard:
@@ -77,6 +89,7 @@ class CrossSiteGuard:
                 message["headers"] = [
                     *message.get("headers", ()),
                     (b"access-control-allow-origin", origin.encode("latin-1")),
+                    (b"access-control-expose-headers", _EXPOSED_HEADERS),
                     (b"vary", b"Origin"),
                 ]
             await send(message)
@@ -114,15 +127,20 @@ class CrossSiteGuard:
 
 
 async def _preflight(origin: str, requested_headers: str | None, send: Send) -> None:
+    """The answer to an allowed origin's preflight: the methods and headers it may use."""
+    requested = (requested_headers or "").strip()
+    allowed = (
+        requested.encode("latin-1") if _HEADER_NAMES.fullmatch(requested) else _ALLOWED_HEADERS
+    )
     headers = [
         (b"access-control-allow-origin", origin.encode("latin-1")),
-        (b"access-control-allow-methods", _ALLOWED_METHODS.encode()),
-        (b"access-control-max-age", _PREFLIGHT_MAX_AGE.encode()),
+        (b"access-control-allow-methods", _ALLOWED_METHODS),
+        (b"access-control-allow-headers", allowed),
+        (b"access-control-expose-headers", _EXPOSED_HEADERS),
+        (b"access-control-max-age", _PREFLIGHT_MAX_AGE),
         (b"vary", b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
         (b"content-length", b"0"),
     ]
-    if requested_headers:
-        headers.append((b"access-control-allow-headers", requested_headers.encode("latin-1")))
     await send({"type": "http.response.start", "status": 204, "headers": headers})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -33,10 +33,11 @@ class ResponseIdentity:
     id: str
     model: str
     created: int
+    system_fingerprint: str  # the model file and Ember version (`system_fingerprint.py`)
 
     @classmethod
-    def new(cls, prefix: str, model: str) -> ResponseIdentity:
-        return cls(new_response_id(prefix), model, int(time.time()))
+    def new(cls, prefix: str, model: str, system_fingerprint: str) -> ResponseIdentity:
+        return cls(new_response_id(prefix), model, int(time.time()), system_fingerprint)
 
 
 def usage(request: GenerationRequest) -> dict[str, int]:
@@ -76,7 +77,10 @@ def completion_logprobs(
         text = tokenizer.token_text(lp.token_id)
         tokens.append(text)
         token_logprobs.append(lp.logprob)
-        tops.append({tokenizer.token_text(t): v for t, v in lp.top})
+        top = {tokenizer.token_text(t): v for t, v in lp.top}
+        # OpenAI's always holds the sampled token, even when it is not among the most likely.
+        top.setdefault(text, lp.logprob)
+        tops.append(top)
         offsets.append(offset)
         offset += len(text)
     return {
@@ -110,6 +114,7 @@ def chat_completion_body(
         "object": "chat.completion",
         "created": identity.created,
         "model": identity.model,
+        "system_fingerprint": identity.system_fingerprint,
         "choices": choices,
         "usage": usage(request),
     }
@@ -142,6 +147,7 @@ def completion_body(
         "object": "text_completion",
         "created": identity.created,
         "model": identity.model,
+        "system_fingerprint": identity.system_fingerprint,
         "choices": choices,
         "usage": usage(request),
     }
@@ -163,12 +169,14 @@ class ChunkEncoder:
         self._head = (
             f'data: {{"id":{json.dumps(identity.id)},"object":"{obj}",'
             f'"created":{identity.created},"model":{json.dumps(identity.model)},'
+            f'"system_fingerprint":{json.dumps(identity.system_fingerprint)},'
             '"choices":[{"index":'
         )
         self._tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
         self._usage_head = (
             f'data: {{"id":{json.dumps(identity.id)},"object":"{obj}",'
             f'"created":{identity.created},"model":{json.dumps(identity.model)},'
+            f'"system_fingerprint":{json.dumps(identity.system_fingerprint)},'
             '"choices":[],"usage":'
         )
         # A chunk mid-stream without logprobs: prefix (per choice index), text, suffix.

@@ -14,7 +14,8 @@ the answer. This subclass adds, per connection:
   make room for new ones;
 - a lingering close: when the connection must close before the request's body was read, the
   answer is sent, the write side shut, and what still arrives is dropped for a moment first;
-- protocol errors (not HTTP, headers too large, too many connections) as OpenAI-shaped JSON;
+- protocol errors (not HTTP, headers too large, too many connections) as OpenAI-shaped JSON,
+  with an `x-request-id`;
 - on shutdown, idle connections stay open for their usual time so that a request already on
   its way gets the draining server's 503 (with `Connection: close`) rather than a reset.
 """
@@ -38,6 +39,7 @@ from ember.serve.api_errors import (
     TooManyConnectionsError,
 )
 from ember.serve.connection_bounds import ConnectionBounds
+from ember.serve.request_ids import HEADER, new_request_id
 
 logger = logging.getLogger("ember.serve")
 
@@ -308,6 +310,7 @@ def _response_bytes(error: APIError, default_headers: list[tuple[bytes, bytes]])
     parts = [STATUS_LINE[error.status]]
     headers = [
         *default_headers,
+        (HEADER, new_request_id()),
         *((name.lower().encode(), value.encode()) for name, value in error.headers().items()),
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

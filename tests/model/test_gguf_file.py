@@ -17,6 +17,8 @@ from ember.errors import ModelFormatError, ModelNotFoundError
 from ember.model.default_model import default_model_path
 from ember.model.gguf_file import GGUFFile, TensorInfo
 
+from .test_quant import random_blocks
+
 T = GGMLQuantizationType
 F32_EPS = float(np.float32(1e-5))  # what a FLOAT32 key written as 1e-5 reads back as
 
@@ -44,7 +46,16 @@ TENSORS: dict[str, tuple[GGMLQuantizationType, tuple[int, ...]]] = {
     "blk.0.ffn_down.weight": (T.F16, (64, 96)),
     "blk.0.attn_k.weight": (T.BF16, (32, 64)),
     "blk.0.conv.weight": (T.F32, (2, 3, 32)),
+    "blk.1.attn_q.weight": (T.Q4_K, (64, 512)),
+    "blk.1.attn_k.weight": (T.Q5_K, (16, 256)),
+    "blk.1.attn_v.weight": (T.Q6_K, (16, 256)),
+    "blk.1.ffn_gate.weight": (T.Q2_K, (8, 256)),
+    "blk.1.ffn_up.weight": (T.Q3_K, (8, 256)),
+    "blk.1.ffn_down.weight": (T.Q5_0, (32, 96)),
+    "blk.1.attn_output.weight": (T.Q5_1, (32, 64)),
 }
+# Types gguf-py cannot quantize: written as random blocks with finite scales.
+RANDOM_BLOCK_TYPES = {T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K}
 
 
 def encode(
@@ -93,7 +104,11 @@ def sample_tensors() -> tuple[Encoded, dict[str, npt.NDArray[np.float32]]]:
     expected: dict[str, npt.NDArray[np.float32]] = {}
     for name, (ggml_type, shape) in TENSORS.items():
         values = (rng.standard_normal(shape) * rng.uniform(0.1, 2.0) + 0.3).astype(np.float32)
-        data = encode(values, ggml_type)
+        if ggml_type in RANDOM_BLOCK_TYPES:
+            n_blocks = values.size // gguf.GGML_QUANT_SIZES[ggml_type][0]
+            data = random_blocks(ggml_type, n_blocks, seed=len(encoded)).reshape(shape[0], -1)
+        else:
+            data = encode(values, ggml_type)
         encoded[name] = (data, None if ggml_type in (T.F32, T.F16) else ggml_type)
         expected[name] = quants.dequantize(data, ggml_type).reshape(shape)
     return encoded, expected
@@ -319,6 +334,50 @@ def test_unsupported_tensor_types(tmp_path: Path) -> None:
         message = str(error.value)
         assert str(path) in message and repr(name) in message and type_name in message
         assert "Q4_K" in message  # the supported list
+
+
+def directory_entry_offsets(path: Path, name: str) -> tuple[int, int]:
+    """Byte offsets of a tensor's first dimension and of its type id in the directory."""
+    entry = next(t for t in gguf.GGUFReader(path).tensors if t.name == name).field
+    name_len, name_bytes, n_dims, dims, _, _ = entry.parts
+    dims_at = entry.offset + name_len.nbytes + name_bytes.nbytes + n_dims.nbytes
+    return dims_at, dims_at + dims.nbytes
+
+
+def test_unknown_tensor_type_id(
+    sample: tuple[Path, dict[str, npt.NDArray[np.float32]]],
+) -> None:
+    """A type id from a newer llama.cpp: refused at open, naming the tensor and the id."""
+    path, _ = sample
+    _, type_at = directory_entry_offsets(path, "blk.1.attn_v.weight")
+    data = bytearray(path.read_bytes())
+    data[type_at : type_at + 4] = (250).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    message = assert_format_error(path, "'blk.1.attn_v.weight'", "unknown tensor type id 250")
+    assert "Q6_K" in message  # what Ember does read
+
+
+@pytest.mark.parametrize(
+    "name, row, block",
+    [("blk.1.attn_q.weight", 384, "256-weight Q4_K block"), ("token_embd.weight", 48, "32-weight")],
+)
+def test_row_length_not_whole_blocks(
+    sample: tuple[Path, dict[str, npt.NDArray[np.float32]]], name: str, row: int, block: str
+) -> None:
+    path, _ = sample
+    dims_at, _ = directory_entry_offsets(path, name)
+    data = bytearray(path.read_bytes())
+    data[dims_at : dims_at + 8] = row.to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    assert_format_error(path, repr(name), f"row length {row} is not a multiple of the {block}")
+
+
+def test_duplicate_tensor_name(sample: tuple[Path, dict[str, npt.NDArray[np.float32]]]) -> None:
+    path, _ = sample
+    data = path.read_bytes()
+    # A name of the same length, so the directory stays well formed: two blk.1.attn_k.weight.
+    path.write_bytes(data.replace(b"blk.1.ffn_up.weight", b"blk.1.attn_k.weight", 1))
+    assert_format_error(path, "'blk.1.attn_k.weight'", "twice")
 
 
 def test_missing_and_ill_typed_keys(

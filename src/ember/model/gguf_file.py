@@ -18,11 +18,11 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.gguf_reader import READER_SUPPORTED_VERSIONS, ReaderField
 
 from ember.errors import ModelFormatError, ModelNotFoundError
-from ember.model.quant import dequantize
+from ember.model.quant import dequantize, supported_type_names
 
 _MAGIC = b"GGUF"
 # Fixed header (GGUF spec): magic u32, version u32, tensor count u64, metadata entry count u64.
@@ -169,6 +169,15 @@ class GGUFFile:
         )
 
 
+class _TensorEntryError(Exception):
+    """A tensor directory entry GGUFReader would fail on with no tensor named."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(name, problem)
+        self.name = name
+        self.problem = problem
+
+
 class _ShortReadError(Exception):
     def __init__(self, end: int, file_size: int, where: str) -> None:
         super().__init__(end, file_size, where)
@@ -218,6 +227,12 @@ class _BoundedReader(GGUFReader):
         arr = plain[start:end].view(item)
         order = self.byte_order if override_order is None else override_order
         return arr if order == "I" else arr.view(arr.dtype.newbyteorder(order))
+
+    def _build_tensors(self, start_offs: int, fields: list[ReaderField]) -> None:
+        seen: set[str] = set()
+        for entry in fields:
+            _check_tensor_entry(entry, seen)
+        super()._build_tensors(start_offs, fields)
 
     def _get_field_parts(
         self, orig_offs: int, raw_type: int
@@ -317,9 +332,38 @@ def _check_header(path: Path) -> tuple[int, int]:
     return file_size, version
 
 
+def _check_tensor_entry(entry: ReaderField, seen: set[str]) -> None:
+    """Type, row length and name of one tensor directory entry, checked before GGUFReader
+    builds its view (it reports these with a bare ValueError or KeyError, no tensor named)."""
+    _, name_bytes, _, dims, type_id, _ = entry.parts
+    name = bytes(name_bytes).decode("utf-8", errors="replace")
+    if name in seen:
+        raise _TensorEntryError(name, "appears twice in the tensor directory")
+    seen.add(name)
+    try:
+        ggml_type = GGMLQuantizationType(int(type_id[0]))
+    except ValueError:
+        raise _TensorEntryError(
+            name,
+            f"unknown tensor type id {int(type_id[0])} (not a GGML type this version of the "
+            f"gguf package knows); Ember reads {supported_type_names()}",
+        ) from None
+    block_size = GGML_QUANT_SIZES[ggml_type][0]
+    row = int(dims[0]) if len(dims) else 1  # GGUF lists dims innermost first
+    if row % block_size != 0:
+        shape = tuple(int(d) for d in reversed(dims.tolist()))
+        raise _TensorEntryError(
+            name,
+            f"{ggml_type.name} tensor of shape {shape}: its row length {row} is not a "
+            f"multiple of the {block_size}-weight {ggml_type.name} block",
+        )
+
+
 def _read(path: Path) -> _BoundedReader:
     try:
         return _BoundedReader(path)
+    except _TensorEntryError as exc:
+        raise ModelFormatError(f"{path}: tensor {exc.name!r}: {exc.problem}") from None
     except _ShortReadError as exc:
         raise ModelFormatError(
             f"{path}: file is truncated in {exc.where}: reading it needs {exc.end} bytes "

@@ -36,6 +36,8 @@ LINEAR_TYPES: Final = {
     GGMLQuantizationType.Q4_1: QuantType.Q4_1,
     GGMLQuantizationType.Q8_0: QuantType.Q8_0,
 }
+# What the kernels read as stored: float tensors (norms, an embedding) and LINEAR_TYPES.
+_DEVICE_TYPES: Final = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, *LINEAR_TYPES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +247,14 @@ def _layout(
 def _tensor_type(gguf: GGUFFile, name: str) -> GGMLQuantizationType:
     if not gguf.has_tensor(name):
         raise ModelFormatError(f"{gguf.path}: missing tensor {name!r}")
-    return GGMLQuantizationType(gguf.tensors[name].ggml_type)
+    kind = GGMLQuantizationType(gguf.tensors[name].ggml_type)
+    if kind not in _DEVICE_TYPES:
+        readable = ", ".join(t.name for t in _DEVICE_TYPES)
+        raise ModelFormatError(
+            f"{gguf.path}: tensor {name!r} is {kind.name}, which the CUDA backend does not "
+            f"read yet (it reads {readable}); run this model with --device cpu"
+        )
+    return kind
 
 
 def _shape(kind: GGMLQuantizationType, part: _Part) -> tuple[int, ...]:

@@ -120,6 +120,44 @@ def test_allowed_origins_get_cors_headers_and_preflights() -> None:
     assert refused.status_code == 403 and "access-control-allow-origin" not in refused.headers
 
 
+def test_pages_may_read_the_request_id_and_rate_limit_headers() -> None:
+    with guarded_client(allowed_origins=(EVIL,)) as client:
+        response = client.post("/v1/completions", headers={"Origin": EVIL})
+        preflight = client.options(
+            "/v1/responses",
+            headers={"Origin": EVIL, "Access-Control-Request-Method": "DELETE"},
+        )
+    for answer in (response, preflight):
+        exposed = answer.headers["access-control-expose-headers"]
+        assert "x-request-id" in exposed and "retry-after" in exposed
+        assert "x-ratelimit-remaining-tokens" in exposed and "x-ratelimit-reset-requests" in exposed
+    assert "DELETE" in preflight.headers["access-control-allow-methods"]
+    # Without Access-Control-Request-Headers: the headers an OpenAI client sends.
+    allowed = preflight.headers["access-control-allow-headers"]
+    assert "authorization" in allowed and "content-type" in allowed
+
+
+def test_a_preflight_echoes_only_header_names() -> None:
+    with guarded_client(allowed_origins=(EVIL,)) as client:
+        odd = client.options(
+            "/v1/completions",
+            headers={
+                "Origin": EVIL,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, x-a b; c=d",
+            },
+        )
+    assert odd.status_code == 204
+    assert "x-a b" not in odd.headers["access-control-allow-headers"]
+
+
+def test_other_origins_get_no_cors_headers_on_errors_either() -> None:
+    with guarded_client(allowed_origins=(EVIL,)) as client:
+        refused = client.post("/v1/completions", headers={"Origin": "http://other.example"})
+    assert refused.status_code == 403
+    assert not any(name.startswith("access-control-") for name in refused.headers)
+
+
 def test_configured_hosts_and_origins_are_checked() -> None:
     with pytest.raises(Exception, match="--allowed-origins takes origins"):
         ServerConfig(allowed_origins=("evil.example",))
@@ -178,6 +216,14 @@ def test_an_allowed_origin_works_with_cors(guarded_server: RunningServer) -> Non
     )
     assert response.status_code == 200, response.text
     assert response.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert "x-request-id" in response.headers["access-control-expose-headers"]
     assert response.json()["choices"][0]["finish_reason"] == "length"
+    # An error's answer to an allowed page is readable by it too.
+    missing = httpx.get(
+        guarded_server.url + "/v1/models/gpt-4o", headers={"Origin": ALLOWED_ORIGIN}, timeout=60
+    )
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert missing.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert "x-request-id" in missing.headers
     refused = httpx.post(url, json={"model": MODEL}, headers={"Origin": EVIL}, timeout=60)
     assert refused.status_code == 403

@@ -220,3 +220,53 @@ def test_unknown_route_and_wrong_method_are_openai_errors(server: RunningServer)
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
     wrong = httpx.get(server.url + "/v1/chat/completions")
     assert wrong.status_code == 405 and "error" in wrong.json()
+
+
+def test_models_retrieve_and_an_unknown_id(server: RunningServer) -> None:
+    client = server.client()
+    model = client.models.retrieve(MODEL)
+    assert model.id == MODEL and model.object == "model" and model.owned_by == "ember"
+    assert model.created == client.models.list().data[0].created
+    for other in ("gpt-4o", "org/some-model", "x" * 5000):
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.models.retrieve(other)
+        assert caught.value.code == "model_not_found" and caught.value.status_code == 404
+        assert len(caught.value.message) < 300
+
+
+def test_system_fingerprint_is_on_every_answer_and_stable(server: RunningServer) -> None:
+    client = server.client()
+    chat = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=1)
+    fingerprint = chat.system_fingerprint
+    assert fingerprint is not None and fingerprint.startswith("fp_")
+    completion = client.completions.create(model=MODEL, prompt="Hi", max_tokens=1)
+    assert completion.system_fingerprint == fingerprint
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=QUESTION,
+            max_tokens=2,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert {c.system_fingerprint for c in chunks} == {fingerprint}
+    stream = client.completions.create(model=MODEL, prompt="Hi", max_tokens=2, stream=True)
+    assert {c.system_fingerprint for c in stream} == {fingerprint}
+
+
+def test_completion_top_logprobs_always_hold_the_sampled_token(server: RunningServer) -> None:
+    # Hot sampling picks tokens outside the single most likely one; OpenAI lists them anyway.
+    response = server.client().completions.create(
+        model=MODEL, prompt="Once upon a time", max_tokens=16, temperature=5.0, seed=7, logprobs=1
+    )
+    logprobs = response.choices[0].logprobs
+    assert logprobs is not None and logprobs.tokens and logprobs.top_logprobs
+    assert logprobs.token_logprobs is not None
+    outside = 0
+    for token, logprob, top in zip(
+        logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs, strict=True
+    ):
+        assert top[token] == logprob
+        outside += len(top) == 2
+    assert outside > 0  # the case this is about happened

@@ -79,8 +79,10 @@ class GenerationRunner:
         options: GenerationOptions,
         prompt_param: str,
         tenant: Tenant,
+        max_tokens_param: str = "max_tokens",
     ) -> GenerationRequest:
-        """Check, reserve and submit; `prompt_param` names the body's field of the prompts."""
+        """Check, reserve and submit; `prompt_param` and `max_tokens_param` name the body's
+        fields of the prompts and of the most tokens to generate, for the 400s."""
         deadlines = [t for t in (self.config.request_timeout, options.timeout) if t is not None]
         generation = GenerationRequest(
             response_id, min(deadlines) if deadlines else None, options.cache_salt
@@ -93,7 +95,7 @@ class GenerationRunner:
                 limits.check_prompt_ids(prompt_ids)
                 max_tokens = limits.max_tokens_for(len(prompt_ids), options.max_tokens)
             except InvalidRequestError as error:
-                raise refusal(error, prompt_param) from None
+                raise refusal(error, prompt_param, max_tokens_param) from None
             most_tokens += options.n * (len(prompt_ids) + max_tokens)
             for choice in range(options.n):
                 generation.add_choice(
@@ -138,12 +140,21 @@ class GenerationRunner:
             raise generation.error
 
 
-def refusal(error: InvalidRequestError, prompt_param: str) -> BadRequestError:
-    """The 400 for a prompt the engine's limits refuse, naming the field to change."""
-    param = prompt_param if error.param == "prompt" else error.param
+def refusal(
+    error: InvalidRequestError, prompt_param: str, max_tokens_param: str = "max_tokens"
+) -> BadRequestError:
+    """The 400 for a prompt the engine's limits refuse, naming the field to change as the
+    body names it (the engine says `prompt` and `max_tokens`)."""
+    message = str(error)
+    param = error.param
+    if param == "prompt":
+        param = prompt_param
+    elif param == "max_tokens" and max_tokens_param != "max_tokens":
+        param = max_tokens_param
+        message = message.replace("max_tokens", max_tokens_param)
     if isinstance(error, PromptTooLongError):
-        return ContextLengthExceededError(str(error), param=param)
-    return BadRequestError(str(error), param=param)
+        return ContextLengthExceededError(message, param=param)
+    return BadRequestError(message, param=param)
 
 
 async def run_user_work(work: Callable[[], T], offload: bool) -> T:

@@ -61,7 +61,9 @@ class ResponsesRoutes:
 
         prompt_ids = await run_user_work(render, offload)
         draft = ResponseDraft.new(self._model.name, parsed)
-        generation = self._runner.start(draft.id, [prompt_ids], parsed.options, "input", tenant)
+        generation = self._runner.start(
+            draft.id, [prompt_ids], parsed.options, "input", tenant, "max_output_tokens"
+        )
         if parsed.options.stream:
             await self._runner.wait(request, generation, until_started=True)
             events = self._events(generation, draft, conversation, tenant.name)

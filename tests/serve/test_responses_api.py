@@ -55,7 +55,9 @@ def test_the_stream_has_openais_events_and_the_same_text(server: RunningServer) 
     kinds = [event.type for event in events]
     deltas = [e for e in events if e.type == "response.output_text.delta"]
     assert kinds == [*EVENTS, *["response.output_text.delta"] * len(deltas), *CLOSING, kinds[-1]]
-    assert kinds[-1] == ("response.completed" if whole.status == "completed" else "response.incomplete")
+    assert kinds[-1] == (
+        "response.completed" if whole.status == "completed" else "response.incomplete"
+    )
     assert [e.sequence_number for e in events] == list(range(len(events)))
     text = "".join(e.delta for e in deltas)  # type: ignore[union-attr]
     assert text == whole.output_text

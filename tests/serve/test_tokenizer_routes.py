@@ -27,7 +27,9 @@ def test_a_prompt_is_tokenized_as_completions_tokenize_it(server: RunningServer)
 
 
 def test_messages_count_as_the_chat_prompt(server: RunningServer) -> None:
-    answer = post(server, "/tokenize", {"model": MODEL, "messages": CHAT, "return_token_strs": True})
+    answer = post(
+        server, "/tokenize", {"model": MODEL, "messages": CHAT, "return_token_strs": True}
+    )
     body = answer.json()
     chat = server.client().chat.completions.create(model=MODEL, messages=CHAT, max_tokens=1)  # type: ignore[arg-type]
     assert chat.usage is not None and body["count"] == chat.usage.prompt_tokens
@@ -35,7 +37,9 @@ def test_messages_count_as_the_chat_prompt(server: RunningServer) -> None:
     without = post(
         server, "/tokenize", {"model": MODEL, "messages": CHAT, "add_generation_prompt": False}
     ).json()
-    assert without["count"] < body["count"] and body["tokens"][: without["count"]] == without["tokens"]
+    assert (
+        without["count"] < body["count"] and body["tokens"][: without["count"]] == without["tokens"]
+    )
 
 
 def test_detokenize_round_trips(server: RunningServer) -> None:

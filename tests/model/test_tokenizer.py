@@ -139,9 +139,15 @@ def test_out_of_range_ids_are_rejected(tokenizer: Tokenizer) -> None:
         tokenizer.token_piece(tokenizer.vocab_size)
 
 
-def test_sentencepiece_model_is_unsupported() -> None:
+def test_unknown_tokenizer_model_is_unsupported() -> None:
+    metadata = {**default_tokenizer_metadata(), "tokenizer.ggml.model": "t5"}
+    with pytest.raises(ModelFormatError, match="unsupported tokenizer model 't5'"):
+        Tokenizer.from_metadata(metadata, source="m.gguf")
+
+
+def test_sentencepiece_model_with_a_byte_level_pre_tokenizer_is_refused() -> None:
     metadata = {**default_tokenizer_metadata(), "tokenizer.ggml.model": "llama"}
-    with pytest.raises(ModelFormatError, match="unsupported tokenizer model 'llama'"):
+    with pytest.raises(ModelFormatError, match=r"pre-tokenizer 'smollm'.*'llama' is not supported"):
         Tokenizer.from_metadata(metadata, source="m.gguf")
 
 

@@ -1,9 +1,11 @@
 """The model's tokenizer, rebuilt from a GGUF's `tokenizer.ggml.*` metadata.
 
-A GGUF carries no `tokenizer.json`: only the vocabulary, the merges, a token-type array, the
-special ids and the name of the pre-tokenizer (`tokenizer.ggml.pre`). We rebuild the byte-level
-BPE tokenizer those describe with the `tokenizers` library, picking the text splitting the
-vocabulary was trained with, so ids match the model's own Hugging Face tokenizer.
+A GGUF carries no `tokenizer.json`: only the vocabulary, the merges or scores, a token-type
+array, the special ids and the tokenizer model and pre-tokenizer names. We rebuild the
+tokenizer those describe with the `tokenizers` library: byte-level BPE with the text splitting
+the vocabulary was trained with (`byte_level_bpe.py`), or SentencePiece BPE
+(`sentencepiece_bpe.py`), so ids match the model's own tokenizer. An unknown tokenizer model or
+pre-tokenizer is refused, never tokenized slightly wrong.
 
 Special tokens (BOS, `<|im_end|>` ...) are matched whole in text, except in spans the caller
 marks as typed by a user: there their text is plain text, tokenized as any other, so that a
@@ -13,26 +15,27 @@ chat message cannot forge a control token (`ChatTemplate.encode` marks those spa
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from functools import cache
-from itertools import compress, repeat
-from operator import eq
-from typing import TYPE_CHECKING, Final, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Final
 
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as BackendTokenizer
 
 from ember.errors import InvalidRequestError, ModelFormatError
+from ember.model.byte_level_bpe import byte_alphabet_tokens, byte_level_parts
+from ember.model.sentencepiece_bpe import sentencepiece_parts
+from ember.model.tokenizer_metadata import MetadataFields, TokenizerParts
 
 if TYPE_CHECKING:
     from ember.model.gguf_file import GGUFFile
 
-SUPPORTED_MODELS = ("gpt2",)
-
-# llama.cpp's token types (`llama_token_type`); other values are treated as normal text.
-_CONTROL = 3
-_USER_DEFINED = 4
+_TOKENIZER_MODELS: Mapping[
+    str, Callable[[MetadataFields, list[str], list[int], set[int]], TokenizerParts]
+] = {
+    "gpt2": byte_level_parts,
+    "llama": sentencepiece_parts,
+}
+SUPPORTED_MODELS = tuple(_TOKENIZER_MODELS)
+__all__ = ["SUPPORTED_MODELS", "Tokenizer", "byte_alphabet_tokens"]
 
 # Control tokens that end a turn or a document. llama.cpp stops on these too ("end of
 # generation" tokens), whether or not the file names them as EOS.
@@ -58,81 +61,6 @@ _GIL_FREE_CHARS: Final = 16_384
 _END_OF_TURN_KEYS = ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
 
 
-@dataclass(frozen=True, slots=True)
-class _Splitting:
-    """How raw text is cut before BPE runs, i.e. the pre-tokenizer the merges were learned with."""
-
-    # None: GPT-2's own regex, built into the ByteLevel pre-tokenizer.
-    regex: str | None = None
-    # StarCoder-style vocabularies put every digit in a piece of its own; splitting digits first
-    # also changes how the whitespace in front of them groups ("  1" -> "ĠĠ", "1").
-    individual_digits: bool = False
-    # Llama 3's tokenizer.json sets `ignore_merges`: a piece found whole in the vocabulary is
-    # one token, without running the merges (llama.cpp does the same for that pre-type).
-    ignore_merges: bool = False
-
-
-# Regexes as llama.cpp (src/llama-vocab.cpp) and the models' tokenizer.json files spell them.
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-_GPT2 = _Splitting()
-_DIGITS_THEN_GPT2 = _Splitting(individual_digits=True)
-_LLAMA3 = _Splitting(regex=_LLAMA3_SPLIT, ignore_merges=True)
-_QWEN2 = _Splitting(regex=_QWEN2_SPLIT)
-
-# `tokenizer.ggml.pre` values, grouped as llama.cpp groups them. Golden ids from the model's own
-# Hugging Face tokenizer check 'smollm' (tests/fixtures/tokenizer_golden.json); the others follow
-# llama.cpp's table. An unknown name is refused rather than tokenized slightly wrong.
-_SPLITTINGS: Mapping[str, _Splitting] = {
-    "default": _GPT2,
-    "gpt2": _GPT2,
-    "gpt-2": _GPT2,
-    "mpt": _GPT2,
-    "olmo": _GPT2,
-    "smollm": _DIGITS_THEN_GPT2,
-    "starcoder": _DIGITS_THEN_GPT2,
-    "refact": _DIGITS_THEN_GPT2,
-    "codeshell": _DIGITS_THEN_GPT2,
-    "llama3": _LLAMA3,
-    "llama-v3": _LLAMA3,
-    "llama-bpe": _LLAMA3,
-    "smaug-bpe": _LLAMA3,
-    "falcon3": _LLAMA3,
-    "qwen2": _QWEN2,
-    "deepseek-r1-qwen": _QWEN2,
-}
-
-
-@cache
-def _byte_alphabet() -> dict[str, int]:
-    """GPT-2's byte-to-character map, inverted: each vocabulary character to the byte it spells.
-
-    Printable bytes stand for themselves; the other 68 are shifted to U+0100 and up so that
-    every token is printable text (a space is 'Ġ', a newline 'Ċ').
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    chars: dict[str, int] = {chr(b): b for b in printable}
-    shifted = 0
-    for b in range(256):
-        if b not in printable:
-            chars[chr(256 + shifted)] = b
-            shifted += 1
-    return chars
-
-
-def byte_alphabet_tokens() -> list[str]:
-    """The 256 single-byte tokens of a byte-level vocabulary, in byte order."""
-    by_byte = {b: c for c, b in _byte_alphabet().items()}
-    return [by_byte[b] for b in range(256)]
-
-
 class Tokenizer:
     """Text <-> token ids for one model: `encode`, `decode`, and the special ids around them."""
 
@@ -145,6 +73,7 @@ class Tokenizer:
         "_special_ids",
         "_special_text",
         "_texts",
+        "_token_bytes",
         "add_bos",
         "bos_id",
         "eos_id",
@@ -161,6 +90,7 @@ class Tokenizer:
         texts: Sequence[str],
         special_ids: frozenset[int],
         added_ids: frozenset[int],
+        token_bytes: Callable[[str], bytes],
         bos_id: int | None,
         eos_id: int,
         unk_id: int | None,
@@ -175,6 +105,7 @@ class Tokenizer:
         self._pieces: list[tuple[bytes, str | None] | None] = [None] * len(self._texts)
         self._special_ids = special_ids
         self._added_ids = added_ids
+        self._token_bytes = token_bytes
         # Built on first use: only prompts with a special token's text typed in them need them.
         self._plain_backend: BackendTokenizer | None = None
         self._special_text: re.Pattern[str] | None = None
@@ -194,23 +125,16 @@ class Tokenizer:
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, object], source: str = "<metadata>") -> Tokenizer:
         """Build from decoded GGUF metadata; `ModelFormatError` naming `source` if unusable."""
-        fields = _Fields(metadata, source)
+        fields = MetadataFields(metadata, source)
         model = fields.require_str("tokenizer.ggml.model")
-        if model not in SUPPORTED_MODELS:
+        build = _TOKENIZER_MODELS.get(model)
+        if build is None:
             raise ModelFormatError(
                 f"{source}: unsupported tokenizer model {model!r} (tokenizer.ggml.model); "
-                f"Ember supports byte-level BPE ({', '.join(SUPPORTED_MODELS)}) only"
-            )
-        pre = fields.optional_str("tokenizer.ggml.pre") or "default"
-        splitting = _SPLITTINGS.get(pre)
-        if splitting is None:
-            raise ModelFormatError(
-                f"{source}: unsupported pre-tokenizer {pre!r} (tokenizer.ggml.pre); "
-                f"Ember knows {', '.join(sorted(_SPLITTINGS))}"
+                f"Ember supports {', '.join(SUPPORTED_MODELS)}"
             )
         tokens = fields.require_str_list("tokenizer.ggml.tokens")
         token_types = fields.optional_int_list("tokenizer.ggml.token_type", len(tokens))
-        merges = _parse_merges(fields.require_str_list("tokenizer.ggml.merges"), source)
         bos_id = fields.optional_token_id("tokenizer.ggml.bos_token_id", len(tokens))
         eos_id = fields.optional_token_id("tokenizer.ggml.eos_token_id", len(tokens))
         if eos_id is None:
@@ -219,10 +143,9 @@ class Tokenizer:
         pad_id = fields.optional_token_id("tokenizer.ggml.padding_token_id", len(tokens))
         add_bos = fields.optional_bool("tokenizer.ggml.add_bos_token", default=False)
 
-        respelled = _in_alphabet_all(tokens)
         named = {i for i in (bos_id, eos_id, unk_id, pad_id) if i is not None}
-        special, user_defined = _added_token_ids(tokens, token_types, respelled, named)
-        backend = _build_backend(respelled, merges, splitting, tokens, special, user_defined)
+        parts = build(fields, tokens, token_types, named)
+        special = parts.special_ids
         declared = [fields.optional_token_id(key, len(tokens)) for key in _END_OF_TURN_KEYS]
         stop_ids = frozenset(
             {eos_id}
@@ -230,10 +153,11 @@ class Tokenizer:
             | {i for i in special if tokens[i] in _END_OF_TURN_TEXTS}
         )
         return cls(
-            backend=backend,
+            backend=parts.backend,
             texts=tokens,
             special_ids=special,
-            added_ids=special | user_defined,
+            added_ids=special | parts.user_defined_ids,
+            token_bytes=parts.token_bytes,
             bos_id=bos_id,
             eos_id=eos_id,
             unk_id=unk_id,
@@ -364,7 +288,7 @@ class Tokenizer:
         if piece is None:
             text = self._texts[token_id]
             # Added tokens decode verbatim, the others through the byte alphabet.
-            data = text.encode("utf-8") if token_id in self._added_ids else _token_bytes(text)
+            data = text.encode("utf-8") if token_id in self._added_ids else self._token_bytes(text)
             try:
                 piece = (data, data.decode("utf-8"))
             except UnicodeDecodeError:
@@ -406,190 +330,8 @@ class Tokenizer:
                 )
 
 
-def _added_token_ids(
-    tokens: Sequence[str], token_types: Sequence[int], respelled: Sequence[str], named: set[int]
-) -> tuple[frozenset[int], frozenset[int]]:
-    """(special, user-defined) token ids: the ones matched whole in text instead of by BPE.
-
-    Like transformers' GGUF converter: a token written outside the byte alphabet is a llama.cpp
-    mislabel and stays ordinary text; the ids the file names as BOS/EOS/UNK/PAD are special
-    whatever their type, as they are in transformers.
-    """
-    special = frozenset(
-        i for i in _ids_of_type(token_types, _CONTROL) | named if tokens[i] == respelled[i]
-    )
-    user_defined = frozenset(
-        i
-        for i in _ids_of_type(token_types, _USER_DEFINED)
-        if i not in special and tokens[i] == respelled[i]
-    )
-    return special, user_defined
-
-
 def _longest_first(texts: Iterable[str]) -> re.Pattern[str]:
     """One pattern for all `texts`: re tries alternatives in order, so at the leftmost place
     where any matches, the longest wins (a pattern that never matches for none)."""
     ordered = sorted({text for text in texts if text}, key=len, reverse=True)
     return re.compile("|".join(map(re.escape, ordered)) or "(?!)")
-
-
-def _ids_of_type(token_types: Sequence[int], kind: int) -> set[int]:
-    # compress/map run the scan over ~50k types in C: a tenth of an enumerate() loop's time.
-    return set(compress(range(len(token_types)), map(eq, token_types, repeat(kind))))
-
-
-def _build_backend(
-    vocab_tokens: Sequence[str],
-    merges: list[tuple[str, str]],
-    splitting: _Splitting,
-    tokens: Sequence[str],
-    special: frozenset[int],
-    user_defined: frozenset[int],
-) -> BackendTokenizer:
-    vocab = dict(zip(vocab_tokens, range(len(vocab_tokens)), strict=True))
-    bpe = models.BPE(
-        vocab=vocab,
-        merges=merges,
-        fuse_unk=False,
-        byte_fallback=False,
-        ignore_merges=splitting.ignore_merges,
-    )
-    backend = BackendTokenizer(bpe)
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=splitting.regex is None)
-    steps: list[pre_tokenizers.PreTokenizer] = []
-    if splitting.individual_digits:
-        steps.append(pre_tokenizers.Digits(individual_digits=True))
-    if splitting.regex is not None:
-        steps.append(pre_tokenizers.Split(Regex(splitting.regex), behavior="isolated"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([*steps, byte_level]) if steps else byte_level
-    backend.decoder = decoders.ByteLevel()
-    # normalized=False: match the token's text as written, before the byte-level respelling.
-    backend.add_special_tokens(
-        [AddedToken(tokens[i], special=True, normalized=False) for i in sorted(special)]
-    )
-    if user_defined:
-        backend.add_tokens(
-            [AddedToken(tokens[i], special=False, normalized=False) for i in sorted(user_defined)]
-        )
-    return backend
-
-
-def _in_alphabet_all(tokens: Sequence[str]) -> Sequence[str]:
-    """Every token spelled in the byte alphabet: `tokens` itself when all of them already are,
-    as in every byte-level vocabulary but a few mislabelled ones (one set of the characters of
-    the whole vocabulary instead of a check per token: 5 ms instead of 25 for 49k tokens)."""
-    alphabet = _byte_alphabet()
-    outside = set("".join(tokens)).difference(alphabet)
-    if not outside:
-        return tokens
-    return [
-        token if outside.isdisjoint(token) else _in_alphabet(token, alphabet) for token in tokens
-    ]
-
-
-def _in_alphabet(token: str, alphabet: Mapping[str, int]) -> str:
-    """The token spelled in the byte alphabet, as the merges expect (almost always unchanged)."""
-    if all(ch in alphabet for ch in token):
-        return token
-    spelling = {b: ch for ch, b in alphabet.items()}
-    return "".join(spelling[b] for b in token.encode("utf-8"))
-
-
-@cache
-def _alphabet_to_latin1() -> dict[int, int]:
-    """A `str.translate` table: each alphabet character to the character of its byte's value,
-    every other character below 256 to one that Latin-1 cannot encode (U+FFFF)."""
-    table = dict.fromkeys(range(256), 0xFFFF)
-    table.update({ord(ch): b for ch, b in _byte_alphabet().items()})
-    return table
-
-
-def _token_bytes(token: str) -> bytes:
-    # Same rule as the ByteLevel decoder in `tokenizers`: a token spelled in the byte alphabet
-    # maps back char by char; anything else is its own UTF-8. Translating to Latin-1 does the
-    # char-by-char map in C (a first-time token costs well under a microsecond while
-    # streaming): a character outside the alphabet is above U+00FF after it and fails encoding.
-    try:
-        return token.translate(_alphabet_to_latin1()).encode("latin-1")
-    except UnicodeEncodeError:
-        return token.encode("utf-8")
-
-
-def _parse_merges(merges: Sequence[str], source: str) -> list[tuple[str, str]]:
-    pairs = [tuple(merge.split(" ")) for merge in merges]
-    # Checked in bulk (C loops over ~50k pairs); the entry is looked for only if one is wrong.
-    if set(map(len, pairs)) - {2} or not all(map(all, pairs)):
-        for merge, pair in zip(merges, pairs, strict=True):
-            if len(pair) != 2 or not pair[0] or not pair[1]:
-                raise ModelFormatError(
-                    f"{source}: tokenizer.ggml.merges has a malformed entry {merge!r} "
-                    "(expected two tokens separated by one space)"
-                )
-    return cast("list[tuple[str, str]]", pairs)
-
-
-class _Fields:
-    """Typed reads of the tokenizer keys, each failure a `ModelFormatError` naming the key."""
-
-    __slots__ = ("_metadata", "_source")
-
-    def __init__(self, metadata: Mapping[str, object], source: str) -> None:
-        self._metadata = metadata
-        self._source = source
-
-    def _fail(self, key: str, problem: str) -> ModelFormatError:
-        return ModelFormatError(f"{self._source}: {key} {problem}")
-
-    def require_str(self, key: str) -> str:
-        value = self._metadata.get(key)
-        if value is None:
-            raise self._fail(key, "is missing")
-        if not isinstance(value, str):
-            raise self._fail(key, f"must be a string, not {type(value).__name__}")
-        return value
-
-    def optional_str(self, key: str) -> str | None:
-        return None if self._metadata.get(key) is None else self.require_str(key)
-
-    def optional_bool(self, key: str, default: bool) -> bool:
-        value = self._metadata.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise self._fail(key, f"must be a boolean, not {type(value).__name__}")
-        return value
-
-    def require_str_list(self, key: str) -> list[str]:
-        value = self._metadata.get(key)
-        if value is None:
-            raise self._fail(key, "is missing")
-        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-            raise self._fail(key, "must be an array of strings")
-        if not value:
-            raise self._fail(key, "is empty")
-        if not set(map(type, value)) <= {str}:
-            raise self._fail(key, "must be an array of strings")
-        return list(value)
-
-    def optional_int_list(self, key: str, length: int) -> list[int]:
-        """The array, or all zeros (no type information) when absent."""
-        value = self._metadata.get(key)
-        if value is None:
-            return [0] * length
-        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-            raise self._fail(key, "must be an array of integers")
-        if len(value) != length:
-            raise self._fail(key, f"has {len(value)} entries for {length} tokens")
-        if not set(map(type, value)) <= {int}:
-            raise self._fail(key, "must be an array of integers")
-        return list(value)
-
-    def optional_token_id(self, key: str, vocab_size: int) -> int | None:
-        value = self._metadata.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise self._fail(key, f"must be an integer, not {type(value).__name__}")
-        if not 0 <= value < vocab_size:
-            raise self._fail(key, f"is {value}, outside the vocabulary of {vocab_size} tokens")
-        return value

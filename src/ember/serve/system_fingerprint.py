@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ember import __version__
+# The root package: its version, beside `ember.errors`, which it imports (the rest is lazy).
+import ember
 
 _SAMPLE_BYTES = 1 << 20
 
 
-def system_fingerprint(model_path: Path, version: str = __version__) -> str:
+def system_fingerprint(model_path: Path, version: str = ember.__version__) -> str:
     digest = hashlib.sha256(f"ember {version}\n".encode())
     if model_path.is_file():
         with model_path.open("rb") as file:

@@ -17,6 +17,7 @@ from gguf import GGMLQuantizationType
 from ember import LLM, SamplingParams
 from ember.engine.config import EngineConfig
 from ember.engine.llm_engine import LLMEngine
+from ember.errors import ModelFormatError
 from ember.model.gguf_file import GGUFFile
 from ember.model.llama_weights import LlamaWeights
 from ember.model.loader import LoadedModel, load_model
@@ -170,3 +171,16 @@ def test_info_shows_the_quant_mix() -> None:
     assert shares == sorted(shares, reverse=True) and abs(sum(shares) - 100) < 0.1
     assert "embedding      F16 (token_embd.weight)" in text
     assert "output head    Q6_K (output.weight)" in text
+
+
+def test_truncated_file_names_the_cut_tensor(tmp_path: Path) -> None:
+    """A download cut short inside the output head: refused at load, with file and tensor."""
+    reader = gguf.GGUFReader(FIXTURE)
+    head = next(t for t in reader.tensors if t.name == "output.weight")
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(FIXTURE.read_bytes()[: head.data_offset + head.n_bytes // 2])
+    with pytest.raises(ModelFormatError) as error:
+        load_model(cut, "cpu", show_progress=False)
+    message = str(error.value)
+    assert str(cut) in message and "truncated" in message
+    assert "'output.weight' (Q6_K, shape (320, 256))" in message

@@ -56,9 +56,8 @@ def quant_mix(gguf: GGUFFile) -> list[str]:
         lines.append(f"  {name:<8} {counts[name]:>8} {size / 1e6:>9.2f} {_percent(size, total):>7}")
     lines.append(f"  {'total':<8} {len(gguf.tensors):>8} {total / 1e6:>9.2f} {'100.0%':>7}")
     for label, name in (("embedding", "token_embd.weight"), ("output head", "output.weight")):
-        info = gguf.tensors.get(name)
-        if info is not None:
-            lines.append(f"{label:<14} {info.ggml_type.name} ({name})")
+        if name in gguf.tensors:
+            lines.append(f"{label:<14} {gguf.tensors[name].ggml_type.name} ({name})")
     if "output.weight" not in gguf.tensors:
         lines.append(f"{'output head':<14} the embedding (tied)")
     return lines

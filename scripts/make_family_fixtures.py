@@ -12,9 +12,9 @@ Nothing is downloaded: tokenizers are trained here on a small corpus, weights ar
 
 Per family `NAME` (see FAMILIES):
 - `NAME.gguf`: 2 layers, d_model 64, a real tokenizer of ~500 tokens, its chat template.
-- `NAME.npz`: `prompt_i` ids and `logits_i` (every position, float32) from transformers'
+- `NAME.npz`: `prompt_i` ids, `logits_i` (every position, float32) from transformers'
   eager forward pass on the same weights (rounded to float16 first for F16 files, so both
-  sides compute with the same numbers).
+  sides compute with the same numbers), and `greedy_i`, its next 8 greedy tokens.
 - `NAME.json`: token ids of TEXTS from an independent tokenizer (the `tokenizers` library
   on the tokenizer.json definition the family publishes, or sentencepiece itself for the
   SentencePiece model), and chat renderings from transformers' `apply_chat_template`.
@@ -346,6 +346,7 @@ def convert(family: Family, directory: Path, tree: Path, out: Path) -> None:
     pre = "" if family.tokenizer == "spm" else family.tokenizer
     window = int(family.config.get("sliding_window") or 0)
     argv = [str(directory), "--outfile", str(out), "--outtype", family.outtype]
+    argv += ["--model-name", f"tiny-{family.name}"]  # else the temporary directory's name
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     subprocess.run(
         [sys.executable, "-c", _CONVERT, str(tree), pre, str(window), *argv],
@@ -380,6 +381,7 @@ def record(family: Family, tree: Path) -> None:
                 logits = model(torch.tensor([prompt])).logits[0].float().numpy()
             arrays[f"prompt_{i}"] = np.asarray(prompt, np.int32)
             arrays[f"logits_{i}"] = logits.astype(np.float32)
+            arrays[f"greedy_{i}"] = np.asarray(greedy(model, prompt, GREEDY_TOKENS), np.int32)
         np.savez_compressed(OUT / f"{family.name}.npz", **arrays)
         rendered = {
             str(gen): hf_tok.apply_chat_template(
@@ -408,6 +410,24 @@ def record(family: Family, tree: Path) -> None:
             f"{family.name}: vocab {vocab_size}, {(OUT / f'{family.name}.gguf').stat().st_size}"
             f" bytes, tokenizer mismatches vs transformers: {len(mismatched)}"
         )
+
+
+GREEDY_TOKENS = 8
+
+
+def greedy(model: Any, prompt: list[int], count: int) -> list[int]:
+    """`count` greedy tokens (end of text not stopping), each from a full forward pass."""
+    import torch
+
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(count):
+            logits = model(torch.tensor([ids])).logits[0, -1]
+            top2 = torch.topk(logits, 2).values
+            # A near tie could go either way in another implementation's rounding.
+            assert float(top2[0] - top2[1]) > 1e-3, "greedy choice too close to call"
+            ids.append(int(torch.argmax(logits)))
+    return ids[len(prompt) :]
 
 
 def _plain(value: Any) -> Any:

@@ -13,9 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ember import LLM, SamplingParams
+from ember.engine.config import EngineConfig
+from ember.engine.llm_engine import LLMEngine
+from ember.errors import ModelFormatError
 from ember.model.config import ModelConfig
 from ember.model.gguf_file import GGUFFile
 from ember.model.llama_weights import LlamaWeights
+from ember.model.loader import load_model
 from ember.model.numpy_llama import NumpyLlama
 
 from .test_numpy_llama import PagedSeq as _PagedSeq
@@ -90,3 +95,33 @@ def test_chunked_prefill_and_decode_match_transformers(name: str) -> None:
         out = model.forward(make_batch([(s, min(n, s.remaining)) for _, s, n in work]))
         for row, (i, seq, _) in enumerate(work):
             np.testing.assert_allclose(out[row], golden[i][1][seq.done - 1], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_engine_generates_transformers_greedy_tokens(name: str) -> None:
+    """Through the real loader and engine: the prompts batched, then decoded together."""
+    model = load_model(FIXTURES / f"{name}.gguf", "cpu", show_progress=False)
+    llm = LLM(engine=LLMEngine(EngineConfig(show_progress=False), model=model))
+    data = np.load(FIXTURES / f"{name}.npz")
+    prompts = [p for p, _ in _golden(name)]
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    outputs = llm.generate(prompts, params)
+    for i, out in enumerate(outputs):
+        assert out.token_ids == data[f"greedy_{i}"].tolist()
+
+
+def test_cuda_backend_refuses_what_it_does_not_implement() -> None:
+    pytest.importorskip("cuda.bindings", reason="the CUDA backend's module needs cuda-bindings")
+    from ember.model.cuda.llama import _refuse_cpu_only_features
+
+    expected = {
+        "llama3": "RoPE frequency factors",
+        "qwen2": "q/k/v biases",
+        "qwen3": "per-head q/k norms",
+        "mistral": "a sliding window (5)",
+    }
+    for name, feature in expected.items():
+        gguf = GGUFFile.open(FIXTURES / f"{name}.gguf")
+        with pytest.raises(ModelFormatError, match="--device cpu") as error:
+            _refuse_cpu_only_features(gguf, ModelConfig.from_gguf(gguf))
+        assert feature in str(error.value) and str(gguf.path) in str(error.value)

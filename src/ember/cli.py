@@ -240,7 +240,12 @@ def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
         "of requests (instead of --api-key and --concurrency); a table per tenant, its share "
         "of output tokens, and the aggregate",
     )
-    add("--requests", type=int, default=64, help="requests in all (with --mix: per tenant that names none)")
+    add(
+        "--requests",
+        type=int,
+        default=64,
+        help="requests in all (with --mix: per tenant that names none)",
+    )
     add("--rate", type=float, default=None, help="arrivals per second (default: all at once)")
     add("--arrivals", default="poisson", choices=("poisson", "fixed"))
     add("--prompt", default="Write a short story about a lighthouse keeper.")

@@ -57,6 +57,15 @@ class SamplingParamsError(InvalidRequestError):
     """A sampling parameter is out of range or inconsistent."""
 
 
+class StructuredOutputError(InvalidRequestError):
+    """A JSON schema, regex, choice list or grammar that the grammar engine cannot compile, or
+    that can produce no output; `param` names the request field that holds it."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class EmptyPromptError(InvalidRequestError):
     param = "prompt"
 

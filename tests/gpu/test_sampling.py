@@ -67,15 +67,20 @@ def mixed_params(rows: int, vocab: int, seed: int) -> np.ndarray:
 
 
 def run_sample(
-    sampling: Sampling, logits: np.ndarray, params: np.ndarray, rows: int | None = None
+    sampling: Sampling,
+    logits: np.ndarray,
+    params: np.ndarray,
+    rows: int | None = None,
+    masks: np.ndarray | None = None,
 ) -> np.ndarray:
     with (
         DeviceArray.from_numpy(np.ascontiguousarray(logits)) as device_logits,
         DeviceArray.from_numpy(params) as device_params,
         DeviceArray.empty((logits.shape[0],), np.int32) as out,
+        DeviceArray.from_numpy(np.zeros((1, 1), np.int32) if masks is None else masks) as m,
     ):
         out.buffer.memset_d32(0xFFFFFFFF)
-        sampling.sample(device_logits, device_params, out, rows)
+        sampling.sample(device_logits, device_params, out, rows, masks=None if masks is None else m)
         return out.to_numpy()
 
 
@@ -274,6 +279,38 @@ def test_masked_logits_are_never_drawn(
     tokens = run_sample(sampling, np.broadcast_to(logits_row, (draws, vocab)), params)
     assert not set(tokens.tolist()) & set(masked.tolist())
     assert tokens.min() >= 0
+
+
+@pytest.mark.parametrize("vocab", [49152, 1001, 4099])
+def test_token_masks_sample_as_if_left_out_tokens_were_minus_infinity(
+    sampling: Sampling, context: Context, vocab: int
+) -> None:
+    """A structured output's mask: the kernel reading the bitmask draws exactly what it draws
+    from logits with the left-out tokens set to -inf; rows naming no mask are unchanged."""
+    rows = 48
+    rng = np.random.default_rng(vocab)
+    logits = distinct_logits(rows, vocab, seed=vocab + 2)
+    allowed = rng.random((3, vocab)) < np.array([[0.5], [0.01], [0.999]])
+    allowed[:, rng.integers(vocab)] = True  # never an empty mask
+    words = (vocab + 31) // 32
+    padded = np.zeros((3, words * 32), np.bool_)
+    padded[:, :vocab] = allowed
+    masks = np.packbits(padded, axis=1, bitorder="little").view(np.int32)
+    mask_row = rng.choice([-1, 0, 1, 2], rows)
+    params = mixed_params(rows, vocab, seed=vocab + 3)
+    params["mask_row"] = mask_row
+    want_logits = logits.copy()
+    for r, m in enumerate(mask_row):
+        if m >= 0:
+            want_logits[r, ~allowed[m]] = -np.inf
+    plain = params.copy()
+    plain["mask_row"] = -1
+    want = run_sample(sampling, want_logits, plain)
+    got = run_sample(sampling, logits, params, masks=masks)
+    np.testing.assert_array_equal(got, want)
+    for r, m in enumerate(mask_row):
+        if m >= 0:
+            assert allowed[m, got[r]]
 
 
 def test_rows_samples_a_prefix_of_preallocated_buffers(

@@ -70,7 +70,7 @@ def test_row_params_dtype_matches_the_kernel_struct() -> None:
         "seed_lo",
         "seed_hi",
         "step",
-        "pad",
+        "mask_row",
     )
     assert [ROW_PARAMS_DTYPE.fields[n][1] for n in ROW_PARAMS_DTYPE.names] == list(range(0, 32, 4))
 
@@ -83,11 +83,12 @@ def test_row_params_fills_rows_and_splits_seeds() -> None:
     np.testing.assert_array_equal(p["seed_lo"], [0, 0xFFFFFFFF, 9])
     np.testing.assert_array_equal(p["seed_hi"], [0, 0x7FFFFFFF, 7])
     np.testing.assert_array_equal(p["step"], [0, -1, 3])
+    np.testing.assert_array_equal(p["mask_row"], -1)  # no token mask unless one is named
     out = np.zeros(5, dtype=ROW_PARAMS_DTYPE)
-    out["pad"] = 99
-    assert row_params(1.0, 2, 0.5, 0.0, 11, 4, out=out) is out
-    assert out[0]["top_k"] == 2 and out[0]["seed_lo"] == 11 and out[0]["pad"] == 0
-    assert out[1]["pad"] == 99
+    out["mask_row"] = 99
+    assert row_params(1.0, 2, 0.5, 0.0, 11, 4, [3, -1], out=out) is out
+    assert out[0]["top_k"] == 2 and out[0]["seed_lo"] == 11 and out[0]["mask_row"] == 3
+    assert out[1]["mask_row"] == -1 and out[2]["mask_row"] == 99
     with pytest.raises(ValueError, match="ROW_PARAMS_DTYPE"):
         row_params([1.0, 1.0], 0, 1.0, 0.0, 0, 0, out=np.zeros(1, dtype=ROW_PARAMS_DTYPE))
 

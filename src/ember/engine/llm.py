@@ -96,7 +96,9 @@ class LLM:
         finished = False
         try:
             while not finished:
-                for output in self.engine.step():
+                outputs = self.engine.step()
+                self._raise_rejected({request_id})
+                for output in outputs:
                     if output.request_id != request_id:
                         continue
                     if output.new_text:
@@ -105,6 +107,15 @@ class LLM:
         finally:
             if not finished:
                 self.engine.abort(request_id)
+
+    def _raise_rejected(self, wanted: set[RequestId]) -> None:
+        """The engine's refusal of one of `wanted` (its grammar did not compile), raised here;
+        the others of `wanted` are aborted."""
+        for request_id, error in self.engine.rejected:
+            if request_id in wanted:
+                for other in wanted - {request_id}:
+                    self.engine.abort(other)
+                raise error
 
     def _collect(
         self,
@@ -118,7 +129,9 @@ class LLM:
         logprobs: dict[RequestId, list[TokenLogprob]] = {r: [] for r in request_ids}
         results: dict[RequestId, Completion] = {}
         while len(results) < len(request_ids):
-            for out in self.engine.step():
+            outputs = self.engine.step()
+            self._raise_rejected(wanted)
+            for out in outputs:
                 if out.request_id not in wanted:
                     continue
                 texts[out.request_id].append(out.new_text)

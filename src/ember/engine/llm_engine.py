@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence as SequenceOf
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ember.engine.config import EngineConfig
+from ember.engine.grammar import GrammarCompiler
 from ember.engine.kv_cache_pool import KVCachePool
 from ember.engine.model_runner import LaunchedStep, ModelRunner
 from ember.engine.request_output import RequestOutput
@@ -25,8 +29,14 @@ from ember.engine.sequence import (
 )
 from ember.engine.sequence_limits import SequenceLimits
 from ember.engine.stop_checker import StopChecker
-from ember.errors import InvalidRequestError
+from ember.errors import InvalidRequestError, StructuredOutputError
 from ember.model.loader import LoadedModel, load_model
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
+
+# A step with nothing to run but grammars compiling waits this long for one, rather than spin.
+_COMPILE_WAIT_SECONDS = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +62,8 @@ class _Request:
     stop: StopChecker
     pending_tokens: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    # Its grammar on the compiler's thread; it is scheduled once that is done.
+    compiling: Future[LLMatcher] | None = None
 
 
 class LLMEngine:
@@ -91,13 +103,19 @@ class LLMEngine:
             ),
             self.pool,
         )
-        self.runner = ModelRunner(backend, config.block_size, self.pool.tables)
+        # Structured outputs' grammars, compiled against this model's tokenizer.
+        self.grammars = GrammarCompiler(self.tokenizer)
+        self.runner = ModelRunner(backend, config.block_size, self.pool.tables, self.grammars)
         self._asynchronous = config.async_scheduling and self.runner.device_sampling is not None
         # The launched step whose tokens the next `step()` collects (asynchronous scheduling).
         self._in_flight: LaunchedStep | None = None
         self._requests: dict[RequestId, _Request] = {}
         # Requests the last `step()` admitted into the running batch (the scheduler's word).
         self.admitted: list[RequestId] = []
+        # Requests the last `step()` refused after `add_request` took them (a grammar that did
+        # not compile); they are gone from the engine.
+        self.rejected: list[tuple[RequestId, InvalidRequestError]] = []
+        self._compiling: list[_Request] = []
         self._next_seq_id = 0
         self._seed_rng = np.random.default_rng(config.seed)
         self._last_batch_size = 0
@@ -141,15 +159,44 @@ class LLMEngine:
         )
         self._next_seq_id += 1
         stop = StopChecker(params, self.tokenizer, with_text=self.config.detokenize)
-        self._requests[request_id] = _Request(seq, stop)
-        self.scheduler.add(seq)
+        request = _Request(seq, stop)
+        self._requests[request_id] = request
+        if params.structured is None:
+            self.scheduler.add(seq)
+        else:
+            request.compiling = self.grammars.submit(params.structured)
+            self._compiling.append(request)
+            self._schedule_compiled()
         return list(prompt_ids)
+
+    def _schedule_compiled(self) -> None:
+        """Requests whose grammar is compiled go to the scheduler, in the order they came;
+        those whose grammar failed are rejected."""
+        still: list[_Request] = []
+        for request in self._compiling:
+            future = request.compiling
+            assert future is not None
+            if not future.done():
+                still.append(request)
+                continue
+            request.compiling = None
+            try:
+                request.seq.grammar = future.result()
+            except StructuredOutputError as error:
+                del self._requests[request.seq.request_id]
+                self.rejected.append((request.seq.request_id, error))
+                continue
+            self.scheduler.add(request.seq)
+        self._compiling = still
 
     def abort(self, request_id: RequestId) -> bool:
         request = self._requests.pop(request_id, None)
         if request is None:
             return False
-        self.scheduler.finish(request.seq, FinishReason.ABORT)
+        if request.compiling is not None:
+            self._compiling.remove(request)
+        else:
+            self.scheduler.finish(request.seq, FinishReason.ABORT)
         return True
 
     def has_unfinished_requests(self) -> bool:
@@ -165,6 +212,12 @@ class LLMEngine:
         more meanwhile; that token is dropped (max_tokens is known ahead and wastes nothing).
         """
         previous, self._in_flight = self._in_flight, None
+        self.rejected = []
+        if self._compiling:
+            if previous is None and not self.scheduler.num_unfinished:
+                futures = [request.compiling for request in self._compiling]
+                wait_for_futures(futures, _COMPILE_WAIT_SECONDS, "FIRST_COMPLETED")  # type: ignore[arg-type]
+            self._schedule_compiled()
         batch = self.scheduler.schedule()
         self.admitted = [seq.request_id for seq in batch.admitted]
         self._last_batch_size = len(batch)
@@ -227,6 +280,15 @@ class LLMEngine:
         if logprob is not None:
             request.pending_logprobs.append(logprob)
         finish = request.stop.accept(token_id)
+        grammar = seq.grammar
+        # Its grammar complete (or broken: the sampler kept to its mask, so never by a token it
+        # was given), the sequence ends as at a stop.
+        if (
+            grammar is not None
+            and finish is None
+            and (not grammar.consume_token(token_id) or grammar.is_stopped())
+        ):
+            finish = FinishReason.STOP
         text = request.stop.text
         if finish is not None:
             self.scheduler.finish(seq, finish)

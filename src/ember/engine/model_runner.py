@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ember.engine.block_tables import BlockTables
+from ember.engine.grammar import GrammarCompiler, Masks
 from ember.engine.sampler import Sampler
 from ember.engine.scheduler import ScheduledBatch
 from ember.engine.sequence import Sequence, TokenLogprob
@@ -48,16 +49,44 @@ class LaunchedStep:
     pending: PendingStep | None  # a device-sampling backend's step
     sampling: SamplingBatch | None
     logits: F32 | None  # a host-sampling backend's logits, one row per sequence of `seqs`
+    token_masks: TokenMasks | None  # the constrained rows' masks; None: no row is
     # Its sequences count its tokens as pending: the next step may be launched before this
     # one is collected, naming them by placeholder.
     asynchronous: bool
 
 
+@dataclass(frozen=True, slots=True)
+class TokenMasks:
+    """A step's masks of allowed tokens: row i of the step samples among `masks[rows[i]]`'s
+    tokens, or among all where rows[i] is -1."""
+
+    masks: Masks  # int32 [constrained rows, mask words]
+    rows: npt.NDArray[np.int32]  # [sampled rows]
+
+    @classmethod
+    def of(cls, seqs: list[Sequence], grammars: GrammarCompiler) -> TokenMasks | None:
+        constrained = [row for row, seq in enumerate(seqs) if seq.grammar is not None]
+        if not constrained:
+            return None
+        masks = np.empty((len(constrained), grammars.mask_words), np.int32)
+        grammars.fill_masks([seqs[row].grammar for row in constrained], masks)  # type: ignore[misc]
+        rows = np.full(len(seqs), -1, np.int32)
+        rows[constrained] = np.arange(len(constrained), dtype=np.int32)
+        return cls(masks, rows)
+
+
 class ModelRunner:
-    def __init__(self, backend: ForwardBackend, block_size: int, tables: BlockTables) -> None:
+    def __init__(
+        self,
+        backend: ForwardBackend,
+        block_size: int,
+        tables: BlockTables,
+        grammars: GrammarCompiler | None = None,
+    ) -> None:
         self.backend = backend
         self.block_size = block_size
         self.tables = tables
+        self.grammars = grammars
         self.sampler = Sampler()
         # Chosen once: a backend that samples on the device returns token ids, not logits.
         self.device_sampling: DeviceSamplingBackend | None = (
@@ -70,18 +99,19 @@ class ModelRunner:
         no row needs the host's sampler, return before the step is done: its sequences' new
         tokens become pending (`Sequence.num_pending`) until `collect`."""
         forward_batch, seqs = self.prepare(batch)
+        masks = TokenMasks.of(seqs, self.grammars) if self.grammars is not None else None
         device = self.device_sampling
         if device is None:
             logits = self.backend.forward(forward_batch)
-            return LaunchedStep(batch, seqs, None, None, logits, False)
-        sampling = sampling_batch(seqs)
+            return LaunchedStep(batch, seqs, None, None, logits, masks, False)
+        sampling = sampling_batch(seqs, masks)
         pending = device.launch_sample(forward_batch, sampling)
         asynchronous = asynchronous and bool(seqs) and not sampling.host_rows.shape[0]
         if asynchronous:
             for row, seq in enumerate(seqs):
                 seq.num_pending += 1
                 seq.pending_row = row
-        return LaunchedStep(batch, seqs, pending, sampling, None, asynchronous)
+        return LaunchedStep(batch, seqs, pending, sampling, None, masks, asynchronous)
 
     def collect(self, step: LaunchedStep) -> SampledTokens:
         """Wait for the step; one token (and its logprob entry, if asked for) per sequence."""
@@ -93,7 +123,11 @@ class ModelRunner:
             if not seqs:
                 return SampledTokens([], [], None)
             assert step.logits is not None
-            return _columns(seqs, self.sampler.sample(step.logits, seqs))
+            masks = step.token_masks
+            if masks is None:
+                return _columns(seqs, self.sampler.sample(step.logits, seqs))
+            picks = self.sampler.sample(step.logits, seqs, masks.masks, masks.rows.tolist())
+            return _columns(seqs, picks)
         assert step.sampling is not None
         sampled = step.pending.wait()
         token_ids: list[int] = sampled.token_ids.tolist()
@@ -102,7 +136,13 @@ class ModelRunner:
             # Penalties and logprobs need the whole distribution: the host sampler redoes these
             # rows, so each sequence's draws depend on its own parameters only.
             rows = step.sampling.host_rows.tolist()
-            picks = self.sampler.sample(sampled.host_logits, [seqs[row] for row in rows])
+            masks = step.token_masks
+            picks = self.sampler.sample(
+                sampled.host_logits,
+                [seqs[row] for row in rows],
+                None if masks is None else masks.masks,
+                None if masks is None else masks.rows[rows].tolist(),
+            )
             for row, (token_id, logprob) in zip(rows, picks, strict=True):
                 token_ids[row] = token_id
                 if logprob is not None:
@@ -170,7 +210,7 @@ def _columns(seqs: list[Sequence], picks: list[tuple[int, TokenLogprob | None]])
     return SampledTokens(seqs, token_ids, logprobs if has_logprobs else None)
 
 
-def sampling_batch(seqs: list[Sequence]) -> SamplingBatch:
+def sampling_batch(seqs: list[Sequence], masks: TokenMasks | None = None) -> SamplingBatch:
     """Per-row sampling parameters for a device sampler; greedy rows get temperature 0."""
     if not seqs:
         temperature, top_k, top_p, min_p, seeds, host = (), (), (), (), (), ()
@@ -187,4 +227,6 @@ def sampling_batch(seqs: list[Sequence]) -> SamplingBatch:
         seeds=np.array(seeds, np.uint64),
         steps=np.array(steps, np.int32),
         host_rows=np.flatnonzero(np.array(host, np.bool_)).astype(np.int32),
+        masks=None if masks is None else masks.masks,
+        mask_rows=None if masks is None else masks.rows,
     )

@@ -1,8 +1,9 @@
 """Turn next-token logits into tokens, one row per sequence, following its SamplingParams.
 
-Order (as vLLM): penalties, temperature, top-k, top-p, min-p, then a draw from the
-sequence's own generator, so a seeded request gives the same tokens whatever it is batched
-with. Logprobs are those of the model's raw distribution, before any of the processing.
+Order (as vLLM): the structured output's mask of allowed tokens, penalties, temperature,
+top-k, top-p, min-p, then a draw from the sequence's own generator, so a seeded request gives
+the same tokens whatever it is batched with. Logprobs are those of the model's raw
+distribution, before any of the processing.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from ember.engine.grammar import Masks, allowed_tokens
 from ember.engine.sequence import Sequence, TokenLogprob
 
 F32 = npt.NDArray[np.float32]
@@ -81,13 +83,35 @@ def token_logprob(logprobs: F32, token_id: int, top_n: int) -> TokenLogprob:
 
 
 class Sampler:
-    def sample(self, logits: F32, seqs: list[Sequence]) -> list[tuple[int, TokenLogprob | None]]:
-        """One token per row of `logits` (row i belongs to seqs[i])."""
+    def sample(
+        self,
+        logits: F32,
+        seqs: list[Sequence],
+        masks: Masks | None = None,
+        mask_rows: list[int] | None = None,
+    ) -> list[tuple[int, TokenLogprob | None]]:
+        """One token per row of `logits` (row i belongs to seqs[i]); a row whose `mask_rows`
+        entry is m >= 0 samples only among the tokens `masks[m]` allows."""
         results: list[tuple[int, TokenLogprob | None]] = []
-        plain_greedy = [s.params.greedy and not s.params.has_penalties for s in seqs]
+        masked = mask_rows if masks is not None and mask_rows is not None else [-1] * len(seqs)
+        plain_greedy = [
+            s.params.greedy and not s.params.has_penalties and m < 0
+            for s, m in zip(seqs, masked, strict=True)
+        ]
         argmax: list[int] = logits.argmax(axis=-1).tolist() if any(plain_greedy) else []
         for row, seq in enumerate(seqs):
-            token_id = argmax[row] if plain_greedy[row] else sample_row(logits[row], seq)
+            if plain_greedy[row]:
+                token_id = argmax[row]
+            elif masked[row] >= 0:
+                assert masks is not None
+                row_logits = np.where(
+                    allowed_tokens(masks[masked[row]], logits.shape[1]),
+                    logits[row],
+                    np.float32(-np.inf),
+                )
+                token_id = sample_row(row_logits, seq)
+            else:
+                token_id = sample_row(logits[row], seq)
             logprob = None
             if seq.params.logprobs is not None:
                 logprob = token_logprob(log_softmax(logits[row]), token_id, seq.params.logprobs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ember.engine.structured_output import StructuredOutput
 from ember.errors import SamplingParamsError
 
 MAX_LOGPROBS = 20
@@ -33,6 +34,8 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logprobs: int | None = None  # None: no logprobs; N: the chosen token plus the top N
     skip_special_tokens: bool = True
+    # What the output must match (a JSON schema, a regex...); None: free text.
+    structured: StructuredOutput | None = None
     extra: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -20,7 +20,9 @@ cannot be preempted back and forth without end. Preemption for priority is looke
 step, for the next waiting sequence only. Under the default `Scheduling` (all equal) none of
 this changes the order: first come, first served.
 A running sequence's tokens include those sampled by a step still in flight (`num_pending`):
-it decodes the next one from the device's copy, unless that token is its last by max_tokens.
+it decodes the next one from the device's copy, unless that token is its last by max_tokens
+or its grammar needs that token to allow the next (a constrained sequence runs every other
+step while others overlap steps; alone, the engine waits for each step).
 The scheduler says *what* runs; the model runner decides *how*.
 """
 
@@ -108,8 +110,8 @@ class Scheduler:
         index = 0
         while index < len(running) and budget > 0:
             seq = running[index]
-            if seq.num_pending and seq.reaches_max_tokens:
-                index += 1  # its last token is on its way: it finishes when that arrives
+            if seq.waits_for_pending:  # its last token, or its grammar's next input
+                index += 1
                 continue
             computed = seq.num_computed_tokens
             n = min(seq.num_uncomputed_tokens, budget)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduling import Scheduling
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
 
 
 class SequenceStatus(enum.Enum):
@@ -74,6 +78,9 @@ class Sequence:
     pending_row: int = 0
     # The seed `rng` was made from; a device sampler derives its draws from it and the step.
     seed: int = 0
+    # Its structured output's matcher, at its tokens so far (`params.structured`); the mask of
+    # its next token needs every token before it, so it never has a token pending.
+    grammar: LLMatcher | None = None
     # What a device sampler needs of `params` and `seed`, made once rather than every step:
     # (temperature, 0 if greedy; top_k; top_p; min_p; seed; whether the host must sample).
     sampling_row: tuple[float, int, float, float, int, bool] = field(init=False, repr=False)
@@ -115,6 +122,12 @@ class Sequence:
         return len(self.token_ids) + self.num_pending - self.num_prompt_tokens >= (
             self.params.max_tokens
         )
+
+    @property
+    def waits_for_pending(self) -> bool:
+        """Whether a step now would be no use before its pending token arrives: that token is
+        its last, or its grammar needs it for the next token's mask."""
+        return bool(self.num_pending) and (self.grammar is not None or self.reaches_max_tokens)
 
     @property
     def is_protected(self) -> bool:

@@ -20,6 +20,10 @@
 // the mass to reach; the draw one pass with a division, a 64-bit hash and two logs for each
 // candidate that can still win (z + max noise above the best score so far).
 //
+// Structured outputs: a row whose params name a mask (`mask_row` >= 0) sees the tokens the mask
+// leaves out (bit i % 32 of word i / 32 clear) as -inf, so they are never drawn nor counted in
+// top-k, top-p or min-p; the logits themselves are not changed.
+//
 // Ties: tokens exactly equal to a top-k or top-p threshold are all kept (the CPU sampler keeps
 // the lowest-indexed of them), so the kept set can exceed top_k. Thresholds are compared on the
 // raw logits, which orders them as z does; the two differ only where the division by the
@@ -57,7 +61,7 @@ struct RowParams {
     uint32_t seed_lo;
     uint32_t seed_hi;
     int32_t step;
-    int32_t pad;
+    int32_t mask_row;  // < 0: every token allowed; else the row of `masks` to apply
 };
 
 // --- Counter-based noise --------------------------------------------------------------------
@@ -172,11 +176,22 @@ struct Row {
     const float* __restrict__ x;
     int n;
     bool vec;  // n % 4 == 0 and x 16-byte aligned: read float4s
+    const uint32_t* __restrict__ mask;  // nullptr: every token allowed
 
     // f(x[i], i) for this thread's elements: 4t..4t+3, then every 4 * THREADS on, in increasing
     // i, with float4 loads or without. Sums and ties then do not depend on the alignment.
+    // Elements the mask leaves out are seen as -inf.
     template <typename F>
     __device__ __forceinline__ void visit(F&& f) const {
+        if (mask) {
+            visit_all([&](float v, int i) { f(mask[i >> 5] >> (i & 31) & 1u ? v : -INF, i); });
+        } else {
+            visit_all(f);
+        }
+    }
+
+    template <typename F>
+    __device__ __forceinline__ void visit_all(F&& f) const {
         const int stride = THREADS * 4;
         if (vec) {
 #pragma unroll 2
@@ -304,17 +319,23 @@ __device__ __forceinline__ void sample_row(
 
 EMBER_EXPORT_CONST(threads, ember_sampling::THREADS)  // a block's, exactly
 EMBER_EXPORT_STRUCT(row_params, ember_sampling::RowParams, temperature, top_k, top_p, min_p,
-                    seed_lo, seed_hi, step, pad)
+                    seed_lo, seed_hi, step, mask_row)
 
-// out[r] = the token sampled from logits[r, :vocab] with params[r], for r < gridDim.x. Launch
-// one block of ember_sampling::THREADS (1024) threads per row.
+// out[r] = the token sampled from logits[r, :vocab] with params[r], for r < gridDim.x; a row with
+// params[r].mask_row = m >= 0 keeps to the tokens of masks[m * mask_words : (m + 1) *
+// mask_words] (masks may be null when no row names one). Launch one block of
+// ember_sampling::THREADS (1024) threads per row.
 extern "C" __global__ void __launch_bounds__(ember_sampling::THREADS, 1) sample_f32(
     const float* __restrict__ logits, const ember_sampling::RowParams* __restrict__ params,
-    int* __restrict__ out, int vocab) {
+    const uint32_t* __restrict__ masks, int* __restrict__ out, int vocab, int mask_words) {
     ember::await_prior_grid();
     const long long r = blockIdx.x;
     const float* x = logits + r * vocab;
-    const ember_sampling::Row row = {x, vocab, (vocab & 3) == 0 && ember::aligned16(x)};
-    ember_sampling::sample_row(row, params[r], out + r);
+    const ember_sampling::RowParams p = params[r];
+    const uint32_t* mask =
+        p.mask_row >= 0 && masks ? masks + static_cast<long long>(p.mask_row) * mask_words
+                                 : nullptr;
+    const ember_sampling::Row row = {x, vocab, (vocab & 3) == 0 && ember::aligned16(x), mask};
+    ember_sampling::sample_row(row, p, out + r);
 }
 EMBER_EXPORT_PARAMS(sample_f32)

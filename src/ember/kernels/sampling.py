@@ -1,8 +1,9 @@
 """Launch wrapper for sampling.cu: one token id per logits row, drawn on the device.
 
-Each row reads its own RowParams (temperature, top-k, top-p, min-p, seed, step), so one launch
-serves a batch of sequences with different settings, and a sequence's draw depends only on its
-logits and (seed, step). sampling_reference.py is the NumPy model the kernel is tested against.
+Each row reads its own RowParams (temperature, top-k, top-p, min-p, seed, step, and the row of
+the token masks of a structured output), so one launch serves a batch of sequences with
+different settings, and a sequence's draw depends only on its logits, (seed, step) and mask.
+sampling_reference.py is the NumPy model the kernel is tested against.
 """
 
 from __future__ import annotations
@@ -31,11 +32,20 @@ ROW_PARAMS_DTYPE: Final = np.dtype(
         ("seed_lo", "<u4"),
         ("seed_hi", "<u4"),
         ("step", "<i4"),
-        ("pad", "<i4"),
+        ("mask_row", "<i4"),  # < 0: all tokens; else the row of the masks to keep to
     ]
 )
 
-_FIELDS: Final = ("temperature", "top_k", "top_p", "min_p", "seed_lo", "seed_hi", "step")
+_FIELDS: Final = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "seed_lo",
+    "seed_hi",
+    "step",
+    "mask_row",
+)
 _F32: Final = np.dtype(np.float32)
 _I32: Final = np.dtype(np.int32)
 _U8: Final = np.dtype(np.uint8)
@@ -51,12 +61,14 @@ def row_params(
     min_p: npt.ArrayLike,
     seed: npt.ArrayLike,
     step: npt.ArrayLike,
+    mask_row: npt.ArrayLike = -1,
     out: RowParamsArray | None = None,
 ) -> RowParamsArray:
     """Per-row parameters as ROW_PARAMS_DTYPE, one row per element of the broadcast inputs.
 
-    `seed` is a uint64 per row; `step` counts the sequence's generated tokens. With `out` (a
-    preallocated ROW_PARAMS_DTYPE array, e.g. pinned for the upload) its first rows are filled.
+    `seed` is a uint64 per row; `step` counts the sequence's generated tokens; `mask_row` is
+    -1 or the row of the masks the row keeps to. With `out` (a preallocated ROW_PARAMS_DTYPE
+    array, e.g. pinned for the upload) its first rows are filled.
     """
     seeds = np.asarray(seed, dtype=np.uint64)
     columns = np.broadcast_arrays(
@@ -67,6 +79,7 @@ def row_params(
         (seeds & np.uint64(0xFFFFFFFF)).astype(np.uint32),
         (seeds >> np.uint64(32)).astype(np.uint32),
         np.asarray(step, dtype=np.int32),
+        np.asarray(mask_row, dtype=np.int32),
     )
     shape = columns[0].shape
     if len(shape) > 1:
@@ -80,7 +93,6 @@ def row_params(
         )
     for name, column in zip(_FIELDS, columns, strict=True):
         out[name][:rows] = column.reshape(rows)
-    out["pad"][:rows] = 0
     return out
 
 
@@ -110,12 +122,14 @@ class Sampling:
         params: DeviceArray,
         out: DeviceArray,
         rows: int | None = None,
+        masks: DeviceArray | None = None,
     ) -> Launch:
         """out[r] = the token drawn from logits[r] with params[r], for the first `rows` rows.
 
         logits is float32 [R, V]; params ROW_PARAMS_DTYPE [>= rows] (or those bytes as uint8);
         out int32 [>= rows]. `rows` defaults to R; fewer samples the first rows of buffers
-        allocated for the largest batch.
+        allocated for the largest batch. masks: int32 [M, (V + 31) // 32], the token masks
+        that rows' `mask_row` name (None: no row may name one; the kernel trusts the rows).
         """
         if logits.dtype != _F32 or out.dtype != _I32:
             raise TypeError(
@@ -142,11 +156,23 @@ class Sampling:
             )
         if (logits.ptr | params.ptr | out.ptr) % 4:
             raise ValueError("sample needs logits, params and out 4-byte aligned")
+        words = (logits.shape[1] + 31) // 32
+        if masks is not None and (
+            masks.dtype != _I32 or len(masks.shape) != 2 or masks.shape[1] != words
+        ):
+            raise ValueError(f"sample needs masks as int32 [rows, {words}], got {masks.shape}")
         return Launch(
             self._sample_f32,
             (count, 1, 1),
             (_THREADS, 1, 1),
-            (logits.ptr, params.ptr, out.ptr, logits.shape[1]),
+            (
+                logits.ptr,
+                params.ptr,
+                0 if masks is None else masks.ptr,
+                out.ptr,
+                logits.shape[1],
+                words,
+            ),
         )
 
     def sample(
@@ -156,11 +182,12 @@ class Sampling:
         out: DeviceArray,
         rows: int | None = None,
         stream: Stream | None = None,
+        masks: DeviceArray | None = None,
     ) -> None:
         """sample_launch(...) launched at once; nothing to do for zero rows."""
         if rows == 0 or (rows is None and logits.shape[:1] == (0,)):
             return
-        self.sample_launch(logits, params, out, rows)(stream)
+        self.sample_launch(logits, params, out, rows, masks)(stream)
 
     def unload(self) -> None:
         self.module.unload()

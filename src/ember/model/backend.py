@@ -56,7 +56,9 @@ class SamplingBatch:
     Rows with temperature 0 are greedy. `seeds` and `steps` (the sequence's count of generated
     tokens) make a draw depend only on the sequence, never on what it is batched with.
     `host_rows` lists the rows whose logits must also come back to the host (for penalties or
-    logprobs, which the engine's own sampler applies).
+    logprobs, which the engine's own sampler applies). A row whose `mask_rows` entry is m >= 0
+    samples only among the tokens `masks[m]` allows (bit i % 32 of int32 word i // 32 set:
+    token i allowed); the logits that come back are unmasked.
     """
 
     temperature: npt.NDArray[np.float32]
@@ -66,6 +68,8 @@ class SamplingBatch:
     seeds: npt.NDArray[np.uint64]
     steps: npt.NDArray[np.int32]
     host_rows: npt.NDArray[np.int32]
+    masks: npt.NDArray[np.int32] | None = None  # [constrained rows, (vocab + 31) // 32]
+    mask_rows: npt.NDArray[np.int32] | None = None  # [rows]: -1, or the row of `masks`
 
 
 @dataclass(frozen=True, slots=True)

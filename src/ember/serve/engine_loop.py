@@ -78,6 +78,8 @@ class EngineLoop:
     def _step(self) -> None:
         engine = self._engine
         outputs = engine.step()
+        for request_id, error in engine.rejected:  # a grammar that failed to compile
+            self._send(RequestRejected(request_id, str(error), error.param))
         deltas: list[RequestDelta] = [
             (out.request_id, out.new_token_ids, out.new_logprobs or None, out.finish_reason)
             for out in outputs

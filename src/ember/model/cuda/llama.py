@@ -256,7 +256,9 @@ class CudaLlama:
             self.activations.free()
         self._token_buckets = buckets(max_tokens)
         self._row_buckets = buckets(max_rows)
-        self.inputs = StepInputs(max_tokens, max_rows, max_num_seqs, max_blocks_per_seq)
+        self.inputs = StepInputs(
+            max_tokens, max_rows, max_num_seqs, max_blocks_per_seq, (c.vocab_size + 31) // 32
+        )
         partials = max(
             partials_size(t, c.n_heads, c.head_dim, self._splits(t)) for t in self._token_buckets
         )
@@ -406,7 +408,7 @@ class CudaLlama:
             plan.append(k.norm.add_rms_norm_launch(a.delta, a.residual, next_norm, a.x, eps))
         plan.append(k.elementwise.gather_rows_launch(a.x, s.logits_rows, a.last))
         plan.append(self._linear(a.last, w.lm_head, a.logits))
-        plan.append(k.sampling.sample_launch(a.logits, s.params, a.sampled))
+        plan.append(k.sampling.sample_launch(a.logits, s.params, a.sampled, masks=s.masks))
         return plan
 
     def _fused_plan(self, tokens: int, rows: int) -> list[Launch]:
@@ -460,7 +462,7 @@ class CudaLlama:
             k.norm.gather_rms_norm_launch(a.residual, s.logits_rows, w.output_norm, a.last, eps)
         )
         plan.append(gemv(head.data, head.quant, a.last, a.logits))
-        plan.append(k.sampling.sample_launch(a.logits, s.params, a.sampled))
+        plan.append(k.sampling.sample_launch(a.logits, s.params, a.sampled, masks=s.masks))
         return plan
 
     def _embedding(self, s: StepArrays, a: ActivationViews) -> Launch:

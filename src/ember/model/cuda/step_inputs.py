@@ -6,7 +6,8 @@ page-locked host buffer, mirrored by one device buffer. A step writes the host s
 cuMemcpyHtoDAsync moves the used prefix; the captured graphs read the device side at addresses
 that never change. Rows beyond the step's own (a bucket's padding) are set to values the
 kernels treat as empty: token -1 (a zero embedding), position -1 (attends to nothing), slot -1
-(stores nothing).
+(stores nothing). Structured outputs' token masks have a pinned and a device buffer of their
+own, of which a step copies only the rows it uses.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ember.model.forward_batch import ForwardBatch
 
 _I32: Final = np.dtype(np.int32)
 _PARAM_INTS: Final = ROW_PARAMS_DTYPE.itemsize // 4
+_PADDING_ROW: Final = row_params(0.0, 0, 1.0, 0.0, 0, 0, -1)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,7 @@ class StepArrays:
     logits_rows: DeviceArray  # int32 [L]
     params: DeviceArray  # ROW_PARAMS_DTYPE [L]
     block_tables: DeviceArray  # int32 [max_seqs, table_width]
+    masks: DeviceArray  # int32 [max_rows, mask_words]: the rows `params`' mask_row name
 
 
 class StepLayout:
@@ -95,7 +98,7 @@ class StepLayout:
         _put(words, self.rows, batch.logits_indices, rows, 0)
         params = words[self.params : self.tables].view(ROW_PARAMS_DTYPE)
         sampled = num_rows if sampling is not None else 0
-        params[sampled:rows] = np.zeros((), ROW_PARAMS_DTYPE)  # greedy for padding rows
+        params[sampled:rows] = _PADDING_ROW  # greedy, no mask
         if sampling is not None and sampled:
             row_params(
                 sampling.temperature,
@@ -104,6 +107,7 @@ class StepLayout:
                 sampling.min_p,
                 sampling.seeds,
                 sampling.steps,
+                -1 if sampling.mask_rows is None else sampling.mask_rows,
                 out=params,
             )
         tables = words[self.tables :].reshape(self.max_seqs, self.table_width)
@@ -129,14 +133,22 @@ class StepInputs:
 
     SLOTS: Final = 2
 
-    def __init__(self, max_tokens: int, max_rows: int, max_seqs: int, table_width: int) -> None:
+    def __init__(
+        self, max_tokens: int, max_rows: int, max_seqs: int, table_width: int, mask_words: int
+    ) -> None:
         self.layout = StepLayout(max_tokens, max_rows, max_seqs, table_width)
         self.max_rows = max_rows
+        self.mask_words = mask_words
         self.hosts = [PinnedHostBuffer.alloc(4 * self.layout.total) for _ in range(self.SLOTS)]
         self.device = DeviceBuffer.alloc(4 * self.layout.total)
         self._words = [host.array(np.int32) for host in self.hosts]
+        mask_bytes = 4 * max_rows * mask_words
+        self.mask_hosts = [PinnedHostBuffer.alloc(mask_bytes) for _ in range(self.SLOTS)]
+        self.mask_device = DeviceBuffer.alloc(mask_bytes)
+        self._masks = [host.array(np.int32, (max_rows, mask_words)) for host in self.mask_hosts]
         self._slot = 0
         self._used = self.layout.tables
+        self._masks_used = 0
 
     def arrays(self, tokens: int, rows: int) -> StepArrays:
         def view(offset: int, shape: tuple[int, ...], dtype: Any = _I32) -> DeviceArray:
@@ -152,6 +164,11 @@ class StepInputs:
             logits_rows=view(lay.rows, (rows,)),
             params=view(lay.params, (rows,), ROW_PARAMS_DTYPE),
             block_tables=view(lay.tables, (lay.max_seqs, lay.table_width)),
+            masks=DeviceArray(
+                self.mask_device.view(0, 4 * self.max_rows * self.mask_words),
+                (self.max_rows, self.mask_words),
+                _I32,
+            ),
         )
 
     def fill(
@@ -165,12 +182,23 @@ class StepInputs:
         """Write `batch` padded to the bucket into pinned buffer `slot` (see StepLayout.fill)."""
         self._slot = slot
         self._used = self.layout.fill(self._words[slot], batch, sampling, tokens, rows)
+        masks = None if sampling is None else sampling.masks
+        self._masks_used = 0 if masks is None else masks.shape[0]
+        if masks is not None:
+            if masks.shape[1] != self.mask_words or masks.shape[0] > self.max_rows:
+                raise ValueError(
+                    f"token masks {masks.shape} do not fit [{self.max_rows}, {self.mask_words}]"
+                )
+            self._masks[slot][: masks.shape[0]] = masks
 
     def upload(self, stream: Stream) -> None:
         """Queue the copy of what `fill` wrote; that slot must not change until it ran."""
         self.device.copy_from_host(self._words[self._slot][: self._used], stream)
+        if self._masks_used:
+            self.mask_device.copy_from_host(self._masks[self._slot][: self._masks_used], stream)
 
     def free(self) -> None:
-        for host in self.hosts:
+        for host in (*self.hosts, *self.mask_hosts):
             host.free()
         self.device.free()
+        self.mask_device.free()

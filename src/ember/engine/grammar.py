@@ -1,0 +1,185 @@
+"""Constrained decoding with llguidance: each spec compiled once against the model's tokenizer,
+a matcher per constrained sequence, and a step's masks of allowed tokens.
+
+A mask is llguidance's: one bit per token id, 32 to an int32 word, token i allowed when bit
+i % 32 of word i // 32 is set. The sampler (the host's, or the device kernel) drops the tokens
+a row's mask leaves out before it samples; the sequence's matcher then consumes the token.
+Compiling takes from a millisecond to a second for very large schemas, and llguidance drops
+the GIL meanwhile, so `submit` compiles on a thread of its own while steps go on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from ember.engine.structured_output import StructuredOutput
+from ember.errors import EmberError, StructuredOutputError
+
+if TYPE_CHECKING:
+    from llguidance import LLExecutor, LLMatcher, LLTokenizer
+
+    from ember.model.tokenizer import Tokenizer
+
+Masks = npt.NDArray[np.int32]
+
+# An error message from llguidance can carry a dump of the parser's state after its first line.
+_MAX_ERROR_CHARS = 400
+
+
+class GrammarEngineMissingError(EmberError):
+    """llguidance is not installed (it comes with `pip install ember-llm`)."""
+
+
+def mask_words(vocab_size: int) -> int:
+    """int32 words in one token mask."""
+    return (vocab_size + 31) // 32
+
+
+def allowed_tokens(mask: Masks, vocab_size: int) -> npt.NDArray[np.bool_]:
+    """The mask as one bool per token id."""
+    bits = np.unpackbits(mask.view(np.uint8), bitorder="little")
+    return bits[:vocab_size].astype(np.bool_)
+
+
+class TokenizerView:
+    """Ember's tokenizer as llguidance's `TokenizerWrapper` reads one: every token's bytes, the
+    special ids, and an encoder."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self.eos_token_id = tokenizer.eos_id
+        self.bos_token_id = tokenizer.bos_id
+        vocab = range(tokenizer.vocab_size)
+        self.tokens = [tokenizer.token_bytes(i) for i in vocab]
+        self.special_token_ids = [i for i in vocab if tokenizer.is_special(i)]
+
+    def __call__(self, text: str | bytes) -> list[int]:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        return self._tokenizer.encode(text, add_special_tokens=False)
+
+
+class GrammarCompiler:
+    """Compiles `StructuredOutput`s for one tokenizer; the last `cache_size` compiled grammars
+    are kept, so a schema sent again costs a copy of its compiled matcher (microseconds)."""
+
+    def __init__(self, tokenizer: Tokenizer, cache_size: int = 256) -> None:
+        self._tokenizer = tokenizer
+        self._cache_size = cache_size
+        self._compiled: OrderedDict[StructuredOutput, LLMatcher] = OrderedDict()
+        self._lock = threading.Lock()
+        self._lltokenizer: LLTokenizer | None = None
+        self._executor: LLExecutor | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self.vocab_size = tokenizer.vocab_size
+        self.mask_words = mask_words(tokenizer.vocab_size)
+
+    def matcher(self, spec: StructuredOutput) -> LLMatcher:
+        """A new matcher for `spec`, at its start; `StructuredOutputError` if it cannot compile
+        or can produce nothing."""
+        with self._lock:
+            compiled = self._compiled.get(spec)
+            if compiled is not None:
+                self._compiled.move_to_end(spec)
+                return compiled.deep_copy()
+        compiled = self._compile(spec)
+        with self._lock:
+            self._compiled[spec] = compiled
+            while len(self._compiled) > self._cache_size:
+                self._compiled.popitem(last=False)
+        return compiled.deep_copy()
+
+    def submit(self, spec: StructuredOutput) -> Future[LLMatcher]:
+        """`matcher(spec)` on the compiler's own thread (done at once when cached)."""
+        with self._lock:
+            compiled = self._compiled.get(spec)
+            if compiled is not None:
+                self._compiled.move_to_end(spec)
+                done: Future[LLMatcher] = Future()
+                done.set_result(compiled.deep_copy())
+                return done
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="ember-grammar")
+        return self._thread.submit(self.matcher, spec)
+
+    def fill_masks(self, matchers: Sequence[LLMatcher], out: Masks) -> None:
+        """Row i of `out` (int32 [>= len(matchers), mask_words]) = matchers[i]'s mask now."""
+        if not matchers:
+            return
+        if out.dtype != np.int32 or out.ndim != 2 or out.shape[1] != self.mask_words:
+            raise ValueError(f"masks need int32 [rows, {self.mask_words}], got {out.shape}")
+        if len(matchers) > out.shape[0] or not out.flags.c_contiguous:
+            raise ValueError(f"{len(matchers)} masks need a contiguous array of as many rows")
+        if len(matchers) == 1:  # the thread pool's dispatch costs more than one mask
+            matchers[0].unsafe_compute_mask_ptr(out.ctypes.data, out.shape[1] * 4)
+            return
+        executor = self._executor
+        if executor is None:
+            from llguidance import LLExecutor
+
+            executor = self._executor = LLExecutor()
+        pairs = [(matcher, i) for i, matcher in enumerate(matchers)]
+        executor.unsafe_compute_mask_ptr(pairs, out.ctypes.data, out.shape[1] * 4, out.shape[0])
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=False, cancel_futures=True)
+
+    def _compile(self, spec: StructuredOutput) -> LLMatcher:
+        from llguidance import LLMatcher
+
+        try:
+            grammar = spec.grammar()
+        except ValueError as error:  # not JSON, or not a JSON object
+            raise StructuredOutputError(_message(spec, str(error)), spec.param) from None
+        matcher = LLMatcher(self.lltokenizer(), grammar, log_level=0)
+        if matcher.is_error():
+            raise StructuredOutputError(_message(spec, matcher.get_error()), spec.param)
+        # A grammar with no finite output (`{"$ref": "#"}`) fails at its first mask.
+        probe = matcher.deep_copy()
+        probe.compute_bitmask()
+        if probe.is_error():
+            raise StructuredOutputError(
+                _message(spec, "it can produce no output (a reference cycle with no way out?)"),
+                spec.param,
+            )
+        return matcher
+
+    def lltokenizer(self) -> LLTokenizer:
+        """llguidance's view of the vocabulary, built on first use (~0.2 s for 49k tokens)."""
+        with self._lock:
+            if self._lltokenizer is None:
+                try:
+                    from llguidance import LLTokenizer, TokenizerWrapper
+                except ImportError:
+                    raise GrammarEngineMissingError(
+                        "structured outputs need the llguidance package: pip install llguidance"
+                    ) from None
+                stops = sorted(self._tokenizer.stop_ids)
+                view = TokenizerWrapper(TokenizerView(self._tokenizer))
+                self._lltokenizer = LLTokenizer(view, eos_token=stops)
+            return self._lltokenizer
+
+
+def _message(spec: StructuredOutput, error: str) -> str:
+    # llguidance's text: the error, caret lines under the source, then maybe its state dump.
+    lines = [line.strip() for line in error.split("<state>", 1)[0].splitlines()]
+    first = " ".join(line for line in lines if line and set(line) - set("^ |0123456789"))
+    first = first or "unknown error"
+    if len(first) > _MAX_ERROR_CHARS:
+        first = first[:_MAX_ERROR_CHARS] + "..."
+    what = {
+        "json_schema": "JSON schema",
+        "json_object": "JSON mode",
+        "regex": "regular expression",
+        "choice": "choice list",
+        "grammar": "grammar",
+    }[spec.kind.value]
+    return f"'{spec.param}': this {what} is not supported: {first}"

@@ -132,7 +132,13 @@ def test_seeds_wrap_per_choice_below_2_to_the_63() -> None:
         ({"functions": [{"name": "f"}]}, "functions", "not supported"),
         ({"tool_choice": "auto"}, "tool_choice", "not supported"),
         ({"logit_bias": {"1": 5}}, "logit_bias", "not supported"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "not supported"),
+        ({"response_format": {"type": "xml"}}, "response_format.type", "not supported"),
+        (
+            {"response_format": {"type": "json_schema"}},
+            "response_format.json_schema.schema",
+            "needs",
+        ),
+        ({"guided_choice": "yes"}, "guided_choice", "array"),
         ({"messages": []}, "messages", "must not be empty"),
         ({"messages": None}, "messages", "is required"),
         ({"messages": "hi"}, "messages", "an array of messages"),
@@ -289,3 +295,51 @@ def test_bodies_that_are_not_a_json_object(body: bytes) -> None:
 
 def test_a_utf8_byte_order_mark_is_skipped_as_pythons_json_did() -> None:
     assert parse_chat(b"\xef\xbb\xbf" + chat()).model == "m"
+
+
+@pytest.mark.parametrize(
+    ("fields", "kind", "spec", "param"),
+    [
+        ({"response_format": {"type": "json_object"}}, "json_object", "", "response_format"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"schema": {"type": "integer"}},
+                }
+            },
+            "json_schema",
+            '{"type": "integer"}',
+            "response_format.json_schema",
+        ),
+        (
+            {"guided_json": '{"type": "integer"}'},
+            "json_schema",
+            '{"type": "integer"}',
+            "guided_json",
+        ),
+        ({"guided_choice": ["a", "b"]}, "choice", '["a", "b"]', "guided_choice"),
+        ({"structured_outputs": {"regex": "a+"}}, "regex", "a+", "structured_outputs.regex"),
+        (
+            {"structured_outputs": {"json_object": True}},
+            "json_object",
+            "",
+            "structured_outputs.json_object",
+        ),
+        (
+            {"response_format": {"type": "text"}, "guided_grammar": 'start: "x"'},
+            "grammar",
+            'start: "x"',
+            "guided_grammar",
+        ),
+    ],
+)
+def test_structured_output_fields_become_one_spec(
+    fields: dict[str, object], kind: str, spec: str, param: str
+) -> None:
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields})
+    structured = parse_chat(body.encode()).options.params.structured
+    assert structured is not None
+    assert (structured.kind.value, structured.spec, structured.param) == (kind, spec, param)
+    plain = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert parse_chat(plain.encode()).options.params.structured is None

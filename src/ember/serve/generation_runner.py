@@ -16,7 +16,8 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
-from ember.errors import InvalidRequestError, PromptTooLongError
+from ember.engine.grammar import GrammarCompiler
+from ember.errors import InvalidRequestError, PromptTooLongError, StructuredOutputError
 from ember.serve.api_errors import (
     APIError,
     BadRequestError,
@@ -55,6 +56,21 @@ class GenerationRunner:
         self.client = client
         self._limiter = limiter
         self._metrics = metrics
+        # The server's own compiles of structured outputs: a spec the engine could not compile
+        # is a 400 before anything is reserved, and a schema sent again is checked at once.
+        self._grammars = GrammarCompiler(model.tokenizer)
+
+    async def check_structured(self, options: GenerationOptions) -> None:
+        """400 naming the field if the request's structured output cannot compile (or can
+        produce nothing); compiled on a thread (llguidance drops the GIL), so a large schema
+        does not hold up the server."""
+        spec = options.params.structured
+        if spec is None:
+            return
+        try:
+            await asyncio.to_thread(self._grammars.matcher, spec)
+        except StructuredOutputError as error:
+            raise BadRequestError(str(error), param=error.param) from None
 
     def check_model(self, name: str, tenant: Tenant) -> None:
         """404 `model_not_found` unless `name` is the served model and the tenant may use it."""

@@ -44,8 +44,31 @@ class Message(msgspec.Struct, gc=False):
     content: str | list[ContentPart]
 
 
+class JsonSchemaFormat(msgspec.Struct):
+    """OpenAI's `response_format.json_schema`: the schema under a name."""
+
+    name: str | None = None
+    schema: Any = None
+    strict: bool | None = None
+    description: str | None = None
+
+
 class ResponseFormat(msgspec.Struct):
-    type: str = "text"
+    type: str = "text"  # "text", "json_object" or "json_schema"
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(msgspec.Struct):
+    """vLLM's `structured_outputs`: one of its constraints."""
+
+    json: Any = None
+    regex: str | None = None
+    choice: Any = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    # Refused when set: Ember does not take them.
+    whitespace_pattern: Any = None
+    structural_tag: Any = None
 
 
 class GenerationBody(msgspec.Struct):
@@ -74,6 +97,15 @@ class GenerationBody(msgspec.Struct):
     cache_salt: CacheSalt | None = None  # vLLM's: shares cached prefixes only within a salt
     logit_bias: dict[str, Any] | None = None
     priority: int | float | None = None  # vLLM's: lower runs first; may only lower urgency
+    # What the output must match: OpenAI's response_format, vLLM's structured_outputs and its
+    # older guided_* fields (one of them at a time).
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: Any = None
+    guided_regex: str | None = None
+    guided_choice: Any = None
+    guided_grammar: str | None = None
+    guided_whitespace_pattern: Any = None  # refused when set
 
 
 class ChatBody(GenerationBody):
@@ -81,7 +113,6 @@ class ChatBody(GenerationBody):
     max_completion_tokens: int | float | None = None
     logprobs: bool | None = None
     top_logprobs: int | float | None = None
-    response_format: ResponseFormat | None = None
     # Refused when set; any JSON value.
     tools: Any = None
     functions: Any = None

@@ -4,7 +4,10 @@ Fields follow OpenAI's API; `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`
 `stop_token_ids`, `include_stop_str_in_output` and `skip_special_tokens` are accepted as vLLM
 accepts them, and `request_timeout` (seconds) can lower the server's deadline for one request.
 Unknown fields are ignored, as OpenAI-compatible servers do; fields that would change the
-answer in ways Ember cannot honour (tools, logit_bias, JSON mode...) are refused with a 400.
+answer in ways Ember cannot honour (logit_bias, suffix...) are refused with a 400. What the
+output must match comes from `response_format` (OpenAI's `json_schema` and `json_object`),
+vLLM's `structured_outputs` or its older `guided_json`/`guided_regex`/`guided_choice`/
+`guided_grammar`: one of them per request.
 The body's bytes are decoded into the structs of `openai_bodies` in one pass; this module
 checks what a type cannot say.
 """
@@ -18,7 +21,8 @@ from typing import NoReturn, TypeVar
 import msgspec
 
 from ember.engine.sampling_params import MAX_LOGPROBS, SamplingParams
-from ember.errors import SamplingParamsError
+from ember.engine.structured_output import StructuredKind, StructuredOutput
+from ember.errors import SamplingParamsError, StructuredOutputError
 from ember.serve.api_errors import BadRequestError, quoted
 from ember.serve.body_decoding import decode_body
 from ember.serve.openai_bodies import (
@@ -28,6 +32,7 @@ from ember.serve.openai_bodies import (
     ContentPart,
     GenerationBody,
     Message,
+    StructuredOutputs,
     TokenIds,
 )
 
@@ -89,12 +94,6 @@ def parse_chat_request(body: bytes, max_choices: int) -> ChatRequest:
             _fail(name, f"'{name}' (tool calling) is not supported by this server")
     if chat.tool_choice not in (None, "none"):
         _fail("tool_choice", "'tool_choice' is not supported by this server")
-    response_type = chat.response_format.type if chat.response_format else "text"
-    if response_type != "text":
-        _fail(
-            "response_format",
-            f"response_format type {quoted(response_type)} is not supported; only 'text'",
-        )
     logprobs = bool(chat.logprobs)
     top_logprobs = _integer("top_logprobs", chat.top_logprobs, low=0, high=MAX_LOGPROBS)
     if top_logprobs is not None and not logprobs:
@@ -151,6 +150,10 @@ def _options(
     if timeout is not None and timeout < 0.001:
         _fail("request_timeout", f"'request_timeout' must be >= 0.001, got {timeout}")
     try:
+        structured = _structured(body)
+    except StructuredOutputError as error:
+        raise BadRequestError(str(error), param=error.param) from None
+    try:
         params = SamplingParams(
             max_tokens=1,
             temperature=_or(body.temperature, 1.0),
@@ -167,6 +170,7 @@ def _options(
             include_stop_str_in_output=bool(body.include_stop_str_in_output),
             logprobs=logprobs,
             skip_special_tokens=_or(body.skip_special_tokens, True),
+            structured=structured,
         )
     except SamplingParamsError as error:
         message = str(error)
@@ -182,6 +186,81 @@ def _options(
         cache_salt=body.cache_salt,
         priority=_integer("priority", body.priority, low=-(2**31), high=2**31 - 1),
     )
+
+
+def _structured(body: GenerationBody) -> StructuredOutput | None:
+    """The one constraint the body sets, if any."""
+    found: list[StructuredOutput] = []
+    response_format = body.response_format
+    if response_format is not None and response_format.type != "text":
+        kind = response_format.type
+        if kind == "json_object":
+            found.append(StructuredOutput(StructuredKind.JSON_OBJECT))
+        elif kind == "json_schema":
+            where = "response_format.json_schema"
+            if response_format.json_schema is None or response_format.json_schema.schema is None:
+                _fail(
+                    f"{where}.schema",
+                    f"response_format type 'json_schema' needs '{where}.schema'",
+                    "missing_required_parameter",
+                )
+            found.append(StructuredOutput.json_schema(response_format.json_schema.schema, where))
+        else:
+            _fail(
+                "response_format.type",
+                f"response_format type {quoted(kind)} is not supported; use 'text', "
+                "'json_object' or 'json_schema'",
+            )
+    if body.guided_whitespace_pattern is not None:
+        _fail("guided_whitespace_pattern", "'guided_whitespace_pattern' is not supported")
+    if body.guided_json is not None:
+        found.append(StructuredOutput.json_schema(_schema(body.guided_json), "guided_json"))
+    if body.guided_regex is not None:
+        found.append(StructuredOutput(StructuredKind.REGEX, body.guided_regex, "guided_regex"))
+    if body.guided_choice is not None:
+        found.append(StructuredOutput.choice(body.guided_choice, "guided_choice"))
+    if body.guided_grammar is not None:
+        found.append(
+            StructuredOutput(StructuredKind.GRAMMAR, body.guided_grammar, "guided_grammar")
+        )
+    outputs = body.structured_outputs
+    if outputs is not None:
+        found += _structured_outputs(outputs)
+    if len(found) > 1:
+        names = ", ".join(f"'{spec.param}'" for spec in found)
+        _fail(found[1].param, f"{names} each constrain the output; send one of them")
+    return found[0] if found else None
+
+
+def _structured_outputs(outputs: StructuredOutputs) -> list[StructuredOutput]:
+    where = "structured_outputs"
+    for name in ("whitespace_pattern", "structural_tag"):
+        if getattr(outputs, name) is not None:
+            _fail(f"{where}.{name}", f"'{where}.{name}' is not supported by this server")
+    found: list[StructuredOutput] = []
+    if outputs.json is not None:
+        found.append(StructuredOutput.json_schema(_schema(outputs.json), f"{where}.json"))
+    if outputs.regex is not None:
+        found.append(StructuredOutput(StructuredKind.REGEX, outputs.regex, f"{where}.regex"))
+    if outputs.choice is not None:
+        found.append(StructuredOutput.choice(outputs.choice, f"{where}.choice"))
+    if outputs.grammar is not None:
+        found.append(
+            StructuredOutput(StructuredKind.GRAMMAR, outputs.grammar, f"{where}.grammar")
+        )
+    if outputs.json_object:
+        found.append(StructuredOutput(StructuredKind.JSON_OBJECT, "", f"{where}.json_object"))
+    return found
+
+
+def _schema(value: object) -> object:
+    """vLLM takes a schema as an object or as its JSON text."""
+    if isinstance(value, str):
+        try:
+            return msgspec.json.decode(value)
+        except msgspec.DecodeError:
+            return value  # `StructuredOutput.json_schema` says it is not an object
+    return value
 
 
 def _or(value: V | None, default: V) -> V:

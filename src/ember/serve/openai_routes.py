@@ -89,6 +89,7 @@ class OpenAIRoutes:
             return template.encode(chat.messages, tokenizer, add_generation_prompt=True)
 
         prompt_ids = await run_user_work(render, offload=offload)
+        await self._runner.check_structured(chat.options)
         identity = ResponseIdentity.new("chatcmpl", self._model.name, self._fingerprint)
         generation = self._runner.start(identity.id, [prompt_ids], chat.options, "messages", tenant)
         if chat.options.stream:
@@ -119,6 +120,7 @@ class OpenAIRoutes:
             return [next(encoded) if isinstance(p, str) else p for p in completion.prompts]
 
         prompt_ids = await run_user_work(encode, offload=offload)
+        await self._runner.check_structured(completion.options)
         echo: list[str] | None = None
         if completion.echo:
             prompts = [p if isinstance(p, str) else tokenizer.decode(p) for p in completion.prompts]

@@ -42,8 +42,9 @@ class ReferenceSamplingLlama(NumpyLlama):
             sampling.min_p,
             sampling.seeds,
             sampling.steps,
+            -1 if sampling.mask_rows is None else sampling.mask_rows,
         )
-        ids: npt.NDArray[np.int32] = reference_sample(logits, params)
+        ids: npt.NDArray[np.int32] = reference_sample(logits, params, sampling.masks)
         self._previous = ids
         host = logits[sampling.host_rows] if sampling.host_rows.shape[0] else None
         return CompletedStep(SampledStep(token_ids=ids, host_logits=host))

@@ -91,15 +91,23 @@ def scores(logits_row: F32, params_row: Any) -> tuple[I64, F32]:
     return ids, noisy
 
 
-def reference_sample(logits: F32, params: npt.NDArray[Any]) -> npt.NDArray[np.int32]:
+def reference_sample(
+    logits: F32, params: npt.NDArray[Any], masks: npt.NDArray[np.int32] | None = None
+) -> npt.NDArray[np.int32]:
     """The token sampling.cu draws for each row of logits [R, V] with params [R]
     (ROW_PARAMS_DTYPE): argmax where temperature <= 0, else the Gumbel-max winner among the
-    candidates (ties to the lowest id, as numpy.argmax)."""
+    candidates (ties to the lowest id, as numpy.argmax). A row whose `mask_row` is m >= 0 sees
+    the tokens `masks[m]` leaves out as -inf."""
     out = np.empty(logits.shape[0], dtype=np.int32)
+    vocab = logits.shape[1]
     for r, row in enumerate(params[: logits.shape[0]]):
+        values = logits[r]
+        if masks is not None and row["mask_row"] >= 0:
+            bits = np.unpackbits(masks[row["mask_row"]].view(np.uint8), bitorder="little")
+            values = np.where(bits[:vocab].astype(np.bool_), values, np.float32(-np.inf))
         if not row["temperature"] > 0:
-            out[r] = int(np.argmax(logits[r]))
+            out[r] = int(np.argmax(values))
             continue
-        ids, noisy = scores(logits[r], row)
+        ids, noisy = scores(values, row)
         out[r] = ids[int(np.argmax(noisy))]
     return out

@@ -1,0 +1,148 @@
+"""Constrained decoding in the engine, on the tiny fixture model: outputs match their spec on
+the host sampler and on the device-sampling path (sampling.cu's NumPy model), constrained
+sequences wait for their pending token while others overlap steps, and nobody else's tokens
+change."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from ember.engine.config import EngineConfig
+from ember.engine.llm import LLM
+from ember.engine.llm_engine import LLMEngine
+from ember.engine.sampling_params import SamplingParams
+from ember.engine.structured_output import StructuredKind, StructuredOutput
+from ember.errors import StructuredOutputError
+from ember.model.loader import LoadedModel
+from tests.engine.reference_sampling import engine_over
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer", "minimum": 0, "maximum": 999},
+        "ok": {"type": "boolean"},
+        "tag": {"type": "string", "enum": ["alpha", "beta"]},
+    },
+    "required": ["id", "ok", "tag"],
+    "additionalProperties": False,
+}
+JSON = StructuredOutput.json_schema(SCHEMA)
+CHOICE = StructuredOutput.choice(["red", "green", "blue"])
+REGEX = StructuredOutput(StructuredKind.REGEX, r"[0-9]{3}-[a-z]{2}")
+
+
+def run(engine: LLMEngine, requests: dict[int, tuple[str, SamplingParams]]) -> dict[int, list[int]]:
+    for request_id, (prompt, params) in requests.items():
+        engine.add_request(request_id, prompt, params)
+    out: dict[int, list[int]] = {request_id: [] for request_id in requests}
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            out[output.request_id] += output.new_token_ids
+            assert not engine.rejected
+    return out
+
+
+def constrained(spec: StructuredOutput, seed: int, temperature: float = 1.0) -> SamplingParams:
+    return SamplingParams(max_tokens=60, temperature=temperature, seed=seed, structured=spec)
+
+
+def check(spec: StructuredOutput, text: str) -> None:
+    if spec is JSON:
+        value = json.loads(text)
+        assert set(value) == {"id", "ok", "tag"} and value["tag"] in ("alpha", "beta")
+        assert 0 <= value["id"] <= 999 and isinstance(value["ok"], bool)
+    elif spec is CHOICE:
+        assert text in ("red", "green", "blue")
+    else:
+        assert re.fullmatch(r"[0-9]{3}-[a-z]{2}", text), text
+
+
+@pytest.mark.parametrize("spec", [JSON, CHOICE, REGEX], ids=["json", "choice", "regex"])
+def test_outputs_match_their_spec_on_the_host_and_the_device_path(
+    tiny_model: LoadedModel, spec: StructuredOutput
+) -> None:
+    host = LLMEngine(EngineConfig(num_kv_blocks=64, show_progress=False), model=tiny_model)
+    device, _ = engine_over(tiny_model)
+    tokenizer = tiny_model.tokenizer
+    for engine in (host, device):
+        requests = {seed: ("Write it:", constrained(spec, seed)) for seed in range(6)}
+        requests[99] = ("Greedy:", constrained(spec, 0, temperature=0.0))
+        for ids in run(engine, requests).values():
+            check(spec, tokenizer.decode(ids))
+
+
+def test_constrained_sequences_wait_for_their_token_while_others_overlap(
+    tiny_model: LoadedModel,
+) -> None:
+    free = SamplingParams(max_tokens=24, temperature=0.8, seed=5, ignore_eos=True)
+    alone_engine, _ = engine_over(tiny_model)
+    alone = run(alone_engine, {1: ("Once upon a time", free)})[1]
+    mixed_engine, backend = engine_over(tiny_model)
+    mixed = run(
+        mixed_engine,
+        {1: ("Once upon a time", free), 2: ("Data:", constrained(JSON, 3))},
+    )
+    assert mixed[1] == alone  # the free sequence's tokens do not depend on its neighbour
+    check(JSON, tiny_model.tokenizer.decode(mixed[2]))
+    # The free sequence decoded from the device's copy of its last token (steps overlapped).
+    assert backend.placeholders > 0
+    # Every step that sampled a constrained row had its mask: no placeholder was constrained.
+    masked = [call for call in backend.calls if call.mask_rows is not None]
+    assert masked and all(call.masks is not None for call in masked)
+
+
+def test_asynchronous_and_synchronous_scheduling_give_the_same_constrained_tokens(
+    tiny_model: LoadedModel,
+) -> None:
+    requests = {seed: ("Go:", constrained(JSON, seed)) for seed in range(3)}
+    requests[7] = ("Free text", SamplingParams(max_tokens=12, seed=1, ignore_eos=True))
+    asynchronous, _ = engine_over(tiny_model)
+    synchronous, _ = engine_over(tiny_model, async_scheduling=False)
+    assert run(asynchronous, dict(requests)) == run(synchronous, dict(requests))
+
+
+def test_a_preempted_constrained_sequence_resumes_its_grammar(tiny_model: LoadedModel) -> None:
+    """Too few KV blocks for all: sequences are preempted and recomputed, and the constrained
+    ones still finish valid (their matchers keep the tokens they had)."""
+    engine = LLMEngine(
+        EngineConfig(num_kv_blocks=20, block_size=4, max_num_seqs=4, show_progress=False),
+        model=tiny_model,
+    )
+    requests = {seed: ("Make it:", constrained(JSON, seed)) for seed in range(4)}
+    out = run(engine, requests)
+    assert engine.scheduler.num_preemptions > 0
+    for ids in out.values():
+        check(JSON, tiny_model.tokenizer.decode(ids))
+
+
+def test_a_spec_that_cannot_compile_is_rejected_by_step_and_raised_by_llm(
+    tiny_model: LoadedModel,
+) -> None:
+    engine = LLMEngine(EngineConfig(num_kv_blocks=64, show_progress=False), model=tiny_model)
+    bad = StructuredOutput(StructuredKind.REGEX, "[a-")
+    engine.add_request(1, "Hi", SamplingParams(max_tokens=4, structured=bad))
+    engine.add_request(2, "Hi", SamplingParams(max_tokens=4, temperature=0.0))
+    rejected: list[int] = []
+    finished: list[int] = []
+    while engine.has_unfinished_requests():
+        outputs = engine.step()
+        rejected += [request_id for request_id, _ in engine.rejected]
+        finished += [output.request_id for output in outputs if output.finished]
+    assert rejected == [1] and finished == [2]
+    llm = LLM(engine=engine)
+    with pytest.raises(StructuredOutputError, match="unclosed"):
+        llm.generate("Hi", SamplingParams(max_tokens=4, structured=bad))
+    assert not engine.has_unfinished_requests()
+
+
+def test_an_aborted_request_leaves_nothing_compiling(tiny_model: LoadedModel) -> None:
+    engine, _ = engine_over(tiny_model)
+    spec = StructuredOutput.json_schema({"type": "array", "items": {"type": "integer"}})
+    engine.add_request(1, "Numbers:", SamplingParams(max_tokens=8, structured=spec))
+    assert engine.abort(1)
+    assert not engine.has_unfinished_requests()
+    engine.step()
+    assert not engine.rejected and not engine.scheduler.num_unfinished

@@ -114,6 +114,9 @@ HERMES_SAMPLES = [
     '<tool_call>{"name": "f", "arguments": {"a": tru}}</tool_call>',
     "",
     "plain answer, no calls",
+    f"\n\n<tool_call>\n{WEATHER}\n</tool_call>\n\n",
+    " \n ",
+    "\n<tool_call>{nope}</tool_call>\n",
 ]
 
 LLAMA3_SAMPLES = [
@@ -172,6 +175,8 @@ def test_any_pieces_give_what_the_whole_gives(
     make: Callable[[CallIds], ToolCallParser], text: str
 ) -> None:
     whole = run(make, [text])
+    if not whole.streamed and make in (HERMES, LLAMA3):
+        assert whole.content == text, "an output without calls is all content"
     for cut in range(1, len(text)):
         assert same(run(make, [text[:cut], text[cut:]]), whole), f"split at {cut}"
     assert same(run(make, list(text)), whole), "one character at a time"
@@ -180,6 +185,28 @@ def test_any_pieces_give_what_the_whole_gives(
         cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(1, 8))))
         pieces = [text[a:b] for a, b in itertools.pairwise([0, *cuts, len(text)])]
         assert same(run(make, pieces), whole), f"pieces {pieces!r}"
+
+
+TOKENS = [
+    *("<tool_call>", "</tool_call>", "<|python_tag|>", "{", "}", "[", "]", ":", ",", ";"),
+    *('"name"', '"arguments"', '"parameters"', '"f"', '"x\\"}"', '"\\u00e9"', '"', "\\"),
+    *(" ", "\n", "1", "-0.5e3", "true", "null", "a", "<", "🌍"),
+    '{"name": "f", "arguments": {"a": 1}}',
+    '[{"name": "g", "parameters": {}}',
+]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_token_soup_in_any_pieces_gives_what_the_whole_gives(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(100):
+        text = "".join(rng.choice(TOKENS) for _ in range(rng.randint(1, 25)))
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, 5)))
+        pieces = [text[a:b] for a, b in itertools.pairwise([0, *cuts, len(text)])]
+        for make in (HERMES, LLAMA3, CALL_ARRAY, NAMED):
+            whole = run(make, [text])
+            assert same(run(make, pieces), whole), pieces
+            assert same(run(make, list(text)), whole), text
 
 
 def test_hermes_calls_and_content() -> None:
@@ -193,6 +220,7 @@ def test_hermes_calls_and_content() -> None:
         ("get_time", {"zone": "CET"}),
     ]
     assert [call.id for call in two.calls] == ["call_0", "call_1"]
+    assert two.content == ""  # the newline between the blocks is not content
     around = run(HERMES, [HERMES_SAMPLES[2]])
     assert around.content == "Let me look that up.\n\n\nOne moment."
     assert len(around.calls) == 1
@@ -225,6 +253,13 @@ def test_hermes_blocks_that_are_not_calls_are_content_verbatim(text: str) -> Non
         assert outcome.content == "<tool_call>oops " and calls_of(outcome) == [("f", {})]
     else:
         assert outcome.content == text and outcome.calls == []
+
+
+def test_hermes_whitespace_around_calls_only_is_not_content() -> None:
+    spaced = run(HERMES, [HERMES_SAMPLES[22]])
+    assert spaced.content == "" and len(spaced.calls) == 1
+    assert run(HERMES, [HERMES_SAMPLES[23]]).content == " \n "  # no calls: all of it
+    assert run(HERMES, [HERMES_SAMPLES[24]]).content == HERMES_SAMPLES[24]
 
 
 def test_hermes_partial_tags_and_cut_outputs() -> None:

@@ -6,6 +6,8 @@ breaks, or it lacks a string name or object arguments) is given back as content,
 to the character that showed it; the text from that character on is read as content again.
 Once a call's first delta is out it stays a call: text that breaks its block after that is
 content from the breaking character (from just after its object, when the object had closed).
+Whitespace with only calls and the output's ends around it (the newline between Qwen's blocks)
+is not content.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class HermesParser:
         self._call_ids = call_ids
         self._place = _Place.CONTENT
         self._held = ""  # content: a tail that might begin `<tool_call>`
+        self._at_boundary = True  # at the output's start or just after a call's block
+        self._space = ""  # whitespace between a boundary and `<tool_call>`, to give back
         self._block = ""  # the block's text since `<tool_call>`, to give back
         self._after = ""  # after the object: whitespace and a partial `</tool_call>`
         self._stream: CallStream | None = None
@@ -69,9 +73,10 @@ class HermesParser:
     def finish(self) -> list[ToolEvent]:
         self._events = []
         if self._place == _Place.CONTENT:
-            self._content_out(self._held)
+            if not (self._at_boundary and self._next_index and not self._held.strip()):
+                self._content_out(self._held)
         elif self._stream is None or not self._stream.started:
-            self._content_out(OPEN_TAG + self._block)
+            self._content_out(self._space + OPEN_TAG + self._block)
         self._place, self._held, self._block, self._after = _Place.CONTENT, "", "", ""
         return self._events
 
@@ -81,6 +86,16 @@ class HermesParser:
 
     def _content(self, rest: str) -> str:
         text = self._held + rest
+        if self._at_boundary:
+            body = text.lstrip(_WHITESPACE)
+            if not body or held_prefix(body, OPEN_TAG) == len(body):
+                self._held = text
+                return ""
+            if body.startswith(OPEN_TAG):
+                self._held, self._block, self._place = "", "", _Place.BEFORE_OBJECT
+                self._space = text[: len(text) - len(body)]
+                return body[len(OPEN_TAG) :]
+            self._at_boundary = False
         start = text.find(OPEN_TAG)
         if start >= 0:
             self._content_out(text[:start])
@@ -131,12 +146,13 @@ class HermesParser:
         """The block broke at the start of `rest`: its text so far is content, unless its call
         had started (then the block's text was the call's)."""
         if self._stream is None or not self._stream.started:
-            self._content_out(OPEN_TAG + self._block)
+            self._content_out(self._space + OPEN_TAG + self._block)
         return self._block_ends(rest)
 
     def _block_ends(self, rest: str) -> str:
-        if self._stream is not None and self._stream.started:
+        self._at_boundary = self._stream is not None and self._stream.started
+        if self._at_boundary:
             self._next_index += 1
-        self._stream, self._block, self._after = None, "", ""
+        self._stream, self._block, self._after, self._space = None, "", "", ""
         self._place = _Place.CONTENT
         return rest

@@ -235,16 +235,22 @@ def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
     add(
         "--mix",
         default=None,
-        metavar="LABEL:KEY:CONCURRENCY[:MAX_TOKENS[:REQUESTS]],...",
-        help="several tenants at once, each with its key, concurrency, max_tokens and number "
-        "of requests (instead of --api-key and --concurrency); a table per tenant, its share "
-        "of output tokens, and the aggregate",
+        metavar="LABEL:KEY:CONCURRENCY[:MAX_TOKENS[:REQUESTS[:BODY_FILE]]],...",
+        help="several loads at once, each with its key, concurrency, max_tokens, number of "
+        "requests and fields for its bodies (instead of --api-key and --concurrency); a table "
+        "per load, its share of output tokens, and the aggregate",
     )
     add(
         "--requests",
         type=int,
         default=64,
         help="requests in all (with --mix: per tenant that names none)",
+    )
+    add(
+        "--extra-body",
+        default=None,
+        metavar="FILE",
+        help="a JSON object whose fields go into every request's body (e.g. a response_format)",
     )
     add("--rate", type=float, default=None, help="arrivals per second (default: all at once)")
     add("--arrivals", default="poisson", choices=("poisson", "fixed"))
@@ -504,6 +510,7 @@ def _bench_serve(args: argparse.Namespace) -> int:
         format_mix_report,
         format_report,
         parse_mix,
+        read_extra_body,
         run_load,
         run_mix,
     )
@@ -528,6 +535,7 @@ def _bench_serve(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         seed=args.seed,
         processes=args.processes or default_processes(concurrency),
+        extra_body=None if args.extra_body is None else read_extra_body(args.extra_body),
     )
     if args.mix is None:
         print(format_report(plan, run_load(plan)))

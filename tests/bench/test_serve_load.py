@@ -8,14 +8,17 @@ import itertools
 import re
 import statistics
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from ember.bench.serve_load import (
     LoadPlan,
+    _body,
     default_processes,
     format_report,
     parse_mix,
+    read_extra_body,
     run_load_async,
 )
 from ember.cli import main
@@ -81,7 +84,8 @@ def test_a_mix_is_parsed_into_a_plan_per_tenant() -> None:
         ("chat:sk-1", "label:key:concurrency"),
         ("chat::4", "label:key:concurrency"),
         ("chat:sk-1:four", "integers"),
-        ("chat:sk-1:4:32:16:9", "label:key:concurrency"),
+        ("chat:sk-1:4:32:16:9:8", "label:key:concurrency"),
+        ("chat:sk-1:4:32:16:/no/such.json", "no/such.json"),
         ("chat:sk-1:4:32:x", "integers"),
         ("a:k:1,a:j:2", "twice"),
         ("a:k:0", "must be positive"),
@@ -133,3 +137,17 @@ def test_one_plan_with_a_key(tenants_server: RunningServer) -> None:
     plan = LoadPlan(url=tenants_server.url, api_key="key-chat", num_requests=2, max_tokens=2)
     report = asyncio.run(run_load_async(plan))
     assert not report.errors and len(report.completed) == 2
+
+
+def test_a_body_file_goes_into_every_request_of_its_load(tmp_path: Path) -> None:
+    path = tmp_path / "schema.json"
+    path.write_text('{"response_format": {"type": "json_object"}}')
+    base = LoadPlan(url="http://x")
+    free, constrained = parse_mix(f"free:k:4,json:k:2:32:8:{path}", base)
+    assert free.plan.extra_body is None
+    assert constrained.plan.extra_body == {"response_format": {"type": "json_object"}}
+    assert _body(constrained.plan, "m")["response_format"] == {"type": "json_object"}
+    assert "response_format" not in _body(free.plan, "m")
+    path.write_text("[1, 2]")
+    with pytest.raises(EmberError, match="JSON object"):
+        read_extra_body(str(path))

@@ -128,9 +128,9 @@ def test_seeds_wrap_per_choice_below_2_to_the_63() -> None:
             "stream_options.include_usage",
             "must be a boolean",
         ),
-        ({"tools": [{"type": "function"}]}, "tools", "not supported"),
+        ({"tools": [{"type": "function"}]}, "tools[0].function", "required"),
         ({"functions": [{"name": "f"}]}, "functions", "not supported"),
-        ({"tool_choice": "auto"}, "tool_choice", "not supported"),
+        ({"tool_choice": "required"}, "tool_choice", "needs 'tools'"),
         ({"logit_bias": {"1": 5}}, "logit_bias", "not supported"),
         ({"response_format": {"type": "xml"}}, "response_format.type", "not supported"),
         (
@@ -143,7 +143,8 @@ def test_seeds_wrap_per_choice_below_2_to_the_63() -> None:
         ({"messages": None}, "messages", "is required"),
         ({"messages": "hi"}, "messages", "an array of messages"),
         ({"messages": ["hi"]}, "messages[0]", "an object with 'role' and 'content'"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "not supported"),
+        ({"messages": [{"role": "function", "content": "x"}]}, "messages[0].role", "not supported"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id", "required"),
         ({"messages": [{"content": "x"}]}, "messages[0].role", "is required"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "not a"),
         (

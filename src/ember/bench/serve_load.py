@@ -55,6 +55,8 @@ class LoadPlan:
     timeout: float = 600.0
     seed: int = 0
     processes: int = 1  # load-generating processes; at most `concurrency` are used
+    # Fields merged into every request's body (a response_format, tools...); None: none.
+    extra_body: dict[str, object] | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.num_requests < 1 or self.max_tokens < 1:
@@ -91,21 +93,24 @@ class TenantLoad:
 
 
 def parse_mix(spec: str, base: LoadPlan, processes: int | None = None) -> list[TenantLoad]:
-    """`label:key:concurrency[:max_tokens[:requests]],...`: each tenant is `base` with its
-    key, its concurrency, its max_tokens and its number of requests (default:
-    `base.num_requests`), sent from `processes` processes (default: `default_processes` of its
+    """`label:key:concurrency[:max_tokens[:requests[:body_file]]],...`: each tenant is `base`
+    with its key, its concurrency, its max_tokens, its number of requests (default:
+    `base.num_requests`) and the fields of a JSON file merged into its bodies (default:
+    `base.extra_body`), sent from `processes` processes (default: `default_processes` of its
     concurrency). A few interactive requests beside thousands of batch ones measure the
-    interactive tenant while the batch load lasts."""
+    interactive tenant while the batch load lasts; 8 constrained streams beside 56 free ones
+    measure what a grammar costs its neighbours."""
     loads: list[TenantLoad] = []
     for number, entry in enumerate(spec.split(",")):
         fields = entry.strip().split(":")
-        if len(fields) not in (3, 4, 5) or not all(fields):
+        if len(fields) not in (3, 4, 5, 6) or not all(fields):
             raise EmberError(
                 f"--mix entry {entry.strip()!r} is not "
-                "label:key:concurrency[:max_tokens[:requests]] "
+                "label:key:concurrency[:max_tokens[:requests[:body_file]]] "
                 "(e.g. interactive:KEY1:4:128:64,batch:KEY2:256:128)"
             )
-        label, key, *numbers = fields
+        label, key, *numbers = fields[:5]
+        extra_body = read_extra_body(fields[5]) if len(fields) == 6 else base.extra_body
         if not all(n.isdigit() for n in numbers):
             raise EmberError(
                 f"--mix entry {label!r}: concurrency, max_tokens and requests are integers"
@@ -118,6 +123,7 @@ def parse_mix(spec: str, base: LoadPlan, processes: int | None = None) -> list[T
             concurrency=int(numbers[0]),
             max_tokens=int(numbers[1]) if len(numbers) >= 2 else base.max_tokens,
             num_requests=int(numbers[2]) if len(numbers) == 3 else base.num_requests,
+            extra_body=extra_body,
             seed=base.seed + number,  # Poisson arrivals of their own
             processes=processes or default_processes(int(numbers[0])),
         )
@@ -342,7 +348,21 @@ def _body(plan: LoadPlan, model: str) -> dict[str, object]:
         body["prompt"] = plan.prompt
     if plan.ignore_eos:
         body["ignore_eos"] = True
+    if plan.extra_body:
+        body.update(plan.extra_body)
     return body
+
+
+def read_extra_body(path: str) -> dict[str, object]:
+    """A JSON object from a file, to merge into each request's body."""
+    try:
+        with open(path, "rb") as file:
+            value = json.loads(file.read())
+    except (OSError, ValueError) as error:
+        raise EmberError(f"--extra-body {path}: {error}") from None
+    if not isinstance(value, dict):
+        raise EmberError(f"--extra-body {path}: the file must hold a JSON object")
+    return value
 
 
 async def _stream_one(session: aiohttp.ClientSession, plan: LoadPlan, model: str) -> RequestRecord:

@@ -72,9 +72,14 @@ def _environment() -> ImmutableSandboxedEnvironment:
 
 
 class ChatTemplate:
-    """Renders a list of `{"role", "content"}` messages into the prompt text the model expects."""
+    """Renders a list of `{"role", "content"}` messages into the prompt text the model expects.
 
-    __slots__ = ("_special_tokens", "_template", "source", "text")
+    Messages may carry more than role and content (an assistant's `tool_calls`, a tool
+    result's `tool_call_id`), and `tools` (OpenAI's tool objects) are the template's `tools`
+    variable, as transformers passes them; a template that never reads `tools` cannot render
+    them (`renders_tools`)."""
+
+    __slots__ = ("_renders_tools", "_special_tokens", "_template", "source", "text")
 
     def __init__(
         self,
@@ -90,6 +95,7 @@ class ChatTemplate:
         self.source = source
         self._special_tokens = dict(special_tokens)
         self._template: jinja2.Template | None = None
+        self._renders_tools: bool | None = None
         if compile_now:
             self._compiled()
 
@@ -105,6 +111,16 @@ class ChatTemplate:
                     f"{e.message}"
                 ) from e
         return self._template
+
+    @property
+    def renders_tools(self) -> bool:
+        """Whether the template reads the `tools` variable (it can show the model tools)."""
+        if self._renders_tools is None:
+            from jinja2 import meta
+
+            ast = _environment().parse(self.text)
+            self._renders_tools = "tools" in meta.find_undeclared_variables(ast)
+        return self._renders_tools
 
     @classmethod
     def from_gguf(cls, gguf: GGUFFile, *, compile_now: bool = True) -> ChatTemplate:
@@ -124,17 +140,21 @@ class ChatTemplate:
         return cls(text, source, _template_special_tokens(metadata), compile_now=compile_now)
 
     def render(
-        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str:
         """The prompt text; `InvalidRequestError` for malformed messages or ones the template
         rejects (e.g. roles out of order)."""
-        return self._render(_checked_messages(messages), add_generation_prompt)
+        return self._render(_checked_messages(messages), add_generation_prompt, _copied(tools))
 
     def encode(
         self,
         messages: Sequence[Mapping[str, Any]],
         tokenizer: Tokenizer,
         add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[int]:
         """The prompt's token ids, with the special tokens of the template's markup only.
 
@@ -146,12 +166,15 @@ class ChatTemplate:
         it), and where it went cannot be told.
         """
         plain = _checked_messages(messages)
-        rendered = self._render(plain, add_generation_prompt)
+        plain_tools = _copied(tools)
+        rendered = self._render(plain, add_generation_prompt, plain_tools)
         special_text = tokenizer.special_text
-        if not any(map(special_text.search, _strings(plain))):
+        data = [plain, plain_tools]
+        if not any(map(special_text.search, _strings(data))):
             return tokenizer.encode(rendered)
-        typed = _TypedSpecialText(plain, special_text, [self.text, *self._special_tokens.values()])
-        found = typed.restore(self._render(typed.messages, add_generation_prompt))
+        typed = _TypedSpecialText(data, special_text, [self.text, *self._special_tokens.values()])
+        typed_messages, typed_tools = typed.messages
+        found = typed.restore(self._render(typed_messages, add_generation_prompt, typed_tools))
         if found is None or found[0] != rendered:
             raise InvalidRequestError(
                 f"a message holds {typed.originals[0]!r}, the text of a special token, and the "
@@ -160,7 +183,12 @@ class ChatTemplate:
             )
         return tokenizer.encode(rendered, plain_spans=found[1])
 
-    def _render(self, plain: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    def _render(
+        self,
+        plain: list[dict[str, Any]],
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
         import jinja2
 
         template = self._compiled()
@@ -168,7 +196,7 @@ class ChatTemplate:
             rendered: str = template.render(
                 messages=plain,
                 add_generation_prompt=add_generation_prompt,
-                tools=None,
+                tools=tools or None,
                 documents=None,
                 **self._special_tokens,
             )
@@ -217,14 +245,34 @@ def _checked_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, A
         for field in ("role", "content"):
             if field not in message:
                 raise InvalidRequestError(f"messages[{index}] has no '{field}'")
-            if not isinstance(message[field], str):
+            value = message[field]
+            # No content only beside tool calls (an assistant's turn that only calls tools).
+            if not isinstance(value, str) and not (
+                field == "content" and value is None and message.get("tool_calls")
+            ):
                 raise InvalidRequestError(
-                    f"messages[{index}].{field} must be a string, "
-                    f"not {type(message[field]).__name__}"
+                    f"messages[{index}].{field} must be a string, not {type(value).__name__}"
                 )
         # A copy: the template sees plain data and cannot reach the caller's objects.
-        plain.append(dict(message))
+        plain.append(_copied_value(message))
     return plain
+
+
+def _copied(tools: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]] | None:
+    if tools is None:
+        return None
+    if isinstance(tools, str | bytes) or not isinstance(tools, Sequence):
+        raise InvalidRequestError("tools must be a list of tool objects")
+    return [_copied_value(tool) for tool in tools]
+
+
+def _copied_value(value: Any) -> Any:
+    """Plain dicts, lists and scalars all the way down (JSON's shapes)."""
+    if isinstance(value, Mapping):
+        return {str(key): _copied_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copied_value(item) for item in value]
+    return value
 
 
 class _TypedSpecialText:
@@ -237,9 +285,7 @@ class _TypedSpecialText:
 
     __slots__ = ("_marker", "_sentinel", "messages", "originals")
 
-    def __init__(
-        self, plain: list[dict[str, Any]], special_text: re.Pattern[str], others: list[str]
-    ) -> None:
+    def __init__(self, plain: Any, special_text: re.Pattern[str], others: list[str]) -> None:
         self._marker = _unused_character([*_strings(plain), *others])
         self.originals: list[str] = []
 

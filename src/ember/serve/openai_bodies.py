@@ -22,6 +22,11 @@ TokenIds = Annotated[list[TokenId], msgspec.Meta(min_length=1)]
 FIELD_TEXT = {
     "messages": "an array of messages",
     "messages[]": "an object with 'role' and 'content'",
+    "messages[].tool_calls": "an array of tool calls",
+    "messages[].tool_calls[]": "an object with 'id' and 'function' ({'name', 'arguments'})",
+    "tools": "an array of tools",
+    "tools[]": "an object with 'type': 'function' and 'function'",
+    "tools[].function": "an object with 'name' and optional 'description' and 'parameters'",
     "messages[].content": "a string or an array of text parts",
     "messages[].content[]": "an object with 'type' and 'text'",
     "stop": "a string or an array of strings",
@@ -39,9 +44,36 @@ class ContentPart(msgspec.Struct, gc=False):
     text: str | None = None
 
 
+class FunctionCall(msgspec.Struct):
+    name: str
+    arguments: str  # JSON text, as the model wrote it
+
+
+class AssistantToolCall(msgspec.Struct):
+    id: str
+    function: FunctionCall
+    type: str = "function"
+
+
 class Message(msgspec.Struct, gc=False):
     role: str
-    content: str | list[ContentPart]
+    # Absent or null only in an assistant message that calls tools.
+    content: str | list[ContentPart] | None = None
+    tool_calls: list[AssistantToolCall] | None = None  # an assistant's
+    tool_call_id: str | None = None  # a tool result's: the call it answers
+    name: str | None = None
+
+
+class FunctionDefinition(msgspec.Struct):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of the arguments object
+    strict: bool | None = None
+
+
+class Tool(msgspec.Struct):
+    function: FunctionDefinition
+    type: str = "function"
 
 
 class JsonSchemaFormat(msgspec.Struct):
@@ -113,10 +145,12 @@ class ChatBody(GenerationBody):
     max_completion_tokens: int | float | None = None
     logprobs: bool | None = None
     top_logprobs: int | float | None = None
-    # Refused when set; any JSON value.
-    tools: Any = None
+    tools: list[Tool] | None = None
+    tool_choice: Any = None  # "none", "auto", "required" or {"type": "function", ...}
+    parallel_tool_calls: bool | None = None
+    # Refused when set (OpenAI's older function calling); any JSON value.
     functions: Any = None
-    tool_choice: Any = None
+    function_call: Any = None
 
 
 class CompletionBody(GenerationBody):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import msgspec
 
@@ -27,6 +27,7 @@ from ember.serve.api_errors import BadRequestError, quoted
 from ember.serve.body_decoding import decode_body
 from ember.serve.openai_bodies import (
     FIELD_TEXT,
+    AssistantToolCall,
     ChatBody,
     CompletionBody,
     ContentPart,
@@ -35,6 +36,7 @@ from ember.serve.openai_bodies import (
     StructuredOutputs,
     TokenIds,
 )
+from ember.serve.tool_calling import ToolRequest, parse_tools
 
 MAX_STOP_STRINGS = 16
 _SEED_RANGE = 2**63
@@ -74,8 +76,9 @@ class GenerationOptions:
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     model: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     options: GenerationOptions
+    tools: ToolRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +92,7 @@ class CompletionRequest:
 def parse_chat_request(body: bytes, max_choices: int) -> ChatRequest:
     chat = decode_body(body, ChatBody, FIELD_TEXT)
     model = _model(chat)
-    for name, value in (("tools", chat.tools), ("functions", chat.functions)):
-        if value:
-            _fail(name, f"'{name}' (tool calling) is not supported by this server")
-    if chat.tool_choice not in (None, "none"):
-        _fail("tool_choice", "'tool_choice' is not supported by this server")
+    tools = parse_tools(chat)
     logprobs = bool(chat.logprobs)
     top_logprobs = _integer("top_logprobs", chat.top_logprobs, low=0, high=MAX_LOGPROBS)
     if top_logprobs is not None and not logprobs:
@@ -104,7 +103,15 @@ def parse_chat_request(body: bytes, max_choices: int) -> ChatRequest:
         max_tokens = _integer("max_tokens", chat.max_tokens, low=1)
     messages = _messages(chat.messages)
     options = _options(chat, max_choices, max_tokens, (top_logprobs or 0) if logprobs else None)
-    return ChatRequest(model, messages, options)
+    structured = options.params.structured
+    if tools is not None and tools.choice.mode in ("required", "function") and structured:
+        _fail(
+            structured.param,
+            f"'{structured.param}' and tool_choice "
+            f"{quoted(tools.choice.name or tools.choice.mode)} each constrain the output; "
+            "send one of them",
+        )
+    return ChatRequest(model, messages, options, tools)
 
 
 def parse_completion_request(body: bytes, max_choices: int) -> CompletionRequest:
@@ -245,9 +252,7 @@ def _structured_outputs(outputs: StructuredOutputs) -> list[StructuredOutput]:
     if outputs.choice is not None:
         found.append(StructuredOutput.choice(outputs.choice, f"{where}.choice"))
     if outputs.grammar is not None:
-        found.append(
-            StructuredOutput(StructuredKind.GRAMMAR, outputs.grammar, f"{where}.grammar")
-        )
+        found.append(StructuredOutput(StructuredKind.GRAMMAR, outputs.grammar, f"{where}.grammar"))
     if outputs.json_object:
         found.append(StructuredOutput(StructuredKind.JSON_OBJECT, "", f"{where}.json_object"))
     return found
@@ -298,35 +303,82 @@ def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
     return items
 
 
-def _messages(raw: list[Message] | None) -> list[dict[str, str]]:
+def _messages(raw: list[Message] | None) -> list[dict[str, Any]]:
     if raw is None:
         _fail("messages", "'messages' is required", "missing_required_parameter")
     if not raw:
         _fail("messages", "'messages' must not be empty")
     roles = _CHAT_ROLES
     try:  # one comprehension for the common case (bodies may hold 100,000 messages)
-        return [
-            {
-                "role": roles[message.role],
-                "content": message.content
-                if isinstance(message.content, str)
-                else _text(message.content),
-            }
-            for message in raw
-        ]
+        return [{"role": roles[message.role], "content": _plain(message)} for message in raw]
     except (KeyError, _PartsRefusedError):
         pass
-    for index, message in enumerate(raw):  # name the first message refused above
-        if message.role not in roles:
-            where = f"messages[{index}].role"
+    return [_message(message, index) for index, message in enumerate(raw)]
+
+
+def _plain(message: Message) -> str:
+    """A message's text when it is only role and content; else `_PartsRefusedError`."""
+    content = message.content
+    if content is None or message.tool_calls is not None or message.tool_call_id is not None:
+        raise _PartsRefusedError()
+    return content if isinstance(content, str) else _text(content)
+
+
+def _message(message: Message, index: int) -> dict[str, Any]:
+    """One message checked field by field (tool calls and results, or a refusal naming it)."""
+    where = f"messages[{index}]"
+    role = message.role
+    if role == "tool":
+        if message.tool_call_id is None:
             _fail(
-                where,
-                f"{where} {quoted(message.role)} is not supported; use one of "
-                f"{', '.join(sorted(roles))}",
+                f"{where}.tool_call_id",
+                f"'{where}.tool_call_id' is required in a tool message",
+                "missing_required_parameter",
             )
-        if not isinstance(message.content, str):
-            _check_parts(message.content, f"messages[{index}].content")
-    raise AssertionError("unreachable: a message was refused")
+        return {
+            "role": "tool",
+            "content": _content(message.content, where),
+            "tool_call_id": message.tool_call_id,
+            **({"name": message.name} if message.name is not None else {}),
+        }
+    if role not in _CHAT_ROLES:
+        _fail(
+            f"{where}.role",
+            f"{where}.role {quoted(role)} is not supported; use one of "
+            f"{', '.join(sorted([*_CHAT_ROLES, 'tool']))}",
+        )
+    if message.tool_calls is not None and role != "assistant":
+        _fail(f"{where}.tool_calls", f"only assistant messages have tool_calls, not {role}")
+    if message.tool_calls:
+        content = None if message.content is None else _content(message.content, where)
+        calls = [_assistant_call(call, f"{where}.tool_calls[{i}]")
+                 for i, call in enumerate(message.tool_calls)]  # fmt: skip
+        return {"role": "assistant", "content": content, "tool_calls": calls}
+    return {"role": _CHAT_ROLES[role], "content": _content(message.content, where)}
+
+
+def _content(content: str | list[ContentPart] | None, where: str) -> str:
+    if content is None:
+        _fail(f"{where}.content", f"'{where}.content' is required", "missing_required_parameter")
+    if isinstance(content, str):
+        return content
+    _check_parts(content, f"{where}.content")
+    return _text(content)
+
+
+def _assistant_call(call: AssistantToolCall, where: str) -> dict[str, Any]:
+    """A call as chat templates take it: arguments as an object (transformers' convention),
+    or as the text sent when that is not a JSON object."""
+    if call.type != "function":
+        _fail(f"{where}.type", f"{where}.type {quoted(call.type)} is not supported; 'function'")
+    try:
+        arguments: object = msgspec.json.decode(call.function.arguments)
+    except msgspec.DecodeError:
+        arguments = call.function.arguments
+    if not isinstance(arguments, dict):
+        arguments = call.function.arguments
+    function = {"name": call.function.name, "arguments": arguments}
+    return {"id": call.id, "type": "function", "function": function}
 
 
 class _PartsRefusedError(Exception):

@@ -20,6 +20,13 @@ from json.encoder import encode_basestring
 from ember.engine.sequence import TokenLogprob
 from ember.model.tokenizer import Tokenizer
 from ember.serve.generation import Choice, ChoiceDelta, GenerationRequest
+from ember.serve.tool_parsers import (
+    ContentDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallParser,
+    ToolEvent,
+)
 
 DONE = b"data: [DONE]\n\n"
 
@@ -91,22 +98,56 @@ def completion_logprobs(
     }
 
 
+def tool_finish_reason(finish_reason: str | None, parser: ToolCallParser | None) -> str | None:
+    """OpenAI's `tool_calls` for an output that ended on its own and made calls."""
+    if parser is not None and parser.calls and finish_reason == "stop":
+        return "tool_calls"
+    return finish_reason
+
+
+def tool_call_object(call: ToolCall) -> dict[str, object]:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
+def assistant_message(text: str, parser: ToolCallParser | None) -> dict[str, object]:
+    """The chat answer's message: the text, or (tools) the text outside calls and the calls."""
+    if parser is None:
+        return {"role": "assistant", "content": text}
+    events = [*parser.feed(text), *parser.finish()]
+    content = "".join(event.text for event in events if isinstance(event, ContentDelta))
+    message: dict[str, object] = {"role": "assistant", "content": content or None}
+    if parser.calls:
+        message["tool_calls"] = [tool_call_object(call) for call in parser.calls]
+    elif not content:
+        message["content"] = ""
+    return message
+
+
 def chat_completion_body(
-    identity: ResponseIdentity, request: GenerationRequest, tokenizer: Tokenizer
+    identity: ResponseIdentity,
+    request: GenerationRequest,
+    tokenizer: Tokenizer,
+    parsers: Sequence[ToolCallParser | None] | None = None,
 ) -> dict[str, object]:
+    """`parsers`: per choice, the parser of its tool calls (None: a plain answer)."""
     choices = []
     for choice in request.choices:
         delta = _take_all(choice)
+        parser = None if parsers is None else parsers[choice.index]
         choices.append(
             {
                 "index": choice.index,
-                "message": {"role": "assistant", "content": delta.text},
+                "message": assistant_message(delta.text, parser),
                 "logprobs": (
                     chat_logprobs(tokenizer, delta.logprobs)
                     if choice.params.logprobs is not None
                     else None
                 ),
-                "finish_reason": delta.finish_reason,
+                "finish_reason": tool_finish_reason(delta.finish_reason, parser),
             }
         )
     return {
@@ -222,6 +263,34 @@ class ChunkEncoder:
             f'"logprobs":{logprobs},"finish_reason":{finish}}}]{self._tail}'
         ).encode()
 
+    def tool_events(
+        self, choice: Choice, delta: ChoiceDelta, parser: ToolCallParser, events: list[ToolEvent]
+    ) -> list[bytes]:
+        """Chat chunks for a delta of a choice whose output may call tools: its content and
+        `delta.tool_calls` pieces, then its logprobs and finish reason (if any) on their own."""
+        chunks = []
+        for event in events:
+            if isinstance(event, ContentDelta):
+                if event.text:
+                    body = '{"content":' + encode_basestring(event.text) + "}"
+                    chunks.append(self._chat_chunk(choice.index, body, "null", "null"))
+            else:
+                chunks.append(self._chat_chunk(choice.index, _tool_delta(event), "null", "null"))
+        logprobs = "null"
+        if choice.params.logprobs is not None and delta.logprobs:
+            logprobs = json.dumps(chat_logprobs(self._tokenizer, delta.logprobs))
+        finish = tool_finish_reason(delta.finish_reason, parser)
+        if logprobs != "null" or finish is not None:
+            reason = "null" if finish is None else f'"{finish}"'
+            chunks.append(self._chat_chunk(choice.index, "{}", logprobs, reason))
+        return chunks
+
+    def _chat_chunk(self, index: int, delta: str, logprobs: str, finish: str) -> bytes:
+        return (
+            f'{self._head}{index},"delta":{delta},'
+            f'"logprobs":{logprobs},"finish_reason":{finish}}}]{self._tail}'
+        ).encode()
+
     def text(self, index: int, text: str) -> bytes:
         """A text-completion chunk with fixed text (the echoed prompt)."""
         return (
@@ -232,6 +301,19 @@ class ChunkEncoder:
 
     def usage(self, request: GenerationRequest) -> bytes:
         return f"{self._usage_head}{json.dumps(usage(request))}}}\n\n".encode()
+
+
+def _tool_delta(event: ToolCallDelta) -> str:
+    call: dict[str, object] = {"index": event.index}
+    function: dict[str, object] = {}
+    if event.id is not None:
+        call["id"] = event.id
+        call["type"] = "function"
+    if event.name is not None:
+        function["name"] = event.name
+    function["arguments"] = event.arguments
+    call["function"] = function
+    return json.dumps({"tool_calls": [call]}, ensure_ascii=False)
 
 
 def error_event(body: dict[str, object]) -> bytes:

@@ -33,6 +33,8 @@ from ember.serve.openai_responses import (
     error_event,
 )
 from ember.serve.tenant_gate import tenant_of
+from ember.serve.tool_calling import plan_tools
+from ember.serve.tool_parsers import ToolCallParser
 
 
 class OpenAIRoutes:
@@ -84,20 +86,27 @@ class OpenAIRoutes:
                 "this model has no chat template; use /v1/completions", param="messages"
             )
         tokenizer = self._model.tokenizer
+        plan = plan_tools(chat.tools, template)
+        messages, options = chat.messages, chat.options
+        if plan is not None:
+            messages = plan.messages(messages)
+            options = plan.constrain(options)
 
         def render() -> list[int]:
-            return template.encode(chat.messages, tokenizer, add_generation_prompt=True)
+            tools = None if plan is None else plan.template_tools
+            return template.encode(messages, tokenizer, add_generation_prompt=True, tools=tools)
 
         prompt_ids = await run_user_work(render, offload=offload)
-        await self._runner.check_structured(chat.options)
+        await self._runner.check_structured(options)
         identity = ResponseIdentity.new("chatcmpl", self._model.name, self._fingerprint)
-        generation = self._runner.start(identity.id, [prompt_ids], chat.options, "messages", tenant)
-        if chat.options.stream:
+        generation = self._runner.start(identity.id, [prompt_ids], options, "messages", tenant)
+        parsers = None if plan is None else [plan.parser() for _ in range(options.n)]
+        if options.stream:
             await self._runner.wait(request, generation, until_started=True)
-            encoder = ChunkEncoder(identity, tokenizer, True, chat.options.include_usage)
-            return self._stream(generation, encoder, chat.options, None)
+            encoder = ChunkEncoder(identity, tokenizer, True, options.include_usage)
+            return self._stream(generation, encoder, options, None, parsers)
         await self._runner.wait(request, generation)
-        return JSONResponse(chat_completion_body(identity, generation, tokenizer))
+        return JSONResponse(chat_completion_body(identity, generation, tokenizer, parsers))
 
     async def completions(self, request: Request) -> Response:
         body = await read_body(request, self._config.max_body_bytes, self._config.read_timeout)
@@ -142,8 +151,9 @@ class OpenAIRoutes:
         encoder: ChunkEncoder,
         options: GenerationOptions,
         echo: list[str] | None,
+        parsers: list[ToolCallParser | None] | None = None,
     ) -> Response:
-        events = self._events(generation, encoder, options, echo)
+        events = self._events(generation, encoder, options, echo, parsers)
         return EventStreamResponse(events, lambda: self._runner.disconnected(generation))
 
     async def _events(
@@ -152,6 +162,7 @@ class OpenAIRoutes:
         encoder: ChunkEncoder,
         options: GenerationOptions,
         echo: list[str] | None,
+        parsers: list[ToolCallParser | None] | None,
     ) -> AsyncGenerator[bytes, None]:
         choices = generation.choices
         offsets = [0] * len(choices)
@@ -168,6 +179,13 @@ class OpenAIRoutes:
                 for choice in choices:
                     delta = choice.take()
                     if delta is None or not (delta.text or delta.finish_reason or delta.logprobs):
+                        continue
+                    parser = None if parsers is None else parsers[choice.index]
+                    if parser is not None:
+                        found = parser.feed(delta.text)
+                        if delta.finish_reason is not None:
+                            found += parser.finish()
+                        chunks += encoder.tool_events(choice, delta, parser, found)
                         continue
                     chunks.append(encoder.delta(choice, delta, offsets[choice.index]))
                     offsets[choice.index] += len(delta.text)

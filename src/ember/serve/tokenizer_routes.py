@@ -10,6 +10,8 @@ tokenizes it) or `{"model", "messages", "add_generation_prompt"}` (rendered and 
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -27,6 +29,7 @@ from ember.serve.generation_runner import (
 from ember.serve.http_body import read_body
 from ember.serve.openai_requests import parse_chat_request
 from ember.serve.tenant_gate import tenant_of
+from ember.serve.tool_calling import ToolChoice, plan_tools, tool_call_format
 
 _FIELD_TEXT = {"tokens": "an array of token ids"}
 
@@ -131,7 +134,17 @@ class TokenizerRoutes:
         chat = parse_chat_request(body, self._runner.config.max_choices)
         tokenizer = self._model.tokenizer
         add_generation_prompt = fields.add_generation_prompt is not False
-        ids = template.encode(chat.messages, tokenizer, add_generation_prompt)
+        # The prompt a chat request with these tools would get (`auto` on a template without
+        # tool calling counts as `none`: there is nothing to count).
+        plan = None
+        if chat.tools is not None:
+            choice = chat.tools.choice
+            if choice.mode == "auto" and tool_call_format(template) is None:
+                choice = ToolChoice("none")
+            plan = plan_tools(dataclasses.replace(chat.tools, choice=choice), template)
+        messages = chat.messages if plan is None else plan.messages(chat.messages)
+        tools = None if plan is None else plan.template_tools
+        ids = template.encode(messages, tokenizer, add_generation_prompt, tools=tools)
         if fields.add_special_tokens:  # the template writes its own BOS: off by default
             ids = tokenizer.encode("", add_special_tokens=True) + ids
         return ids

@@ -158,6 +158,13 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
     )
     add("--num-kv-blocks", type=int, default=None, help="overrides --kv-cache-memory-mb")
     add("--block-size", type=int, default=engine("block_size"))
+    add(
+        "--starvation-steps",
+        type=int,
+        default=engine("starvation_steps"),
+        help="engine steps a service class may wait with nothing admitted before it goes first "
+        "at the next free room (lower classes are delayed, never starved)",
+    )
     add("--no-prefix-caching", action="store_true")
     add(
         "--no-async-scheduling",
@@ -455,6 +462,7 @@ def _serve(args: argparse.Namespace) -> int:
         else args.kv_cache_memory_mb << 20,
         enable_prefix_caching=not args.no_prefix_caching,
         async_scheduling=not args.no_async_scheduling,
+        starvation_steps=args.starvation_steps,
         seed=args.seed,
     )
     run_server(

@@ -3,6 +3,7 @@ and greedy tokens and against the NumPy backend."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from ember.engine.config import EngineConfig
 from ember.engine.llm import LLM
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
+from ember.engine.structured_output import StructuredOutput
 from ember.model.cuda.llama import CudaLlama
 from ember.model.loader import LoadedModel, load_model
 
@@ -250,3 +252,51 @@ def test_ember_run_on_cuda_prints_the_engines_greedy_text(
         else llm.generate([prompt], params)[0]
     )
     assert expected.text and done.stdout == expected.text + "\n"
+
+
+def test_structured_outputs_on_the_gpu(cuda_model: LoadedModel) -> None:
+    """Token masks in the sampling kernel: seeded JSON-schema and choice outputs are valid, with
+    asynchronous steps (free rows overlapping, constrained rows waiting for their token) and
+    without. (Their tokens may differ: the batches differ, and so may the kernels the batch
+    sizes pick, until the batch-invariant mode.)"""
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 20},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+            "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
+        },
+        "required": ["name", "age", "tags"],
+        "additionalProperties": False,
+    }
+    tokenizer = cuda_model.tokenizer
+    prompt = tokenizer.encode("Describe a person as JSON:", add_special_tokens=True)
+    specs = [
+        StructuredOutput.json_schema(schema) if i % 2 else StructuredOutput.choice(["yes", "no"])
+        for i in range(8)
+    ]
+    params = [
+        SamplingParams(max_tokens=80, temperature=0.9, seed=i, structured=specs[i])
+        for i in range(8)
+    ] + [SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True) for _ in range(4)]
+
+    def run(eng: LLMEngine) -> dict[str, list[int]]:
+        for i, p in enumerate(params):
+            eng.add_request(str(i), prompt, p)
+        out: dict[str, list[int]] = {}
+        while eng.has_unfinished_requests():
+            for o in eng.step():
+                out.setdefault(o.request_id, []).extend(o.new_token_ids)
+        return out
+
+    for asynchronous in (True, False):
+        out = run(engine(cuda_model, async_scheduling=asynchronous))
+        for i in range(8):
+            text = tokenizer.decode(out[str(i)])
+            if i % 2:
+                value = json.loads(text)
+                assert set(value) == {"name", "age", "tags"}, text
+                assert 0 <= value["age"] <= 120, text
+            else:
+                assert text in ("yes", "no"), text
+        assert all(len(out[str(i)]) == 40 for i in range(8, 12))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -140,7 +142,10 @@ def test_a_stored_response_can_be_deleted(server: RunningServer) -> None:
     ("fields", "param"),
     [
         ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
-        ({"text": {"format": {"type": "json_object"}}}, "text.format"),
+        ({"text": {"format": {"type": "yaml"}}}, "text.format.type"),
+        ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
+        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object",
+          "if": {}}}}}, "text.format.schema"),
         ({"reasoning": {"effort": "high"}}, "reasoning"),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
          "input[0].content[0].type"),
@@ -154,6 +159,24 @@ def test_what_it_cannot_honour_is_refused_by_name(
     answer = httpx.post(server.url + "/v1/responses", json=body, timeout=60)
     assert answer.status_code in (400, 404), answer.text
     assert answer.json()["error"]["param"] == param
+
+
+def test_text_format_json_schema_constrains_the_output(server: RunningServer) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "people": {"type": "integer"}},
+        "required": ["city", "people"],
+        "additionalProperties": False,
+    }
+    client = server.client()
+    response = client.responses.create(
+        model=MODEL,
+        input="Name a city and how many people live there.",
+        text={"format": {"type": "json_schema", "name": "city", "schema": schema, "strict": True}},
+        max_output_tokens=60,
+    )
+    value = json.loads(response.output_text)
+    assert set(value) == {"city", "people"} and isinstance(value["people"], int)
 
 
 def test_an_input_over_the_context_is_a_400(server: RunningServer) -> None:

@@ -22,6 +22,7 @@ max_queued = 8
 [classes.bulk]
 priority = 5
 sheddable = true
+stream_interval = 0.25
 
 [tenants.acme]
 keys = ["{ACME}"]
@@ -47,6 +48,11 @@ def test_a_good_file() -> None:
     assert acme.allows_model("m1") and not acme.allows_model("m2")
     assert config.classes["batch"].max_queued == 8 and config.classes["batch"].sheddable
     assert config.classes["bulk"].priority == 5
+    # A class's streams are paced at its own interval; the batch class's default is longer
+    # than the server's, interactive ones keep the server's (None).
+    assert config.classes["bulk"].stream_interval == 0.25
+    assert config.classes["batch"].stream_interval == 0.1
+    assert config.classes["interactive"].stream_interval is None
     match = config.match("key-acme")
     assert match is not None and match.tenant is acme
     assert not match.expired(datetime.now(UTC))
@@ -90,6 +96,8 @@ def test_open_and_single_key() -> None:
         ("[classes.fast]\nmax_queued = 3", ("class 'fast'", "'priority'", "required")),
         ("[classes.batch]\nsheddable = 1", ("class 'batch'", "'sheddable'")),
         ("[classes.batch]\nspeed = 1", ("class 'batch'", "unknown field 'speed'")),
+        ("[classes.batch]\nstream_interval = -1", ("class 'batch'", "'stream_interval'")),
+        ('[classes.batch]\nstream_interval = "1s"', ("class 'batch'", "'stream_interval'")),
         ("tenant = 1", ("the top level", "unknown field 'tenant'")),
     ],
 )

@@ -31,3 +31,6 @@ class EngineConfig:
     # step's tokens, so the host's work (scheduling, inputs, outputs) overlaps the device's.
     # A step's outputs then come from the next `step()` call.
     async_scheduling: bool = True
+    # A priority with requests waiting and none admitted for this many steps goes first at the
+    # next room: lower service classes wait behind higher ones, never forever.
+    starvation_steps: int = 100

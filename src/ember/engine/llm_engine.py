@@ -100,6 +100,7 @@ class LLMEngine:
                     or backend.default_prefill_tokens_per_step()
                     or config.max_num_batched_tokens,
                 ),
+                config.starvation_steps,
             ),
             self.pool,
         )

@@ -4,12 +4,14 @@ Everything here runs on the event loop. `on_message` is the hot path: one call p
 step, handling every running sequence's new tokens (detokenize, stop strings, metrics) with no
 per-token allocation beyond the text itself.
 
-Stream handlers are woken at most once per `stream_interval` (all together, by one timer),
-not once per step: a wake-up costs a task switch, a JSON chunk and a socket write for the
-server, and a read and a parse for the client, and at GPU rates (a step every 2-6 ms) those,
-not the tokens, were what held one server process back. Tokens up to a choice's first text (a
-first token may have none, e.g. a special token), a finish and an error wake the handler at
-once.
+Stream handlers are woken at most once per stream interval (all of one interval together,
+by one timer), not once per step: a wake-up costs a task switch, a JSON chunk and a socket
+write for the server, and a read and a parse for the client, and at GPU rates (a step every
+2-6 ms) those, not the tokens, were what held one server process back. A request's interval
+is its service class's (`ServiceClass.stream_interval`: the batch class's is longer, so a
+flood of batch streams leaves the event loop to interactive ones) or `--stream-interval`.
+Tokens up to a choice's first text (a first token may have none, e.g. a special token), a
+finish and an error wake the handler at once.
 """
 
 from __future__ import annotations
@@ -70,10 +72,11 @@ class EngineClient:
         self.worker_info: WorkerReady | None = None
         self.draining = False
         self._engine_has_waiting = False
-        # Streams with tokens their handler has not been woken for, and the pacing timer.
-        self._unflushed: set[GenerationRequest] = set()
-        self._flush_timer: asyncio.TimerHandle | None = None
-        self._last_flush = 0.0
+        # Per stream interval: streams with tokens their handler has not been woken for, the
+        # pacing timer and the time of the last wake-up.
+        self._unflushed: dict[float, set[GenerationRequest]] = {}
+        self._flush_timers: dict[float, asyncio.TimerHandle] = {}
+        self._last_flush: dict[float, float] = {}
 
     @property
     def ready(self) -> bool:
@@ -294,6 +297,7 @@ class EngineClient:
         to_abort: list[RequestId] = []
         num_tokens = 0
         unflushed = self._unflushed
+        default_interval = self._config.stream_interval
         itl = metrics.itl
         for request_id, token_ids, logprobs, finish in report.deltas:
             choice = choices.get(request_id)
@@ -322,28 +326,37 @@ class EngineClient:
                 if choice.awaiting_first_text:
                     owner.wake()
                 else:
-                    unflushed.add(owner)
+                    interval = owner.stream_interval
+                    if interval is None:
+                        interval = default_interval
+                    group = unflushed.get(interval)
+                    if group is None:
+                        group = unflushed[interval] = set()
+                    group.add(owner)
         if num_tokens:
             metrics.generation_tokens.inc(num_tokens)
         if to_abort and self._worker is not None:
             self._worker.send(AbortRequests(to_abort))
         self._engine_has_waiting = report.stats.num_waiting > 0
         metrics.on_engine_step(report.stats)
-        if unflushed and self._flush_timer is None:
-            delay = self._last_flush + self._config.stream_interval - now
-            if delay > 0:
-                loop = asyncio.get_running_loop()
-                self._flush_timer = loop.call_later(delay, self._flush)
-            else:
-                self._flush()
+        for interval, group in unflushed.items():
+            if group and interval not in self._flush_timers:
+                delay = self._last_flush.get(interval, 0.0) + interval - now
+                if delay > 0:
+                    loop = asyncio.get_running_loop()
+                    self._flush_timers[interval] = loop.call_later(delay, self._flush, interval)
+                else:
+                    self._flush(interval)
 
-    def _flush(self) -> None:
-        """Wake every stream with tokens not yet taken (each writes them as one chunk)."""
-        self._flush_timer = None
-        self._last_flush = time.monotonic()
-        for request in self._unflushed:
+    def _flush(self, interval: float) -> None:
+        """Wake every stream of this interval with tokens not yet taken (each writes them as one
+        chunk)."""
+        self._flush_timers.pop(interval, None)
+        self._last_flush[interval] = time.monotonic()
+        group = self._unflushed[interval]
+        for request in group:
             request.wake()
-        self._unflushed.clear()
+        group.clear()
 
     def _on_choice_finished(self, choice: Choice, now: float) -> None:
         metrics = self._metrics

@@ -128,6 +128,8 @@ class GenerationRequest:
         self.scheduling: Scheduling | None = None
         self.service_class: ServiceClass | None = None
         self.series: TenantSeries | None = None
+        # Seconds between a stream's chunks at most (its class's); None: the server's.
+        self.stream_interval: float | None = None
         # Until the engine starts one of its sequences; then `admitted`.
         self.queue_timer: asyncio.TimerHandle | None = None
         self.admitted = False

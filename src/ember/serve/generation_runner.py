@@ -120,6 +120,7 @@ class GenerationRunner:
         service_class = tenant.service_class
         generation.scheduling = tenant.scheduling(options.priority)
         generation.service_class = service_class
+        generation.stream_interval = service_class.stream_interval
         generation.series = self._metrics.series(tenant.name, service_class.name)
         reservation = self._limiter.admit(tenant, most_tokens)
         generation.on_settled = lambda request: reservation.settle(request.used_tokens)

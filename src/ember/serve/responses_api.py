@@ -60,6 +60,7 @@ class ResponsesRoutes:
             return template.encode([*system, *conversation], tokenizer, add_generation_prompt=True)
 
         prompt_ids = await run_user_work(render, offload)
+        await self._runner.check_structured(parsed.options)
         draft = ResponseDraft.new(self._model.name, parsed)
         generation = self._runner.start(
             draft.id, [prompt_ids], parsed.options, "input", tenant, "max_output_tokens"

@@ -2,11 +2,11 @@
 
 Text in, text out: `input` as a string or as messages (`role` and `content`, a string or
 `input_text` / `output_text` parts), `instructions`, `max_output_tokens`, `temperature`,
-`top_p`, `previous_response_id`, `store`, `stream`, `metadata` and `user`. Fields that would
-change the answer in ways Ember cannot honour here (tools, a `text.format` other than text,
-reasoning, logprobs, background runs, stored prompts, conversations, automatic truncation) are
-refused with a 400 naming the field; unknown fields are ignored, as OpenAI-compatible servers
-do.
+`top_p`, `previous_response_id`, `store`, `stream`, `metadata`, `user`, and `text.format`
+(text, `json_object`, or `json_schema`: structured outputs as on chat). Fields that would
+change the answer in ways Ember cannot honour here (tools, reasoning, logprobs, background
+runs, stored prompts, conversations, automatic truncation) are refused with a 400 naming the
+field; unknown fields are ignored, as OpenAI-compatible servers do.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any, NoReturn
 import msgspec
 
 from ember.engine.sampling_params import SamplingParams
-from ember.errors import SamplingParamsError
+from ember.engine.structured_output import StructuredKind, StructuredOutput
+from ember.errors import SamplingParamsError, StructuredOutputError
 from ember.serve.api_errors import BadRequestError, quoted
 from ember.serve.body_decoding import decode_body
 from ember.serve.openai_requests import GenerationOptions
@@ -49,7 +50,14 @@ class InputItem(msgspec.Struct, gc=False):
 
 
 class TextFormat(msgspec.Struct):
+    """`text.format`: text, `json_object`, or `json_schema` (with its name and schema beside
+    the type, unlike chat's `response_format`)."""
+
     type: str | None = None
+    name: str | None = None
+    schema: Any = None
+    strict: bool | None = None
+    description: str | None = None
 
 
 class TextOptions(msgspec.Struct):
@@ -120,11 +128,11 @@ def _refuse_unsupported(fields: ResponsesBody) -> None:
     if fields.tool_choice not in (None, "none", "auto"):
         _fail("tool_choice", "'tool_choice' is not supported on /v1/responses by this server")
     format_type = fields.text.format.type if fields.text and fields.text.format else None
-    if format_type not in (None, "text"):
+    if format_type not in (None, "text", "json_object", "json_schema"):
         _fail(
-            "text.format",
-            f"text.format type {quoted(format_type)} is not supported on /v1/responses; "
-            "only 'text'",
+            "text.format.type",
+            f"text.format type {quoted(format_type)} is not supported; use 'text', "
+            "'json_object' or 'json_schema'",
         )
     reasoning = fields.reasoning
     if reasoning is not None and not (
@@ -194,6 +202,21 @@ def _text(parts: list[InputPart], where: str) -> str:
     return "".join(texts)
 
 
+def _structured(fields: ResponsesBody) -> StructuredOutput | None:
+    text_format = fields.text.format if fields.text else None
+    if text_format is None or text_format.type in (None, "text"):
+        return None
+    if text_format.type == "json_object":
+        return StructuredOutput(StructuredKind.JSON_OBJECT, "", "text.format")
+    if text_format.schema is None:
+        _fail(
+            "text.format.schema",
+            "text.format type 'json_schema' needs 'text.format.schema'",
+            "missing_required_parameter",
+        )
+    return StructuredOutput.json_schema(text_format.schema, "text.format.schema")
+
+
 def _options(fields: ResponsesBody) -> GenerationOptions:
     max_tokens = _positive_integer("max_output_tokens", fields.max_output_tokens)
     try:
@@ -201,7 +224,10 @@ def _options(fields: ResponsesBody) -> GenerationOptions:
             max_tokens=1,
             temperature=1.0 if fields.temperature is None else fields.temperature,
             top_p=1.0 if fields.top_p is None else fields.top_p,
+            structured=_structured(fields),
         )
+    except StructuredOutputError as error:
+        raise BadRequestError(str(error), param=error.param) from None
     except SamplingParamsError as error:
         message = str(error)
         raise BadRequestError(message, param=message.split(" ", 1)[0]) from None

@@ -17,6 +17,10 @@ class ServiceClass:
     # Under overload, waiting requests of a sheddable class are ended (503) to make room for
     # requests of a class that is not.
     sheddable: bool
+    # Seconds between a stream's chunks at most; None: the server's --stream-interval. Longer
+    # for batch work: its streams then cost the server's event loop fewer wake-ups and writes,
+    # which interactive streams get instead.
+    stream_interval: float | None = None
 
 
 DEFAULT_SERVICE_CLASSES: dict[str, ServiceClass] = {
@@ -24,7 +28,9 @@ DEFAULT_SERVICE_CLASSES: dict[str, ServiceClass] = {
         "interactive", 0, max_queued=512, queue_timeout=60.0, sheddable=False
     ),
     "standard": ServiceClass("standard", 1, max_queued=512, queue_timeout=300.0, sheddable=False),
-    "batch": ServiceClass("batch", 2, max_queued=4096, queue_timeout=3600.0, sheddable=True),
+    "batch": ServiceClass(
+        "batch", 2, max_queued=4096, queue_timeout=3600.0, sheddable=True, stream_interval=0.1
+    ),
 }
 # The class of a tenant that names none, of `--api-key`'s tenant and of an open server's callers.
 DEFAULT_CLASS = "standard"

@@ -6,6 +6,7 @@ priority = 2
 max_queued = 4096
 queue_timeout = 3600.0
 sheddable = true
+stream_interval = 0.1      # seconds between a stream's chunks at most (default: the server's)
 
 [tenants.acme]
 keys = ["sha256:9f86d081..."]   # from `ember keys create --tenant acme`
@@ -47,7 +48,7 @@ _TENANT_FIELDS = (
     "models",
     "expires",
 )
-_CLASS_FIELDS = ("priority", "max_queued", "queue_timeout", "sheddable")
+_CLASS_FIELDS = ("priority", "max_queued", "queue_timeout", "sheddable", "stream_interval")
 _KEY_FIELDS = ("hash", "expires")
 _LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "max_concurrent")
 
@@ -141,8 +142,21 @@ class _Parser:
         sheddable = table.get("sheddable", base.sheddable)
         if not isinstance(sheddable, bool):
             self.fail(where, "field 'sheddable' must be true or false")
+        interval = table.get("stream_interval", base.stream_interval)
+        if interval is not None and (
+            isinstance(interval, bool) or not isinstance(interval, int | float)
+            or not 0 <= interval <= 10
+        ):  # fmt: skip
+            self.fail(where, f"field 'stream_interval' must be 0 to 10 seconds, got {interval!r}")
         assert priority is not None and max_queued is not None
-        return ServiceClass(name, priority, max_queued, timeout, sheddable)
+        return ServiceClass(
+            name,
+            priority,
+            max_queued,
+            timeout,
+            sheddable,
+            None if interval is None else float(interval),
+        )
 
     def _tenant(self, name: str, table: dict[str, Any], classes: dict[str, ServiceClass]) -> Tenant:
         where = f"tenant {name!r}"

@@ -1,0 +1,93 @@
+"""Where a step's time goes with constrained sequences: the engine alone (no server), N free
+sequences, then N constrained by the benchmark's JSON schema, timing the token masks' fill,
+the matchers' consumption and the whole step.
+
+    python scripts/profile_structured_step.py [--model M] [--device cuda] [--seqs 64]
+
+With no model given it runs the default model's shape with random weights
+(`synthetic:smollm2-135m-q4_1`): the tokens are meaningless but the masks are real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ember.engine.config import EngineConfig
+from ember.engine.llm_engine import LLMEngine
+from ember.engine.sampling_params import SamplingParams
+from ember.engine.structured_output import StructuredOutput
+
+SCHEMA_BODY = Path(__file__).parent / "bench_data" / "json_schema_body.json"
+
+
+class Timed:
+    """Seconds spent in one method of an object, by wrapping it."""
+
+    def __init__(self, owner: object, name: str) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        inner = getattr(owner, name)
+
+        def timed(*args: object, **kwargs: object) -> object:
+            started = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+                self.calls += 1
+
+        setattr(owner, name, timed)
+
+
+def run(engine: LLMEngine, params: list[SamplingParams], prompt: list[int]) -> tuple[int, float]:
+    for i, p in enumerate(params):
+        engine.add_request(i, prompt, p)
+    tokens, steps = 0, 0
+    started = time.perf_counter()
+    while engine.has_unfinished_requests():
+        tokens += sum(len(o.new_token_ids) for o in engine.step())
+        steps += 1
+    return tokens, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="synthetic:smollm2-135m-q4_1")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--seqs", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=160)
+    args = parser.parse_args()
+    schema = json.loads(SCHEMA_BODY.read_text())["response_format"]["json_schema"]["schema"]
+    spec = StructuredOutput.json_schema(schema)
+    config = EngineConfig(
+        model=args.model, device=args.device, max_num_seqs=args.seqs, show_progress=False
+    )
+    engine = LLMEngine(config)
+    prompt = engine.tokenizer.encode("List six things in a shed as JSON.", add_special_tokens=True)
+    fill = Timed(engine.grammars, "fill_masks")
+    free = [
+        SamplingParams(max_tokens=args.tokens, temperature=0.8, seed=i, ignore_eos=True)
+        for i in range(args.seqs)
+    ]
+    constrained = [
+        SamplingParams(max_tokens=256, temperature=0.8, seed=i, structured=spec)
+        for i in range(args.seqs)
+    ]
+    run(engine, free[:4], prompt)  # warm-up: graphs, compiles
+    run(engine, constrained[:4], prompt)
+    rows = []
+    for label, params in (("free", free), ("constrained", constrained)):
+        fill.seconds, fill.calls = 0.0, 0
+        tokens, seconds = run(engine, params, prompt)
+        per_fill = fill.seconds / max(fill.calls, 1) * 1e3
+        rows.append((label, tokens, tokens / seconds, fill.calls, per_fill))
+    print(f"{'run':<12} {'tokens':>7} {'tok/s':>9} {'mask fills':>10} {'ms/fill':>8}")
+    for label, tokens, rate, calls, per_fill in rows:
+        print(f"{label:<12} {tokens:>7} {rate:>9.0f} {calls:>10} {per_fill:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

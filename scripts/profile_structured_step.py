@@ -59,6 +59,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--seqs", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=160)
+    parser.add_argument(
+        "--no-cohorts", action="store_true", help="all constrained sequences in every other step"
+    )
     args = parser.parse_args()
     schema = json.loads(SCHEMA_BODY.read_text())["response_format"]["json_schema"]["schema"]
     spec = StructuredOutput.json_schema(schema)
@@ -66,6 +69,8 @@ def main() -> None:
         model=args.model, device=args.device, max_num_seqs=args.seqs, show_progress=False
     )
     engine = LLMEngine(config)
+    if args.no_cohorts:
+        engine.scheduler.alternate_constrained = False
     prompt = engine.tokenizer.encode("List six things in a shed as JSON.", add_special_tokens=True)
     fill = Timed(engine.grammars, "fill_masks")
     free = [

@@ -146,3 +146,18 @@ def test_an_aborted_request_leaves_nothing_compiling(tiny_model: LoadedModel) ->
     assert not engine.has_unfinished_requests()
     engine.step()
     assert not engine.rejected and not engine.scheduler.num_unfinished
+
+
+def test_constrained_sequences_take_turns_in_two_cohorts(tiny_model: LoadedModel) -> None:
+    """With steps overlapping, at most half of the running constrained sequences decode in one
+    step: two cohorts alternate, so the host fills one's masks while the device runs the
+    other's step (the first step, their prefill, takes all)."""
+    engine, backend = engine_over(tiny_model, max_num_seqs=8)
+    requests = {seed: ("Go:", constrained(JSON, seed)) for seed in range(8)}
+    out = run(engine, requests)
+    rows = [
+        int((call.mask_rows >= 0).sum()) for call in backend.calls if call.mask_rows is not None
+    ]
+    assert rows[0] == 8 and max(rows[1:]) <= 4 and rows.count(4) > 5
+    for ids in out.values():
+        check(JSON, tiny_model.tokenizer.decode(ids))

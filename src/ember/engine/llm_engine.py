@@ -108,6 +108,7 @@ class LLMEngine:
         self.grammars = GrammarCompiler(self.tokenizer)
         self.runner = ModelRunner(backend, config.block_size, self.pool.tables, self.grammars)
         self._asynchronous = config.async_scheduling and self.runner.device_sampling is not None
+        self.scheduler.alternate_constrained = self._asynchronous
         # The launched step whose tokens the next `step()` collects (asynchronous scheduling).
         self._in_flight: LaunchedStep | None = None
         self._requests: dict[RequestId, _Request] = {}

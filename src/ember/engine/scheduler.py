@@ -22,7 +22,10 @@ this changes the order: first come, first served.
 A running sequence's tokens include those sampled by a step still in flight (`num_pending`):
 it decodes the next one from the device's copy, unless that token is its last by max_tokens
 or its grammar needs that token to allow the next (a constrained sequence runs every other
-step while others overlap steps; alone, the engine waits for each step).
+step while others overlap steps). With `alternate_constrained` (the engine sets it when it
+overlaps steps) at most half of the running constrained sequences run in one step, so they
+fall into two cohorts that take turns: the host computes one cohort's token masks while the
+device runs the other's step, rather than the device waiting for all of them every other step.
 The scheduler says *what* runs; the model runner decides *how*.
 """
 
@@ -77,6 +80,8 @@ class Scheduler:
         self.running: list[Sequence] = []  # by priority, then by admission
         self.num_preemptions = 0
         self._running_by_priority: dict[int, int] = {}
+        self.alternate_constrained = False
+        self._num_constrained_running = 0
 
     @property
     def num_unfinished(self) -> int:
@@ -107,12 +112,23 @@ class Scheduler:
         reserved = 0
         if head is not None and len(running) < config.max_num_seqs:
             reserved = min(prefill_budget // 2, head.num_uncomputed_tokens)
+        # Constrained sequences this step may still take (see the module's docstring).
+        constrained = (
+            (self._num_constrained_running + 1) // 2
+            if self.alternate_constrained
+            else self._num_constrained_running
+        )
         index = 0
         while index < len(running) and budget > 0:
             seq = running[index]
             if seq.waits_for_pending:  # its last token, or its grammar's next input
                 index += 1
                 continue
+            if seq.grammar is not None:
+                if not constrained:
+                    index += 1
+                    continue
+                constrained -= 1
             computed = seq.num_computed_tokens
             n = min(seq.num_uncomputed_tokens, budget)
             if n > 1:  # a prefill chunk (a decode is one token)
@@ -227,6 +243,8 @@ class Scheduler:
             running.insert(index, seq)
         by_priority = self._running_by_priority
         by_priority[priority] = by_priority.get(priority, 0) + 1
+        if seq.grammar is not None:
+            self._num_constrained_running += 1
 
     def _remove_running(self, seq: Sequence) -> None:
         self.running.remove(seq)
@@ -235,3 +253,5 @@ class Scheduler:
         by_priority[priority] -= 1
         if not by_priority[priority]:
             del by_priority[priority]
+        if seq.grammar is not None:
+            self._num_constrained_running -= 1

@@ -15,8 +15,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "kernels": frozenset({"gpu"}),
     "model": frozenset({"kernels", "gpu"}),
     "engine": frozenset({"model"}),
-    "serve": frozenset({"engine", "model", "gpu"}),
+    "serve": frozenset({"engine", "model", "gpu", "queue"}),
     "bench": frozenset({"engine", "model"}),
+    # Jobs over NATS JetStream: plain data and the store, under the HTTP side and the worker.
+    "queue": frozenset(),
 }
 # Narrower rules inside a permitted edge: (importing layer, imported layer) -> the modules of
 # the imported layer it may use.

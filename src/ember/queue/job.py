@@ -1,0 +1,66 @@
+"""A job: one OpenAI request body run asynchronously, and what happened to it."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+
+import msgspec
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def final(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
+
+
+class JobKind(enum.StrEnum):
+    CHAT = "chat.completion"  # POST /v1/chat/completions's body
+    COMPLETION = "text_completion"  # POST /v1/completions's body
+
+
+class JobError(msgspec.Struct, frozen=True):
+    """Why a job failed, in OpenAI's error shape (`status` the HTTP status it would have had)."""
+
+    status: int
+    message: str
+    type: str = "server_error"
+    param: str | None = None
+    code: str | None = None
+
+
+class Job(msgspec.Struct, kw_only=True):
+    """A job's state, as the key-value bucket stores it (JSON), under its id."""
+
+    id: str
+    kind: JobKind
+    tenant: str  # the tenant that submitted it: another tenant's key gets 404 for it
+    status: JobStatus = JobStatus.QUEUED
+    attempts: int = 0  # deliveries to a worker so far
+    created_at: float = msgspec.field(default_factory=time.time)  # Unix seconds
+    started_at: float | None = None
+    finished_at: float | None = None
+    idempotency_key: str | None = None
+    body_digest: str = ""  # SHA-256 of the body: the same idempotency key with another is 409
+    # The answer's JSON (an OpenAI chat.completion / text_completion object), inline when small;
+    # else the name of its object in the results object store.
+    result: msgspec.Raw | None = None
+    result_object: str | None = None
+    error: JobError | None = None
+    worker: str | None = None  # who ran (or runs) it
+
+
+def new_job_id() -> str:
+    """`job_` and 24 random characters (URL-safe)."""
+    return "job_" + secrets.token_urlsafe(18)

@@ -1,0 +1,27 @@
+"""JetStream names and settings, in one place (gateways, workers and tests read them here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STREAM = "EMBER_JOBS"  # work-queue stream: one message per queued job
+SUBJECT_PREFIX = "ember.jobs"  # a job's subject: f"{SUBJECT_PREFIX}.{job_id}"
+CONSUMER = "ember-workers"  # the durable pull consumer every worker shares
+STATE_BUCKET = "EMBER_JOB_STATE"  # key-value: job id -> Job (JSON)
+IDEMPOTENCY_BUCKET = "EMBER_JOB_KEYS"  # key-value: tenant + idempotency key -> job id
+RESULTS_STORE = "EMBER_RESULTS"  # object store: results over INLINE_RESULT_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    max_queued_jobs: int = 100_000  # the stream's bound: a submit past it is a 429
+    job_ttl_seconds: float = 7 * 24 * 3600  # how long states and results are kept
+    ack_wait_seconds: float = 30.0  # a worker heartbeats (in_progress) more often than this
+    max_deliver: int = 5  # deliveries before a job is failed and leaves the stream
+    retry_delay_seconds: float = 5.0  # nak delay for a retryable failure
+    duplicate_window_seconds: float = 120.0  # JetStream's deduplication by message id
+    inline_result_bytes: int = 512 * 1024  # larger results go to the object store
+
+
+def job_subject(job_id: str) -> str:
+    return f"{SUBJECT_PREFIX}.{job_id}"

@@ -15,6 +15,7 @@ checks what a type cannot say.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -156,12 +157,8 @@ def _options(
     timeout = body.request_timeout
     if timeout is not None and timeout < 0.001:
         _fail("request_timeout", f"'request_timeout' must be >= 0.001, got {timeout}")
-    try:
-        structured = _structured(body)
-    except StructuredOutputError as error:
-        raise BadRequestError(str(error), param=error.param) from None
-    try:
-        params = SamplingParams(
+    params = checked(
+        lambda: SamplingParams(
             max_tokens=1,
             temperature=_or(body.temperature, 1.0),
             top_p=_or(body.top_p, 1.0),
@@ -177,11 +174,9 @@ def _options(
             include_stop_str_in_output=bool(body.include_stop_str_in_output),
             logprobs=logprobs,
             skip_special_tokens=_or(body.skip_special_tokens, True),
-            structured=structured,
+            structured=_structured(body),
         )
-    except SamplingParamsError as error:
-        message = str(error)
-        raise BadRequestError(message, param=message.split(" ", 1)[0]) from None
+    )
     return GenerationOptions(
         params=params,
         max_tokens=max_tokens,
@@ -193,6 +188,18 @@ def _options(
         cache_salt=body.cache_salt,
         priority=_integer("priority", body.priority, low=-(2**31), high=2**31 - 1),
     )
+
+
+def checked(make: Callable[[], SamplingParams]) -> SamplingParams:
+    """`make()`, its refusals of a value (a range, a schema that is not one) as 400s naming
+    the field."""
+    try:
+        return make()
+    except StructuredOutputError as error:
+        raise BadRequestError(str(error), param=error.param) from None
+    except SamplingParamsError as error:
+        message = str(error)
+        raise BadRequestError(message, param=message.split(" ", 1)[0]) from None
 
 
 def _structured(body: GenerationBody) -> StructuredOutput | None:

@@ -18,10 +18,9 @@ import msgspec
 
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.structured_output import StructuredKind, StructuredOutput
-from ember.errors import SamplingParamsError, StructuredOutputError
 from ember.serve.api_errors import BadRequestError, quoted
 from ember.serve.body_decoding import decode_body
-from ember.serve.openai_requests import GenerationOptions
+from ember.serve.openai_requests import GenerationOptions, checked
 
 # Roles as the chat template knows them: OpenAI's `developer` is the template's `system`.
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -219,18 +218,14 @@ def _structured(fields: ResponsesBody) -> StructuredOutput | None:
 
 def _options(fields: ResponsesBody) -> GenerationOptions:
     max_tokens = _positive_integer("max_output_tokens", fields.max_output_tokens)
-    try:
-        params = SamplingParams(
+    params = checked(
+        lambda: SamplingParams(
             max_tokens=1,
             temperature=1.0 if fields.temperature is None else fields.temperature,
             top_p=1.0 if fields.top_p is None else fields.top_p,
             structured=_structured(fields),
         )
-    except StructuredOutputError as error:
-        raise BadRequestError(str(error), param=error.param) from None
-    except SamplingParamsError as error:
-        message = str(error)
-        raise BadRequestError(message, param=message.split(" ", 1)[0]) from None
+    )
     return GenerationOptions(
         params=params,
         max_tokens=max_tokens,

@@ -1,4 +1,4 @@
-"""`ember` command line: run, info, bench, serve, keys."""
+"""`ember` command line: run, info, bench, serve, worker, keys."""
 
 from __future__ import annotations
 
@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="OpenAI-compatible HTTP server")
     _add_model_args(serve)
     _add_serve_args(serve)
+
+    worker = commands.add_parser(
+        "worker", help="run queued jobs from NATS JetStream through a local engine server"
+    )
+    _add_model_args(worker)
+    _add_serve_args(worker)
+    _add_worker_args(worker)
 
     keys = commands.add_parser("keys", help="API keys for `ember serve --tenants`")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -227,6 +234,25 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_worker_args(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--nats", metavar="URL", required=True, help="the NATS server (JetStream) of the queue")
+    add(
+        "--max-concurrent-jobs",
+        type=int,
+        default=64,
+        help="jobs run at once at most: the worker fetches only as many as it has room for",
+    )
+    add(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="exit (status 0) after S seconds without a job (scale to zero; default: never)",
+    )
+    add("--worker-name", default=None, help="the name jobs record (default: host and pid)")
+
+
 def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
@@ -308,6 +334,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _info(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "worker":
+        return _worker(args)
     if args.command == "keys":
         return _keys_create(args)
     if args.bench_command == "serve":
@@ -449,6 +477,29 @@ def _comma_list(value: str) -> tuple[str, ...]:
 def _serve(args: argparse.Namespace) -> int:
     from ember.serve.server import run_server
 
+    run_server(_server_config(args))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from ember.serve.queue_worker import WorkerConfig, run_worker
+
+    # The local server listens on a free loopback port and only the worker calls it.
+    local = dataclasses.replace(
+        _server_config(args), host="127.0.0.1", port=0, tenants_file=None, api_key=None
+    )
+    return run_worker(
+        WorkerConfig(
+            nats_url=args.nats,
+            server=local,
+            max_concurrent_jobs=args.max_concurrent_jobs,
+            idle_timeout=args.idle_timeout,
+            name=args.worker_name,
+        )
+    )
+
+
+def _server_config(args: argparse.Namespace) -> ServerConfig:
     engine = EngineConfig(
         model=args.model,
         device=args.device,
@@ -465,31 +516,28 @@ def _serve(args: argparse.Namespace) -> int:
         starvation_steps=args.starvation_steps,
         seed=args.seed,
     )
-    run_server(
-        ServerConfig(
-            engine=engine,
-            host=args.host,
-            port=args.port,
-            served_model_name=args.served_model_name,
-            in_process=args.in_process,
-            max_queued_requests=args.max_queued_requests,
-            request_timeout=args.request_timeout or None,
-            shutdown_grace_period=args.shutdown_grace_period,
-            max_body_bytes=args.max_body_bytes,
-            max_choices=args.max_choices,
-            stream_interval=args.stream_interval,
-            log_level=args.log_level,
-            allowed_hosts=args.allowed_hosts,
-            allowed_origins=args.allowed_origins,
-            max_connections=args.max_connections,
-            max_header_bytes=args.max_header_bytes,
-            read_timeout=args.read_timeout,
-            tenants_file=args.tenants,
-            api_key=args.api_key,
-            metrics_public=args.metrics_public,
-        )
+    return ServerConfig(
+        engine=engine,
+        host=args.host,
+        port=args.port,
+        served_model_name=args.served_model_name,
+        in_process=args.in_process,
+        max_queued_requests=args.max_queued_requests,
+        request_timeout=args.request_timeout or None,
+        shutdown_grace_period=args.shutdown_grace_period,
+        max_body_bytes=args.max_body_bytes,
+        max_choices=args.max_choices,
+        stream_interval=args.stream_interval,
+        log_level=args.log_level,
+        allowed_hosts=args.allowed_hosts,
+        allowed_origins=args.allowed_origins,
+        max_connections=args.max_connections,
+        max_header_bytes=args.max_header_bytes,
+        read_timeout=args.read_timeout,
+        tenants_file=args.tenants,
+        api_key=args.api_key,
+        metrics_public=args.metrics_public,
     )
-    return 0
 
 
 def _keys_create(args: argparse.Namespace) -> int:

@@ -64,3 +64,23 @@ class Job(msgspec.Struct, kw_only=True):
 def new_job_id() -> str:
     """`job_` and 24 random characters (URL-safe)."""
     return "job_" + secrets.token_urlsafe(18)
+
+
+class _StoredJob(Job, kw_only=True):
+    # msgspec decodes a Raw field only on its own, not in a union with None: the stored form
+    # reads `result` as Raw (JSON null when there is none) and `decode_job` turns null to None.
+    result: msgspec.Raw = msgspec.Raw(b"null")  # type: ignore[assignment]
+
+
+_NULL = b"null"
+_decode_stored = msgspec.json.Decoder(_StoredJob).decode
+encode_job = msgspec.json.Encoder().encode
+
+
+def decode_job(data: bytes) -> Job:
+    """A job from its stored JSON (the key-value bucket's value)."""
+    stored = _decode_stored(data)
+    fields = msgspec.structs.asdict(stored)
+    if bytes(stored.result) == _NULL:
+        fields["result"] = None
+    return Job(**fields)

@@ -25,3 +25,20 @@ class QueueSettings:
 
 def job_subject(job_id: str) -> str:
     return f"{SUBJECT_PREFIX}.{job_id}"
+
+
+# Jobs failed after max_deliver deliveries: one message each (the job id), kept for the TTL;
+# its message count is the dead-letter figure of `JobQueue.depth`.
+DEAD_LETTER_STREAM = "EMBER_DEAD_LETTERS"
+DEAD_LETTER_PREFIX = "ember.dead"
+# The stream's metadata key holding the QueueSettings it was created with (JSON), so that a
+# worker adopts the settings of whoever created the queue instead of overwriting them.
+SETTINGS_METADATA_KEY = "ember.queue_settings"
+
+
+def dead_letter_subject(job_id: str) -> str:
+    return f"{DEAD_LETTER_PREFIX}.{job_id}"
+
+
+def job_id_of(subject: str) -> str:
+    return subject[len(SUBJECT_PREFIX) + 1 :]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ember.engine.config import EngineConfig
 from ember.engine.sampling_params import SamplingParams
 from ember.errors import EmberError
-from ember.serve.config import ServerConfig
+from ember.serve.config import QueueConfig, ServerConfig
 
 if TYPE_CHECKING:
     from ember.bench.engine_throughput import BenchResult
@@ -81,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="OpenAI-compatible HTTP server")
     _add_model_args(serve)
     _add_serve_args(serve)
+    _add_queue_args(serve, gateway=False)
+
+    gateway = commands.add_parser(
+        "gateway", help="the HTTP front without an engine: every request goes through the queue"
+    )
+    gateway.add_argument(
+        "--model", default=None, help="GGUF whose tokenizer and chat template check requests"
+    )
+    _add_http_args(gateway)
+    _add_queue_args(gateway, gateway=True)
 
     worker = commands.add_parser(
         "worker", help="run queued jobs from NATS JetStream through a local engine server"
@@ -99,24 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_serve_args(parser: argparse.ArgumentParser) -> None:
+    _add_http_args(parser)
+    _add_engine_serve_args(parser)
+
+
+def _add_http_args(parser: argparse.ArgumentParser) -> None:
+    """The HTTP server's flags, `ember gateway`'s too."""
     add = parser.add_argument
 
     def server(name: str) -> Any:
         return _default(ServerConfig, name)
 
-    def engine(name: str) -> Any:
-        return _default(EngineConfig, name)
-
     add("--host", default=server("host"))
     add("--port", type=int, default=server("port"))
     add("--served-model-name", default=None, help="model id for clients (default: from the file)")
-    add("--in-process", action="store_true", help="run the engine in the server process")
-    add(
-        "--max-queued-requests",
-        type=int,
-        default=server("max_queued_requests"),
-        help="waiting requests before 429",
-    )
     add(
         "--request-timeout",
         type=float,
@@ -143,42 +149,6 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="seconds between a stream's chunks at least; tokens arriving sooner go together "
         "in the next chunk (0: a chunk per engine step)",
     )
-    add("--max-num-seqs", type=int, default=engine("max_num_seqs"), help="sequences per step")
-    add(
-        "--max-num-batched-tokens",
-        type=int,
-        default=engine("max_num_batched_tokens"),
-        help="tokens per engine step",
-    )
-    add(
-        "--max-prefill-tokens-per-step",
-        type=int,
-        default=engine("max_prefill_tokens_per_step"),
-        help="prompt tokens per engine step (default: 64 on the CPU, so that a step stays short; "
-        "no limit beyond --max-num-batched-tokens on the GPU)",
-    )
-    add(
-        "--kv-cache-memory-mb",
-        type=int,
-        default=None,
-        help="KV cache size (default: 1 GiB on the CPU; half the free GPU memory, at most 16 GiB)",
-    )
-    add("--num-kv-blocks", type=int, default=None, help="overrides --kv-cache-memory-mb")
-    add("--block-size", type=int, default=engine("block_size"))
-    add(
-        "--starvation-steps",
-        type=int,
-        default=engine("starvation_steps"),
-        help="engine steps a service class may wait with nothing admitted before it goes first "
-        "at the next free room (lower classes are delayed, never starved)",
-    )
-    add("--no-prefix-caching", action="store_true")
-    add(
-        "--no-async-scheduling",
-        action="store_true",
-        help=_NO_ASYNC_HELP,
-    )
-    add("--seed", type=int, default=engine("seed"), help="engine seed for requests without one")
     add("--log-level", default=server("log_level"), choices=("debug", "info", "warning", "error"))
     add(
         "--allowed-hosts",
@@ -251,6 +221,89 @@ def _add_worker_args(parser: argparse.ArgumentParser) -> None:
         help="exit (status 0) after S seconds without a job (scale to zero; default: never)",
     )
     add("--worker-name", default=None, help="the name jobs record (default: host and pid)")
+
+
+def _add_engine_serve_args(parser: argparse.ArgumentParser) -> None:
+    """`ember serve`'s engine flags (a gateway has no engine)."""
+    add = parser.add_argument
+
+    def engine(name: str) -> Any:
+        return _default(EngineConfig, name)
+
+    add("--in-process", action="store_true", help="run the engine in the server process")
+    add(
+        "--max-queued-requests",
+        type=int,
+        default=_default(ServerConfig, "max_queued_requests"),
+        help="waiting requests before 429",
+    )
+    add("--max-num-seqs", type=int, default=engine("max_num_seqs"), help="sequences per step")
+    add(
+        "--max-num-batched-tokens",
+        type=int,
+        default=engine("max_num_batched_tokens"),
+        help="tokens per engine step",
+    )
+    add(
+        "--max-prefill-tokens-per-step",
+        type=int,
+        default=engine("max_prefill_tokens_per_step"),
+        help="prompt tokens per engine step (default: 64 on the CPU, so that a step stays short; "
+        "no limit beyond --max-num-batched-tokens on the GPU)",
+    )
+    add(
+        "--kv-cache-memory-mb",
+        type=int,
+        default=None,
+        help="KV cache size (default: 1 GiB on the CPU; half the free GPU memory, at most 16 GiB)",
+    )
+    add("--num-kv-blocks", type=int, default=None, help="overrides --kv-cache-memory-mb")
+    add("--block-size", type=int, default=engine("block_size"))
+    add(
+        "--starvation-steps",
+        type=int,
+        default=engine("starvation_steps"),
+        help="engine steps a service class may wait with nothing admitted before it goes first "
+        "at the next free room (lower classes are delayed, never starved)",
+    )
+    add("--no-prefix-caching", action="store_true")
+    add(
+        "--no-async-scheduling",
+        action="store_true",
+        help=_NO_ASYNC_HELP,
+    )
+    add("--seed", type=int, default=engine("seed"), help="engine seed for requests without one")
+
+
+def _add_queue_args(parser: argparse.ArgumentParser, gateway: bool) -> None:
+    add = parser.add_argument
+    if not gateway:
+        add(
+            "--queue",
+            action="store_true",
+            help="the async API (/v1/async/..., /v1/jobs/...) over NATS JetStream "
+            '(pip install "ember-llm[queue]")',
+        )
+        add(
+            "--no-local-worker",
+            action="store_true",
+            help="with --queue: run no worker beside the engine (jobs wait for `ember worker`)",
+        )
+    add(
+        "--nats",
+        metavar="URL",
+        required=gateway,
+        default=None,
+        help="NATS server or cluster with JetStream"
+        + ("" if gateway else " (with --queue; default: start an embedded nats-server)"),
+    )
+    if not gateway:
+        add(
+            "--nats-store",
+            metavar="DIR",
+            default=None,
+            help="the embedded nats-server's JetStream folder (default: ~/.local/state/ember/nats)",
+        )
 
 
 def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
@@ -334,6 +387,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _info(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "gateway":
+        return _gateway(args)
     if args.command == "worker":
         return _worker(args)
     if args.command == "keys":
@@ -477,7 +532,22 @@ def _comma_list(value: str) -> tuple[str, ...]:
 def _serve(args: argparse.Namespace) -> int:
     from ember.serve.server import run_server
 
-    run_server(_server_config(args))
+    queue = None
+    if args.queue:
+        queue = QueueConfig(args.nats, args.nats_store, local_worker=not args.no_local_worker)
+    elif args.nats or args.nats_store or args.no_local_worker:
+        raise EmberError("--nats, --nats-store and --no-local-worker go with --queue")
+    run_server(dataclasses.replace(_server_config(args), queue=queue))
+    return 0
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from ember.serve.gateway import run_gateway
+
+    # No engine runs here: its fields keep `ember serve`'s defaults; only the model is read.
+    serve_defaults = vars(build_parser().parse_args(["serve"]))
+    config = _server_config(argparse.Namespace(**(serve_defaults | vars(args))))
+    run_gateway(dataclasses.replace(config, queue=QueueConfig(args.nats)))
     return 0
 
 

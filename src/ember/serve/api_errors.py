@@ -189,6 +189,22 @@ class RateLimitExceededError(APIError):
         self.type = type
 
 
+class ConflictError(APIError):
+    """409: an `Idempotency-Key` already names a job submitted with another body."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "idempotency_key_reused"
+
+
+class JobQueueFullError(APIError):
+    """429: the job queue holds as many jobs as it may; retry after `Retry-After` seconds."""
+
+    status = 429
+    type = "requests"
+    code = "job_queue_full"
+
+
 class InvalidAPIKeyError(APIError):
     """401: no key, or one that is unknown or expired, while the server requires keys."""
 

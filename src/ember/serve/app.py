@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 
@@ -26,8 +27,9 @@ from ember.serve.cross_site import CrossSiteGuard
 from ember.serve.engine_client import EngineClient
 from ember.serve.generation_runner import GenerationRunner
 from ember.serve.http_body import ClientGoneError
-from ember.serve.metrics import ServerMetrics
+from ember.serve.metrics import QueueMetrics, ServerMetrics
 from ember.serve.openai_routes import OpenAIRoutes
+from ember.serve.queue_connection import QueueConnection
 from ember.serve.rate_limits import RateLimiter
 from ember.serve.request_ids import RequestIds
 from ember.serve.response_store import ResponseStore
@@ -44,6 +46,8 @@ logger = logging.getLogger("ember.serve")
 _PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Probes: answered whatever the Host or Origin (a load balancer's Host is its own business).
 PROBE_PATHS = frozenset({"/health", "/ready"})
+# A scrape waits this long at most for the queue's depth (Prometheus' default timeout is 10 s).
+_QUEUE_SCRAPE_SECONDS = 2.0
 
 
 def build_app(
@@ -54,9 +58,9 @@ def build_app(
     metrics: ServerMetrics,
     tenants: TenantDirectory,
     limiter: RateLimiter,
+    queue: QueueConnection | None = None,
 ) -> ASGIApp:
-    async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+    """`queue`: the async API's job queue (`ember serve --queue`), or None."""
 
     async def ready(request: Request) -> Response:
         info = client.worker_info
@@ -64,6 +68,8 @@ def build_app(
             status = "draining"
         elif info is None:
             status = "starting" if supervisor.restarts == 0 else "restarting"
+        elif queue is not None and not queue.connected:
+            status = "queue_unavailable"
         else:
             status = "ready"
         body = {
@@ -74,9 +80,6 @@ def build_app(
         }
         return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
-    async def prometheus(request: Request) -> Response:
-        return Response(metrics.exposition(), media_type=_PROMETHEUS_TYPE)
-
     runner = GenerationRunner(config, model, client, limiter, metrics.tenants)
     fingerprint = system_fingerprint(model.path)
     routes = [
@@ -85,8 +88,56 @@ def build_app(
         *TokenizerRoutes(runner).routes(),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
-        Route("/metrics", prometheus, methods=["GET"]),
+        metrics_route(metrics, queue),
     ]
+    if queue is not None:
+        from ember.serve.async_routes import AsyncRoutes, JobSubmitter
+
+        routes += AsyncRoutes(JobSubmitter(queue, config, model)).routes()
+    return wrap_routes(routes, config, metrics, tenants, limiter)
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def metrics_route(metrics: ServerMetrics, queue: QueueConnection | None) -> Route:
+    """/metrics; with a queue, its depth is read from JetStream at each scrape."""
+    queue_metrics = None if queue is None else QueueMetrics(metrics.registry)
+
+    async def prometheus(request: Request) -> Response:
+        if queue is not None and queue_metrics is not None:
+            await _refresh_queue_metrics(queue, queue_metrics)
+        return Response(metrics.exposition(), media_type=_PROMETHEUS_TYPE)
+
+    return Route("/metrics", prometheus, methods=["GET"])
+
+
+async def _refresh_queue_metrics(queue: QueueConnection, queue_metrics: QueueMetrics) -> None:
+    if not queue.connected:
+        queue_metrics.on_unreachable()
+        return
+    from ember.serve.async_routes import reached
+
+    try:
+        async with asyncio.timeout(_QUEUE_SCRAPE_SECONDS):
+            depth = await reached(queue.queue.depth())
+    except (TimeoutError, APIError) as error:
+        logger.warning("could not read the job queue's depth for /metrics: %s", error)
+        queue_metrics.on_unreachable()
+        return
+    queue_metrics.update(depth)
+
+
+def wrap_routes(
+    routes: list[Route],
+    config: ServerConfig,
+    metrics: ServerMetrics,
+    tenants: TenantDirectory,
+    limiter: RateLimiter,
+) -> ASGIApp:
+    """The routes behind the middleware every server has: request ids, response counts, the
+    cross-site guard, the tenant gate, errors in OpenAI's shape."""
     app = Starlette(
         routes=routes,
         exception_handlers={

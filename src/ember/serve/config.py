@@ -12,6 +12,22 @@ _ORIGIN = re.compile(r"https?://[^/\s]+", re.IGNORECASE)
 _HOST_NAME = re.compile(r"[^/\s:\[\]]+|\*|[0-9a-f:.]*:[0-9a-f:.]*", re.IGNORECASE)
 
 
+# `Prefer: wait=N` and `?wait=N` are capped here: a held request is a connection and a watch.
+MAX_JOB_WAIT_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """The job queue of `ember serve --queue` and `ember gateway` (the `queue` extra)."""
+
+    # A NATS server or cluster with JetStream; None: start an embedded nats-server.
+    nats_url: str | None = None
+    # The embedded server's JetStream folder; None: under the user's state directory.
+    nats_store: str | None = None
+    # `ember serve --queue` runs a worker beside its engine unless --no-local-worker.
+    local_worker: bool = True
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -59,6 +75,8 @@ class ServerConfig:
     api_key: str | None = None
     # Serve /metrics without a key even when keys are required.
     metrics_public: bool = False
+    # The async API (/v1/async/..., /v1/jobs/...) over NATS JetStream; None: off.
+    queue: QueueConfig | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

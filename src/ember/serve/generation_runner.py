@@ -73,20 +73,7 @@ class GenerationRunner:
             raise BadRequestError(str(error), param=error.param) from None
 
     def check_model(self, name: str, tenant: Tenant) -> None:
-        """404 `model_not_found` unless `name` is the served model and the tenant may use it."""
-        if name != self.model.name:
-            raise NotFoundError(
-                f"the model {quoted(name)} does not exist; this server serves "
-                f"{quoted(self.model.name)}",
-                param="model",
-                code="model_not_found",
-            )
-        if not tenant.allows_model(name):
-            raise NotFoundError(
-                f"the model {quoted(name)} does not exist or your key may not use it",
-                param="model",
-                code="model_not_found",
-            )
+        check_model(self.model.name, name, tenant)
 
     def start(
         self,
@@ -155,6 +142,22 @@ class GenerationRunner:
                 raise
         if generation.error is not None:
             raise generation.error
+
+
+def check_model(served: str, name: str, tenant: Tenant) -> None:
+    """404 `model_not_found` unless `name` is the served model and the tenant may use it."""
+    if name != served:
+        raise NotFoundError(
+            f"the model {quoted(name)} does not exist; this server serves {quoted(served)}",
+            param="model",
+            code="model_not_found",
+        )
+    if not tenant.allows_model(name):
+        raise NotFoundError(
+            f"the model {quoted(name)} does not exist or your key may not use it",
+            param="model",
+            code="model_not_found",
+        )
 
 
 def refusal(

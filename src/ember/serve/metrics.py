@@ -9,12 +9,16 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
 from ember.engine.llm_engine import EngineStats
 from ember.engine.sequence import FinishReason
+
+if TYPE_CHECKING:
+    from ember.queue.job_store import QueueDepth
 
 
 def _buckets(bounds: str) -> tuple[float, ...]:
@@ -167,6 +171,56 @@ class TenantMetrics:
         if child is None:
             child = self._outcomes[key] = self._requests.labels(*key)
         child.inc()
+
+
+class QueueMetrics:
+    """The job queue's state, read from JetStream at each scrape (`QueueDepth`).
+
+    `ember:queue_depth` is the figure KEDA's NATS JetStream scaler reads for the workers'
+    consumer: jobs waiting plus jobs delivered and not yet acknowledged."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.depth = Gauge(
+            "ember:queue_depth",
+            "Jobs queued or running: pending plus unacknowledged on the workers' consumer.",
+            registry=r,
+        )
+        self.pending = Gauge("ember:queue_pending_jobs", "Jobs no worker has taken.", registry=r)
+        self.unacked = Gauge(
+            "ember:queue_unacked_jobs", "Jobs delivered to a worker, not yet acknowledged.",
+            registry=r,
+        )  # fmt: skip
+        self.oldest_age = Gauge(
+            "ember:queue_oldest_job_age_seconds",
+            "Age of the oldest job still in the stream (0 when empty).",
+            registry=r,
+        )
+        self.redeliveries = Gauge(
+            "ember:queue_redelivered_jobs",
+            "Jobs delivered more than once so far (a worker died or naked them).",
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            "ember:queue_dead_letter_jobs",
+            "Jobs failed after max_deliver attempts.",
+            registry=r,
+        )
+        self.reachable = Gauge(
+            "ember:queue_reachable", "1 while the job queue answers, else 0.", registry=r
+        )
+
+    def update(self, depth: QueueDepth) -> None:
+        self.depth.set(depth.total)
+        self.pending.set(depth.pending)
+        self.unacked.set(depth.unacknowledged)
+        self.oldest_age.set(depth.oldest_age_seconds)
+        self.redeliveries.set(depth.redeliveries)
+        self.dead_letters.set(depth.dead_letters)
+        self.reachable.set(1)
+
+    def on_unreachable(self) -> None:
+        self.reachable.set(0)
 
 
 class ServerMetrics:

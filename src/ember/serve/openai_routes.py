@@ -32,22 +32,20 @@ from ember.serve.openai_responses import (
     completion_body,
     error_event,
 )
+from ember.serve.served_model import ServedModel
 from ember.serve.tenant_gate import tenant_of
 from ember.serve.tool_calling import plan_tools
 from ember.serve.tool_parsers import ToolCallParser
 
 
-class OpenAIRoutes:
-    def __init__(self, runner: GenerationRunner, system_fingerprint: str) -> None:
-        self._runner = runner
-        self._config = runner.config
-        self._model = runner.model
-        self._fingerprint = system_fingerprint
+class ModelRoutes:
+    """`/v1/models` and `/v1/models/{id}`: the served model, if the tenant may use it."""
+
+    def __init__(self, model: ServedModel) -> None:
+        self._model = model
 
     def routes(self) -> list[Route]:
         return [
-            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
-            Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", self.model, methods=["GET"]),
         ]
@@ -70,6 +68,21 @@ class OpenAIRoutes:
                 code="model_not_found",
             )
         return JSONResponse(self._card())
+
+
+class OpenAIRoutes:
+    def __init__(self, runner: GenerationRunner, system_fingerprint: str) -> None:
+        self._runner = runner
+        self._config = runner.config
+        self._model = runner.model
+        self._fingerprint = system_fingerprint
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            *ModelRoutes(self._model).routes(),
+        ]
 
     async def chat_completions(self, request: Request) -> Response:
         body = await read_body(request, self._config.max_body_bytes, self._config.read_timeout)

@@ -17,10 +17,12 @@ import math
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from types import FrameType
+from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from ember.serve.api_errors import ServiceUnavailableError
 from ember.serve.app import build_app
@@ -35,6 +37,7 @@ from ember.serve.engine_client import EngineClient
 from ember.serve.http_protocol import bounded_protocol
 from ember.serve.log_format import configure_logging
 from ember.serve.metrics import ServerMetrics
+from ember.serve.queue_connection import QueueConnection
 from ember.serve.rate_limits import RateLimiter
 from ember.serve.served_model import ServedModel
 from ember.serve.supervisor import WorkerSupervisor
@@ -56,12 +59,7 @@ class EmberServer:
     def __init__(self, config: ServerConfig, max_connections: int | None = None) -> None:
         """`max_connections`: `config.max_connections` as the descriptor limit allows."""
         self.config = config
-        self.connection_limits = ConnectionLimits(
-            max_connections=max_connections or config.max_connections,
-            max_header_bytes=config.max_header_bytes,
-            read_timeout=config.read_timeout,
-            max_discarded_bytes=_DISCARDED_BODIES * config.max_body_bytes,
-        )
+        self.connection_limits = connection_limits(config, max_connections)
         # First: a tenants file that cannot be used stops the start before the model loads.
         self.tenants = TenantDirectory.from_settings(config.tenants_file, config.api_key)
         self.limiter = RateLimiter()
@@ -69,6 +67,7 @@ class EmberServer:
         self.metrics = ServerMetrics(self.model.name, self.model.context_length)
         self.client = EngineClient(config, self.metrics)
         self.supervisor = WorkerSupervisor(config, self.client, self.metrics)
+        self.queue = None if config.queue is None else QueueConnection(config.queue, "ember-serve")
         self.app = build_app(
             config,
             self.model,
@@ -77,34 +76,26 @@ class EmberServer:
             self.metrics,
             self.tenants,
             self.limiter,
+            self.queue,
         )
 
     async def serve(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
-        await self.supervisor.start()
+        if self.queue is not None:
+            await self.queue.start()  # first: a queue that cannot be reached stops the start
+        try:
+            await self.supervisor.start()
+        except BaseException:
+            if self.queue is not None:
+                await self.queue.stop()
+            raise
         self.tenants.start()
         try:
-            uv_config = uvicorn.Config(
-                self.app,
-                host=self.config.host,
-                port=self.config.port,
-                http=bounded_protocol(ConnectionBounds(self.connection_limits)),
-                ws="none",
-                # Logging is the root logger's, escaping client text (run_server).
-                log_config=None,
-                log_level=self.config.log_level,
-                lifespan="off",
-                timeout_keep_alive=_KEEP_ALIVE_SECONDS,
-                timeout_graceful_shutdown=math.ceil(
-                    self.config.shutdown_grace_period + _FLUSH_SECONDS
-                ),
-            )
-
             # uvicorn calls this from a signal handler: hop onto the loop before touching state.
             def on_exit() -> None:
                 loop.call_soon_threadsafe(self.drain)
 
-            server = _DrainingServer(uv_config, on_exit)
+            server = http_server(self.app, self.config, self.connection_limits, on_exit)
             logger.info(
                 "serving %s on http://%s:%d, up to %d connections; %s",
                 self.model.name,
@@ -117,6 +108,8 @@ class EmberServer:
         finally:
             await self.tenants.stop()
             await self.supervisor.stop()
+            if self.queue is not None:
+                await self.queue.stop()
 
     def drain(self) -> None:
         if self.client.draining:
@@ -141,6 +134,36 @@ class EmberServer:
                 "the server shut down before this request finished", code="draining"
             )
         )
+
+
+def connection_limits(config: ServerConfig, max_connections: int | None) -> ConnectionLimits:
+    """`max_connections`: `config.max_connections` as the descriptor limit allows."""
+    return ConnectionLimits(
+        max_connections=max_connections or config.max_connections,
+        max_header_bytes=config.max_header_bytes,
+        read_timeout=config.read_timeout,
+        max_discarded_bytes=_DISCARDED_BODIES * config.max_body_bytes,
+    )
+
+
+def http_server(
+    app: ASGIApp, config: ServerConfig, limits: ConnectionLimits, on_exit: Callable[[], None]
+) -> uvicorn.Server:
+    """uvicorn with Ember's bounded protocol; `on_exit` runs first when SIGTERM/SIGINT comes."""
+    uv_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        http=bounded_protocol(ConnectionBounds(limits)),
+        ws="none",
+        # Logging is the root logger's, escaping client text (run_server).
+        log_config=None,
+        log_level=config.log_level,
+        lifespan="off",
+        timeout_keep_alive=_KEEP_ALIVE_SECONDS,
+        timeout_graceful_shutdown=math.ceil(config.shutdown_grace_period + _FLUSH_SECONDS),
+    )
+    return _DrainingServer(uv_config, on_exit)
 
 
 class _DrainingServer(uvicorn.Server):
@@ -176,9 +199,14 @@ def run_server(config: ServerConfig) -> None:
     # The tokenizer's and template's objects live as long as the process: out of the cyclic
     # collector's sight, its full collections during a burst of requests take no time.
     gc.freeze()
+    run_event_loop(server.serve())
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """uvloop's event loop where it is installed, else asyncio's."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(server.serve())
+        asyncio.run(main)
     else:
-        uvloop.run(server.serve())
+        uvloop.run(main)

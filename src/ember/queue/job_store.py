@@ -337,7 +337,7 @@ class JobQueue:
             self._pull = await self._js.pull_subscribe_bind(CONSUMER, STREAM)
         try:
             messages = await self._pull.fetch(batch, timeout=timeout)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py's, or asyncio's from inside its fetch: no job came
             return []
         leases = []
         for message in messages:
@@ -473,8 +473,11 @@ class JobLease:
     async def heartbeat(self) -> bool:
         """Extends the ack wait; False when the job is no longer this worker's to run
         (cancelled, or finished by another delivery)."""
-        await self.message.in_progress()
-        current = await self.queue.get(self.job.id)
+        try:
+            await self.message.in_progress()
+            current = await self.queue.get(self.job.id)
+        except (TimeoutError, nats.errors.Error):
+            return True  # NATS is away for now: keep running, store when it is back
         return current is not None and not current.status.final
 
     async def complete(self, answer: bytes) -> bool:

@@ -77,9 +77,11 @@ class EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         command = [str(binary), "-js", "-sd", str(self.store_dir), "-a", self.host,
                    "-p", str(self.port), "-l", str(self.log_path)]  # fmt: skip
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        # What it says before its log file opens (a bad flag, a port in use) goes there too.
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
         try:
             self._wait_until_serving()
         except BaseException:
@@ -93,13 +95,8 @@ class EmbeddedNats:
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                stderr = (
-                    self.process.stderr.read().decode(errors="replace")
-                    if self.process.stderr
-                    else ""
-                )
                 status = self.process.returncode
-                reason = stderr.strip() or self._log_tail()
+                reason = self._log_tail()
                 raise QueueUnavailableError(
                     self.url, f"nats-server exited with status {status}: {reason}"
                 )
@@ -116,7 +113,7 @@ class EmbeddedNats:
 
     def _log_tail(self) -> str:
         try:
-            return self.log_path.read_text(errors="replace")[-2000:]
+            return self.log_path.read_text(errors="replace")[-2000:].strip()
         except OSError:
             return "no log"
 

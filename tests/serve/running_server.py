@@ -94,10 +94,13 @@ def free_port() -> int:
         return port
 
 
-def start_server(log_dir: Path, *args: str, descriptor_limit: int | None = None) -> RunningServer:
-    """`descriptor_limit`: the server's soft and hard RLIMIT_NOFILE, to run out of them."""
+def start_server(
+    log_dir: Path, *args: str, descriptor_limit: int | None = None, command: str = "serve"
+) -> RunningServer:
+    """`descriptor_limit`: the server's soft and hard RLIMIT_NOFILE, to run out of them;
+    `command`: `serve` or `gateway`."""
     port = free_port()
-    log = log_dir / f"ember-serve-{port}.log"
+    log = log_dir / f"ember-{command}-{port}.log"
 
     def limit_descriptors() -> None:
         if descriptor_limit is not None:
@@ -105,7 +108,7 @@ def start_server(log_dir: Path, *args: str, descriptor_limit: int | None = None)
 
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ember.cli", "serve", "--port", str(port), *args],
+            [sys.executable, "-m", "ember.cli", command, "--port", str(port), *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -19,7 +19,7 @@ import socket
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -42,6 +42,9 @@ from ember.serve.rate_limits import RateLimiter
 from ember.serve.served_model import ServedModel
 from ember.serve.supervisor import WorkerSupervisor
 from ember.serve.tenant_directory import TenantDirectory
+
+if TYPE_CHECKING:
+    from ember.serve.local_worker import LocalQueueWorker
 
 logger = logging.getLogger("ember.serve")
 
@@ -68,6 +71,21 @@ class EmberServer:
         self.client = EngineClient(config, self.metrics)
         self.supervisor = WorkerSupervisor(config, self.client, self.metrics)
         self.queue = None if config.queue is None else QueueConnection(config.queue, "ember-serve")
+        self.local_worker: LocalQueueWorker | None = None
+        if config.queue is not None and config.queue.local_worker:
+            from ember.serve.local_worker import LocalQueueWorker
+
+            self.local_worker = LocalQueueWorker(config)
+            open_config = LocalQueueWorker.open_config(config)
+            self._local_app = build_app(
+                open_config,
+                self.model,
+                self.client,
+                self.supervisor,
+                self.metrics,
+                TenantDirectory.from_settings(None, None),
+                self.limiter,
+            )
         self.app = build_app(
             config,
             self.model,
@@ -91,6 +109,10 @@ class EmberServer:
             raise
         self.tenants.start()
         try:
+            if self.local_worker is not None and self.queue is not None:
+                queue = self.queue.queue
+                await self.local_worker.start(self._local_app, queue, queue.url)
+
             # uvicorn calls this from a signal handler: hop onto the loop before touching state.
             def on_exit() -> None:
                 loop.call_soon_threadsafe(self.drain)
@@ -107,6 +129,8 @@ class EmberServer:
             await server.serve(sockets=None if sock is None else [sock])
         finally:
             await self.tenants.stop()
+            if self.local_worker is not None:
+                await self.local_worker.stop()
             await self.supervisor.stop()
             if self.queue is not None:
                 await self.queue.stop()
@@ -120,6 +144,8 @@ class EmberServer:
             self.config.shutdown_grace_period,
         )
         self.client.draining = True
+        if self.local_worker is not None:
+            self.local_worker.stop_fetching()
         asyncio.get_running_loop().call_later(
             self.config.shutdown_grace_period, self._end_remaining
         )

@@ -27,6 +27,7 @@ from ember.queue.nats_server import EmbeddedNats
 from ember.serve.api_keys import key_hash
 from ember.serve.async_routes import preferred_wait
 from ember.serve.config import MAX_JOB_WAIT_SECONDS
+from tests.serve.running_server import MODEL as RUNNING_MODEL
 from tests.serve.running_server import RunningServer, start_server
 
 TINY = str(Path(__file__).resolve().parent.parent / "fixtures" / "tiny_llama.gguf")
@@ -186,9 +187,11 @@ def test_get_wait_returns_the_job_as_it_is_at_the_timeout(idle: RunningServer) -
 
 def test_one_idempotency_key_makes_one_job_of_100_concurrent_submits(idle: RunningServer) -> None:
     body = {**COMPLETION, "prompt": "idempotent"}
+    keyed = {"Idempotency-Key": "same"}
     with ThreadPoolExecutor(32) as pool:
-        answers = list(pool.map(lambda _: post(idle, "/v1/async/completions", body,
-                                               **{"Idempotency-Key": "same"}), range(100)))  # fmt: skip
+        answers = list(
+            pool.map(lambda _: post(idle, "/v1/async/completions", body, **keyed), range(100))
+        )
     assert {a.status_code for a in answers} == {202}
     assert len({a.json()["id"] for a in answers}) == 1
     other = post(idle, "/v1/async/completions", {**body, "prompt": "another"},
@@ -372,3 +375,30 @@ def test_serve_queue_runs_jobs_with_an_embedded_nats_and_its_local_worker(tmp_pa
         assert server.stop() == 0, server.log.read_text()
     log = server.log.read_text()
     assert "Traceback" not in log, log
+
+
+@pytest.mark.slow
+def test_cancel_a_running_job(tmp_path: Path) -> None:
+    """The default model on the CPU is slow enough to catch a job running: cancelled, the
+    worker stops it at its next heartbeat and stores nothing for it."""
+    server = start_server(tmp_path, "--queue", "--nats-store", str(tmp_path / "store"),
+                          "--log-level", "warning")  # fmt: skip
+    try:
+        body = {"model": RUNNING_MODEL, "prompt": "Tell me a long story.", "max_tokens": 4000,
+                "ignore_eos": True}  # fmt: skip
+        job_id = post(server, "/v1/async/completions", body).json()["id"]
+        deadline = time.monotonic() + 120
+        while job_of(server, job_id).json()["status"] == "queued":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert job_of(server, job_id).json()["status"] == "in_progress"
+        cancel = httpx.post(f"{server.url}/v1/jobs/{job_id}/cancel", timeout=30)
+        assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled"
+        # The engine lets it go within a heartbeat (a third of the ack wait).
+        assert server.wait_metric("vllm:num_requests_running", 0, timeout=30,
+                                  model_name=RUNNING_MODEL) == 0  # fmt: skip
+        job = job_of(server, job_id).json()
+        assert job["status"] == "cancelled" and "result" not in job
+        assert server.wait_metric("ember:queue_depth", 0) == 0
+    finally:
+        assert server.stop() == 0, server.log.read_text()

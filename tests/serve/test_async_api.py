@@ -224,6 +224,8 @@ def test_cancel_a_queued_job(idle: RunningServer) -> None:
     assert idle.metric("ember:queue_depth") == depth - 1  # its message left the stream
     again = httpx.post(f"{idle.url}/v1/jobs/{job_id}/cancel", headers=ACME, timeout=30)
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
+    counted = {"endpoint": "/v1/jobs/{job_id}/cancel", "status": "200"}
+    assert idle.metric("ember:http_requests_total", **counted) >= 2
 
 
 @pytest.mark.parametrize(
@@ -320,6 +322,16 @@ def test_scale_from_zero(gateway: RunningServer, tmp_path: Path, nats: EmbeddedN
         assert gateway.wait_metric("ember:queue_depth", 0) == 0
     finally:
         late.stop()
+
+
+def test_a_sync_client_that_goes_away_cancels_its_job(gateway: RunningServer) -> None:
+    depth = gateway.metric("ember:queue_depth")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gateway.url}/v1/completions", json=COMPLETION, headers=ACME, timeout=1.0)
+    # Its job was queued (no worker runs), then cancelled: it leaves the stream.
+    assert gateway.wait_metric("ember:queue_depth", depth, timeout=30) == depth
+    assert gateway.metric("ember:http_requests_total", endpoint="/v1/completions",
+                          status="499") == 1  # fmt: skip
 
 
 def test_gateway_refuses_streams_and_serves_models(gateway: RunningServer) -> None:

@@ -201,16 +201,19 @@ class HTTPMetricsMiddleware:
         self._metrics = metrics
         self._known_paths = known_paths
         # `/v1/models/{model_id:path}` counts as `/v1/models/{model_id}`, whatever the id: the
-        # label's values stay bounded.
-        self._templates = [
-            (path.partition("{")[0], re.sub(r":\w+}", "}", path))
-            for path in sorted(known_paths)
+        # label's values stay bounded. The longest suffix first: `/v1/jobs/{job_id}/cancel`
+        # before `/v1/jobs/{job_id}`.
+        templates = [
+            (path.partition("{")[0], path.rpartition("}")[2], re.sub(r":\w+}", "}", path))
+            for path in known_paths
             if "{" in path
         ]
+        self._templates = sorted(templates, key=lambda t: (-len(t[1]), t[0]))
 
     def _templated(self, path: str) -> str:
-        for prefix, label in self._templates:
-            if path.startswith(prefix) and len(path) > len(prefix):
+        for prefix, suffix, label in self._templates:
+            if (path.startswith(prefix) and path.endswith(suffix)
+                    and len(path) > len(prefix) + len(suffix)):  # fmt: skip
                 return label
         return "other"
 

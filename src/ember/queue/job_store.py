@@ -162,9 +162,11 @@ class JobQueue:
         return bool(self._client.is_connected)
 
     async def close(self) -> None:
-        if self._pull is not None:
-            await self._pull.unsubscribe()
-        await self._client.drain()
+        """Flushes what is sent (acknowledgements included), then closes."""
+        try:
+            await asyncio.wait_for(self._client.drain(), _API_TIMEOUT)
+        except (TimeoutError, nats.errors.Error):
+            await self._client.close()
 
     # -- gateway side -------------------------------------------------------------------------
 

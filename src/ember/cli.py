@@ -297,6 +297,12 @@ def _add_queue_args(parser: argparse.ArgumentParser, gateway: bool) -> None:
         help="NATS server or cluster with JetStream"
         + ("" if gateway else " (with --queue; default: start an embedded nats-server)"),
     )
+    add(
+        "--max-queued-jobs",
+        type=int,
+        default=None,
+        help="jobs queued or running at most; past it a submit is a 429 (default: 100000)",
+    )
     if not gateway:
         add(
             "--nats-store",
@@ -534,9 +540,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     queue = None
     if args.queue:
-        queue = QueueConfig(args.nats, args.nats_store, local_worker=not args.no_local_worker)
-    elif args.nats or args.nats_store or args.no_local_worker:
-        raise EmberError("--nats, --nats-store and --no-local-worker go with --queue")
+        queue = QueueConfig(args.nats, args.nats_store, not args.no_local_worker,
+                            args.max_queued_jobs)  # fmt: skip
+    elif args.nats or args.nats_store or args.no_local_worker or args.max_queued_jobs:
+        raise EmberError(
+            "--nats, --nats-store, --no-local-worker and --max-queued-jobs go with --queue"
+        )
     run_server(dataclasses.replace(_server_config(args), queue=queue))
     return 0
 
@@ -547,7 +556,8 @@ def _gateway(args: argparse.Namespace) -> int:
     # No engine runs here: its fields keep `ember serve`'s defaults; only the model is read.
     serve_defaults = vars(build_parser().parse_args(["serve"]))
     config = _server_config(argparse.Namespace(**(serve_defaults | vars(args))))
-    run_gateway(dataclasses.replace(config, queue=QueueConfig(args.nats)))
+    queue = QueueConfig(args.nats, max_queued_jobs=args.max_queued_jobs)
+    run_gateway(dataclasses.replace(config, queue=queue))
     return 0
 
 

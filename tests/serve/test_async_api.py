@@ -342,6 +342,22 @@ def test_gateway_refuses_streams_and_serves_models(gateway: RunningServer) -> No
     assert gateway.ready()["status"] == "ready"
 
 
+def test_a_full_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
+    with nats_server(tmp_path / "nats") as nats:
+        server = start_server(tmp_path, "--model", TINY, "--nats", nats.url, "--max-queued-jobs",
+                              "2", "--log-level", "warning", command="gateway")  # fmt: skip
+        try:
+            for _ in range(2):
+                assert post(server, "/v1/async/completions", COMPLETION).status_code == 202
+            full = post(server, "/v1/async/completions", COMPLETION)
+            assert full.status_code == 429, full.text
+            assert int(full.headers["retry-after"]) >= 1
+            assert full.json()["error"]["code"] == "job_queue_full"
+            assert server.metric("ember:queue_depth") == 2  # the refused one left nothing
+        finally:
+            assert server.stop() == 0, server.log.read_text()
+
+
 @pytest.mark.slow
 def test_queue_lost_and_back(tmp_path: Path) -> None:
     """nats-server stops: /ready turns false and submits answer 503; it restarts on the same

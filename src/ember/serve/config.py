@@ -26,6 +26,13 @@ class QueueConfig:
     nats_store: str | None = None
     # `ember serve --queue` runs a worker beside its engine unless --no-local-worker.
     local_worker: bool = True
+    # Jobs queued or running at most (the stream's bound; past it a submit is a 429); None:
+    # `QueueSettings`' default.
+    max_queued_jobs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_queued_jobs is not None and self.max_queued_jobs < 1:
+            raise EmberError("--max-queued-jobs must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ class QueueConnection:
         """Start the embedded server if there is no URL, then connect (`QueueUnavailableError`
         naming the URL when nothing answers there)."""
         from ember.queue.job_store import JobQueue
+        from ember.queue.layout import QueueSettings
         from ember.queue.nats_server import EmbeddedNats
 
         if self.url is None:
@@ -43,7 +44,9 @@ class QueueConnection:
             self.url = nats.url
             logger.info("started nats-server (JetStream in %s) at %s", nats.store_dir, self.url)
         try:
-            self._queue = await JobQueue.connect(self.url, name=self._name)
+            bound = self.config.max_queued_jobs
+            settings = QueueSettings() if bound is None else QueueSettings(max_queued_jobs=bound)
+            self._queue = await JobQueue.connect(self.url, settings, name=self._name)
         except BaseException:
             await self._stop_server()
             raise

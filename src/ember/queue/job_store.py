@@ -62,6 +62,7 @@ _VALID_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
 _STREAM_FULL = 10077  # JSStreamStoreFailedF: "maximum messages exceeded" under discard new
 _STREAM_EXISTS = 10058  # a stream or bucket of that name exists with another configuration
 _API_TIMEOUT = 5.0
+_MORE_JOBS_SECONDS = 0.05  # a fetch's wait for jobs beyond the first
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,10 +338,15 @@ class JobQueue:
         finished meanwhile is acknowledged and left out). Waits up to `timeout` for the first."""
         if self._pull is None:
             self._pull = await self._js.pull_subscribe_bind(CONSUMER, STREAM)
+        # One first, which returns as soon as it comes (nats-py's fetch of n waits its whole
+        # timeout for the n-th), then whatever else is there now.
         try:
-            messages = await self._pull.fetch(batch, timeout=timeout)
+            messages = await self._pull.fetch(1, timeout=timeout)
         except TimeoutError:  # nats-py's, or asyncio's from inside its fetch: no job came
             return []
+        if batch > 1:
+            with contextlib.suppress(TimeoutError):
+                messages += await self._pull.fetch(batch - 1, timeout=_MORE_JOBS_SECONDS)
         leases = []
         for message in messages:
             lease = await self._claim(message)

@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from ember.queue.job import JobKind, JobStatus
 from ember.queue.job_store import JobQueue
@@ -42,13 +44,13 @@ class StoredResults:
 
     def __init__(self) -> None:
         self.completed: Counter[str] = Counter()
-        self._client: nats.NATS | None = None
+        self._client: Client | None = None
 
     async def start(self, url: str) -> StoredResults:
         prefix = f"$KV.{STATE_BUCKET}."
         self._client = await nats.connect(url)
 
-        async def seen(msg: nats.aio.msg.Msg) -> None:
+        async def seen(msg: Msg) -> None:
             if msg.data and json.loads(msg.data).get("status") == JobStatus.COMPLETED:
                 self.completed[msg.subject[len(prefix) :]] += 1
 

@@ -11,7 +11,7 @@ import pytest
 
 from ember.queue.errors import IdempotencyConflictError, QueueFullError, QueueUnavailableError
 from ember.queue.job import Job, JobError, JobKind, JobStatus
-from ember.queue.job_store import JobQueue
+from ember.queue.job_store import JobLease, JobQueue
 from ember.queue.layout import QueueSettings
 from ember.queue.nats_server import EmbeddedNats, free_port
 from tests.queue.queue_helpers import StoredResults, chat_body, submit_many, wait_until
@@ -177,7 +177,7 @@ def test_jobs_survive_kill_9_of_nats_server_and_clients_reconnect(tmp_path: Path
             job = await queue.get(job_id)
             assert job is not None and job.status == JobStatus.QUEUED
         stores = await StoredResults().start(server.url)
-        leases = []
+        leases: list[JobLease] = []
         while len(leases) < 50:
             leases += await queue.fetch(50, timeout=2)
         await asyncio.gather(*(lease.complete(ANSWER) for lease in leases))
@@ -243,7 +243,7 @@ def test_failures_retry_then_dead_letter_after_max_deliver(nats: EmbeddedNats) -
     asyncio.run(main())
 
 
-async def _fetch_one(queue: JobQueue) -> list:  # type: ignore[type-arg]
+async def _fetch_one(queue: JobQueue) -> list[JobLease]:
     for _ in range(50):
         leases = await queue.fetch(1, timeout=1)
         if leases:

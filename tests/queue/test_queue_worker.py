@@ -140,3 +140,34 @@ def test_a_generation_longer_than_the_ack_wait_is_delivered_once_and_sigterm_fin
 async def _status(queue: JobQueue, job_id: str, status: JobStatus) -> bool:
     job = await queue.get(job_id)
     return job is not None and job.status == status
+
+
+def test_cancelling_a_running_job_stops_it_and_stores_nothing(
+    nats: EmbeddedNats, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        queue = await JobQueue.connect(nats.url, QueueSettings(ack_wait_seconds=1.0))
+        stores = await StoredResults().start(nats.url)
+        long = chat_body(0, max_tokens=200, ignore_eos=True, n=16)
+        job, _ = await queue.submit(JobKind.CHAT, "t", long)
+        worker = WorkerProcess(tmp_path, nats.url, "--max-num-seqs", "1", "--idle-timeout", "2")
+        try:
+            await wait_until(lambda: _status(queue, job.id, JobStatus.IN_PROGRESS), 120,
+                             "the job runs")  # fmt: skip
+            cancelled = await queue.cancel(job.id)
+            assert cancelled is not None and cancelled.status == JobStatus.CANCELLED
+            # The worker drops it at its next heartbeat and goes on with the next job.
+            after, _ = await queue.submit(JobKind.CHAT, "t", chat_body(1))
+            done = await queue.wait(after.id, 60)
+            assert done is not None and done.status == JobStatus.COMPLETED, worker.output()
+            assert await worker.wait(60) == 0, worker.output()
+        finally:
+            worker.kill()
+        final = await queue.get(job.id)
+        assert final is not None and final.status == JobStatus.CANCELLED and final.result is None
+        assert stores.completed == {after.id: 1}
+        assert (await queue.depth()).total == 0
+        await stores.stop()
+        await queue.close()
+
+    asyncio.run(main())

@@ -72,11 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=_NO_ASYNC_HELP,
     )
-    bench_forms = bench.add_subparsers(dest="bench_command", metavar="{serve}")
+    bench_forms = bench.add_subparsers(dest="bench_command", metavar="{serve,queue}")
     bench_serve = bench_forms.add_parser(
         "serve", help="load-test an OpenAI-compatible server (any, not only Ember)"
     )
     _add_bench_serve_args(bench_serve)
+    bench_queue = bench_forms.add_parser(
+        "queue", help="jobs through Ember's async API (ember serve --queue or a gateway)"
+    )
+    bench_queue.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000")
+    bench_queue.add_argument("--model", default=None)
+    bench_queue.add_argument("--api-key", default="EMPTY")
+    bench_queue.add_argument("--jobs", type=int, default=200)
+    bench_queue.add_argument("--concurrency", type=int, default=16)
+    bench_queue.add_argument("--prompt", default="Hello")
+    bench_queue.add_argument("--max-tokens", type=int, default=1)
 
     serve = commands.add_parser("serve", help="OpenAI-compatible HTTP server")
     _add_model_args(serve)
@@ -401,6 +411,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _keys_create(args)
     if args.bench_command == "serve":
         return _bench_serve(args)
+    if args.bench_command == "queue":
+        return _bench_queue(args)
     return _bench(args)
 
 
@@ -540,6 +552,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     queue = None
     if args.queue:
+        _require_queue_extra()
         queue = QueueConfig(args.nats, args.nats_store, not args.no_local_worker,
                             args.max_queued_jobs)  # fmt: skip
     elif args.nats or args.nats_store or args.no_local_worker or args.max_queued_jobs:
@@ -551,6 +564,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _gateway(args: argparse.Namespace) -> int:
+    _require_queue_extra()
     from ember.serve.gateway import run_gateway
 
     # No engine runs here: its fields keep `ember serve`'s defaults; only the model is read.
@@ -577,6 +591,11 @@ def _worker(args: argparse.Namespace) -> int:
             name=args.worker_name,
         )
     )
+
+
+def _require_queue_extra() -> None:
+    """nats-py missing: QueueDependencyError says what to install, before anything starts."""
+    import ember.queue.job_store  # noqa: F401
 
 
 def _server_config(args: argparse.Namespace) -> ServerConfig:
@@ -636,6 +655,22 @@ def _keys_create(args: argparse.Namespace) -> int:
     print(f"key id {short_id(stored)}. In the tenants file, add the hash to the tenant's keys:")
     print(f"[tenants.{args.tenant}]")
     print(f'keys = ["{stored}"]')
+    return 0
+
+
+def _bench_queue(args: argparse.Namespace) -> int:
+    from ember.bench.queue_load import QueuePlan, format_queue_report, run_queue_load
+
+    plan = QueuePlan(
+        url=args.url,
+        model=args.model,
+        api_key=args.api_key,
+        num_jobs=args.jobs,
+        concurrency=args.concurrency,
+        prompt=args.prompt,
+        max_tokens=args.max_tokens,
+    )
+    print(format_queue_report(plan, run_queue_load(plan)))
     return 0
 
 

@@ -171,3 +171,34 @@ def test_cancelling_a_running_job_stops_it_and_stores_nothing(
         await queue.close()
 
     asyncio.run(main())
+
+
+def test_a_worker_resumes_after_nats_server_restarts(tmp_path: Path) -> None:
+    store = tmp_path / "nats"
+    server = EmbeddedNats(store).start()
+
+    async def main() -> None:
+        nonlocal server
+        queue = await JobQueue.connect(server.url)
+        worker = WorkerProcess(tmp_path, server.url, "--idle-timeout", "30")
+        try:
+            first, _ = await queue.submit(JobKind.CHAT, "t", chat_body(0))
+            done = await queue.wait(first.id, 120)
+            assert done is not None and done.status == JobStatus.COMPLETED, worker.output()
+            server.kill()
+            await wait_until(lambda: not queue.connected, 10, "the loss seen")
+            server = EmbeddedNats(store, port=server.port).start()
+            await wait_until(lambda: queue.connected, 15, "reconnected")
+            second, _ = await queue.submit(JobKind.CHAT, "t", chat_body(1))
+            done = await queue.wait(second.id, 30)
+            assert done is not None and done.status == JobStatus.COMPLETED, worker.output()
+            worker.terminate()
+            assert await worker.wait(60) == 0, worker.output()
+        finally:
+            worker.kill()
+        await queue.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()

@@ -430,3 +430,16 @@ def test_cancel_a_running_job(tmp_path: Path) -> None:
         assert server.wait_metric("ember:queue_depth", 0) == 0
     finally:
         assert server.stop() == 0, server.log.read_text()
+
+
+def test_an_unreachable_nats_at_start_is_an_error_naming_the_url() -> None:
+    url = "nats://127.0.0.1:1"
+    done = subprocess.run(
+        [sys.executable, "-m", "ember.cli", "gateway", "--nats", url, "--model", TINY],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"ember: error: the job queue at {url} is unavailable" in done.stderr
+    assert "Traceback" not in done.stderr

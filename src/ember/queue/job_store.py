@@ -164,6 +164,12 @@ class JobQueue:
 
     async def close(self) -> None:
         """Flushes what is sent (acknowledgements included), then closes."""
+        if self._pull is not None:
+            # A fetch's leftover status messages sit in its queue, which nothing reads: drain
+            # would wait for them until the timeout, then log a cancelled gather.
+            with contextlib.suppress(nats.errors.Error):
+                await self._pull.unsubscribe()
+            self._pull = None
         try:
             await asyncio.wait_for(self._client.drain(), _API_TIMEOUT)
         except (TimeoutError, nats.errors.Error):

@@ -300,6 +300,23 @@ def test_prefer_wait_answers_200_with_the_result(gateway: RunningServer, worker:
 
 
 @pytest.mark.slow
+def test_a_job_the_engine_refuses_fails_with_its_error(
+    gateway: RunningServer, worker: Worker
+) -> None:
+    """The gateway checks bodies but not the context (the engine's limits are the worker's):
+    a prompt over it fails the job with the engine server's 400, once, and a sync request
+    through the gateway gets that 400."""
+    body = {**COMPLETION, "prompt": "word " * 400}  # the tiny model's context is 256
+    job = completed(gateway, post(gateway, "/v1/async/completions", body).json()["id"])
+    assert job["status"] == "failed" and job["attempts"] == 1 and "result" not in job
+    error = job["error"]
+    assert isinstance(error, dict) and error["code"] == "context_length_exceeded"
+    assert set(error) == {"message", "type", "param", "code"}
+    sync = post(gateway, "/v1/completions", body)
+    assert sync.status_code == 400 and sync.json()["error"] == error
+
+
+@pytest.mark.slow
 def test_scale_from_zero(gateway: RunningServer, tmp_path: Path, nats: EmbeddedNats) -> None:
     """No worker: a submit is 202 and a sync request waits; a worker comes: both complete."""
     job_id = post(gateway, "/v1/async/completions", COMPLETION).json()["id"]

@@ -10,9 +10,12 @@ and removed only after its result is stored. The pieces, one module each:
   given no `--nats` URL.
 - `job_store.py`: submit (deduplicated by job id and idempotency key), read, watch, cancel,
   store a result with compare-and-set, queue depth: what gateways and workers share.
-- `queue_worker.py`: `ember worker`: pulls jobs while it has room, runs each through a local
-  engine server, heartbeats, stores, then acks; naks retryable failures with a delay; exits
-  after `--idle-timeout` seconds without work.
+- `errors.py`: queue unavailable (naming the URL), full (429), idempotency conflict (409),
+  a body over the server's message limit (413), nats-py or nats-server missing.
+- `serve/queue_worker.py` (in `serve/`, since it runs the engine server): `ember worker`: pulls
+  jobs while it has room, runs each through a local engine server, heartbeats, stores, then
+  acks; naks retryable failures with a delay; exits after `--idle-timeout` seconds without
+  work.
 - `serve/async_routes.py` (the HTTP side): `/v1/async/...`, `/v1/jobs/{id}`.
 
 Delivery: at least once (a worker that dies before its ack leaves the job to be delivered

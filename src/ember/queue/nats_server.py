@@ -7,6 +7,7 @@ it on PATH, next to the interpreter.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -63,6 +64,8 @@ class EmbeddedNats:
         self.port = free_port(host) if port is None else port
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
+        # Its INFO line carries this name: another server on the port is not mistaken for it.
+        self._name = f"ember-{secrets.token_hex(6)}"
 
     @property
     def url(self) -> str:
@@ -76,7 +79,7 @@ class EmbeddedNats:
         binary = find_nats_server()
         self.store_dir.mkdir(parents=True, exist_ok=True)
         command = [str(binary), "-js", "-sd", str(self.store_dir), "-a", self.host,
-                   "-p", str(self.port), "-l", str(self.log_path)]  # fmt: skip
+                   "-p", str(self.port), "-l", str(self.log_path), "-n", self._name]  # fmt: skip
         # What it says before its log file opens (a bad flag, a port in use) goes there too.
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -102,7 +105,8 @@ class EmbeddedNats:
                 )
             try:
                 with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
-                    if b'"jetstream":true' in sock.recv(4096):
+                    info = sock.recv(4096)
+                    if b'"jetstream":true' in info and self._name.encode() in info:
                         return
             except OSError:
                 pass

@@ -11,7 +11,7 @@ class QueueUnavailableError(EmberError):
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(
             f"the job queue at {url} is unavailable: {reason}. Check that nats-server runs "
-            "there with JetStream on (`nats-server -js`), or leave out --nats to start one"
+            "there with JetStream on (`nats-server -js`) and is reachable from here"
         )
         self.url = url
 

@@ -42,7 +42,8 @@ def tenants_file(directory: Path) -> Path:
     path = directory / "tenants.toml"
     path.write_text(
         f'[tenants.acme]\nkeys = ["{key_hash("key-acme")}"]\n\n'
-        f'[tenants.other]\nkeys = ["{key_hash("key-other")}"]\n'
+        f'[tenants.other]\nkeys = ["{key_hash("key-other")}"]\n\n'
+        f'[tenants.metered]\nkeys = ["{key_hash("key-metered")}"]\nrequests_per_minute = 2\n'
     )
     return path
 
@@ -212,6 +213,20 @@ def test_another_tenants_key_gets_404_for_a_job(idle: RunningServer) -> None:
     assert job_of(idle, job_id).json()["status"] == "queued"  # untouched
     assert job_of(idle, "job_nonexistent").status_code == 404
     assert httpx.get(f"{idle.url}/v1/jobs/{job_id}", timeout=30).status_code == 401
+
+
+def test_a_new_job_costs_its_tenant_a_request(idle: RunningServer) -> None:
+    metered = {"Authorization": "Bearer key-metered"}
+    first = post(idle, "/v1/async/completions", COMPLETION, **{"Idempotency-Key": "m", **metered})
+    assert first.status_code == 202
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    # A retry answered with the job it made is free.
+    again = post(idle, "/v1/async/completions", COMPLETION, **{"Idempotency-Key": "m", **metered})
+    assert again.json()["id"] == first.json()["id"]
+    assert post(idle, "/v1/async/completions", COMPLETION, **metered).status_code == 202
+    refused = post(idle, "/v1/async/completions", COMPLETION, **metered)
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
 
 
 def test_cancel_a_queued_job(idle: RunningServer) -> None:

@@ -93,7 +93,7 @@ def build_app(
     if queue is not None:
         from ember.serve.async_routes import AsyncRoutes, JobSubmitter
 
-        routes += AsyncRoutes(JobSubmitter(queue, config, model)).routes()
+        routes += AsyncRoutes(JobSubmitter(queue, config, model, limiter)).routes()
     return wrap_routes(routes, config, metrics, tenants, limiter)
 
 

@@ -42,6 +42,7 @@ from ember.serve.generation_runner import OFFLOAD_BYTES, check_model, run_user_w
 from ember.serve.http_body import read_body
 from ember.serve.openai_requests import parse_chat_request, parse_completion_request
 from ember.serve.queue_connection import QueueConnection
+from ember.serve.rate_limits import RateLimiter
 from ember.serve.served_model import ServedModel
 from ember.serve.tenant_gate import tenant_of
 from ember.serve.tenants import Tenant
@@ -60,12 +61,23 @@ _STREAM_REFUSAL = (
 
 class JobSubmitter:
     """Checks a body as its sync route would and stores it as a job of the caller's tenant;
-    shared by the async routes and a gateway's sync routes."""
+    shared by the async routes and a gateway's sync routes.
 
-    def __init__(self, connection: QueueConnection, config: ServerConfig, model: ServedModel):
+    A new job costs its tenant one request of its requests per minute (a 429 past them); a
+    retried submit answered with the job it made is free. Tokens are not counted here: what a
+    job generates is known only to the worker that runs it."""
+
+    def __init__(
+        self,
+        connection: QueueConnection,
+        config: ServerConfig,
+        model: ServedModel,
+        limiter: RateLimiter,
+    ) -> None:
         self.connection = connection
         self._config = config
         self._model = model
+        self._limiter = limiter
 
     async def checked_body(self, request: Request, kind: JobKind, stream_refusal: str) -> bytes:
         """The body's bytes once the sync route's parser takes them; `stream: true` is a 400
@@ -103,18 +115,19 @@ class JobSubmitter:
             )
         queue = self.connection.queue
         tenant = tenant_of(request.scope)
+        reservation = self._limiter.admit(tenant, 0)
         try:
-            return await reached(queue.submit(kind, tenant.name, body, idempotency_key=key))
-        except IdempotencyConflictError:
-            raise ConflictError(
-                f"the Idempotency-Key {quoted(key)} was used for a job with another body; "
-                "send a new key for a new request",
-                code="idempotency_key_reused",
-            ) from None
-        except QueueFullError as error:
-            raise JobQueueFullError(str(error), retry_after=FULL_QUEUE_RETRY_AFTER) from None
-        except JobTooLargeError as error:
-            raise PayloadTooLargeError(str(error)) from None
+            job, created = await _submitted(
+                queue.submit(kind, tenant.name, body, idempotency_key=key), key
+            )
+        except BaseException:
+            reservation.cancel()
+            raise
+        if created:
+            reservation.settle(0)
+        else:
+            reservation.cancel()
+        return job, created
 
     async def owned(self, job_id: str, tenant: Tenant) -> Job:
         """The job, if it exists and is the tenant's; else 404 (the same either way, so an id
@@ -251,6 +264,22 @@ def _query_wait(value: str | None) -> float | None:
             param="wait",
         )
     return min(seconds, MAX_JOB_WAIT_SECONDS)
+
+
+async def _submitted(call: Awaitable[tuple[Job, bool]], key: str | None) -> tuple[Job, bool]:
+    """`JobQueue.submit`'s answer, or the HTTP error of its refusal."""
+    try:
+        return await reached(call)
+    except IdempotencyConflictError:
+        raise ConflictError(
+            f"the Idempotency-Key {quoted(key)} was used for a job with another body; "
+            "send a new key for a new request",
+            code="idempotency_key_reused",
+        ) from None
+    except QueueFullError as error:
+        raise JobQueueFullError(str(error), retry_after=FULL_QUEUE_RETRY_AFTER) from None
+    except JobTooLargeError as error:
+        raise PayloadTooLargeError(str(error)) from None
 
 
 async def reached(call: Awaitable[T]) -> T:

@@ -147,7 +147,7 @@ def build_gateway_app(
         body = {"status": status, "model": model.name, "role": "gateway", "nats": queue.url}
         return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
-    submitter = JobSubmitter(queue, config, model)
+    submitter = JobSubmitter(queue, config, model, limiter)
     routes = [
         *QueuedGenerationRoutes(submitter, config).routes(),
         *ModelRoutes(model).routes(),

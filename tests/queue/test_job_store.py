@@ -261,3 +261,30 @@ def test_a_worker_adopts_the_settings_the_queue_was_created_with(nats: EmbeddedN
         await creator.close()
 
     asyncio.run(main())
+
+
+def test_many_concurrent_waits_share_one_subscription(nats: EmbeddedNats) -> None:
+    """1,200 long polls at once (more than the server's consumer limit, once a watch each hit
+    it and every call failed) all wake when their jobs finish, and leave no consumer behind."""
+
+    async def main() -> None:
+        queue = await JobQueue.connect(nats.url, name="w1")
+        jobs = [(await queue.submit(JobKind.CHAT, "t", chat_body(i)))[0] for i in range(40)]
+        waits = [
+            asyncio.create_task(queue.wait(jobs[i % len(jobs)].id, timeout=30)) for i in range(1200)
+        ]
+        await asyncio.sleep(0.2)
+        leases = await queue.fetch(len(jobs), timeout=2)
+        while len(leases) < len(jobs):
+            leases += await queue.fetch(len(jobs), timeout=2)
+        started = time.monotonic()
+        for lease in leases:
+            assert await lease.complete(ANSWER)
+        done = await asyncio.gather(*waits)
+        assert time.monotonic() - started < 10
+        assert all(job is not None and job.status == JobStatus.COMPLETED for job in done)
+        info = await queue._js.stream_info("KV_EMBER_JOB_STATE")
+        assert info.state.consumer_count == 0
+        await queue.close()
+
+    asyncio.run(main())

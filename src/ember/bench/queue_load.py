@@ -99,10 +99,10 @@ async def _one_job(
                 if response.status != 200:
                     return str(response.status), 0.0, await response.text()
                 job = await response.json()
-    except (aiohttp.ClientError, TimeoutError) as error:
-        return "connection error", 0.0, repr(error)
-    error = None if job["status"] == "completed" else str(job.get("error"))
-    return str(job["status"]), time.perf_counter() - sent, error
+    except (aiohttp.ClientError, TimeoutError) as failure:
+        return "connection error", 0.0, repr(failure)
+    problem = None if job["status"] == "completed" else str(job.get("error"))
+    return str(job["status"]), time.perf_counter() - sent, problem
 
 
 async def _first_model(session: aiohttp.ClientSession, base: str) -> str:

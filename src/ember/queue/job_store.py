@@ -48,6 +48,7 @@ try:
     import nats.js.errors
     from nats.aio.client import Client
     from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
     from nats.js import JetStreamContext, api
     from nats.js.kv import KeyValue
     from nats.js.object_store import ObjectStore
@@ -114,6 +115,9 @@ class JobQueue:
         self._keys = keys
         self._results = results
         self._pull: JetStreamContext.PullSubscription | None = None
+        # `wait`'s: the bucket's update subscription, and the waiters per job id.
+        self._finals: Subscription | None = None
+        self._final_waiters: dict[str, set[asyncio.Future[Job | None]]] = {}
 
     @classmethod
     async def connect(
@@ -164,6 +168,10 @@ class JobQueue:
 
     async def close(self) -> None:
         """Flushes what is sent (acknowledgements included), then closes."""
+        if self._finals is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._finals.unsubscribe()
+            self._finals = None
         if self._pull is not None:
             # A fetch's leftover status messages sit in its queue, which nothing reads: drain
             # would wait for them until the timeout, then log a cancelled gather.
@@ -259,32 +267,54 @@ class JobQueue:
         return None if stored is None else stored.job
 
     async def wait(self, job_id: str, timeout: float) -> Job | None:
-        """The job as soon as its status is final (woken by a watch of its key), or as it is
-        at the timeout; None if there is no such job."""
+        """The job as soon as its status is final, or as it is at the timeout; None if there is
+        no such job. Woken by the one subscription this queue keeps to the state bucket's
+        updates (`_watch_finals`), not by a watch per call: a key-value watch is a consumer on
+        the server, and a thousand waiting clients would be a thousand consumers (the server's
+        limit, after which every call fails)."""
         if _VALID_KEY.fullmatch(job_id) is None:
             return None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        watcher = await self._states.watch(job_id)
-        latest: Job | None = None
+        await self._watch_finals()
+        future: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
+        waiting = self._final_waiters.setdefault(job_id, set())
+        waiting.add(future)  # before reading, so an update between the two is not missed
         try:
-            while (remaining := deadline - loop.time()) > 0:
-                try:
-                    entry = await watcher.updates(timeout=remaining)  # type: ignore[no-untyped-call]
-                except nats.errors.TimeoutError:
-                    break
-                if entry is None:  # the end of what was stored before the watch began
-                    if latest is None:
-                        return None
-                    continue
-                if entry.operation in ("DEL", "PURGE") or not entry.value:
-                    return None
-                latest = decode_job(entry.value)
-                if latest.status.final:
-                    return latest
+            stored = await self._read(job_id)
+            if stored is None or stored.job.status.final:
+                return None if stored is None else stored.job
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), timeout)
+            except TimeoutError:
+                current = await self._read(job_id)
+                return None if current is None else current.job
         finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return latest
+            waiting.discard(future)
+            if not waiting:
+                self._final_waiters.pop(job_id, None)
+
+    async def _watch_finals(self) -> None:
+        """Subscribes (once) to every update of the state bucket: a job's waiters are woken
+        when it turns final or is deleted. Core NATS, no consumer; resubscribed by the client
+        on reconnect (an update missed meanwhile is read at the waiter's timeout)."""
+        if self._finals is not None:
+            return
+        prefix = f"$KV.{STATE_BUCKET}."
+
+        async def on_update(message: Msg) -> None:
+            waiters = self._final_waiters.get(message.subject[len(prefix) :])
+            if not waiters:
+                return
+            operation = (message.headers or {}).get("KV-Operation")
+            job: Job | None = None
+            if operation not in ("DEL", "PURGE") and message.data:
+                job = decode_job(message.data)
+                if not job.status.final:
+                    return
+            for future in waiters:
+                if not future.done():
+                    future.set_result(job)
+
+        self._finals = await self._client.subscribe(prefix + ">", cb=on_update)
 
     async def cancel(self, job_id: str) -> Job | None:
         """A queued or running job becomes cancelled (a worker running it stops at its next

@@ -69,3 +69,17 @@ def test_invalid_sampling_flag_is_a_clear_error() -> None:
     result = ember("run", "hi", "--top-p", "1.5")
     assert result.returncode == 2
     assert "top_p must be in (0.0, 1.0]" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "flags", [["--port", "9000"], ["--api-key", "sk-x"], ["--allowed-origins", "https://a.b"]]
+)
+def test_a_worker_refuses_the_http_fronts_flags(
+    flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`ember worker` serves no client: a --port or a key it would silently ignore is an error
+    naming the flag, before it connects anywhere."""
+    code = main(["worker", "--nats", "nats://127.0.0.1:1", *flags])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "serves no clients" in err and flags[0] in err

@@ -578,6 +578,7 @@ def _gateway(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from ember.serve.queue_worker import WorkerConfig, run_worker
 
+    _refuse_client_flags(args)
     # The local server listens on a free loopback port and only the worker calls it.
     local = dataclasses.replace(
         _server_config(args), host="127.0.0.1", port=0, tenants_file=None, api_key=None
@@ -591,6 +592,27 @@ def _worker(args: argparse.Namespace) -> int:
             name=args.worker_name,
         )
     )
+
+
+def _refuse_client_flags(args: argparse.Namespace) -> None:
+    """A worker serves no client: flags of the HTTP front it would ignore are refused."""
+    unused = {
+        "--host": args.host != _default(ServerConfig, "host"),
+        "--port": args.port != _default(ServerConfig, "port"),
+        # Their defaults come from the environment, which a worker may share with a server.
+        "--tenants": args.tenants not in (None, os.environ.get("EMBER_TENANTS_FILE")),
+        "--api-key": args.api_key not in (None, os.environ.get("EMBER_API_KEY")),
+        "--allowed-hosts": bool(args.allowed_hosts),
+        "--allowed-origins": bool(args.allowed_origins),
+        "--metrics-public": bool(args.metrics_public),
+    }
+    given = [option for option, set_ in unused.items() if set_]
+    if given:
+        raise EmberError(
+            f"ember worker serves no clients, so {', '.join(given)} would do nothing: a worker "
+            "takes jobs from --nats and runs them on a private loopback server; keys and hosts "
+            "belong to `ember serve --queue` or `ember gateway`"
+        )
 
 
 def _require_queue_extra() -> None:

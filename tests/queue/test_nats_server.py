@@ -46,3 +46,28 @@ def test_a_port_in_use_is_an_error_not_the_other_server(tmp_path: Path) -> None:
         second = EmbeddedNats(tmp_path / "second", port=first.port, start_timeout=10)
         with pytest.raises(QueueUnavailableError, match="exited with status"):
             second.start()
+
+
+def test_a_job_body_as_large_as_a_server_takes_fits_a_message(tmp_path: Path) -> None:
+    """`ember serve` takes bodies up to 4 MiB; nats-server's own default payload is 1 MiB, so
+    the embedded one is started with 8 MiB and a 4 MiB job is queued, not refused."""
+    import asyncio
+
+    from ember.queue.job import JobKind
+    from ember.queue.job_store import JobQueue
+
+    server = EmbeddedNats(tmp_path).start()
+
+    async def main() -> None:
+        queue = await JobQueue.connect(server.url)
+        body = b'{"model": "m", "prompt": "' + b"x" * (4 << 20) + b'"}'
+        _, new = await queue.submit(JobKind.COMPLETION, "t", body)
+        assert new and (await queue.depth()).total == 1
+        [lease] = await queue.fetch(1, timeout=5)
+        assert lease.body == body
+        await queue.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()

@@ -42,6 +42,11 @@ def find_nats_server() -> Path:
     )
 
 
+# A message's largest payload on the embedded server: a job's body must fit, and `ember serve`
+# takes bodies up to 4 MiB (--max-body-bytes); nats-server's own default is 1 MiB.
+MAX_PAYLOAD_BYTES = 8 << 20
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -58,11 +63,13 @@ class EmbeddedNats:
         port: int | None = None,
         host: str = "127.0.0.1",
         start_timeout: float = 30.0,
+        max_payload: int = MAX_PAYLOAD_BYTES,
     ) -> None:
         self.store_dir = default_store_dir() if store_dir is None else store_dir
         self.host = host
         self.port = free_port(host) if port is None else port
         self.start_timeout = start_timeout
+        self.max_payload = max_payload
         self.process: subprocess.Popen[bytes] | None = None
         # Its INFO line carries this name: another server on the port is not mistaken for it.
         self._name = f"ember-{secrets.token_hex(6)}"
@@ -78,8 +85,12 @@ class EmbeddedNats:
     def start(self) -> EmbeddedNats:
         binary = find_nats_server()
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        command = [str(binary), "-js", "-sd", str(self.store_dir), "-a", self.host,
-                   "-p", str(self.port), "-l", str(self.log_path), "-n", self._name]  # fmt: skip
+        # max_payload has no command-line flag: a config file beside the store says it.
+        config = self.store_dir / "nats-server.conf"
+        config.write_text(f"max_payload: {self.max_payload}\n")
+        command = [str(binary), "-c", str(config), "-js", "-sd", str(self.store_dir),
+                   "-a", self.host, "-p", str(self.port), "-l", str(self.log_path),
+                   "-n", self._name]  # fmt: skip
         # What it says before its log file opens (a bad flag, a port in use) goes there too.
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 
 from ember.engine.config import EngineConfig
@@ -161,3 +162,23 @@ def test_constrained_sequences_take_turns_in_two_cohorts(tiny_model: LoadedModel
     assert rows[0] == 8 and max(rows[1:]) <= 4 and rows.count(4) > 5
     for ids in out.values():
         check(JSON, tiny_model.tokenizer.decode(ids))
+
+
+def test_masks_are_cut_to_a_model_with_fewer_rows_than_tokens(tiny_model: LoadedModel) -> None:
+    """A file may list more tokens than the model has rows: masks are the model's width (the
+    logits'), and allow no token beyond its rows."""
+    from ember.engine.grammar import GrammarCompiler, allowed_tokens, mask_words
+
+    tokenizer = tiny_model.tokenizer
+    full = GrammarCompiler(tokenizer)
+    rows = tokenizer.vocab_size - 37
+    cut = GrammarCompiler(tokenizer, rows)
+    spec = StructuredOutput(StructuredKind.REGEX, ".+")
+    wide = np.zeros((1, full.mask_words), np.int32)
+    narrow = np.zeros((2, mask_words(rows)), np.int32)
+    full.fill_masks([full.matcher(spec)], wide)
+    cut.fill_masks([cut.matcher(spec), cut.matcher(spec)], narrow)
+    allowed = allowed_tokens(wide[0], tokenizer.vocab_size)
+    for row in narrow:
+        np.testing.assert_array_equal(allowed_tokens(row, rows), allowed[:rows])
+        assert not allowed_tokens(row, mask_words(rows) * 32)[rows:].any()

@@ -81,7 +81,11 @@ class GrammarCompiler:
     """Compiles `StructuredOutput`s for one tokenizer; the last `cache_size` compiled grammars
     are kept, so a schema sent again costs a copy of its compiled matcher (microseconds)."""
 
-    def __init__(self, tokenizer: Tokenizer, cache_size: int = 256) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, vocab_size: int | None = None, cache_size: int = 256
+    ) -> None:
+        """`vocab_size`: the model's (its logits' width; default the tokenizer's). A file may
+        hold more tokens than the model has rows: masks are cut to the model's."""
         self._tokenizer = tokenizer
         self._cache_size = cache_size
         self._compiled: OrderedDict[StructuredOutput, LLMatcher] = OrderedDict()
@@ -89,8 +93,9 @@ class GrammarCompiler:
         self._lltokenizer: LLTokenizer | None = None
         self._executor: LLExecutor | None = None
         self._thread: ThreadPoolExecutor | None = None
-        self.vocab_size = tokenizer.vocab_size
-        self.mask_words = mask_words(tokenizer.vocab_size)
+        self.vocab_size = tokenizer.vocab_size if vocab_size is None else vocab_size
+        self.mask_words = mask_words(self.vocab_size)
+        self._tokenizer_words = mask_words(tokenizer.vocab_size)
 
     def matcher(self, spec: StructuredOutput) -> LLMatcher:
         """A new matcher for `spec`, at its start; `StructuredOutputError` if it cannot compile
@@ -128,6 +133,17 @@ class GrammarCompiler:
             raise ValueError(f"masks need int32 [rows, {self.mask_words}], got {out.shape}")
         if len(matchers) > out.shape[0] or not out.flags.c_contiguous:
             raise ValueError(f"{len(matchers)} masks need a contiguous array of as many rows")
+        if self._tokenizer_words != self.mask_words:  # llguidance's masks are the tokenizer's
+            full = np.empty((len(matchers), self._tokenizer_words), np.int32)
+            self._fill(matchers, full)
+            out[: len(matchers)] = full[:, : self.mask_words]
+            spare = self.mask_words * 32 - self.vocab_size
+            if spare:  # no token beyond the model's rows, in its last word
+                out[: len(matchers), -1] &= np.int32((1 << (32 - spare)) - 1)
+            return
+        self._fill(matchers, out)
+
+    def _fill(self, matchers: Sequence[LLMatcher], out: Masks) -> None:
         if len(matchers) == 1:  # the thread pool's dispatch costs more than one mask
             matchers[0].unsafe_compute_mask_ptr(out.ctypes.data, out.shape[1] * 4)
             return

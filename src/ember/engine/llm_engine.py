@@ -105,7 +105,7 @@ class LLMEngine:
             self.pool,
         )
         # Structured outputs' grammars, compiled against this model's tokenizer.
-        self.grammars = GrammarCompiler(self.tokenizer)
+        self.grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size)
         self.runner = ModelRunner(backend, config.block_size, self.pool.tables, self.grammars)
         self._asynchronous = config.async_scheduling and self.runner.device_sampling is not None
         self.scheduler.alternate_constrained = self._asynchronous

@@ -17,6 +17,7 @@ from ember.serve.config import QueueConfig, ServerConfig
 
 if TYPE_CHECKING:
     from ember.bench.engine_throughput import BenchResult
+    from ember.serve.queue_worker import WorkerConfig
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -231,6 +232,13 @@ def _add_worker_args(parser: argparse.ArgumentParser) -> None:
         help="exit (status 0) after S seconds without a job (scale to zero; default: never)",
     )
     add("--worker-name", default=None, help="the name jobs record (default: host and pid)")
+    add(
+        "--gpus",
+        default=None,
+        metavar="all|LIST",
+        help="one worker process per GPU (e.g. 0,1), each seeing only its GPU, under one "
+        "supervisor that restarts them; with --device cpu they run on the CPU (for testing)",
+    )
 
 
 def _add_engine_serve_args(parser: argparse.ArgumentParser) -> None:
@@ -378,7 +386,9 @@ _NO_ASYNC_HELP = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `ember worker --gpus` starts its children with it
     try:
         code = _dispatch(args)
         sys.stdout.flush()  # here, where a closed pipe is caught below, not at exit
@@ -583,13 +593,38 @@ def _worker(args: argparse.Namespace) -> int:
     local = dataclasses.replace(
         _server_config(args), host="127.0.0.1", port=0, tenants_file=None, api_key=None
     )
-    return run_worker(
-        WorkerConfig(
-            nats_url=args.nats,
-            server=local,
-            max_concurrent_jobs=args.max_concurrent_jobs,
-            idle_timeout=args.idle_timeout,
-            name=args.worker_name,
+    config = WorkerConfig(
+        nats_url=args.nats,
+        server=local,
+        max_concurrent_jobs=args.max_concurrent_jobs,
+        idle_timeout=args.idle_timeout,
+        name=args.worker_name,
+        visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+    )
+    if args.gpus is not None:
+        return _gpu_workers(args, config)
+    return run_worker(config)
+
+
+def _gpu_workers(args: argparse.Namespace, worker: WorkerConfig) -> int:
+    from ember.gpu.device import Device
+    from ember.serve.gpu_workers import GpuWorkerPlan, option_given, resolve_gpus, run_gpu_workers
+
+    device = args.device if option_given(args.argv, "--device") else "cuda"
+    server = worker.server
+    return run_gpu_workers(
+        GpuWorkerPlan(
+            gpus=resolve_gpus(args.gpus, device, Device.count),
+            argv=tuple(args.argv),
+            name=worker.worker_name,
+            device=device,
+            environment=dict(os.environ),
+            restart_clean_exits=worker.idle_timeout is None,
+            restart_backoff=server.restart_backoff,
+            max_restart_backoff=server.max_restart_backoff,
+            # A child drains for the grace period, then stops its engine server.
+            stop_timeout=server.shutdown_grace_period + 30.0,
+            log_level=server.log_level,
         )
     )
 

@@ -54,6 +54,8 @@ class WorkerConfig:
     name: str | None = None  # recorded in each job it runs; None: host and pid
     fetch_timeout: float = 1.0  # one fetch's wait: how soon a stop or an idle timeout is seen
     startup_timeout: float = 600.0  # for the model to load
+    # This process's CUDA_VISIBLE_DEVICES, for the log (`ember worker --gpus` sets it per child).
+    visible_devices: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_concurrent_jobs < 1:
@@ -111,7 +113,8 @@ class QueueWorker:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         idle_since = loop.time()
-        logger.info("worker %s takes jobs from %s (up to %d at once)", self.queue.name,
+        logger.info("worker %s (pid %d, CUDA_VISIBLE_DEVICES=%s) takes jobs from %s (up to %d "
+                    "at once)", self.queue.name, os.getpid(), self.config.visible_devices,
                     self.queue.url, self.config.max_concurrent_jobs)  # fmt: skip
         while not self._stopping:
             room = self.config.max_concurrent_jobs - len(self._running)

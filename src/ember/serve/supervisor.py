@@ -21,13 +21,12 @@ from ember.serve.config import ServerConfig
 from ember.serve.engine_client import EngineClient
 from ember.serve.metrics import ServerMetrics
 from ember.serve.process_worker import ProcessWorker
+from ember.serve.restart_backoff import RestartBackoff
 from ember.serve.thread_worker import ThreadWorker
 from ember.serve.worker_protocol import ServerMessage, WorkerFailed, WorkerMessage, WorkerReady
 
 logger = logging.getLogger("ember.serve")
 
-# A worker that stayed up this long counts as healthy: the next failure restarts it promptly.
-_HEALTHY_UPTIME = 60.0
 _STOP_TIMEOUT = 10.0
 
 
@@ -85,7 +84,7 @@ class WorkerSupervisor:
                 await self._task
 
     async def _supervise(self, first_ready: asyncio.Future[None]) -> None:
-        backoff = self._config.restart_backoff
+        backoff = RestartBackoff(self._config.restart_backoff, self._config.max_restart_backoff)
         while not self._stopping:
             started = time.monotonic()
             how, failure = await self._run_one(first_ready)
@@ -96,11 +95,9 @@ class WorkerSupervisor:
                     WorkerStartError(failure or f"the engine worker {how} while starting")
                 )
                 return
-            if time.monotonic() - started > _HEALTHY_UPTIME:
-                backoff = self._config.restart_backoff
-            logger.error("engine worker %s; starting a new one in %.1f s", how, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self._config.max_restart_backoff)
+            delay = backoff.after_run(time.monotonic() - started)
+            logger.error("engine worker %s; starting a new one in %.1f s", how, delay)
+            await asyncio.sleep(delay)
             self.restarts += 1
             self._metrics.worker_restarts.inc()
 

@@ -121,6 +121,11 @@ def test_each_worker_sees_only_its_gpu_and_100_jobs_spread_over_both(
             # The supervisor's log names the same processes.
             named = [(int(gpu), name, pid, gpu) for name, (pid, gpu) in children.items()]
             assert sorted(_started(supervisor)) == sorted(named)
+            # Every line a child writes comes out after its GPU and pid.
+            prefixed = re.findall(r"^\[GPU (\d) pid (\d+)\] .* worker (\S+) \(pid (\d+)",
+                                  _log(supervisor), re.MULTILINE)  # fmt: skip
+            expected = [(gpu, str(pid), name, str(pid)) for name, (pid, gpu) in children.items()]
+            assert sorted(prefixed) == sorted(expected)
 
             ids = await submit_many(queue, [chat_body(i) for i in range(100)])
             await wait_until(lambda: len(stores.completed) == 100, 120, "100 jobs completed")

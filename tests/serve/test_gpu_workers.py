@@ -4,6 +4,8 @@ tests/queue/test_worker_gpus.py.)"""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import sys
 
 import pytest
@@ -12,6 +14,7 @@ from ember.errors import CudaUnavailableError, EmberError
 from ember.serve.gpu_workers import (
     GpuWorkerPlan,
     option_given,
+    relay_lines,
     resolve_gpus,
     visible_device,
     without_options,
@@ -89,3 +92,19 @@ def test_the_restart_delay_doubles_while_a_process_dies_young_and_resets_after_a
     assert [backoff.after_run(1.0) for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     assert backoff.after_run(HEALTHY_UPTIME + 1) == 0.5
     assert backoff.after_run(1.0) == 1.0
+
+
+def test_a_childs_output_is_relayed_line_by_line_after_its_prefix() -> None:
+    async def relayed(data: bytes, limit: int) -> bytes:
+        reader = asyncio.StreamReader(limit=limit)
+        reader.feed_data(data)
+        reader.feed_eof()
+        out = io.BytesIO()
+        await relay_lines(reader, b"[GPU 1 pid 7] ", out)
+        return out.getvalue()
+
+    assert asyncio.run(relayed(b"one\ntwo\nlast", 64)) == (
+        b"[GPU 1 pid 7] one\n[GPU 1 pid 7] two\n[GPU 1 pid 7] last\n")  # fmt: skip
+    long = asyncio.run(relayed(b"x" * 100 + b"\nend\n", 16))
+    assert long.replace(b"[GPU 1 pid 7] ", b"").replace(b"\n", b"") == b"x" * 100 + b"end"
+    assert all(line.startswith(b"[GPU 1 pid 7] ") for line in long.splitlines())

@@ -13,6 +13,8 @@ them pull from the same JetStream consumer, so jobs spread over them by who has 
 - A child's first run ending with status 2 (ember's status for a configuration error: the
   model, the NATS URL, a GPU that cannot be used) stops every child and the supervisor with
   status 2; starting it again would fail the same way.
+- Each child's output (its engine process's too) comes out on the supervisor's stderr, every
+  line after `[GPU <index> pid <pid>]`.
 - SIGTERM or SIGINT is forwarded to every child, which stops fetching and drains (the worker's
   own shutdown); the supervisor exits once they have, killing any still running after
   `stop_timeout` seconds.
@@ -30,6 +32,7 @@ import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from ember.errors import CudaError, EmberError
 from ember.serve.log_format import configure_logging
@@ -41,6 +44,8 @@ logger = logging.getLogger("ember.worker")
 _CONFIGURATION_ERROR = 2
 # The options the supervisor sets per child; the user's own are taken off its command line.
 _CHILD_OPTIONS = ("--gpus", "--device", "--worker-name")
+# A child's output line longer than this is relayed in parts (log records are cut far shorter).
+_LINE_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,22 +241,44 @@ class GpuWorkerSupervisor:
         environment = self.plan.child_environment(gpu)
         try:
             process = await asyncio.create_subprocess_exec(
-                *self.plan.child_command(gpu), env=environment, stdin=asyncio.subprocess.DEVNULL
-            )
+                *self.plan.child_command(gpu), env=environment, limit=_LINE_LIMIT,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT)  # fmt: skip
         except OSError as error:
             logger.error("GPU %d: the worker could not be started: %s", gpu, error)
             return None
         self.processes[gpu] = process
+        assert process.stdout is not None
+        prefix = f"[GPU {gpu} pid {process.pid}] ".encode()
+        relay = asyncio.create_task(relay_lines(process.stdout, prefix, sys.stderr.buffer))
         if self._stopping.is_set():  # the stop came while it was starting
             process.send_signal(signal.SIGTERM)
         logger.info("GPU %d: worker %s started, pid %d (CUDA_VISIBLE_DEVICES=%s)", gpu,
                     self.plan.child_name(gpu), process.pid,
                     environment["CUDA_VISIBLE_DEVICES"])  # fmt: skip
         status = await process.wait()
+        # Its last lines first (its engine process, if still alive, may hold the pipe open).
+        await asyncio.wait({relay}, timeout=1.0)
         expected = self._stopping.is_set() or (status == 0 and not self.plan.restart_clean_exits)
         logger.log(logging.INFO if expected else logging.ERROR,
                    "GPU %d: worker pid %d %s", gpu, process.pid, _ended(status))  # fmt: skip
         return status
+
+
+async def relay_lines(lines: asyncio.StreamReader, prefix: bytes, out: BinaryIO) -> None:
+    """Copy a child's output to `out`, each line after `prefix` (which GPU, which process)."""
+    while True:
+        try:
+            line = await lines.readuntil(b"\n")
+        except asyncio.IncompleteReadError as end:  # the output's end
+            if end.partial:
+                out.write(prefix + end.partial + b"\n")
+                out.flush()
+            return
+        except asyncio.LimitOverrunError as long:  # a line longer than the limit: in parts
+            line = await lines.readexactly(long.consumed) + b"\n"
+        out.write(prefix + line)
+        out.flush()
 
 
 def _ended(status: int | None) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 
-from ember.serve.tool_parsers import CallIds, ToolCall, ToolCallDelta
+from ember.serve.tool_parsers import CallIds, ContentDelta, ToolCall, ToolCallDelta, ToolEvent
 
 _WHITESPACE = " \t\n\r"
 _DIGITS = "0123456789"
@@ -304,3 +304,38 @@ class CallStream:
                 self.call = ToolCall(self._id, scan.name, whole)
                 deltas.append(ToolCallDelta(self.index, self._id, scan.name, whole))
         return taken, deltas
+
+
+class CallsInText:
+    """What a parser of calls written among text keeps (hermes, llama3_json): the events of the
+    piece being fed, the calls found, the call being read and the next one's index."""
+
+    def __init__(self, call_ids: CallIds, argument_keys: frozenset[str]) -> None:
+        self._call_ids = call_ids
+        self._argument_keys = argument_keys
+        self._stream: CallStream | None = None
+        self._calls: list[ToolCall] = []
+        self._next_index = 0
+        self._events: list[ToolEvent] = []
+
+    @property
+    def calls(self) -> list[ToolCall]:
+        return list(self._calls)
+
+    def _content_out(self, text: str) -> None:
+        if text:
+            self._events.append(ContentDelta(text))
+
+    def _begin_call(self) -> None:
+        self._stream = CallStream(self._next_index, self._call_ids, self._argument_keys)
+
+    def _read_call(self, rest: str) -> tuple[CallStream, int]:
+        """Feeds `rest` to the call being read: its deltas become events, its call (once
+        whole) is found; the stream and how many characters it took."""
+        stream = self._stream
+        assert stream is not None
+        taken, deltas = stream.feed(rest)
+        self._events.extend(deltas)
+        if stream.call is not None and (not self._calls or self._calls[-1] is not stream.call):
+            self._calls.append(stream.call)
+        return stream, taken

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import enum
 
-from ember.serve.tool_parsers import CallIds, ContentDelta, ToolCall, ToolEvent
-from ember.serve.tool_parsers.call_object import CallStream
+from ember.serve.tool_parsers import CallIds, ToolEvent
+from ember.serve.tool_parsers.call_object import CallsInText
 
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
@@ -38,23 +38,15 @@ class _Place(enum.Enum):
     AFTER_OBJECT = enum.auto()  # whitespace, then `</tool_call>`
 
 
-class HermesParser:
+class HermesParser(CallsInText):
     def __init__(self, call_ids: CallIds) -> None:
-        self._call_ids = call_ids
+        super().__init__(call_ids, _ARGUMENT_KEYS)
         self._place = _Place.CONTENT
         self._held = ""  # content: a tail that might begin `<tool_call>`
         self._at_boundary = True  # at the output's start or just after a call's block
         self._space = ""  # whitespace between a boundary and `<tool_call>`, to give back
         self._block = ""  # the block's text since `<tool_call>`, to give back
         self._after = ""  # after the object: whitespace and a partial `</tool_call>`
-        self._stream: CallStream | None = None
-        self._calls: list[ToolCall] = []
-        self._next_index = 0
-        self._events: list[ToolEvent] = []
-
-    @property
-    def calls(self) -> list[ToolCall]:
-        return list(self._calls)
 
     def feed(self, text: str) -> list[ToolEvent]:
         self._events = []
@@ -79,10 +71,6 @@ class HermesParser:
             self._content_out(self._space + OPEN_TAG + self._block)
         self._place, self._held, self._block, self._after = _Place.CONTENT, "", "", ""
         return self._events
-
-    def _content_out(self, text: str) -> None:
-        if text:
-            self._events.append(ContentDelta(text))
 
     def _content(self, rest: str) -> str:
         text = self._held + rest
@@ -113,18 +101,13 @@ class HermesParser:
             return ""
         if rest[start] != "{":
             return self._not_a_call(rest[start:])
-        self._stream = CallStream(self._next_index, self._call_ids, _ARGUMENT_KEYS)
+        self._begin_call()
         self._place = _Place.OBJECT
         return rest[start:]
 
     def _object(self, rest: str) -> str:
-        stream = self._stream
-        assert stream is not None
-        taken, deltas = stream.feed(rest)
+        stream, taken = self._read_call(rest)
         self._block += rest[:taken]
-        self._events.extend(deltas)
-        if stream.call is not None and (not self._calls or self._calls[-1] is not stream.call):
-            self._calls.append(stream.call)
         if stream.scan.failed or (stream.scan.closed and not stream.started):
             return self._not_a_call(rest[taken:])
         if stream.scan.closed:

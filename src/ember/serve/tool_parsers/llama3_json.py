@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import enum
 
-from ember.serve.tool_parsers import CallIds, ContentDelta, ToolCall, ToolEvent
-from ember.serve.tool_parsers.call_object import CallStream
+from ember.serve.tool_parsers import CallIds, ToolEvent
+from ember.serve.tool_parsers.call_object import CallsInText
 from ember.serve.tool_parsers.hermes import held_prefix
 
 PYTHON_TAG = "<|python_tag|>"
@@ -28,20 +28,12 @@ class _Place(enum.Enum):
     CONTENT = enum.auto()  # not calls: the rest streams as content
 
 
-class Llama3JsonParser:
+class Llama3JsonParser(CallsInText):
     def __init__(self, call_ids: CallIds) -> None:
-        self._call_ids = call_ids
+        super().__init__(call_ids, _ARGUMENT_KEYS)
         self._place = _Place.START
         self._held = ""  # text since the last call (all of it before one): given back if no call
         self._separated = False  # BETWEEN has seen its `;`
-        self._stream: CallStream | None = None
-        self._calls: list[ToolCall] = []
-        self._next_index = 0
-        self._events: list[ToolEvent] = []
-
-    @property
-    def calls(self) -> list[ToolCall]:
-        return list(self._calls)
 
     def feed(self, text: str) -> list[ToolEvent]:
         self._events = []
@@ -66,10 +58,6 @@ class Llama3JsonParser:
         self._held, self._place = "", _Place.CONTENT
         return self._events
 
-    def _content_out(self, text: str) -> None:
-        if text:
-            self._events.append(ContentDelta(text))
-
     def _start(self, rest: str) -> str:
         self._held += rest
         text = self._held.lstrip(_WHITESPACE)
@@ -85,17 +73,12 @@ class Llama3JsonParser:
         return self._object_begins(text)
 
     def _object_begins(self, rest: str) -> str:
-        self._stream = CallStream(self._next_index, self._call_ids, _ARGUMENT_KEYS)
+        self._begin_call()
         self._place = _Place.OBJECT
         return rest
 
     def _object(self, rest: str) -> str:
-        stream = self._stream
-        assert stream is not None
-        taken, deltas = stream.feed(rest)
-        self._events.extend(deltas)
-        if stream.call is not None and (not self._calls or self._calls[-1] is not stream.call):
-            self._calls.append(stream.call)
+        stream, taken = self._read_call(rest)
         if stream.started:
             self._held = ""
         else:

@@ -99,7 +99,9 @@ class ModelRunner:
         no row needs the host's sampler, return before the step is done: its sequences' new
         tokens become pending (`Sequence.num_pending`) until `collect`."""
         forward_batch, seqs = self.prepare(batch)
-        masks = TokenMasks.of(seqs, self.grammars) if self.grammars is not None else None
+        masks = None
+        if batch.constrained and self.grammars is not None:
+            masks = TokenMasks.of(seqs, self.grammars)
         device = self.device_sampling
         if device is None:
             logits = self.backend.forward(forward_batch)

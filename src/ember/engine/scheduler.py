@@ -63,6 +63,8 @@ class ScheduledBatch:
     preempted: list[Sequence] = field(default_factory=list)
     # Waiting sequences this step moved into the running batch (also in `seqs`).
     admitted: list[Sequence] = field(default_factory=list)
+    # Whether a sequence with a grammar is among `seqs` (its step needs token masks).
+    constrained: bool = False
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -129,6 +131,7 @@ class Scheduler:
                     index += 1
                     continue
                 constrained -= 1
+                batch.constrained = True
             computed = seq.num_computed_tokens
             n = min(seq.num_uncomputed_tokens, budget)
             if n > 1:  # a prefill chunk (a decode is one token)
@@ -166,6 +169,7 @@ class Scheduler:
             batch.seqs.append(seq)
             batch.num_new_tokens.append(n)
             batch.admitted.append(seq)
+            batch.constrained = batch.constrained or seq.grammar is not None
             budget -= n
             prefill_budget -= n
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import cProfile
+import json
 import pstats
 import sys
 import time
@@ -45,6 +46,7 @@ import numpy.typing as npt
 from ember.engine.config import EngineConfig
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.sampling_params import SamplingParams
+from ember.engine.structured_output import StructuredOutput
 from ember.engine.text_stream import TextStream
 from ember.model.backend import CompletedStep, ForwardBackend, SampledStep, SamplingBatch
 from ember.model.config import ModelConfig
@@ -58,6 +60,7 @@ from ember.model.tokenizer import Tokenizer
 
 F32 = npt.NDArray[np.float32]
 _FIRST_ORDINARY_ID = 300  # as the benchmarks: above the special and byte tokens
+SCHEMA_BODY = Path(__file__).parent / "bench_data" / "json_schema_body.json"
 
 
 @dataclass(slots=True)
@@ -82,9 +85,15 @@ class DeviceStandIn:
     seeded draw of token ids."""
 
     def __init__(
-        self, config: ModelConfig, clock: Clock, distinct_tokens: int, seed: int = 0
+        self,
+        config: ModelConfig,
+        clock: Clock,
+        distinct_tokens: int,
+        stop_ids: frozenset[int] = frozenset(),
+        seed: int = 0,
     ) -> None:
         self._config = config
+        self._stop_ids = np.array(sorted(stop_ids), np.int64)
         self._clock = clock
         self._rng = np.random.default_rng(seed)
         ordinary = np.arange(_FIRST_ORDINARY_ID, config.vocab_size - 1)
@@ -139,10 +148,26 @@ class DeviceStandIn:
         self._layout.fill(self._words, batch, sampling, tokens_b, min(rows_b, tokens_b))
         filled = time.perf_counter()
         token_ids = self._rng.choice(self._vocabulary, rows).astype(np.int32)
+        if sampling.masks is not None and sampling.mask_rows is not None:
+            self._constrain(token_ids, sampling.masks, sampling.mask_rows)
         self._clock.excluded += time.perf_counter() - filled
         self._clock.fill += filled - started
         self._clock.fills.append(filled - started)
         return CompletedStep(SampledStep(token_ids=token_ids, host_logits=None))
+
+
+    def _constrain(
+        self, token_ids: npt.NDArray[np.int32], masks: npt.NDArray[np.int32], rows: Any
+    ) -> None:
+        # A constrained row draws among the tokens its mask allows, its stop token only when
+        # nothing else is (so that sequences run as long as the grammar lets them).
+        for row, m in enumerate(rows.tolist()):
+            if m < 0:
+                continue
+            bits = np.unpackbits(masks[m].view(np.uint8), bitorder="little")
+            allowed = np.flatnonzero(bits[: self._config.vocab_size])
+            others = allowed[~np.isin(allowed, self._stop_ids)]
+            token_ids[row] = self._rng.choice(others if others.shape[0] else allowed)
 
 
 class TimedForward:
@@ -178,7 +203,7 @@ def build_model(shape: str, forward: str, clock: Clock, distinct_tokens: int) ->
         path = Path("synthetic:llama-8b-q4_0")
         config = preset(str(path))[0]
         tokenizer = synthetic_tokenizer(config.vocab_size)
-    stand_in = DeviceStandIn(config, clock, distinct_tokens)
+    stand_in = DeviceStandIn(config, clock, distinct_tokens, tokenizer.stop_ids)
     return LoadedModel(path, config, tokenizer, None, stand_in, 0.0)
 
 
@@ -197,13 +222,16 @@ def run_batch(
     prompt_tokens: int,
     steps: int,
     profile: Callable[[Callable[[], None]], None] | None,
+    structured: StructuredOutput | None = None,
 ) -> StepTimes:
     rng = np.random.default_rng(batch)
     vocab = engine.model_config.vocab_size
     # The sequences prefilled first decode while the others prefill: none may finish early.
     prefill_steps = -(-batch * prompt_tokens // engine.config.max_num_batched_tokens)
     max_tokens = prefill_steps + steps + 32
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=0.0, ignore_eos=structured is None, structured=structured
+    )
     ids = list(range(batch))
     for request_id in ids:
         prompt = rng.integers(_FIRST_ORDINARY_ID, vocab, prompt_tokens).tolist()
@@ -285,7 +313,17 @@ def main() -> int:
         help="the stand-in model's output vocabulary (0: all of it, so that most tokens are "
         "new to the detokenizer's cache; real text reuses a few thousand)",
     )
+    parser.add_argument(
+        "--constrained",
+        action="store_true",
+        help="every sequence constrained by the structured-output benchmark's JSON schema "
+        "(the stand-in draws among the tokens its mask allows)",
+    )
     args = parser.parse_args()
+    structured = None
+    if args.constrained:
+        body = json.loads(SCHEMA_BODY.read_text())
+        structured = StructuredOutput.json_schema(body["response_format"]["json_schema"]["schema"])
     batches = [int(b) for b in args.batch_sizes.split(",")]
     for shape in args.shapes.split(","):
         clock = Clock()
@@ -303,7 +341,9 @@ def main() -> int:
         print(f"{'batch':>5} {'engine ms/step':>15} {'us/seq':>7} {'fill ms':>8} {'model ms':>9}")
         for batch in batches:
             profile = print_profile if batch == args.profile else None
-            t = run_batch(engine, clock, batch, args.prompt_tokens, args.steps, profile)
+            t = run_batch(
+                engine, clock, batch, args.prompt_tokens, args.steps, profile, structured
+            )
             print(
                 f"{t.batch:>5} {t.engine_ms:>15.3f} {1e3 * t.engine_ms / batch:>7.1f} "
                 f"{t.fill_ms:>8.3f} {t.forward_ms:>9.3f}"

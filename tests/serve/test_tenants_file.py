@@ -23,6 +23,7 @@ max_queued = 8
 priority = 5
 sheddable = true
 stream_interval = 0.25
+background = true
 
 [tenants.acme]
 keys = ["{ACME}"]
@@ -53,6 +54,10 @@ def test_a_good_file() -> None:
     assert config.classes["bulk"].stream_interval == 0.25
     assert config.classes["batch"].stream_interval == 0.1
     assert config.classes["interactive"].stream_interval is None
+    # The server's work for the batch class yields to the others' (BackgroundLane).
+    assert config.classes["batch"].background and config.classes["bulk"].background
+    assert not config.classes["interactive"].background
+    assert not config.classes["standard"].background
     match = config.match("key-acme")
     assert match is not None and match.tenant is acme
     assert not match.expired(datetime.now(UTC))
@@ -95,6 +100,7 @@ def test_open_and_single_key() -> None:
         ('[tenants."a b"]', ("tenant 'a b'",)),
         ("[classes.fast]\nmax_queued = 3", ("class 'fast'", "'priority'", "required")),
         ("[classes.batch]\nsheddable = 1", ("class 'batch'", "'sheddable'")),
+        ("[classes.batch]\nbackground = 'yes'", ("class 'batch'", "'background'")),
         ("[classes.batch]\nspeed = 1", ("class 'batch'", "unknown field 'speed'")),
         ("[classes.batch]\nstream_interval = -1", ("class 'batch'", "'stream_interval'")),
         ('[classes.batch]\nstream_interval = "1s"', ("class 'batch'", "'stream_interval'")),

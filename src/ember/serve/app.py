@@ -22,6 +22,7 @@ from ember.serve.api_errors import (
     api_error_response,
     quoted,
 )
+from ember.serve.background_lane import BackgroundLane
 from ember.serve.config import ServerConfig
 from ember.serve.cross_site import CrossSiteGuard
 from ember.serve.engine_client import EngineClient
@@ -80,7 +81,8 @@ def build_app(
         }
         return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
-    runner = GenerationRunner(config, model, client, limiter, metrics.tenants)
+    lane = BackgroundLane()
+    runner = GenerationRunner(config, model, client, limiter, metrics.tenants, lane)
     fingerprint = system_fingerprint(model.path)
     routes = [
         *OpenAIRoutes(runner, fingerprint).routes(),
@@ -94,7 +96,7 @@ def build_app(
         from ember.serve.async_routes import AsyncRoutes, JobSubmitter
 
         routes += AsyncRoutes(JobSubmitter(queue, config, model, limiter)).routes()
-    return wrap_routes(routes, config, metrics, tenants, limiter)
+    return wrap_routes(routes, config, metrics, tenants, limiter, lane)
 
 
 async def health(request: Request) -> Response:
@@ -135,9 +137,11 @@ def wrap_routes(
     metrics: ServerMetrics,
     tenants: TenantDirectory,
     limiter: RateLimiter,
+    lane: BackgroundLane | None = None,
 ) -> ASGIApp:
     """The routes behind the middleware every server has: request ids, response counts, the
-    cross-site guard, the tenant gate, errors in OpenAI's shape."""
+    cross-site guard, the tenant gate, errors in OpenAI's shape. `lane`: the server's lane for
+    background classes' work (a new one if the routes hold no other user of it)."""
     app = Starlette(
         routes=routes,
         exception_handlers={
@@ -149,7 +153,8 @@ def wrap_routes(
     )
     known_paths = {route.path for route in routes}
     keyless = PROBE_PATHS | {"/metrics"} if config.metrics_public else PROBE_PATHS
-    gated = TenantGate(app, tenants, limiter, metrics.tenants, keyless)
+    lane = BackgroundLane() if lane is None else lane
+    gated = TenantGate(app, tenants, limiter, metrics.tenants, keyless, lane)
     guarded = CrossSiteGuard(gated, config, PROBE_PATHS)
     return RequestIds(HTTPMetricsMiddleware(guarded, metrics, known_paths))
 

@@ -21,6 +21,7 @@ from ember.engine.stop_checker import StopChecker
 from ember.engine.text_stream import TextStream
 from ember.model.tokenizer import Tokenizer
 from ember.serve.api_errors import APIError
+from ember.serve.background_lane import BackgroundLane
 from ember.serve.metrics import TenantSeries
 from ember.serve.service_classes import ServiceClass
 
@@ -143,6 +144,9 @@ class GenerationRequest:
         # cheaper than an asyncio.Event, which this is woken as often as per engine step.
         self._woken = False
         self._waiter: asyncio.Future[None] | None = None
+        # A background class's request: its wake-ups wait for their turn in this lane.
+        self.lane: BackgroundLane | None = None
+        self._wake_queued = False
 
     def add_choice(
         self, prompt_ids: list[int], params: SamplingParams, tokenizer: Tokenizer
@@ -182,7 +186,16 @@ class GenerationRequest:
         self.wake()
 
     def wake(self) -> None:
-        """Something new happened (tokens, a finish, an error): end the handler's `wait`."""
+        """Something new happened (tokens, a finish, an error): end the handler's `wait`
+        (in a later loop iteration, in its turn, for a background class's request)."""
+        if self.lane is None:
+            self._wake()
+        elif not self._wake_queued:  # one turn takes every wake-up queued before it
+            self._wake_queued = True
+            self.lane.run(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_queued = False
         self._woken = True
         waiter = self._waiter
         if waiter is not None and not waiter.done():

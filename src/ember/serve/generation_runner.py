@@ -26,6 +26,7 @@ from ember.serve.api_errors import (
     NotFoundError,
     quoted,
 )
+from ember.serve.background_lane import BackgroundLane
 from ember.serve.config import ServerConfig
 from ember.serve.engine_client import EngineClient
 from ember.serve.event_stream import disconnect_watch
@@ -50,8 +51,11 @@ class GenerationRunner:
         client: EngineClient,
         limiter: RateLimiter,
         metrics: TenantMetrics,
+        lane: BackgroundLane | None = None,
     ) -> None:
+        """`lane`: where background classes' requests wait their turns (one per server)."""
         self.config = config
+        self.lane = BackgroundLane() if lane is None else lane
         self.model = model
         self.client = client
         self._limiter = limiter
@@ -108,6 +112,8 @@ class GenerationRunner:
         generation.scheduling = tenant.scheduling(options.priority)
         generation.service_class = service_class
         generation.stream_interval = service_class.stream_interval
+        if service_class.background:
+            generation.lane = self.lane
         generation.series = self._metrics.series(tenant.name, service_class.name)
         reservation = self._limiter.admit(tenant, most_tokens)
         generation.on_settled = lambda request: reservation.settle(request.used_tokens)

@@ -21,6 +21,10 @@ class ServiceClass:
     # for batch work: its streams then cost the server's event loop fewer wake-ups and writes,
     # which interactive streams get instead.
     stream_interval: float | None = None
+    # The server's own work for it (parsing, tokenizing, chunks) yields to other classes' when
+    # the event loop is busy (`BackgroundLane`): a flood of batch streams then delays an
+    # interactive request by a few items of work, not by a wave of hundreds.
+    background: bool = False
 
 
 DEFAULT_SERVICE_CLASSES: dict[str, ServiceClass] = {
@@ -29,7 +33,13 @@ DEFAULT_SERVICE_CLASSES: dict[str, ServiceClass] = {
     ),
     "standard": ServiceClass("standard", 1, max_queued=512, queue_timeout=300.0, sheddable=False),
     "batch": ServiceClass(
-        "batch", 2, max_queued=4096, queue_timeout=3600.0, sheddable=True, stream_interval=0.1
+        "batch",
+        2,
+        max_queued=4096,
+        queue_timeout=3600.0,
+        sheddable=True,
+        stream_interval=0.1,
+        background=True,
     ),
 }
 # The class of a tenant that names none, of `--api-key`'s tenant and of an open server's callers.

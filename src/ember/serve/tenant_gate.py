@@ -1,5 +1,6 @@
 """Who is calling: the API key checked on every route but the probes, and OpenAI's rate-limit
-headers and the per-tenant outcome counted on every answer to a keyed request.
+headers and the per-tenant outcome counted on every answer to a keyed request. An API request of
+a background class then waits for its turn in the server's `BackgroundLane`.
 
 With keys configured, a request without `Authorization: Bearer KEY`, or with a key that is
 unknown or expired, gets 401; `/metrics` needs a key too unless `--metrics-public`. With none
@@ -18,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ember.serve.api_errors import InvalidAPIKeyError, api_error_response
 from ember.serve.api_keys import key_hash, short_id
+from ember.serve.background_lane import BackgroundLane
 from ember.serve.metrics import TenantMetrics
 from ember.serve.rate_limits import RateLimiter
 from ember.serve.tenant_directory import TenantDirectory
@@ -45,8 +47,12 @@ class TenantGate:
         limiter: RateLimiter,
         metrics: TenantMetrics,
         open_paths: frozenset[str],
+        lane: BackgroundLane,
     ) -> None:
+        """`lane`: where a background class's API requests wait their turn once their key is
+        checked, before their body is read and worked on."""
         self._app = app
+        self._lane = lane
         self._directory = directory
         self._limiter = limiter
         self._metrics = metrics
@@ -68,6 +74,8 @@ class TenantGate:
                 await _answer(found, scope, send)
                 return
             tenant = found
+        if counted and tenant.service_class.background:
+            await self._lane.turn()
         state = scope.setdefault("state", {})
         state[_TENANT] = tenant
         limiter, metrics = self._limiter, self._metrics

@@ -7,6 +7,7 @@ max_queued = 4096
 queue_timeout = 3600.0
 sheddable = true
 stream_interval = 0.1      # seconds between a stream's chunks at most (default: the server's)
+background = true          # the server's work for it yields to other classes' when busy
 
 [tenants.acme]
 keys = ["sha256:9f86d081..."]   # from `ember keys create --tenant acme`
@@ -48,7 +49,14 @@ _TENANT_FIELDS = (
     "models",
     "expires",
 )
-_CLASS_FIELDS = ("priority", "max_queued", "queue_timeout", "sheddable", "stream_interval")
+_CLASS_FIELDS = (
+    "priority",
+    "max_queued",
+    "queue_timeout",
+    "sheddable",
+    "stream_interval",
+    "background",
+)
 _KEY_FIELDS = ("hash", "expires")
 _LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "max_concurrent")
 
@@ -139,9 +147,8 @@ class _Parser:
         priority = self._int(where, table, "priority", base.priority, low=None)
         max_queued = self._int(where, table, "max_queued", base.max_queued, low=0)
         timeout = self._number(where, table, "queue_timeout", base.queue_timeout)
-        sheddable = table.get("sheddable", base.sheddable)
-        if not isinstance(sheddable, bool):
-            self.fail(where, "field 'sheddable' must be true or false")
+        sheddable = self._flag(where, table, "sheddable", base.sheddable)
+        background = self._flag(where, table, "background", base.background)
         interval = table.get("stream_interval", base.stream_interval)
         if interval is not None and (
             isinstance(interval, bool) or not isinstance(interval, int | float)
@@ -156,7 +163,14 @@ class _Parser:
             timeout,
             sheddable,
             None if interval is None else float(interval),
+            background,
         )
+
+    def _flag(self, where: str, table: dict[str, Any], field: str, default: bool) -> bool:
+        value = table.get(field, default)
+        if not isinstance(value, bool):
+            self.fail(where, f"field {field!r} must be true or false, got {value!r}")
+        return value
 
     def _tenant(self, name: str, table: dict[str, Any], classes: dict[str, ServiceClass]) -> Tenant:
         where = f"tenant {name!r}"

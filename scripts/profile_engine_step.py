@@ -155,7 +155,6 @@ class DeviceStandIn:
         self._clock.fills.append(filled - started)
         return CompletedStep(SampledStep(token_ids=token_ids, host_logits=None))
 
-
     def _constrain(
         self, token_ids: npt.NDArray[np.int32], masks: npt.NDArray[np.int32], rows: Any
     ) -> None:
@@ -341,9 +340,7 @@ def main() -> int:
         print(f"{'batch':>5} {'engine ms/step':>15} {'us/seq':>7} {'fill ms':>8} {'model ms':>9}")
         for batch in batches:
             profile = print_profile if batch == args.profile else None
-            t = run_batch(
-                engine, clock, batch, args.prompt_tokens, args.steps, profile, structured
-            )
+            t = run_batch(engine, clock, batch, args.prompt_tokens, args.steps, profile, structured)
             print(
                 f"{t.batch:>5} {t.engine_ms:>15.3f} {1e3 * t.engine_ms / batch:>7.1f} "
                 f"{t.fill_ms:>8.3f} {t.forward_ms:>9.3f}"

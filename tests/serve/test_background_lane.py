@@ -4,6 +4,7 @@ in arrival order, so that other work ready meanwhile runs between its items."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -34,7 +35,7 @@ def test_a_wave_of_background_work_leaves_each_iteration_to_other_work() -> None
     # background items between two of its turns.
     fg = [i for i, entry in enumerate(log) if entry == "fg"]
     assert len(fg) == 5 and fg[-1] < log.index("bg29")
-    assert all(b - a - 1 <= 3 for a, b in zip(fg, fg[1:], strict=False))
+    assert all(b - a - 1 <= 3 for a, b in itertools.pairwise(fg))
 
 
 def test_turns_are_taken_in_arrival_order_and_a_cancelled_waiter_gives_its_turn_up() -> None:

@@ -11,7 +11,9 @@ With no model given it runs the default model's shape with random weights
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import time
 from pathlib import Path
 
@@ -62,6 +64,9 @@ def main() -> None:
     parser.add_argument(
         "--no-cohorts", action="store_true", help="all constrained sequences in every other step"
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the constrained run (top 30 by own time)"
+    )
     args = parser.parse_args()
     schema = json.loads(SCHEMA_BODY.read_text())["response_format"]["json_schema"]["schema"]
     spec = StructuredOutput.json_schema(schema)
@@ -86,7 +91,13 @@ def main() -> None:
     rows = []
     for label, params in (("free", free), ("constrained", constrained)):
         fill.seconds, fill.calls = 0.0, 0
+        profiler = cProfile.Profile() if args.profile and label == "constrained" else None
+        if profiler is not None:
+            profiler.enable()
         tokens, seconds = run(engine, params, prompt)
+        if profiler is not None:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
         per_fill = fill.seconds / max(fill.calls, 1) * 1e3
         rows.append((label, tokens, tokens / seconds, fill.calls, per_fill))
     print(f"{'run':<12} {'tokens':>7} {'tok/s':>9} {'mask fills':>10} {'ms/fill':>8}")

@@ -221,11 +221,19 @@ class LLMEngine:
                 wait_for_futures(futures, _COMPILE_WAIT_SECONDS, "FIRST_COMPLETED")  # type: ignore[arg-type]
             self._schedule_compiled()
         batch = self.scheduler.schedule()
+        outputs: list[RequestOutput] = []
+        if not batch.seqs and previous is not None and self.scheduler.running:
+            # Every running sequence waits for the step in flight (a constrained one needs its
+            # token for the next mask): take that step's tokens now and launch the next step in
+            # this call, rather than return with the device idle until the next call.
+            outputs, previous = self._collect(previous), None
+            batch = self.scheduler.schedule()
         self.admitted = [seq.request_id for seq in batch.admitted]
         self._last_batch_size = len(batch)
         self._last_batch_tokens = batch.num_tokens
         launched = self.runner.launch(batch, self._asynchronous) if batch.seqs else None
-        outputs = [] if previous is None else self._collect(previous)
+        if previous is not None:
+            outputs = self._collect(previous)
         if launched is not None:
             self._mark_computed(launched)
             if launched.asynchronous:

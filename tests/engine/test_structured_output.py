@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -182,3 +183,40 @@ def test_masks_are_cut_to_a_model_with_fewer_rows_than_tokens(tiny_model: Loaded
     for row in narrow:
         np.testing.assert_array_equal(allowed_tokens(row, rows), allowed[:rows])
         assert not allowed_tokens(row, mask_words(rows) * 32)[rows:].any()
+
+
+def test_a_spec_is_compiled_once_per_lexer_group_and_every_group_masks_alike(
+    tiny_model: LoadedModel,
+) -> None:
+    """Copies of one compile share its lexer, whose lock serialises their masks: an engine's
+    compiler compiles a spec once for its first sequence, then up to `lexer_groups` times in
+    all on its thread while copies serve, and hands out copies of the compiles in turn; each
+    gives the same masks."""
+    from ember.engine.grammar import GrammarCompiler
+
+    compiles: list[StructuredOutput] = []
+
+    class Counting(GrammarCompiler):
+        def _compile(self, spec: StructuredOutput):  # type: ignore[no-untyped-def]
+            compiles.append(spec)
+            return super()._compile(spec)
+
+    tokenizer = tiny_model.tokenizer
+    grammars = Counting(tokenizer, lexer_groups=3)
+    matchers = [grammars.submit(JSON).result()]
+    assert len(compiles) == 1
+    deadline = time.monotonic() + 30
+    while len(compiles) < 3 and time.monotonic() < deadline:
+        matchers.append(grammars.submit(JSON).result())  # a copy at once, the groups grow
+        time.sleep(0.01)
+    matchers += [grammars.submit(JSON).result() for _ in range(5)]
+    time.sleep(0.1)
+    assert compiles == [JSON] * 3
+    first = tokenizer.encode('{"', add_special_tokens=False)
+    masks = np.zeros((len(matchers), grammars.mask_words), np.int32)
+    for matcher in matchers:
+        assert matcher.consume_tokens(first)
+    grammars.fill_masks(matchers, masks)
+    assert masks.any() and (masks == masks[0]).all()
+    with pytest.raises(ValueError, match="at least 1"):
+        GrammarCompiler(tokenizer, lexer_groups=0)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ember.engine.config import EngineConfig
-from ember.engine.grammar import GrammarCompiler
+from ember.engine.grammar import GrammarCompiler, mask_threads
 from ember.engine.kv_cache_pool import KVCachePool
 from ember.engine.model_runner import LaunchedStep, ModelRunner
 from ember.engine.request_output import RequestOutput
@@ -105,7 +105,9 @@ class LLMEngine:
             self.pool,
         )
         # Structured outputs' grammars, compiled against this model's tokenizer.
-        self.grammars = GrammarCompiler(self.tokenizer, self.model_config.vocab_size)
+        self.grammars = GrammarCompiler(
+            self.tokenizer, self.model_config.vocab_size, lexer_groups=mask_threads()
+        )
         self.runner = ModelRunner(backend, config.block_size, self.pool.tables, self.grammars)
         self._asynchronous = config.async_scheduling and self.runner.device_sampling is not None
         self.scheduler.alternate_constrained = self._asynchronous

@@ -149,7 +149,7 @@ def wrap_routes(
     )
     known_paths = {route.path for route in routes}
     keyless = PROBE_PATHS | {"/metrics"} if config.metrics_public else PROBE_PATHS
-    gated = TenantGate(app, tenants, limiter, metrics.tenants, keyless)
+    gated = TenantGate(app, tenants, limiter, metrics.tenants, keyless, config.trust_job_tenant)
     guarded = CrossSiteGuard(gated, config, PROBE_PATHS)
     return RequestIds(HTTPMetricsMiddleware(guarded, metrics, known_paths))
 

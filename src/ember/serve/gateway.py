@@ -95,6 +95,8 @@ class QueuedGenerationRoutes:
                 await feed.close()
                 feed = await reached(queue.chunk_feed(job.id))
             await reached(queue.when_final(job.id, feed.end))
+            if job.status.final:  # that job ended before: its update will not come again
+                feed.end(job)
         except BaseException:
             await feed.close()
             raise

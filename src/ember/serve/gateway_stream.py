@@ -105,35 +105,36 @@ class JobStream:
         try:
             yield first
             while not self._ended:
-                item = await self._next(None)
-                if item is None:
-                    await self._give_up()
-                    error = DeadlineExceededError(
-                        f"the request did not finish within its deadline (job {self.job.id} "
-                        "was cancelled)"
-                    )
-                    yield error_event(error.body()) + DONE
-                    return
                 try:
-                    if isinstance(item, ChunkMessage):
-                        data = self._relay.on_chunk(item)
-                        if data:
-                            yield data
-                        continue
-                    if item.status is JobStatus.COMPLETED:
-                        yield await self._completed(item) + DONE
-                    else:
-                        self._ended = True
-                        yield error_event(self._job_error(item).body()) + DONE
+                    data = await self._step()
                 except StreamInterruptedError as interrupted:
                     await self._give_up()
-                    interruption = JobStreamInterruptedError(str(interrupted))
-                    yield error_event(interruption.body()) + DONE
-                    return
+                    data = error_event(JobStreamInterruptedError(str(interrupted)).body()) + DONE
+                except APIError as error:  # the queue unreachable, a result unreadable
+                    await self._give_up()
+                    data = error_event(error.body()) + DONE
+                if data:
+                    yield data
         finally:
             await self._feed.close()
             if not self._ended:
                 await self._give_up()
+
+    async def _step(self) -> bytes:
+        """What to send next: live events, or the end (the stored rest, an error) and [DONE]."""
+        item = await self._next(None)
+        if item is None:
+            await self._give_up()
+            late = DeadlineExceededError(
+                f"the request did not finish within its deadline (job {self.job.id} was cancelled)"
+            )
+            return error_event(late.body()) + DONE
+        if isinstance(item, ChunkMessage):
+            return self._relay.on_chunk(item)
+        if item.status is JobStatus.COMPLETED:
+            return await self._completed(item) + DONE
+        self._ended = True
+        return error_event(self._job_error(item).body()) + DONE
 
     async def _completed(self, job: Job) -> bytes:
         """The rest of the stream from the stored transcript."""

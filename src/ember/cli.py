@@ -589,10 +589,10 @@ def _worker(args: argparse.Namespace) -> int:
     from ember.serve.queue_worker import WorkerConfig, run_worker
 
     _refuse_client_flags(args)
-    # The local server listens on a free loopback port and only the worker calls it.
-    local = dataclasses.replace(
-        _server_config(args), host="127.0.0.1", port=0, tenants_file=None, api_key=None
-    )
+    # The local server listens on a free loopback port and only the worker calls it, saying
+    # each job's tenant (checked where the job was submitted).
+    local = dataclasses.replace(_server_config(args), host="127.0.0.1", port=0,
+                                tenants_file=None, api_key=None, trust_job_tenant=True)  # fmt: skip
     config = WorkerConfig(
         nats_url=args.nats,
         server=local,

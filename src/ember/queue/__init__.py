@@ -10,6 +10,8 @@ and removed only after its result is stored. The pieces, one module each:
   given no `--nats` URL.
 - `job_store.py`: submit (deduplicated by job id and idempotency key), read, watch, cancel,
   store a result with compare-and-set, queue depth: what gateways and workers share.
+- `job_chunks.py`: a streamed job's chunks from its worker to the gateway relaying them (core
+  NATS, one subject per job; the stored result is the durable copy).
 - `errors.py`: queue unavailable (naming the URL), full (429), idempotency conflict (409),
   a body over the server's message limit (413), nats-py or nats-server missing.
 - `serve/queue_worker.py` (in `serve/`, since it runs the engine server): `ember worker`: pulls

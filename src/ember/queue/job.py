@@ -59,6 +59,12 @@ class Job(msgspec.Struct, kw_only=True):
     result_object: str | None = None
     error: JobError | None = None
     worker: str | None = None  # who ran (or runs) it
+    # Its submitter relays its chunks as the worker publishes them (`ember gateway`'s
+    # `"stream": true`): the worker streams it and stores the stream's transcript.
+    streamed: bool = False
+    # The tenant's class and weight as the submitter wrote them (JSON, read by
+    # `serve/job_tenant.py`): the worker's scheduler orders the job by them.
+    scheduling: str | None = None
 
 
 def new_job_id() -> str:

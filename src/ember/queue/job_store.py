@@ -27,6 +27,7 @@ from ember.queue.errors import (
     QueueUnavailableError,
 )
 from ember.queue.job import Job, JobError, JobKind, JobStatus, decode_job, encode_job, new_job_id
+from ember.queue.job_chunks import ChunkFeed, publish_chunk
 from ember.queue.layout import (
     CONSUMER,
     DEAD_LETTER_PREFIX,
@@ -186,13 +187,25 @@ class JobQueue:
     # -- gateway side -------------------------------------------------------------------------
 
     async def submit(
-        self, kind: JobKind, tenant: str, body: bytes, idempotency_key: str | None = None
+        self,
+        kind: JobKind,
+        tenant: str,
+        body: bytes,
+        idempotency_key: str | None = None,
+        *,
+        job_id: str | None = None,
+        streamed: bool = False,
+        scheduling: str | None = None,
     ) -> tuple[Job, bool]:
         """Stores the job's state, then queues its body. Returns the job and whether it is new
-        (False: the tenant's idempotency key named a job with the same body already)."""
+        (False: the tenant's idempotency key named a job with the same body already).
+
+        `job_id`: one from `new_job_id`, for a submitter that opens the job's `chunk_feed`
+        before the job can run; `streamed` and `scheduling`: see `Job`."""
         digest = hashlib.sha256(body).hexdigest()
-        job = Job(id=new_job_id(), kind=kind, tenant=tenant, idempotency_key=idempotency_key,
-                  body_digest=digest)  # fmt: skip
+        job = Job(id=job_id or new_job_id(), kind=kind, tenant=tenant,
+                  idempotency_key=idempotency_key, body_digest=digest, streamed=streamed,
+                  scheduling=scheduling)  # fmt: skip
         try:
             await self._states.create(job.id, encode_job(job))
             if idempotency_key is not None:
@@ -291,6 +304,37 @@ class JobQueue:
             waiting.discard(future)
             if not waiting:
                 self._final_waiters.pop(job_id, None)
+
+    async def when_final(
+        self, job_id: str, callback: Callable[[Job | None], None]
+    ) -> asyncio.Future[Job | None]:
+        """`callback(job)` once the job's status turns final (None: the job was deleted), from
+        the one update subscription `wait` uses. Register it before the job can finish (before
+        its submit, with the id given to `submit`); an update missed while NATS reconnects
+        never calls it. Cancelling the returned future unregisters it."""
+        await self._watch_finals()
+        future: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
+        waiting = self._final_waiters.setdefault(job_id, set())
+        waiting.add(future)
+
+        def done(finished: asyncio.Future[Job | None]) -> None:
+            remaining = self._final_waiters.get(job_id)
+            if remaining is not None:
+                remaining.discard(finished)
+                if not remaining:
+                    del self._final_waiters[job_id]
+            if not finished.cancelled():
+                callback(finished.result())
+
+        future.add_done_callback(done)
+        return future
+
+    async def chunk_feed(self, job_id: str) -> ChunkFeed:
+        """The chunks the worker running a streamed job publishes, from now on."""
+        return await ChunkFeed(job_id).open(self._client)
+
+    async def publish_chunk(self, job_id: str, attempt: int, first: int, data: bytes) -> bool:
+        return await publish_chunk(self._client, job_id, attempt, first, data)
 
     async def _watch_finals(self) -> None:
         """Subscribes (once) to every update of the state bucket: a job's waiters are woken

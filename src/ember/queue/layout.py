@@ -40,5 +40,14 @@ def dead_letter_subject(job_id: str) -> str:
     return f"{DEAD_LETTER_PREFIX}.{job_id}"
 
 
+# A streamed job's chunks, as its worker reads them from the engine server: core NATS (no
+# JetStream), one subject per job; the stored result is the durable copy (`queue/job_chunks.py`).
+CHUNK_PREFIX = "ember.chunks"
+
+
+def chunk_subject(job_id: str) -> str:
+    return f"{CHUNK_PREFIX}.{job_id}"
+
+
 def job_id_of(subject: str) -> str:
     return subject[len(SUBJECT_PREFIX) + 1 :]

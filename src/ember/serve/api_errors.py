@@ -250,6 +250,13 @@ class DeadlineExceededError(APIError):
     code = "request_timeout"
 
 
+class JobStreamInterruptedError(APIError):
+    """A gateway's stream whose job was delivered again after part of it was sent."""
+
+    status = 502
+    code = "stream_interrupted"
+
+
 class ClientClosedRequestError(APIError):
     """The client went away; nginx's 499, for the metrics (nobody reads this response)."""
 

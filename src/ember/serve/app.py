@@ -154,7 +154,9 @@ def wrap_routes(
     known_paths = {route.path for route in routes}
     keyless = PROBE_PATHS | {"/metrics"} if config.metrics_public else PROBE_PATHS
     lane = BackgroundLane() if lane is None else lane
-    gated = TenantGate(app, tenants, limiter, metrics.tenants, keyless, lane)
+    gated = TenantGate(
+        app, tenants, limiter, metrics.tenants, keyless, lane, config.trust_job_tenant
+    )
     guarded = CrossSiteGuard(gated, config, PROBE_PATHS)
     return RequestIds(HTTPMetricsMiddleware(guarded, metrics, known_paths))
 

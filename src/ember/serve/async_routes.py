@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -27,7 +28,7 @@ from ember.queue.errors import (
     QueueFullError,
     QueueUnavailableError,
 )
-from ember.queue.job import Job, JobKind, JobStatus
+from ember.queue.job import Job, JobKind, JobStatus, new_job_id
 from ember.serve.api_errors import (
     BadRequestError,
     ConflictError,
@@ -40,7 +41,10 @@ from ember.serve.api_errors import (
 from ember.serve.config import MAX_JOB_WAIT_SECONDS, ServerConfig
 from ember.serve.generation_runner import OFFLOAD_BYTES, check_model, run_user_work
 from ember.serve.http_body import read_body
+from ember.serve.job_tenant import encode_job_tenant
+from ember.serve.job_tokens import JobTokens, token_bound
 from ember.serve.openai_requests import parse_chat_request, parse_completion_request
+from ember.serve.prompt_tokens import chat_prompt, completion_prompt_ids
 from ember.serve.queue_connection import QueueConnection
 from ember.serve.rate_limits import RateLimiter
 from ember.serve.served_model import ServedModel
@@ -59,13 +63,26 @@ _STREAM_REFUSAL = (
 )
 
 
-class JobSubmitter:
-    """Checks a body as its sync route would and stores it as a job of the caller's tenant;
-    shared by the async routes and a gateway's sync routes.
+@dataclass(frozen=True, slots=True)
+class CheckedJob:
+    """A body the sync route's parser took, and what its submit needs to know of it."""
 
-    A new job costs its tenant one request of its requests per minute (a 429 past them); a
-    retried submit answered with the job it made is free. Tokens are not counted here: what a
-    job generates is known only to the worker that runs it."""
+    body: bytes
+    stream: bool
+    choices_per_prompt: int  # `n`
+    # Reserved from the tenant's tokens per minute (0 when it has no such limit: then the
+    # prompt is not even tokenized here).
+    most_tokens: int
+
+
+class JobSubmitter:
+    """Checks a body as its sync route would and stores it as a job of the caller's tenant,
+    with the tenant's class and weight for the worker's scheduler; shared by the async routes
+    and a gateway's sync routes.
+
+    A new job costs its tenant one request of its requests per minute and reserves its tokens
+    as a sync request does (429 past either), refunded for what the worker reports unused when
+    it ends (`job_tokens.py`); a retried submit answered with the job it made is free."""
 
     def __init__(
         self,
@@ -78,34 +95,66 @@ class JobSubmitter:
         self._config = config
         self._model = model
         self._limiter = limiter
+        self._tokens = JobTokens()
 
-    async def checked_body(self, request: Request, kind: JobKind, stream_refusal: str) -> bytes:
-        """The body's bytes once the sync route's parser takes them; `stream: true` is a 400
-        saying `stream_refusal`."""
+    async def checked(
+        self, request: Request, kind: JobKind, stream_refusal: str | None
+    ) -> CheckedJob:
+        """The body once the sync route's parser takes it; `stream: true` is a 400 saying
+        `stream_refusal` (None: streams are taken)."""
         config = self._config
         body = await read_body(request, config.max_body_bytes, config.read_timeout)
         offload = len(body) > OFFLOAD_BYTES
+        tenant = tenant_of(request.scope)
+        metered = self._limiter.usage(tenant).tokens is not None
+        tokenizer = self._model.tokenizer
         if kind is JobKind.CHAT:
             chat = await run_user_work(
                 lambda: parse_chat_request(body, config.max_choices), offload
             )
-            model, stream = chat.model, chat.options.stream
-            if self._model.chat_template is None:
+            model, options = chat.model, chat.options
+            template = self._model.chat_template
+            if template is None:
                 raise BadRequestError(
                     "this model has no chat template; use /v1/completions", param="messages"
                 )
+            check_model(self._model.name, model, tenant)
+            prompts = []
+            if metered:
+                rendered = await run_user_work(
+                    lambda: chat_prompt(chat, template, tokenizer), offload
+                )
+                prompts = [rendered.ids]
         else:
             completion = await run_user_work(
                 lambda: parse_completion_request(body, config.max_choices), offload
             )
-            model, stream = completion.model, completion.options.stream
-        check_model(self._model.name, model, tenant_of(request.scope))
-        if stream:
+            model, options = completion.model, completion.options
+            check_model(self._model.name, model, tenant)
+            prompts = []
+            if metered:
+                prompts = await run_user_work(
+                    lambda: completion_prompt_ids(completion, tokenizer), offload
+                )
+        if options.stream and stream_refusal is not None:
             raise BadRequestError(stream_refusal, param="stream")
-        return body
+        lengths = [len(ids) for ids in prompts]
+        most = token_bound(lengths, options.n, options.max_tokens, self._model.context_length)
+        return CheckedJob(body, options.stream, options.n, most)
 
-    async def submit(self, request: Request, kind: JobKind, body: bytes) -> tuple[Job, bool]:
-        """(the job, whether this call created it); the caller's `Idempotency-Key` names it."""
+    async def submit(
+        self,
+        request: Request,
+        kind: JobKind,
+        checked: CheckedJob,
+        *,
+        job_id: str | None = None,
+        waited_on: bool = False,
+    ) -> tuple[Job, bool]:
+        """(the job, whether this call created it); the caller's `Idempotency-Key` names it.
+        `job_id`: the id to give a new job (its chunk feed is open); `waited_on`: a client
+        waits here for the job, which holds one of the tenant's concurrent requests till it
+        ends."""
         key = request.headers.get("idempotency-key")
         if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
             raise BadRequestError(
@@ -115,18 +164,33 @@ class JobSubmitter:
             )
         queue = self.connection.queue
         tenant = tenant_of(request.scope)
-        reservation = self._limiter.admit(tenant, 0)
+        job_id = job_id or new_job_id()
+        reservation = self._limiter.admit(tenant, checked.most_tokens)
+        held = None
         try:
+            if checked.most_tokens or waited_on:
+                held = await reached(
+                    self._tokens.hold(queue, job_id, reservation, checked.choices_per_prompt)
+                )
             job, created = await _submitted(
-                queue.submit(kind, tenant.name, body, idempotency_key=key), key
-            )
+                queue.submit(kind, tenant.name, checked.body, idempotency_key=key,
+                             job_id=job_id, streamed=checked.stream and waited_on,
+                             scheduling=encode_job_tenant(tenant)),
+                key,
+            )  # fmt: skip
         except BaseException:
+            if held is not None:
+                held.cancel()
             reservation.cancel()
             raise
-        if created:
-            reservation.settle(0)
-        else:
+        if not created:
+            if held is not None:
+                held.cancel()
             reservation.cancel()
+        elif held is None:
+            reservation.settle(0)
+        elif not waited_on:
+            reservation.release_slot()
         return job, created
 
     async def owned(self, job_id: str, tenant: Tenant) -> Job:
@@ -174,9 +238,9 @@ class AsyncRoutes:
         return await self._submit(request, JobKind.COMPLETION)
 
     async def _submit(self, request: Request, kind: JobKind) -> Response:
-        body = await self._jobs.checked_body(request, kind, _STREAM_REFUSAL)
+        checked = await self._jobs.checked(request, kind, _STREAM_REFUSAL)
         wait = preferred_wait(request.headers.get("prefer"))
-        job, _ = await self._jobs.submit(request, kind, body)
+        job, _ = await self._jobs.submit(request, kind, checked)
         headers = {"Location": f"/v1/jobs/{job.id}"}
         if wait is not None:
             job = await self._jobs.wait(job, wait)

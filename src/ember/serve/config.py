@@ -84,6 +84,10 @@ class ServerConfig:
     metrics_public: bool = False
     # The async API (/v1/async/..., /v1/jobs/...) over NATS JetStream; None: off.
     queue: QueueConfig | None = None
+    # An engine server started to run queued jobs (a worker's, on loopback, with no keys): the
+    # queue worker's `x-ember-job-tenant` header says whose job a request is (its class and
+    # weight; `serve/job_tenant.py`), as the server that took the job found it.
+    trust_job_tenant: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -112,6 +116,11 @@ class ServerConfig:
             raise EmberError(
                 "give either --tenants (EMBER_TENANTS_FILE) or --api-key (EMBER_API_KEY), not "
                 "both: put the key in the tenants file as a tenant's key hash"
+            )
+        if self.trust_job_tenant and (self.tenants_file is not None or self.api_key is not None):
+            raise EmberError(
+                "a server that runs queued jobs takes their tenants from the queue: it has no "
+                "--tenants or --api-key of its own"
             )
         for host in self.allowed_hosts:
             if not _HOST_NAME.fullmatch(host):

@@ -6,7 +6,8 @@ async API answers as on `ember serve --queue`; a sync `/v1/chat/completions` or
 `/v1/completions` is submitted as a job and answered when the job completes, so a gateway with
 no worker running still takes requests and answers them when a worker arrives. A client that
 disconnects cancels its job; one whose deadline (`--request-timeout`) passes gets a 504 and
-its job is cancelled. Streaming is not offered here (a 400 says so).
+its job is cancelled. `"stream": true` is relayed from the worker as it generates, the same SSE
+stream `ember serve` gives (`gateway_stream.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from ember.queue.job import Job, JobKind, JobStatus
+from ember.queue.job import Job, JobKind, JobStatus, new_job_id
 from ember.serve.api_errors import (
     APIError,
     ClientClosedRequestError,
@@ -31,10 +32,11 @@ from ember.serve.api_errors import (
     InternalServerError,
 )
 from ember.serve.app import health, metrics_route, wrap_routes
-from ember.serve.async_routes import AsyncRoutes, JobSubmitter
+from ember.serve.async_routes import AsyncRoutes, CheckedJob, JobSubmitter, reached
 from ember.serve.config import MAX_JOB_WAIT_SECONDS, ServerConfig
 from ember.serve.connection_bounds import connections_within, raise_descriptor_limit
 from ember.serve.event_stream import disconnect_watch
+from ember.serve.gateway_stream import JobStream
 from ember.serve.log_format import configure_logging
 from ember.serve.metrics import ServerMetrics
 from ember.serve.openai_routes import ModelRoutes
@@ -45,11 +47,6 @@ from ember.serve.server import connection_limits, http_server, run_event_loop
 from ember.serve.tenant_directory import TenantDirectory
 
 logger = logging.getLogger("ember.serve")
-
-_STREAM_REFUSAL = (
-    "this server is an Ember gateway, which answers through the job queue and does not "
-    "stream: send 'stream': false, or stream from `ember serve`"
-)
 
 
 class QueuedGenerationRoutes:
@@ -72,8 +69,10 @@ class QueuedGenerationRoutes:
         return await self._answer(request, JobKind.COMPLETION)
 
     async def _answer(self, request: Request, kind: JobKind) -> Response:
-        body = await self._jobs.checked_body(request, kind, stream_refusal=_STREAM_REFUSAL)
-        job, _ = await self._jobs.submit(request, kind, body)
+        checked = await self._jobs.checked(request, kind, stream_refusal=None)
+        if checked.stream:
+            return await self._stream(request, kind, checked)
+        job, _ = await self._jobs.submit(request, kind, checked, waited_on=True)
         job = await self._until_final(request, job)
         headers = {"x-ember-job-id": job.id}
         if job.status is JobStatus.COMPLETED:
@@ -82,6 +81,27 @@ class QueuedGenerationRoutes:
                 raise InternalServerError(f"job {job.id} completed without a stored result")
             return Response(result, headers=headers, media_type="application/json")
         raise _job_error(job)
+
+    async def _stream(self, request: Request, kind: JobKind, checked: CheckedJob) -> Response:
+        loop = asyncio.get_running_loop()
+        deadline = None if self._timeout is None else loop.time() + self._timeout
+        queue = self._jobs.connection.queue
+        job_id = new_job_id()
+        feed = await reached(queue.chunk_feed(job_id))
+        try:
+            job, _ = await self._jobs.submit(request, kind, checked, job_id=job_id,
+                                             waited_on=True)  # fmt: skip
+            if job.id != job_id:  # an Idempotency-Key's job, made before: its chunks from now
+                await feed.close()
+                feed = await reached(queue.chunk_feed(job.id))
+            await reached(queue.when_final(job.id, feed.end))
+            if job.status.final:  # that job ended before: its update will not come again
+                feed.end(job)
+        except BaseException:
+            await feed.close()
+            raise
+        stream = JobStream(self._jobs, job, feed, deadline, _job_error)
+        return await stream.first(request, self._timeout)
 
     async def _until_final(self, request: Request, job: Job) -> Job:
         loop = asyncio.get_running_loop()

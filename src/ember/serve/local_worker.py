@@ -2,9 +2,11 @@
 
 `ember worker` (`queue_worker.py`) forwards each job to an engine server of its own as the HTTP
 request it is; here the engine server is this process. The jobs go to a second listener on a
-free loopback port whose app shares the engine client, model and metrics but has no tenant
-gate: a job was its tenant's when it was submitted (as on a remote worker, whose local server
-has no keys either). Its uvicorn leaves the signals to the main server, which stops it first.
+free loopback port whose app shares the engine client, model and metrics but has no keys: a
+job was its tenant's when it was submitted (as on a remote worker, whose local server has no
+keys either), and the job's tenant, class and weight come with it for the scheduler. Its rate
+limiter is its own: the job's tokens were charged to the tenant at submit. Its uvicorn leaves
+the signals to the main server, which stops it first.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ class LocalQueueWorker:
 
     @staticmethod
     def open_config(config: ServerConfig) -> ServerConfig:
-        """The loopback listener's settings: the server's, without keys or the async API."""
+        """The loopback listener's settings: the server's, without keys or the async API, and
+        taking each job's tenant from its queue worker's header."""
         return dataclasses.replace(config, host="127.0.0.1", port=0, tenants_file=None,
-                                   api_key=None, queue=None)  # fmt: skip
+                                   api_key=None, queue=None, trust_job_tenant=True)  # fmt: skip
 
     async def start(self, app: ASGIApp, queue: JobQueue, nats_url: str) -> None:
         """`app`: the engine's routes for `open_config(config)`."""

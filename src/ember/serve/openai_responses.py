@@ -29,6 +29,9 @@ from ember.serve.tool_parsers import (
 )
 
 DONE = b"data: [DONE]\n\n"
+# Every chunk's last field when the client asked for usage (OpenAI's shape); a queue worker
+# takes it out again for a client that did not (`serve/stream_transcript.py`).
+USAGE_NULL = b'"usage":null'
 
 
 def new_response_id(prefix: str) -> str:
@@ -213,7 +216,7 @@ class ChunkEncoder:
             f'"system_fingerprint":{json.dumps(identity.system_fingerprint)},'
             '"choices":[{"index":'
         )
-        self._tail = ',"usage":null}\n\n' if include_usage else "}\n\n"
+        self._tail = f",{USAGE_NULL.decode()}}}\n\n" if include_usage else "}\n\n"
         self._usage_head = (
             f'data: {{"id":{json.dumps(identity.id)},"object":"{obj}",'
             f'"created":{identity.created},"model":{json.dumps(identity.model)},'

@@ -32,9 +32,9 @@ from ember.serve.openai_responses import (
     completion_body,
     error_event,
 )
+from ember.serve.prompt_tokens import chat_prompt, completion_prompt_ids
 from ember.serve.served_model import ServedModel
 from ember.serve.tenant_gate import tenant_of
-from ember.serve.tool_calling import plan_tools
 from ember.serve.tool_parsers import ToolCallParser
 
 
@@ -99,17 +99,8 @@ class OpenAIRoutes:
                 "this model has no chat template; use /v1/completions", param="messages"
             )
         tokenizer = self._model.tokenizer
-        plan = plan_tools(chat.tools, template)
-        messages, options = chat.messages, chat.options
-        if plan is not None:
-            messages = plan.messages(messages)
-            options = plan.constrain(options)
-
-        def render() -> list[int]:
-            tools = None if plan is None else plan.template_tools
-            return template.encode(messages, tokenizer, add_generation_prompt=True, tools=tools)
-
-        prompt_ids = await run_user_work(render, offload=offload)
+        prompt = await run_user_work(lambda: chat_prompt(chat, template, tokenizer), offload)
+        prompt_ids, options, plan = prompt.ids, prompt.options, prompt.plan
         await self._runner.check_structured(options)
         identity = ResponseIdentity.new("chatcmpl", self._model.name, self._fingerprint)
         generation = self._runner.start(identity.id, [prompt_ids], options, "messages", tenant)
@@ -131,17 +122,9 @@ class OpenAIRoutes:
         tenant = tenant_of(request.scope)
         self._runner.check_model(completion.model, tenant)
         tokenizer = self._model.tokenizer
-        texts = [p for p in completion.prompts if isinstance(p, str)]
-
-        def encode() -> list[list[int]]:
-            if len(texts) == 1:  # the common case: no batch dispatch to the tokenizer's pool
-                batch = [tokenizer.encode(texts[0], add_special_tokens=True)]
-            else:
-                batch = tokenizer.encode_batch(texts, add_special_tokens=True) if texts else []
-            encoded = iter(batch)
-            return [next(encoded) if isinstance(p, str) else p for p in completion.prompts]
-
-        prompt_ids = await run_user_work(encode, offload=offload)
+        prompt_ids = await run_user_work(
+            lambda: completion_prompt_ids(completion, tokenizer), offload
+        )
         await self._runner.check_structured(completion.options)
         echo: list[str] | None = None
         if completion.echo:

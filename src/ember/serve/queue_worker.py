@@ -6,6 +6,12 @@ to it as the HTTP request it is, as NVIDIA's NVCF workers forward queued request
 container's server. So a job is validated, tokenized, admitted and answered exactly as a
 synchronous request, and the queue needs no second path into the engine.
 
+A streamed job (`Job.streamed`: `ember gateway`'s `"stream": true`) is POSTed as a stream; its
+events are published on the job's chunk subject as they come, for the gateway to relay, and
+the stream's transcript is its stored result (`serve/stream_transcript.py`). Each job's tenant,
+class and weight go to the local server in the `x-ember-job-tenant` header, which that server
+(started with `trust_job_tenant`) schedules it by.
+
 Delivery (the pull loop below): fetch only as many jobs as there is room for; heartbeat a
 running job more often than the ack wait (and stop it if it was cancelled); store the answer,
 then acknowledge. The local server's 4xx is permanent (the job fails with that error, never
@@ -34,8 +40,10 @@ from ember.queue.job import JobError, JobKind
 from ember.queue.job_store import JobLease, JobQueue
 from ember.serve.config import ServerConfig
 from ember.serve.connection_bounds import connections_within, raise_descriptor_limit
+from ember.serve.job_tenant import JOB_TENANT_HEADER
 from ember.serve.log_format import configure_logging
 from ember.serve.server import EmberServer
+from ember.serve.stream_transcript import StreamTranscript, split_events
 
 logger = logging.getLogger("ember.worker")
 
@@ -167,12 +175,22 @@ class QueueWorker:
             logger.exception("job %s: could not record its outcome", lease.job.id)
 
     async def _attempt(self, lease: JobLease) -> None:
+        job = lease.job
         try:
-            body = non_streaming_body(lease.body)
+            body = streaming_body(lease.body) if job.streamed else non_streaming_body(lease.body)
         except ValueError as error:
             await lease.fail(JobError(400, str(error), "invalid_request_error"))
             return
-        post = asyncio.create_task(self._post(_PATHS[lease.job.kind], body))
+        headers = {"content-type": "application/json"}
+        if job.scheduling is not None:
+            headers[JOB_TENANT_HEADER] = job.scheduling
+        path = _PATHS[job.kind]
+        if job.streamed:
+            transcript = StreamTranscript(client_usage=asks_for_usage(lease.body))
+            run = self._post_streamed(lease, path, body, headers, transcript)
+        else:
+            run = self._post(path, body, headers)
+        post = asyncio.create_task(run)
         try:
             while not (await asyncio.wait({post}, timeout=self.heartbeat_seconds))[0]:
                 if not await lease.heartbeat():
@@ -193,23 +211,72 @@ class QueueWorker:
         else:
             await lease.retry(job_error(status, answer))
 
-    async def _post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        headers = {"content-type": "application/json"}
+    async def _post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         async with self.http.post(path, data=body, headers=headers) as response:
             return response.status, await response.read()
 
+    async def _post_streamed(
+        self,
+        lease: JobLease,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        transcript: StreamTranscript,
+    ) -> tuple[int, bytes]:
+        """Reads the engine server's stream, publishing each read's whole events as they come
+        (one message per read: at most one per --stream-interval per stream); the answer is
+        the stream's transcript, stored as the job's result."""
+        job = lease.job
+        async with self.http.post(path, data=body, headers=headers) as response:
+            if response.status != 200 or response.content_type != "text/event-stream":
+                return response.status, await response.read()
+            rest = b""
+            async for data in response.content.iter_any():
+                events, rest = split_events(rest + data)
+                out = [e for e in map(transcript.add, events) if e is not None]
+                if out:
+                    first = len(transcript.payloads) - len(out)
+                    await self.queue.publish_chunk(job.id, job.attempts, first, b"".join(out))
+        if not transcript.done:
+            message = "the engine server's stream ended before [DONE]"
+            return 502, json.dumps({"error": {"message": message, "type": "server_error"}}).encode()
+        return 200, transcript.encode()
 
-def non_streaming_body(body: bytes) -> bytes:
-    """The job's body with `stream` off: a job's answer is one JSON object."""
+
+def _body_fields(body: bytes) -> dict[str, object]:
     try:
         fields = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"the job's body is not JSON: {error}") from None
     if not isinstance(fields, dict):
         raise ValueError("the job's body must be a JSON object")
+    return fields
+
+
+def non_streaming_body(body: bytes) -> bytes:
+    """The job's body with `stream` off: a job's answer is one JSON object."""
+    fields = _body_fields(body)
     fields["stream"] = False
     fields.pop("stream_options", None)
     return json.dumps(fields).encode()
+
+
+def streaming_body(body: bytes) -> bytes:
+    """A streamed job's body: a stream, with its usage chunk (the tenant is charged the
+    tokens it used; `StreamTranscript` takes the chunk out again for a client that did not
+    ask for it)."""
+    fields = _body_fields(body)
+    fields["stream"] = True
+    options = fields.get("stream_options")
+    fields["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                "include_usage": True}  # fmt: skip
+    return json.dumps(fields).encode()
+
+
+def asks_for_usage(body: bytes) -> bool:
+    """Whether the client's own body asked for a stream's usage chunk."""
+    options = _body_fields(body).get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
 def job_error(status: int, answer: bytes) -> JobError:

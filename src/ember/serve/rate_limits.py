@@ -75,6 +75,14 @@ class Reservation:
     tokens: int
     clock: Callable[[], float]
     settled: bool = False
+    holds_slot: bool = True  # counts among the tenant's requests in flight (max_concurrent)
+
+    def release_slot(self) -> None:
+        """The request no longer counts as in flight, though its tokens stay reserved until it
+        settles: a queued job, which waits in the queue rather than in this server."""
+        if self.holds_slot:
+            self.holds_slot = False
+            self.usage.in_flight -= 1
 
     def settle(self, used_tokens: int) -> None:
         """The request is over, having used `used_tokens` (prompts and generated): the rest
@@ -82,8 +90,8 @@ class Reservation:
         if self.settled:
             return
         self.settled = True
+        self.release_slot()
         usage = self.usage
-        usage.in_flight -= 1
         if usage.tokens is not None:
             usage.tokens.refund(self.tokens - used_tokens, self.clock())
 

@@ -84,7 +84,9 @@ class EmberServer:
                 self.supervisor,
                 self.metrics,
                 TenantDirectory.from_settings(None, None),
-                self.limiter,
+                # Not the server's: a job's tenant arrives here without its limits, and
+                # sharing the buckets would reset them; the submit charged the tenant.
+                RateLimiter(),
             )
         self.app = build_app(
             config,

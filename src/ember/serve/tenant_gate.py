@@ -4,9 +4,11 @@ a background class then waits for its turn in the server's `BackgroundLane`.
 
 With keys configured, a request without `Authorization: Bearer KEY`, or with a key that is
 unknown or expired, gets 401; `/metrics` needs a key too unless `--metrics-public`. With none
-configured every caller is the anonymous tenant. Keys are read from the tenants in force at
-the request's arrival (`TenantDirectory.current`), so a key revoked by a reload is refused from
-the next request on, while requests already admitted finish.
+configured every caller is the anonymous tenant, except on an engine server started to run
+queued jobs (`trust_job_tenant`), where a job's request is its tenant's (`job_tenant.py`).
+Keys are read from the tenants in force at the request's arrival (`TenantDirectory.current`),
+so a key revoked by a reload is refused from the next request on, while requests already
+admitted finish.
 """
 
 from __future__ import annotations
@@ -17,9 +19,15 @@ from datetime import UTC, datetime
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ember.serve.api_errors import InvalidAPIKeyError, api_error_response
+from ember.serve.api_errors import (
+    APIError,
+    BadRequestError,
+    InvalidAPIKeyError,
+    api_error_response,
+)
 from ember.serve.api_keys import key_hash, short_id
 from ember.serve.background_lane import BackgroundLane
+from ember.serve.job_tenant import JOB_TENANT_HEADER, decode_job_tenant
 from ember.serve.metrics import TenantMetrics
 from ember.serve.rate_limits import RateLimiter
 from ember.serve.tenant_directory import TenantDirectory
@@ -48,6 +56,7 @@ class TenantGate:
         metrics: TenantMetrics,
         open_paths: frozenset[str],
         lane: BackgroundLane,
+        trust_job_tenant: bool = False,
     ) -> None:
         """`lane`: where a background class's API requests wait their turn once their key is
         checked, before their body is read and worked on."""
@@ -57,6 +66,7 @@ class TenantGate:
         self._limiter = limiter
         self._metrics = metrics
         self._open_paths = open_paths
+        self._trust_job_tenant = trust_job_tenant
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self._open_paths:
@@ -66,6 +76,12 @@ class TenantGate:
         config = self._directory.current
         if config.open:
             tenant = config.tenants[ANONYMOUS]
+            if self._trust_job_tenant:
+                found_job = self._job_tenant(Headers(scope=scope))
+                if isinstance(found_job, BadRequestError):
+                    await _answer(found_job, scope, send)
+                    return
+                tenant = found_job or tenant
         else:
             found = self._authenticate(Headers(scope=scope))
             if isinstance(found, InvalidAPIKeyError):
@@ -95,6 +111,17 @@ class TenantGate:
 
         await self._app(scope, receive, send_with_limits)
 
+    @staticmethod
+    def _job_tenant(headers: Headers) -> Tenant | BadRequestError | None:
+        """The tenant of the job this request runs, as its queue worker says (None: not a job)."""
+        text = headers.get(JOB_TENANT_HEADER)
+        if text is None:
+            return None
+        try:
+            return decode_job_tenant(text)
+        except ValueError as error:
+            return BadRequestError(str(error))
+
     def _authenticate(self, headers: Headers) -> Tenant | InvalidAPIKeyError:
         scheme, _, key = headers.get("authorization", "").partition(" ")
         key = key.strip()
@@ -114,7 +141,7 @@ class TenantGate:
         return match.tenant
 
 
-async def _answer(error: InvalidAPIKeyError, scope: Scope, send: Send) -> None:
+async def _answer(error: APIError, scope: Scope, send: Send) -> None:
     async def no_body() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 

@@ -108,11 +108,8 @@ def write_family_model(family: Family, path: Path, seed: int = 0) -> Path:
     if not family.tied:
         matrix("output.weight", VOCAB, D_MODEL)
     if family.rope_freqs:
-        # Llama 3.1's shape of factors: 1 for the fast pairs, 8 for the slow, smooth between.
-        pairs = family.head_dim // 2
-        vector(
-            "rope_freqs.weight", np.interp(np.arange(pairs), [0, pairs // 3, pairs // 2], [1, 1, 8])
-        )
+        # As Llama 3.1's: 1 for the fastest pair, up to 8 for the slowest.
+        vector("rope_freqs.weight", np.linspace(1.0, 8.0, family.head_dim // 2))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -21,14 +21,16 @@ def reference(
     tables: npt.NDArray[np.int32],
     q_heads: int,
     block: int,
+    window: int | None = None,
 ) -> npt.NDArray[np.float32]:
+    """Each token over keys 0..pos of its sequence, or the last `window` of them."""
     _, kv_heads, hd = k_cache.shape
     group = q_heads // kv_heads
     out = np.zeros((qkv.shape[0], q_heads * hd), np.float64)
     for t, pos in enumerate(positions):
         if pos < 0:
             continue
-        keys = np.arange(pos + 1)
+        keys = np.arange(0 if window is None else max(0, pos + 1 - window), pos + 1)
         slots = tables[token_seq[t], keys // block] * block + keys % block
         for h in range(q_heads):
             q = qkv[t, h * hd : (h + 1) * hd].astype(np.float64)
@@ -64,6 +66,46 @@ def test_decode_rows_match_numpy(
     lengths: list[int],
     splits: int,
 ) -> None:
+    check_decode_rows(attention, stream, q_heads, kv_heads, head_dim, lengths, splits)
+
+
+@pytest.mark.parametrize(
+    ("q_heads", "kv_heads", "head_dim", "lengths", "splits", "window"),
+    [
+        (14, 2, 64, [1, 90, 700], 1, None),  # Qwen2.5 0.5B: G = 7
+        (28, 4, 128, [300, 1000], 4, None),  # Qwen2.5 7B: G = 7
+        (40, 8, 128, [5, 600], 2, None),  # Qwen2.5 14B: G = 5
+        # Mistral's sliding window: contexts shorter than, equal to and past the window, split
+        # and unsplit (a window of 300 keys takes 2 splits of 256).
+        (32, 8, 128, [3, 300, 301, 1000], 1, 300),
+        (32, 8, 128, [3, 300, 301, 1000, 4000], 8, 300),
+        (9, 3, 64, [1, 5, 6, 40], 1, 5),
+        (9, 3, 64, [2000, 700], 32, 4096),  # a window longer than every context
+    ],
+)
+def test_qwen_groups_and_sliding_windows_match_numpy(
+    attention: Attention,
+    stream: Stream,
+    q_heads: int,
+    kv_heads: int,
+    head_dim: int,
+    lengths: list[int],
+    splits: int,
+    window: int | None,
+) -> None:
+    check_decode_rows(attention, stream, q_heads, kv_heads, head_dim, lengths, splits, window)
+
+
+def check_decode_rows(
+    attention: Attention,
+    stream: Stream,
+    q_heads: int,
+    kv_heads: int,
+    head_dim: int,
+    lengths: list[int],
+    splits: int,
+    window: int | None = None,
+) -> None:
     block = 16
     rng = np.random.default_rng(sum(lengths) + head_dim)
     seqs = len(lengths)
@@ -79,14 +121,16 @@ def test_decode_rows_match_numpy(
     token_seq = np.array(list(range(seqs)) + [0], np.int32)
     tokens = len(positions)
     qkv = rng.standard_normal((tokens, (q_heads + 2 * kv_heads) * head_dim)).astype(np.float32)
-    want = reference(qkv, k_cache, v_cache, positions, token_seq, tables, q_heads, block)
+    want = reference(qkv, k_cache, v_cache, positions, token_seq, tables, q_heads, block, window)
     scratch = max(partials_size(tokens, q_heads, head_dim, splits), 1)
     arrays = [qkv, k_cache, v_cache, positions, token_seq, tables]
     devs = [DeviceArray.from_numpy(a) for a in arrays]
     out = DeviceArray.empty((tokens, q_heads * head_dim), np.float32)
     partials = DeviceArray.empty((scratch,), np.float32)
     counters = DeviceArray.empty((counters_size(tokens, kv_heads),), np.int32)
-    launch = attention.attention_launch(*devs, out, block, splits, partials, counters)
+    launch = attention.attention_launch(
+        *devs, out, block, splits, partials, counters, window=window
+    )
     try:
         counters.buffer.memset_d32(0)
         partials.buffer.memset_d32(0x7FC00000)  # NaN: only what a split wrote may be read
@@ -103,11 +147,13 @@ def test_decode_rows_match_numpy(
             d.free()
 
 
+@pytest.mark.parametrize("window", [None, 7, 40], ids=["causal", "window-7", "window-40"])
 def test_prefill_chunk_after_cached_prefix_matches_numpy(
-    attention: Attention, stream: Stream
+    attention: Attention, stream: Stream, window: int | None
 ) -> None:
     """A chunk of tokens 40..71 of a sequence whose first 40 keys were cached earlier, next to
-    a second sequence's chunk: each token sees exactly its causal prefix."""
+    a second sequence's chunk: each token sees exactly its causal prefix (or, with a sliding
+    window, the last `window` keys of it)."""
     q_heads, kv_heads, hd, block = 9, 3, 64, 16
     rng = np.random.default_rng(7)
     tables = np.array([[5, 2, 7, 0, 3], [1, 4, 6, -1, -1]], np.int32)
@@ -117,12 +163,12 @@ def test_prefill_chunk_after_cached_prefix_matches_numpy(
     positions = np.concatenate([np.arange(40, 72), np.arange(0, 45)]).astype(np.int32)
     token_seq = np.array([0] * 32 + [1] * 45, np.int32)
     qkv = rng.standard_normal((len(positions), (q_heads + 2 * kv_heads) * hd)).astype(np.float32)
-    want = reference(qkv, k_cache, v_cache, positions, token_seq, tables, q_heads, block)
+    want = reference(qkv, k_cache, v_cache, positions, token_seq, tables, q_heads, block, window)
     arrays = [qkv, k_cache, v_cache, positions, token_seq, tables]
     devs = [DeviceArray.from_numpy(a) for a in arrays]
     out = DeviceArray.empty((len(positions), q_heads * hd), np.float32)
     try:
-        attention.attention_launch(*devs, out, block)(stream)
+        attention.attention_launch(*devs, out, block, window=window)(stream)
         stream.synchronize()
         got = out.to_numpy()
     finally:

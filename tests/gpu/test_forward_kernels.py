@@ -11,9 +11,10 @@ from ember.kernels.elementwise import Elementwise
 from ember.kernels.embedding import Embedding
 from ember.kernels.quant_gemv import QuantType
 from ember.kernels.rope import Rope, RopeCache
-from ember.model.config import RopeConfig
+from ember.model.config import RopeConfig, RopeStyle
+from ember.model.numpy_llama import rms_norm
 from ember.model.quant import dequantize
-from ember.model.rope import RotaryEmbedding
+from ember.model.rope import RotaryEmbedding, radians_per_position
 from tests.gpu.quant_data import random_weight
 
 pytestmark = pytest.mark.gpu
@@ -51,27 +52,70 @@ def test_embedding_rows_match_dequantized_table(
     assert not got[~valid].any()
 
 
-def test_rope_qkv_cache_rotates_and_stores_fp16(rope: Rope, stream: Stream) -> None:
-    q_heads, kv_heads, hd, tokens = 9, 3, 64, 6
+# (name, head_dim, RoPE layout, q/k/v biases, q/k norms, Llama 3 frequency factors)
+PROLOGUES = [
+    ("llama", 64, "adjacent", False, False, False),
+    ("llama3", 128, "adjacent", False, False, True),
+    ("qwen2", 64, "halves", True, False, False),
+    ("qwen3", 128, "halves", False, True, False),
+    ("tiny-qwen3", 32, "halves", True, True, False),  # head_dim / 2 of 16: part of a warp
+]
+
+
+@pytest.mark.parametrize("prologue", PROLOGUES, ids=lambda p: p[0])
+def test_rope_qkv_cache_matches_numpy(
+    rope: Rope, stream: Stream, prologue: tuple[str, int, RopeStyle, bool, bool, bool]
+) -> None:
+    """The attention prologue as numpy_llama runs it: biases, q/k RMSNorm per head, RoPE, then
+    k and v stored in fp16 at their slots (none for a negative slot)."""
+    _, hd, style, with_bias, with_norm, with_factors = prologue
+    q_heads, kv_heads, tokens = 9, 3, 6
+    width = (q_heads + 2 * kv_heads) * hd
     rng = np.random.default_rng(11)
-    qkv = rng.standard_normal((tokens, (q_heads + 2 * kv_heads) * hd)).astype(np.float32)
+    qkv = (rng.standard_normal((tokens, width)) * 3).astype(np.float32)
+    bias = rng.standard_normal(width).astype(np.float32)
+    norms = rng.uniform(0.5, 1.5, (2, hd)).astype(np.float32)
+    factors = tuple(float(f) for f in rng.uniform(1, 8, hd // 2).astype(np.float32))
     positions = np.array([0, 1, 2, 900, 4096, 5], np.int32)
     slots = np.array([3, 0, 7, 1, -1, 2], np.int32)  # -1: a padded row, stores nothing
     cache = np.full((8, kv_heads, hd), 1.5, np.float16)
-    emb = RotaryEmbedding(RopeConfig(base=100000.0, dim=hd), 8192)
+    config = RopeConfig(1e6, hd, style=style, freq_factors=factors if with_factors else None)
+    emb = RotaryEmbedding(config, 8192)
     cos, sin = emb.cos_sin(positions)
-    q = qkv[:, : q_heads * hd].reshape(tokens, q_heads, hd)
-    k = qkv[:, q_heads * hd : (q_heads + kv_heads) * hd].reshape(tokens, kv_heads, hd)
-    v = qkv[:, (q_heads + kv_heads) * hd :].reshape(tokens, kv_heads, hd)
-    want_q, want_k = emb.apply(q, cos, sin), emb.apply(k, cos, sin)
+    eps = 1e-6
+    h = qkv + bias if with_bias else qkv.copy()
+    qk = h[:, : (q_heads + kv_heads) * hd].reshape(tokens, q_heads + kv_heads, hd)
+    if with_norm:
+        per_head = np.concatenate(
+            [np.tile(norms[0], (q_heads, 1)), np.tile(norms[1], (kv_heads, 1))]
+        )
+        qk = rms_norm(qk, per_head, eps)
+    qk = emb.rotate(qk, cos, sin)
+    want_q, want_k = qk[:, :q_heads], qk[:, q_heads:]
+    v = h[:, (q_heads + kv_heads) * hd :].reshape(tokens, kv_heads, hd)
     with (
         DeviceArray.from_numpy(qkv) as dqkv,
         DeviceArray.from_numpy(positions) as dpos,
         DeviceArray.from_numpy(slots) as dslots,
         DeviceArray.from_numpy(cache) as kc,
         DeviceArray.from_numpy(cache) as vc,
+        DeviceArray.from_numpy(radians_per_position(config)) as dfreq,
+        DeviceArray.from_numpy(bias) as dbias,
+        DeviceArray.from_numpy(norms) as dnorms,
     ):
-        rope.qkv_cache_launch(dqkv, RopeCache(dpos, dslots, kc, vc, q_heads, 100000.0))(stream)
+        args = RopeCache(
+            dpos,
+            dslots,
+            kc,
+            vc,
+            q_heads,
+            dfreq,
+            neox=style == "halves",
+            bias=dbias if with_bias else None,
+            qk_norm=dnorms if with_norm else None,
+            eps=eps,
+        )
+        rope.qkv_cache_launch(dqkv, args)(stream)
         stream.synchronize()
         got, got_k, got_v = dqkv.to_numpy(), kc.to_numpy(), vc.to_numpy()
     got_q = got[:, : q_heads * hd].reshape(tokens, q_heads, hd)

@@ -1,5 +1,6 @@
 """quant_gemv's fusions against float64 NumPy: RMSNorm before the product; the residual add,
-SwiGLU, and RoPE with the KV-cache store after it (what a decode step of up to 8 tokens runs).
+SwiGLU, and the q/k/v biases and RoPE (adjacent or NEOX pairs, any frequencies) with the
+KV-cache store after it (what a decode step of up to 8 tokens runs).
 
 Each is checked within the bound that the int8 quantisation of x allows (test_quant_gemv's
 `Reference.check_quantised`), propagated through what follows the product.
@@ -126,27 +127,68 @@ def test_norm_gate_up_swiglu(
             assert np.all(excess <= 1), f"batch {batch}: {excess.max():.3g}x the bound"
 
 
-def rotate(values: F64, positions: npt.NDArray[np.int32], heads: int, dim: int, base: float) -> F64:
-    """GGUF Llama RoPE on adjacent pairs, in float64: values [batch, heads * dim]."""
-    v = values.reshape(len(positions), heads, dim // 2, 2)
-    inv_freq = base ** (-2.0 * np.arange(dim // 2) / dim)
+def partners(n: int, dim: int, neox: bool) -> npt.NDArray[np.int64]:
+    """For each of n rows of whole heads, the row its RoPE pair shares: e ^ 1 (adjacent) or
+    e +- dim / 2 (NEOX) within the head."""
+    row = np.arange(n)
+    e = row % dim
+    other = (e + dim // 2) % dim if neox else e ^ 1
+    partner: npt.NDArray[np.int64] = row - e + other
+    return partner
+
+
+def rotate(
+    values: F64, positions: npt.NDArray[np.int32], heads: int, inv_freq: F64, neox: bool
+) -> F64:
+    """RoPE in float64 on values [batch, heads * dim]: pairs (2i, 2i + 1), or (i, i + dim / 2)
+    with `neox`; pair i turns by position * inv_freq[i]."""
+    dim = 2 * inv_freq.shape[0]
+    v = values.reshape(len(positions), heads, dim)
+    if neox:
+        first, second = v[..., : dim // 2], v[..., dim // 2 :]
+    else:
+        first, second = v[..., 0::2], v[..., 1::2]
     angle = positions[:, None].astype(np.float64) * inv_freq[None, :]
     c, s = np.cos(angle)[:, None, :], np.sin(angle)[:, None, :]
-    out = np.stack([v[..., 0] * c - v[..., 1] * s, v[..., 0] * s + v[..., 1] * c], axis=-1)
+    out = np.empty_like(v)
+    r0, r1 = first * c - second * s, first * s + second * c
+    if neox:
+        out[..., : dim // 2], out[..., dim // 2 :] = r0, r1
+    else:
+        out[..., 0::2], out[..., 1::2] = r0, r1
     return out.reshape(values.shape)
+
+
+# (name, NEOX pairs, q/k/v biases, Llama 3 style frequency factors)
+ROPE_LAYOUTS = [
+    ("llama", False, False, False),
+    ("llama3-factors", False, False, True),
+    ("qwen2-neox-bias", True, True, False),
+]
 
 
 @pytest.mark.parametrize("quant", list(QuantType), ids=lambda q: q.name)
 @pytest.mark.parametrize(
     "heads", [(9, 3, 64, 576), (32, 8, 128, 4096)], ids=["smollm2", "llama-8b"]
 )
+@pytest.mark.parametrize("layout", ROPE_LAYOUTS, ids=lambda x: x[0])
 def test_norm_qkv_rope_and_cache_store(
-    quant_gemv: QuantGemv, stream: Stream, quant: QuantType, heads: tuple[int, int, int, int]
+    quant_gemv: QuantGemv,
+    stream: Stream,
+    quant: QuantType,
+    heads: tuple[int, int, int, int],
+    layout: tuple[str, bool, bool, bool],
 ) -> None:
+    _, neox, with_bias, with_factors = layout
     q_heads, kv_heads, dim, k = heads
     q_rows, kv_rows = q_heads * dim, kv_heads * dim
     n = q_rows + 2 * kv_rows
-    base = 100000.0
+    inv_freq = 100000.0 ** (-2.0 * np.arange(dim // 2) / dim)
+    if with_factors:
+        inv_freq /= np.random.default_rng(5).uniform(1.0, 8.0, dim // 2)
+    bias = (np.random.default_rng(6).standard_normal(n) * 0.5).astype(np.float32)
+    if not with_bias:
+        bias[:] = 0
     raw = random_weight(quant, n, k, seed=q_heads)
     ref = Reference(raw, quant, n, k)
     g = norm_weight(k, seed=2)
@@ -163,11 +205,15 @@ def test_norm_qkv_rope_and_cache_store(
             DeviceArray.from_numpy(x) as dx,
             DeviceArray.from_numpy(positions) as dpos,
             DeviceArray.from_numpy(slots) as dslots,
+            DeviceArray.from_numpy(inv_freq) as dfreq,
+            DeviceArray.from_numpy(bias) as dbias,
             nan_filled((batch, n), np.float32) as dy,
             nan_filled((num_slots, kv_heads, dim), np.float16) as k_cache,
             nan_filled((num_slots, kv_heads, dim), np.float16) as v_cache,
         ):
-            rope = RopeCache(dpos, dslots, k_cache, v_cache, q_heads, base)
+            rope = RopeCache(
+                dpos, dslots, k_cache, v_cache, q_heads, dfreq, neox, dbias if with_bias else None
+            )
             launch = quant_gemv.gemv_launch(
                 dw, quant, dx, dy, norm=RmsNorm(dg, EPS), output=Output.ROPE, rope=rope
             )
@@ -177,14 +223,16 @@ def test_norm_qkv_rope_and_cache_store(
             k_got = k_cache.to_numpy().astype(np.float64)
             v_got = v_cache.to_numpy().astype(np.float64)
         exact, bound = ref.bound(rms_norm(x, g))
+        exact = exact + bias
         want = exact.copy()
-        want[:, :q_rows] = rotate(exact[:, :q_rows], positions, q_heads, dim, base)
+        want[:, :q_rows] = rotate(exact[:, :q_rows], positions, q_heads, inv_freq, neox)
         want[:, q_rows : q_rows + kv_rows] = rotate(
-            exact[:, q_rows : q_rows + kv_rows], positions, kv_heads, dim, base
+            exact[:, q_rows : q_rows + kv_rows], positions, kv_heads, inv_freq, neox
         )
         # A rotated value mixes its pair's two errors (and float32 cos, sin).
-        pair_bound = np.repeat(bound.reshape(batch, -1, 2).sum(axis=2), 2, axis=1)
-        pair_size = np.repeat(np.abs(exact).reshape(batch, -1, 2).sum(axis=2), 2, axis=1)
+        partner = partners(n, dim, neox)
+        pair_bound = bound + bound[:, partner]
+        pair_size = np.abs(exact) + np.abs(exact[:, partner])
         rotated = np.arange(n) < q_rows + kv_rows
         tolerance = np.where(rotated, pair_bound + AFTER * pair_size, bound) + AFTER * np.abs(want)
         excess = np.abs(got - want) / tolerance
@@ -250,6 +298,7 @@ def test_fusion_arguments_are_checked(quant_gemv: QuantGemv, stream: Stream) -> 
         DeviceArray.empty((32,), np.float32) as short_norm,
         DeviceArray.empty((1,), np.int32) as positions,
         DeviceArray.empty((4, 1, 32), np.float16) as cache,
+        DeviceArray.empty((16,), np.float64) as inv_freq,
     ):
         with pytest.raises(ValueError, match="norm"):
             quant_gemv.gemv_launch(w, quant, x, y, norm=RmsNorm(short_norm, EPS))
@@ -262,6 +311,6 @@ def test_fusion_arguments_are_checked(quant_gemv: QuantGemv, stream: Stream) -> 
             quant_gemv.gemv_launch(w, quant, x, half_y, output=Output.SWIGLU, sums_of_squares=y)
         with pytest.raises(ValueError, match="exactly when"):
             quant_gemv.gemv_launch(w, quant, x, y, output=Output.ROPE)
-        rope = RopeCache(positions, positions, cache, cache, n_q_heads=1, base=10000.0)
+        rope = RopeCache(positions, positions, cache, cache, n_q_heads=1, inv_freq=inv_freq)
         with pytest.raises(ValueError, match="q and 2 x 1 kv heads"):
             quant_gemv.gemv_launch(w, quant, x, y, output=Output.ROPE, rope=rope)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from ember.kernels.interface import FamilyInterface, KernelStruct, family_interf
 from ember.kernels.norm import Norm
 from ember.kernels.quant_gemm import GemmTile, QuantGemm, tile_layouts
 from ember.kernels.quant_gemv import GemvFusion, Output, QuantGemv, QuantType, RmsNorm
-from ember.kernels.rope import Rope, RopeCache
+from ember.kernels.rope import Rope, RopeCache, RopeQkvArgs
 from ember.kernels.sampling import ROW_PARAMS_DTYPE, Sampling, check_row_params
 from ember.kernels.synthetic import Synthetic
 
@@ -100,9 +101,13 @@ def test_manifest_holds_what_the_ptx_exports(family: str) -> None:
     assert FamilyInterface.from_ptx(family, ptx) == family_interface(family)
 
 
-def rope_cache(tokens: int, q_heads: int = 4, kv_heads: int = 2, head_dim: int = 64) -> RopeCache:
+def rope_cache(
+    tokens: int, q_heads: int = 4, kv_heads: int = 2, head_dim: int = 64, neox: bool = False
+) -> RopeCache:
     cache = device_array((16, kv_heads, head_dim), np.float16)
-    return RopeCache(i32(tokens), i32(tokens), cache, cache, q_heads, 10000.0, None, 1.0)
+    inv_freq = device_array((head_dim // 2,), np.float64)
+    bias = f32((q_heads + 2 * kv_heads) * head_dim)
+    return RopeCache(i32(tokens), i32(tokens), cache, cache, q_heads, inv_freq, neox, bias)
 
 
 def drive_elementwise(module: StandInModule) -> None:
@@ -121,7 +126,7 @@ def drive_norm(module: StandInModule) -> None:
 
 def drive_rope(module: StandInModule) -> None:
     family = Rope(module)  # type: ignore[arg-type]
-    family.apply(f32(3, 4, 64), f32(3, 2, 64), i32(3), 10000.0)
+    family.apply(f32(3, 4, 64), f32(3, 2, 64), i32(3), device_array((32,), np.float64))
     family.qkv_cache_launch(f32(3, 8 * 64), rope_cache(3))()
 
 
@@ -270,9 +275,50 @@ def test_gemv_fusion_bytes_carry_each_field_where_the_kernel_reads_it() -> None:
         64,
         64,
     )
-    assert read["rope_base"] == 10000.0 and read["linear_factor"] == 1.0
+    assert read["inv_freq"] == rope.inv_freq.ptr
+    assert rope.bias is not None and read["bias"] == rope.bias.ptr
     plain = family.gemv_launch(weight, QuantType.Q8_0, f32(batch, k), f32(batch, 6 * 64))
-    assert plain.args[-1] == bytes(GemvFusion(out=0, linear_factor=1.0))
+    assert plain.args[-1] == bytes(GemvFusion(out=0))
+
+
+def test_a_neox_rope_gemv_runs_the_paired_epilogue_and_q_k_norms_are_refused() -> None:
+    module = StandInModule()
+    family = QuantGemv(module, 227 * 1024, 132)  # type: ignore[arg-type]
+    k, batch = 256, 2
+    weight = device_array((6 * 64, QuantType.Q8_0.row_bytes(k)), np.uint8)
+    x, y = f32(batch, k), f32(batch, 6 * 64)
+    launch = family.gemv_launch(
+        weight, QuantType.Q8_0, x, y, output=Output.ROPE, rope=rope_cache(batch, 2, 2, 64, True)
+    )
+    layout = family_interface("quant_gemv").struct("gemv_fusion")
+    out = next(f for f in layout.fields if f.name == "out")
+    fusion = launch.args[-1]
+    assert isinstance(fusion, bytes)
+    assert int.from_bytes(fusion[out.offset : out.offset + 4], "little") == Output.ROPE_NEOX
+    normed = replace(rope_cache(batch, 2, 2, 64), qk_norm=f32(2, 64))
+    with pytest.raises(ValueError, match="q/k norms"):
+        family.gemv_launch(weight, QuantType.Q8_0, x, y, output=Output.ROPE, rope=normed)
+    with pytest.raises(ValueError, match=r"pass Output\.ROPE"):
+        family.gemv_launch(weight, QuantType.Q8_0, x, y, output=Output.ROPE_NEOX)
+
+
+def test_rope_prologue_checks_its_optional_weights() -> None:
+    family = Rope(StandInModule())  # type: ignore[arg-type]
+    qkv = f32(3, 8 * 64)
+    good = rope_cache(3)
+    launch = family.qkv_cache_launch(qkv, good)
+    args = RopeQkvArgs.from_buffer_copy(launch.args[-1])
+    assert (args.neox, args.rot_dim, args.head_dim, args.qk_norm) == (0, 64, 64, None)
+    assert good.bias is not None and args.bias == good.bias.ptr
+    wrong_bias = replace(good, bias=f32(7))
+    with pytest.raises(ValueError, match=r"float32 bias \[512\]"):
+        family.qkv_cache_launch(qkv, wrong_bias)
+    wrong_norm = replace(good, qk_norm=f32(64))
+    with pytest.raises(ValueError, match=r"q/k norm weight \[2, 64\]"):
+        family.qkv_cache_launch(qkv, wrong_norm)
+    too_long = replace(good, inv_freq=device_array((33,), np.float64))
+    with pytest.raises(ValueError, match="rot_dim 66 <= head_dim 64"):
+        family.qkv_cache_launch(qkv, too_long)
 
 
 # (max shared per block, SMs, type, N, K, batch, output) -> (grid, block, dynamic shared), as
@@ -357,14 +403,14 @@ def test_a_kernel_without_exported_parameters_is_refused() -> None:
 
 class SwappedFusion(KernelStruct):
     exported_as = "gemv_fusion"
-    _fields_ = (*GemvFusion._fields_[:8], ("eps", ctypes.c_int32), *GemvFusion._fields_[9:])
+    _fields_ = (*GemvFusion._fields_[:10], ("eps", ctypes.c_int32), *GemvFusion._fields_[11:])
 
 
 def test_a_mirror_that_differs_is_refused() -> None:
     interface = family_interface("quant_gemv")
-    with pytest.raises(CudaError, match=r"SwappedFusion .* field 8 is eps \(I32.* eps \(F32"):
+    with pytest.raises(CudaError, match=r"SwappedFusion .* field 10 is eps \(I32.* eps \(F32"):
         interface.check_mirror(SwappedFusion)
-    with pytest.raises(CudaError, match=r"SwappedFusion .* field 8"):
+    with pytest.raises(CudaError, match=r"SwappedFusion .* field 10"):
         interface.signature("quant_gemv_q4_0_b1", SwappedFusion)
     with pytest.raises(CudaError, match="passes no mirror"):
         interface.signature("quant_gemv_q4_0_b1")

@@ -1,7 +1,8 @@
 // Paged attention over the fp16 KV cache, one kernel for prefill chunks and decode tokens.
 //
-// Query token t (of any sequence) attends causally to keys 0..positions[t] of its sequence,
-// which lie in the cache blocks of block_tables[token_seq[t]]; the current step's keys were
+// Query token t (of any sequence) attends causally to keys 0..positions[t] of its sequence
+// (with a sliding window W > 0, Mistral's local attention: only the last W of them, keys
+// positions[t] - W + 1..positions[t]), which lie in the cache blocks of block_tables[token_seq[t]]; the current step's keys were
 // stored by rope_qkv_cache_f32 before this runs, so a prefill chunk that follows a
 // prefix-cache hit reads the cached blocks like any other. A position < 0 (a padded row)
 // attends to nothing and gets zeros.
@@ -111,7 +112,7 @@ __device__ __forceinline__ void attend(
     const half* __restrict__ v_cache, const int* __restrict__ positions,
     const int* __restrict__ token_seq, const int* __restrict__ block_tables, int table_stride,
     float* __restrict__ out, float* __restrict__ partials, int* __restrict__ counters,
-    int kv_heads, int block_shift, float scale_log2) {
+    int kv_heads, int block_shift, float scale_log2, int window) {
     static_assert(HD % 8 == 0 && THREADS % (HD / 2) == 0, "a thread's value dims: a half2");
     constexpr int PAIRS = HD / 2;  // threads per key in the value phase, two dims each
     constexpr int KG = THREADS / PAIRS;  // keys of a tile taken at once in the value phase
@@ -130,12 +131,14 @@ __device__ __forceinline__ void attend(
     const int q_heads = kv_heads * G;
     const long long row = t * static_cast<long long>(q_heads + 2 * kv_heads) * HD;
 
-    const int n_keys = max(positions[t] + 1, 0);
+    const int last = max(positions[t] + 1, 0);  // one past the token's own key
+    const int first = window > 0 ? max(last - window, 0) : 0;
+    const int n_keys = last - first;
     const int used = active_splits(n_keys, splits);
     if (split >= used) return;
     const int chunk = (n_keys + used - 1) / used;
-    const int begin = split * chunk;
-    const int end = min(n_keys, begin + chunk);
+    const int begin = first + split * chunk;
+    const int end = min(last, begin + chunk);
     const int* table = block_tables + static_cast<long long>(token_seq[t]) * table_stride;
     const int block_mask = (1 << block_shift) - 1;
 
@@ -271,7 +274,8 @@ __device__ __forceinline__ void attend(
 // qkv [T, (kv_heads * G + 2 kv_heads) * HD] float32 (q heads first, rotated); caches
 // [num_slots, kv_heads, HD] fp16; positions, token_seq [T]; block_tables [S, table_stride];
 // out [T, kv_heads * G * HD]; when splits > 1, partials [T, kv_heads, splits, G, HD + 2] float32
-// and counters [T, kv_heads] int32 (zero before the first launch, left zero).
+// and counters [T, kv_heads] int32 (zero before the first launch, left zero); window > 0: a
+// token sees only its last `window` keys (itself included), 0: all.
 // Grid (T, kv_heads, splits), block 32 * WARPS.
 #define EMBER_PAGED_ATTENTION(HD, G)                                                          \
     extern "C" __global__ void __launch_bounds__(ember_attention::THREADS)                   \
@@ -280,16 +284,19 @@ __device__ __forceinline__ void attend(
             const half* __restrict__ v_cache, const int* __restrict__ positions,              \
             const int* __restrict__ token_seq, const int* __restrict__ block_tables,          \
             int table_stride, float* __restrict__ out, float* __restrict__ partials,          \
-            int* __restrict__ counters, int kv_heads, int block_shift, float scale_log2) {    \
+            int* __restrict__ counters, int kv_heads, int block_shift, float scale_log2,      \
+            int window) {                                                                     \
         ember_attention::attend<HD, G>(qkv, k_cache, v_cache, positions, token_seq,           \
                                        block_tables, table_stride, out, partials, counters,   \
-                                       kv_heads, block_shift, scale_log2);                    \
+                                       kv_heads, block_shift, scale_log2, window);            \
     }                                                                                         \
     EMBER_EXPORT_PARAMS(paged_attention_hd##HD##_g##G)
 
-// Every (head_dim, query heads per kv head) instantiated.
-#define EMBER_ATTENTION_SHAPES(X) \
-    X(64, 1) X(64, 2) X(64, 3) X(64, 4) X(64, 8) X(128, 1) X(128, 2) X(128, 4) X(128, 8)
+// Every (head_dim, query heads per kv head) instantiated: 7 and 5 are Qwen2.5's (0.5B and 7B:
+// 14 / 2 and 28 / 4 heads; 14B and 32B: 40 / 8).
+#define EMBER_ATTENTION_SHAPES(X)                                                               \
+    X(64, 1) X(64, 2) X(64, 3) X(64, 4) X(64, 7) X(64, 8) X(128, 1) X(128, 2) X(128, 4) X(128, 5) \
+        X(128, 7) X(128, 8)
 
 EMBER_ATTENTION_SHAPES(EMBER_PAGED_ATTENTION)
 

@@ -76,13 +76,15 @@ class Attention:
         splits: int = 1,
         partials: DeviceArray | None = None,
         counters: DeviceArray | None = None,
+        window: int | None = None,
     ) -> Launch:
         """out [T, q_heads * head_dim] = causal attention of the q heads in qkv [T, (q_heads +
         2 kv_heads) * head_dim] over keys 0..positions[t] of sequence token_seq[t], whose slots
         are block_tables [S, max_blocks] (block ids) * block_size + offset in k_cache, v_cache
         [num_slots, kv_heads, head_dim]. With splits > 1, `partials` holds partials_size()
         float32 elements and `counters` counters_size() int32 ones, zero before the first
-        launch; a token uses only the splits its own keys need."""
+        launch; a token uses only the splits its own keys need. `window`: a token sees only
+        its last `window` keys, itself included (a sliding window); None: all of them."""
         if qkv.dtype != _F32 or out.dtype != _F32:
             raise TypeError(f"attention needs float32 qkv and out, got {qkv.dtype}, {out.dtype}")
         if k_cache.dtype != _F16 or v_cache.dtype != _F16:
@@ -109,6 +111,8 @@ class Attention:
             raise ValueError(f"block_tables must be [S, max_blocks], got {block_tables.shape}")
         if block_size <= 0 or block_size & (block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {block_size}")
+        if window is not None and window <= 0:
+            raise ValueError(f"a sliding window must be positive, got {window}")
         if not 1 <= splits <= MAX_SPLITS:
             raise ValueError(f"splits must be 1..{MAX_SPLITS}, got {splits}")
         need = partials_size(tokens, q_heads, head_dim, splits)
@@ -130,7 +134,7 @@ class Attention:
             (qkv.ptr, k_cache.ptr, v_cache.ptr, positions.ptr, token_seq.ptr)
             + (block_tables.ptr, block_tables.shape[1], out.ptr, workspace, counter_ptr)
             + (kv_heads,)
-            + (block_size.bit_length() - 1, scale_log2),
+            + (block_size.bit_length() - 1, scale_log2, window or 0),
         )
 
     def unload(self) -> None:

@@ -39,8 +39,11 @@
 //    computes the rows' sums of squares itself: K floats a row, from L2);
 //  - swiglu: norm, and W holds the gate rows then the up rows (2F rows); a thread block takes
 //    16 gate rows and the same 16 up rows and stores silu(gate) * up, y [batch, F];
-//  - rope: norm, and y is the fused q/k/v projection: q and k are rotated (RoPE) and k and v
-//    stored in fp16 in the paged cache, as rope.cu's rope_qkv_cache_f32 does;
+//  - rope: norm, and y is the fused q/k/v projection: biases added (Qwen2), q and k rotated
+//    (RoPE) and k and v stored in fp16 in the paged cache, as rope.cu's rope_qkv_cache_f32 does
+//    (but for the q/k norm, which needs whole heads). NEOX pairs (x[i], x[i + head_dim / 2]) lie
+//    apart in W's rows, so for them a thread block takes 16 rows of a head's first half and the
+//    16 rows half a head below (RowMap), as swiglu pairs gate and up rows;
 //  - add: y += x @ W.T (the residual add after the attention output and down projections).
 //
 // Exact integer to float: dp4a accumulates onto the int bits of 1.5 * 2^23 (minus 8 * sum(q)
@@ -63,7 +66,7 @@ constexpr float MAGIC_F = 12582912.0f;
 constexpr uint32_t LOW_NIBBLES = 0x0F0F0F0Fu;
 
 // What a GEMV does with its sums (see the fusions above); quant_gemv.py's Output.
-enum Out : int { STORE = 0, ADD = 1, SWIGLU = 2, ROPE = 3 };
+enum Out : int { STORE = 0, ADD = 1, SWIGLU = 2, ROPE = 3, ROPE_NEOX = 4 };
 
 // A launch's fusions, passed by value as llama.cpp's mmvq passes its fusion arguments; the rope
 // fields are read only for ROPE. quant_gemv.py's GemvFusion mirrors it, checked against the
@@ -80,33 +83,37 @@ struct Fusion {
     const int* slots;      // [batch] cache slots (< 0: store nothing), rope
     half* k_cache;         // [slots, kv_heads, head_dim], rope
     half* v_cache;
+    const double* inv_freq;  // [rot_dim / 2] radians per position of each pair, rope
+    const float* bias;       // [n] added to y, rope (q|k|v biases), or null
     int out;  // an Out
     float eps;
     int n_q_heads;
     int n_kv_heads;
     int head_dim;
     int rot_dim;
-    float rope_base;
-    float linear_factor;
 };
 
 // Weight rows per thread block: lane l computes row l.
 constexpr int ROWS = 32;
 
-// The weight rows a thread block's 32 lanes compute: 32 consecutive rows, or (swiglu) 16 gate
-// rows and the matching 16 up rows, half = F rows apart. Rows past the end repeat the last.
+// The weight rows a thread block's 32 lanes compute: 32 consecutive rows, or 16 pairs of rows:
+// W's rows are groups of `span` rows, and pair p is row e of group g and the row span / 2
+// below it (p = g * span / 2 + e). Swiglu's span is all of W (gate row e, up row F + e), NEOX
+// RoPE's a head. Lanes 0-15 take the pairs' first rows, 16-31 their second. Rows (pairs) past
+// the end repeat the last.
 struct RowMap {
-    long long first;  // the block's first (gate) row
+    long long first;  // the block's first row, or (paired) its first pair
     long long n;      // W's rows
-    bool swiglu;
-    __device__ __forceinline__ RowMap(long long n_rows, bool gate_up) : n(n_rows), swiglu(gate_up) {
-        first = static_cast<long long>(blockIdx.x) * (swiglu ? ROWS / 2 : ROWS);
+    long long span;   // 0: consecutive rows
+    __device__ __forceinline__ RowMap(long long n_rows, long long pair_span)
+        : n(n_rows), span(pair_span) {
+        first = static_cast<long long>(blockIdx.x) * (span ? ROWS / 2 : ROWS);
     }
     __device__ __forceinline__ long long row(int r) const {
-        if (swiglu) {
-            const long long half = n / 2;
-            const long long g = min(first + (r & 15), half - 1);
-            return r < 16 ? g : half + g;
+        if (span) {
+            const long long half = span / 2;
+            const long long p = min(first + (r & 15), n / 2 - 1);
+            return p / half * span + p % half + (r < 16 ? 0 : half);
         } else {
             return min(first + r, n - 1);
         }
@@ -654,18 +661,18 @@ __device__ __forceinline__ void norm_scales(
     }
 }
 
-// Rotate the pair (v0, v1) at row `row` (even) of a token's fused q/k/v output as rope.cu does,
-// and store the k and v pairs in the cache.
+// Add the biases of rows row0 and row1 (pair i of their head) of a token's fused q/k/v output
+// to (v0, v1), rotate the pair as rope.cu does, and store the k and v values in the cache.
 __device__ __forceinline__ void rope_pair(
-    const Fusion& f, long long row, int b, float& v0, float& v1) {
+    const Fusion& f, long long row0, long long row1, int i, int b, float& v0, float& v1) {
     const int q_rows = f.n_q_heads * f.head_dim;
     const int kv_rows = f.n_kv_heads * f.head_dim;
-    const int e = static_cast<int>(row % f.head_dim);
-    if (row < q_rows + kv_rows && e < f.rot_dim) {
-        const int i = e / 2;
-        const double inv_freq = pow(static_cast<double>(f.rope_base), -2.0 * i / f.rot_dim);
-        const double angle =
-            static_cast<double>(__ldg(f.positions + b)) / f.linear_factor * inv_freq;
+    if (f.bias != nullptr) {
+        v0 += __ldg(f.bias + row0);
+        v1 += __ldg(f.bias + row1);
+    }
+    if (row0 < q_rows + kv_rows && 2 * i < f.rot_dim) {
+        const double angle = static_cast<double>(__ldg(f.positions + b)) * __ldg(f.inv_freq + i);
         double sd, cd;
         sincos(angle, &sd, &cd);
         const float c = static_cast<float>(cd);
@@ -676,10 +683,12 @@ __device__ __forceinline__ void rope_pair(
         v1 = r1;
     }
     const long long slot = __ldg(f.slots + b);
-    if (row >= q_rows && slot >= 0) {
-        const bool is_v = row >= q_rows + kv_rows;
-        const long long at = slot * kv_rows + (row - q_rows - (is_v ? kv_rows : 0));
-        *reinterpret_cast<half2*>((is_v ? f.v_cache : f.k_cache) + at) = __floats2half2_rn(v0, v1);
+    if (row0 >= q_rows && slot >= 0) {
+        const bool is_v = row0 >= q_rows + kv_rows;
+        half* cache = is_v ? f.v_cache : f.k_cache;
+        const long long at = slot * kv_rows - q_rows - (is_v ? kv_rows : 0);  // + row: its place
+        cache[at + row0] = __float2half_rn(v0);
+        cache[at + row1] = __float2half_rn(v1);
     }
 }
 
@@ -709,7 +718,7 @@ __device__ __forceinline__ void gemv(
             __syncthreads();
         }
     };
-    const RowMap rows(n, f.out == SWIGLU);
+    const RowMap rows(n, f.out == SWIGLU ? n : f.out == ROPE_NEOX ? f.head_dim : 0);
     float acc[MAX_BATCH] = {};
     if (aligned)
         warp_rows<Block, MAX_BATCH, true>(
@@ -739,16 +748,23 @@ __device__ __forceinline__ void gemv(
             const float gate = total(b, r);
             y[b * half + j] = gate / (1.0f + expf(-gate)) * total(b, r + 16);
         }
-    } else if (f.out == ROPE) {
+    } else if (f.out == ROPE || f.out == ROPE_NEOX) {
+        const bool neox = f.out == ROPE_NEOX;
         for (int t = threadIdx.x; t < MAX_BATCH * 16; t += blockDim.x) {
             const int b = t / 16;
-            const long long row = rows.first + 2 * (t % 16);
-            if (b >= batch || row >= n) continue;
-            float v0 = total(b, static_cast<int>(row - rows.first));
-            float v1 = total(b, static_cast<int>(row - rows.first) + 1);
-            rope_pair(f, row, b, v0, v1);
-            y[b * static_cast<long long>(n) + row] = v0;
-            y[b * static_cast<long long>(n) + row + 1] = v1;
+            const int r = t % 16;
+            // Lanes r and r + 16 (NEOX, RowMap's pairs) or 2r and 2r + 1 hold the pair.
+            const int r0 = neox ? r : 2 * r;
+            const int r1 = neox ? r + 16 : 2 * r + 1;
+            if (b >= batch || (neox ? rows.first + r >= n / 2 : rows.first + r0 >= n)) continue;
+            const long long row0 = neox ? rows.row(r0) : rows.first + r0;
+            const long long row1 = neox ? rows.row(r1) : row0 + 1;
+            const int e = static_cast<int>(row0 % f.head_dim);
+            float v0 = total(b, r0);
+            float v1 = total(b, r1);
+            rope_pair(f, row0, row1, neox ? e : e / 2, b, v0, v1);
+            y[b * static_cast<long long>(n) + row0] = v0;
+            y[b * static_cast<long long>(n) + row1] = v1;
         }
     } else {
         // A warp's 32 threads share b (blockDim is whole warps), so b < batch is warp-uniform.
@@ -776,8 +792,8 @@ __device__ __forceinline__ void gemv(
 }  // namespace ember_gemv
 
 EMBER_EXPORT_STRUCT(gemv_fusion, ember_gemv::Fusion, norm_weight, norm_partials, out_partials,
-                    positions, slots, k_cache, v_cache, out, eps, n_q_heads, n_kv_heads, head_dim,
-                    rot_dim, rope_base, linear_factor)
+                    positions, slots, k_cache, v_cache, inv_freq, bias, out, eps, n_q_heads,
+                    n_kv_heads, head_dim, rot_dim)
 
 // One kernel per block type and batch tier: registers grow with the batch, so batch 1 must not
 // pay for batch 8. Launch grid ceil(n / 32) (swiglu: ceil(n / 2 / 16)), block 32 * warps

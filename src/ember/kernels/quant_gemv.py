@@ -1,6 +1,6 @@
 """Launch wrapper for quant_gemv.cu: y = x @ W.T with W a Q4_0, Q4_1 or Q8_0 GGUF tensor, with
 the decode step's neighbouring work optionally fused in (RMSNorm before; residual add, SwiGLU,
-or RoPE and the KV-cache store after)."""
+or the q/k/v biases, RoPE and the KV-cache store after)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,10 @@ class Output(IntEnum):
     STORE = 0
     ADD = 1  # y += x @ W.T
     SWIGLU = 2  # W is gate rows then up rows [2F, K]; y [batch, F] = silu(gate) * up
-    ROPE = 3  # y is q|k|v of one layer: q, k rotated; k, v stored in the paged cache
+    ROPE = 3  # y is q|k|v of one layer: biases added; q, k rotated; k, v stored in the cache
+    # ROPE over NEOX pairs: the wrapper's choice for a RopeCache with neox (W's rows are then
+    # computed in pairs half a head apart); pass ROPE.
+    ROPE_NEOX = 4
 
 
 class GemvFusion(KernelStruct):
@@ -69,14 +72,14 @@ class GemvFusion(KernelStruct):
         ("slots", ctypes.c_void_p),
         ("k_cache", ctypes.c_void_p),
         ("v_cache", ctypes.c_void_p),
+        ("inv_freq", ctypes.c_void_p),
+        ("bias", ctypes.c_void_p),
         ("out", ctypes.c_int32),
         ("eps", ctypes.c_float),
         ("n_q_heads", ctypes.c_int32),
         ("n_kv_heads", ctypes.c_int32),
         ("head_dim", ctypes.c_int32),
         ("rot_dim", ctypes.c_int32),
-        ("rope_base", ctypes.c_float),
-        ("linear_factor", ctypes.c_float),
     )
 
 
@@ -241,6 +244,8 @@ class QuantGemv:
                 f"{quant.name} gemv needs {per_warp} bytes of shared memory per warp; "
                 f"the device has {self.max_shared} per block"
             )
+        if output is Output.ROPE_NEOX:
+            raise ValueError("pass Output.ROPE: the RopeCache's neox picks the NEOX epilogue")
         fusion = GemvFusion(out=int(output))
         _set_norm(fusion, norm, batch, k)
         fusion.out_partials = _sums_address(sums_of_squares, output, batch, n)
@@ -322,17 +327,22 @@ def _set_rope(
     if (rope is None) != (output is not Output.ROPE):
         raise ValueError("a gemv takes rope arguments exactly when its output is ROPE")
     if rope is None:
-        fusion.linear_factor = 1.0
         return
-    (
-        fusion.positions,
-        fusion.slots,
-        fusion.k_cache,
-        fusion.v_cache,
-        fusion.n_q_heads,
-        fusion.n_kv_heads,
-        fusion.head_dim,
-        fusion.rot_dim,
-        fusion.rope_base,
-        fusion.linear_factor,
-    ) = rope.kernel_args(batch, n)
+    args = rope.kernel_args(batch, n)
+    if args.qk_norm:
+        raise ValueError(
+            "a ROPE gemv cannot apply q/k norms (a thread block holds 32 rows, not whole "
+            "heads): store q|k|v and run rope_qkv_cache after it"
+        )
+    if args.neox and args.rot_dim != args.head_dim:
+        raise ValueError(
+            f"a NEOX ROPE gemv rotates whole heads (rot_dim {args.rot_dim} of head_dim "
+            f"{args.head_dim}): store q|k|v and run rope_qkv_cache after it"
+        )
+    fusion.out = int(Output.ROPE_NEOX if args.neox else Output.ROPE)
+    for name in ("positions", "slots", "k_cache", "v_cache", "inv_freq", "bias"):
+        setattr(fusion, name, getattr(args, name))
+    fusion.n_q_heads = args.n_q_heads
+    fusion.n_kv_heads = args.n_kv_heads
+    fusion.head_dim = args.head_dim
+    fusion.rot_dim = args.rot_dim

@@ -105,7 +105,7 @@ def _text_side(
 
 
 def _load_synthetic(model: str, device: str, started: float) -> LoadedModel:
-    config, _, _ = preset(model)
+    config, _ = preset(model)
     if resolve_device(device) != "cuda":
         raise EmberError(f"{model} is generated on the GPU; it needs --device cuda (or auto)")
     backend = load_synthetic_backend(model)

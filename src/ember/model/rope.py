@@ -24,6 +24,13 @@ def inverse_frequencies(rope: RopeConfig) -> npt.NDArray[np.float64]:
     return inv_freq
 
 
+def radians_per_position(rope: RopeConfig) -> npt.NDArray[np.float64]:
+    """What pair i turns by per position, linear scaling included: the table the CUDA kernels
+    read (rope.cu), float64 so that angles at large positions keep float32 precision."""
+    speeds: npt.NDArray[np.float64] = inverse_frequencies(rope) / rope.linear_factor
+    return speeds
+
+
 class RotaryEmbedding:
     def __init__(self, rope: RopeConfig, max_positions: int) -> None:
         positions = np.arange(max_positions, dtype=np.float64) / rope.linear_factor

@@ -49,7 +49,7 @@ class ServedModel:
     @classmethod
     def _synthetic(cls, model: str, served_name: str | None) -> ServedModel:
         """Random weights of real shapes, for benchmarks; the text is meaningless."""
-        config, _, _ = preset(model)
+        config, _ = preset(model)
         return cls(
             name=served_name or model,
             path=Path(model),

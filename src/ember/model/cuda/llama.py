@@ -16,9 +16,15 @@ queued from the other.
 
 Steps of up to 4 tokens (decode at small batches, where a step is a chain of short kernels and
 each costs a launch's ~3.5 µs on an H100 whatever its work) run five kernels a layer instead of
-nine: the GEMVs fuse the RMSNorm before them, and the residual add, SwiGLU, or RoPE and the KV
-cache store after them (quant_gemv.cu). `fused_decode = False` restores the separate kernels
-(for comparison).
+nine: the GEMVs fuse the RMSNorm before them, and the residual add, SwiGLU, or the q/k/v biases,
+RoPE and the KV cache store after them (quant_gemv.cu). A model with per-head q/k norms (Qwen3)
+runs six: a GEMV thread block holds 32 rows, not the whole heads a norm needs, so its q/k/v
+GEMV stores and rope.cu's prologue kernel follows. `fused_decode = False` restores the separate
+kernels (for comparison).
+
+The architectures' differences are data the kernels take: q/k/v biases and q/k norm weights
+(CudaLayerWeights), the RoPE pair layout and a float64 table of each pair's radians per
+position (Llama 3's frequency factors and linear scaling folded in), and the sliding window.
 """
 
 from __future__ import annotations
@@ -37,10 +43,11 @@ from ember.gpu.graph import GraphExec, StreamCapture
 from ember.gpu.launch import Launch
 from ember.gpu.memory import PinnedHostBuffer
 from ember.gpu.stream import Event, Stream
+from ember.kernels.attention import SHAPES as ATTENTION_SHAPES
 from ember.kernels.attention import Attention, choose_splits, partials_size
 from ember.kernels.kernel_set import KernelSet
 from ember.kernels.quant_gemv import MAX_BATCH as GEMV_MAX_ROWS
-from ember.kernels.quant_gemv import Output, QuantType, RmsNorm
+from ember.kernels.quant_gemv import Output, RmsNorm
 from ember.kernels.rope import RopeCache
 from ember.model.backend import PendingStep, SampledStep, SamplingBatch
 from ember.model.config import ModelConfig
@@ -48,11 +55,13 @@ from ember.model.cuda.activation_buffers import Activations, ActivationViews
 from ember.model.cuda.step_inputs import StepArrays, StepInputs
 from ember.model.cuda.weights import CudaWeights, QuantMatrix
 from ember.model.forward_batch import ForwardBatch
+from ember.model.rope import radians_per_position
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ember.model.gguf_file import GGUFFile
+    from ember.model.synthetic import TypeMix
 
 F32 = npt.NDArray[np.float32]
 # Token-row buckets above 256 grow in steps of 256 (prefill chunks).
@@ -83,25 +92,24 @@ def _bucket(sizes: list[int], n: int) -> int:
     raise EmberError(f"a step of {n} exceeds the reserved {sizes[-1]}")
 
 
-def _refuse_cpu_only_features(gguf: GGUFFile, config: ModelConfig) -> None:
-    """The CUDA kernels implement Llama's pass without the other architectures' extras yet;
-    those files run on the CPU (`--device cpu`) until they do."""
-    rope = config.rope
-    missing = [
-        name
-        for unsupported, name in (
-            (config.qkv_bias, "q/k/v biases"),
-            (config.qk_norm, "per-head q/k norms"),
-            (config.sliding_window is not None, f"a sliding window ({config.sliding_window})"),
-            (rope.style != "adjacent", "RoPE over halves (NEOX)"),
-            (rope.freq_factors is not None, "RoPE frequency factors (rope_freqs.weight)"),
+def unsupported(config: ModelConfig) -> str | None:
+    """What of `config` the CUDA kernels cannot run, or None. Every architecture feature the
+    config reads runs here; attention is compiled for some head shapes only (attention.cu)."""
+    if not Attention.supports(config.head_dim, config.n_heads, config.n_kv_heads):
+        shapes = ", ".join(f"{hd}/{g}" for hd, g in ATTENTION_SHAPES)
+        return (
+            f"attention with head_dim {config.head_dim} and {config.n_heads} q heads over "
+            f"{config.n_kv_heads} kv heads (compiled head_dim/group pairs: {shapes})"
         )
-        if unsupported
-    ]
-    if missing:
+    return None
+
+
+def _refuse_unsupported(gguf: GGUFFile, config: ModelConfig) -> None:
+    reason = unsupported(config)
+    if reason is not None:
         raise ModelFormatError(
-            f"{gguf.path}: the CUDA backend does not implement {', '.join(missing)} "
-            f"({config.architecture}) yet; run this model with --device cpu"
+            f"{gguf.path}: the CUDA backend has no kernel for {reason} ({config.architecture}); "
+            "run this model with --device cpu"
         )
 
 
@@ -117,11 +125,9 @@ class CudaLlama:
         stream: Stream,
         kernels: KernelSet,
     ) -> None:
-        if not Attention.supports(config.head_dim, config.n_heads, config.n_kv_heads):
-            raise EmberError(
-                f"the CUDA backend has no attention kernel for head_dim {config.head_dim} with "
-                f"{config.n_heads} q heads over {config.n_kv_heads} kv heads"
-            )
+        reason = unsupported(config)
+        if reason is not None:
+            raise EmberError(f"the CUDA backend has no kernel for {reason}")
         self._config = config
         self.weights = weights
         self.device = device
@@ -150,6 +156,7 @@ class CudaLlama:
             (kernels.quant_gemm.max_workspace_bytes,), np.dtype(np.uint8)
         )
         self._gemm_workspace.buffer.memset_d32(0, stream)
+        self._inv_freq = DeviceArray.from_numpy(radians_per_position(config.rope))
         self.use_graphs = True
         self._fused_decode = True
 
@@ -173,23 +180,22 @@ class CudaLlama:
     ) -> CudaLlama:
         from ember.model.cuda.weights import upload_weights
 
-        _refuse_cpu_only_features(gguf, config)
+        _refuse_unsupported(gguf, config)
         return cls._open(
             config, ordinal, lambda _, stream: upload_weights(gguf, config, stream, progress)
         )
 
     @classmethod
-    def synthetic(
-        cls, config: ModelConfig, quant: QuantType, head_quant: QuantType, ordinal: int = 0
-    ) -> CudaLlama:
-        """Random weights of `config`'s shapes, generated on the device (for benchmarks)."""
+    def synthetic(cls, config: ModelConfig, types: TypeMix, ordinal: int = 0) -> CudaLlama:
+        """Random weights of `config`'s shapes in `types`' block types, generated on the device
+        (for benchmarks)."""
         from ember.kernels.synthetic import Synthetic
         from ember.model.cuda.weights import synthetic_weights
 
         def generate(device: Device, stream: Stream) -> CudaWeights:
             generator = Synthetic.load(device)
             try:
-                return synthetic_weights(config, quant, head_quant, generator, stream)
+                return synthetic_weights(config, types, generator, stream)
             finally:
                 generator.unload()
 
@@ -291,6 +297,7 @@ class CudaLlama:
         for event in self._slot_events:
             event.destroy()
         self._gemm_workspace.free()
+        self._inv_freq.free()
         self.weights.free()
         self.kernels.unload()
         self.stream.destroy()
@@ -425,17 +432,9 @@ class CudaLlama:
         plan = [self._embedding(s, a)]
         sums = a.norm_partials
         for i, layer in enumerate(w.layers):
-            qkv, wo, gate_up, down = layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down
+            wo, gate_up, down = layer.wo, layer.w_gate_up, layer.w_down
+            plan += self._fused_qkv(i, RmsNorm(layer.attn_norm, eps, sums if i else None), a, s)
             plan += [
-                gemv(
-                    qkv.data,
-                    qkv.quant,
-                    a.residual,
-                    a.qkv,
-                    norm=RmsNorm(layer.attn_norm, eps, sums if i else None),
-                    output=Output.ROPE,
-                    rope=self._rope_cache(i, s),
-                ),
                 self._attention(i, tokens, a, s),
                 gemv(
                     wo.data, wo.quant, a.attn, a.residual, output=Output.ADD, sums_of_squares=sums
@@ -465,6 +464,23 @@ class CudaLlama:
         plan.append(k.sampling.sample_launch(a.logits, s.params, a.sampled, masks=s.masks))
         return plan
 
+    def _fused_qkv(self, i: int, norm: RmsNorm, a: ActivationViews, s: StepArrays) -> list[Launch]:
+        """Layer i's normed q/k/v projection and attention prologue: one GEMV, or (q/k norms,
+        which need whole heads) a GEMV and rope.cu's prologue kernel."""
+        layer = self.weights.layers[i]
+        qkv = layer.wqkv
+        rope = self._rope_cache(i, s)
+        gemv = self.kernels.quant_gemv.gemv_launch
+        if layer.qk_norm is None:
+            fused = gemv(
+                qkv.data, qkv.quant, a.residual, a.qkv, norm=norm, output=Output.ROPE, rope=rope
+            )
+            return [fused]
+        return [
+            gemv(qkv.data, qkv.quant, a.residual, a.qkv, norm=norm),
+            self.kernels.rope.qkv_cache_launch(a.qkv, rope),
+        ]
+
     def _embedding(self, s: StepArrays, a: ActivationViews) -> Launch:
         """The token rows into the residual stream; placeholders read the previous step's ids."""
         assert self.activations is not None
@@ -487,6 +503,7 @@ class CudaLlama:
             self._splits(tokens),
             a.partials,
             a.counters,
+            window=self._config.sliding_window,
         )
 
     def _attention_block(
@@ -501,18 +518,22 @@ class CudaLlama:
         ]
 
     def _rope_cache(self, layer: int, s: StepArrays) -> RopeCache:
-        """RoPE and the KV-cache store after layer `layer`'s q/k/v projection."""
+        """The attention prologue after layer `layer`'s q/k/v projection: its biases and q/k
+        norms, RoPE in the model's layout, the KV-cache store."""
         c = self._config
         k_cache, v_cache = self._layer_cache(layer)
+        weights = self.weights.layers[layer]
         return RopeCache(
             s.positions,
             s.slots,
             k_cache,
             v_cache,
             c.n_heads,
-            c.rope.base,
-            c.head_dim,
-            c.rope.linear_factor,
+            self._inv_freq,
+            neox=c.rope.style == "halves",
+            bias=weights.bqkv,
+            qk_norm=weights.qk_norm,
+            eps=c.rms_eps,
         )
 
     def _layer_cache(self, layer: int) -> tuple[DeviceArray, DeviceArray]:

@@ -4,7 +4,8 @@ All tensors live in one device allocation (the arena), each at a 256-byte aligne
 are copied from the memory-mapped GGUF through two pinned staging buffers in turn, so a copy
 engine transfer of one chunk overlaps the host's copy of the next out of the page cache; no
 tensor becomes a Python object on the way. The q/k/v projections, and gate/up, are stored
-back to back, which makes them one [q + 2 kv, d] (or [2 ffn, d]) matrix for one GEMV/GEMM.
+back to back, which makes them one [q + 2 kv, d] (or [2 ffn, d]) matrix for one GEMV/GEMM; so
+are the q/k/v biases (one [q + 2 kv] vector) and the q and k norms ([2, head_dim]).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class CudaLayerWeights:
     ffn_norm: DeviceArray
     w_gate_up: QuantMatrix  # [2 ffn, d]
     w_down: QuantMatrix  # [d, ffn]
+    bqkv: DeviceArray | None = None  # float32 [q_dim + 2 kv_dim] (Qwen2), or None
+    qk_norm: DeviceArray | None = None  # float32 [2, head_dim]: q heads' then k's (Qwen3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +82,18 @@ class CudaWeights:
 
 @dataclass(frozen=True, slots=True)
 class _Part:
-    """One tensor to place: its name(s) (several are stacked row-wise) and expected shape."""
+    """One tensor to place: its name(s) (several are stacked row-wise) and expected shape:
+    rows[i] rows of `cols` for names[i]; a norm is one row, [cols]; cols 1 means 1-D tensors
+    of rows[i] values (biases)."""
 
     names: tuple[str, ...]
     rows: tuple[int, ...]
     cols: int
+
+    @property
+    def vector(self) -> bool:
+        """Float32 values (norms, biases), not a matrix of blocks."""
+        return self.cols == 1 or all(r == 1 for r in self.rows)
 
 
 def _parts(config: ModelConfig) -> Iterator[_Part]:
@@ -94,6 +104,11 @@ def _parts(config: ModelConfig) -> Iterator[_Part]:
         yield _Part((p + "attn_norm.weight",), (1,), c.d_model)
         qkv = (p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight")
         yield _Part(qkv, (c.q_dim, c.kv_dim, c.kv_dim), c.d_model)
+        if c.qkv_bias:
+            biases = (p + "attn_q.bias", p + "attn_k.bias", p + "attn_v.bias")
+            yield _Part(biases, (c.q_dim, c.kv_dim, c.kv_dim), 1)
+        if c.qk_norm:
+            yield _Part((p + "attn_q_norm.weight", p + "attn_k_norm.weight"), (1, 1), c.head_dim)
         yield _Part((p + "attn_output.weight",), (c.d_model,), c.q_dim)
         yield _Part((p + "ffn_norm.weight",), (1,), c.d_model)
         yield _Part((p + "ffn_gate.weight", p + "ffn_up.weight"), (c.ffn_dim, c.ffn_dim), c.d_model)
@@ -184,25 +199,21 @@ def upload_weights(
 
 def synthetic_weights(
     config: ModelConfig,
-    quant: QuantType,
-    head_quant: QuantType,
+    types: Callable[[tuple[str, ...], ModelConfig], str],
     synthetic: Synthetic,
     stream: Stream,
     seed: int = 0,
 ) -> CudaWeights:
-    """Random weights of `config`'s shapes made on the device: matrices in `quant` blocks, the
-    output head (a tied embedding too) in `head_quant`, an untied embedding in `quant`, norms
-    near 1."""
+    """Random weights of `config`'s shapes made on the device: each matrix in the block type
+    `types` names for the tensors it stacks (a QuantType name; model/synthetic.py's TypeMix),
+    norms (and biases) near 1."""
     to_gguf = {v: k for k, v in LINEAR_TYPES.items()}
     kinds = []
     for part in _parts(config):
-        if part.rows == (1,):
+        if part.vector:
             kinds.append(GGMLQuantizationType.F32)
         else:
-            head = part.names == ("output.weight",) or (
-                config.tied_embeddings and part.names == ("token_embd.weight",)
-            )
-            kinds.append(to_gguf[head_quant if head else quant])
+            kinds.append(to_gguf[QuantType[types(part.names, config)]])
     arena, arrays = _layout(config, kinds)
     for i, (view, kind, part) in enumerate(arrays):
         if kind is GGMLQuantizationType.F32:
@@ -217,7 +228,10 @@ def synthetic_weights(
 
 def _check_shapes(gguf: GGUFFile, part: _Part) -> None:
     for name, rows in zip(part.names, part.rows, strict=True):
-        expected = (rows, part.cols) if rows > 1 else (part.cols,)
+        if part.cols == 1:
+            expected: tuple[int, ...] = (rows,)
+        else:
+            expected = (rows, part.cols) if rows > 1 else (part.cols,)
         shape = gguf.tensors[name].shape
         if shape != expected and not (rows == 1 and shape == (1, part.cols)):
             raise ModelFormatError(
@@ -261,6 +275,8 @@ def _shape(kind: GGMLQuantizationType, part: _Part) -> tuple[int, ...]:
     rows = sum(part.rows)
     if kind in LINEAR_TYPES:
         return (rows, _row_bytes(kind, part.cols))
+    if part.cols == 1:
+        return (rows,)
     return (rows, part.cols) if rows > 1 else (part.cols,)
 
 
@@ -277,41 +293,47 @@ def _assemble(
     arrays: list[tuple[DeviceArray, GGMLQuantizationType, _Part]],
     config: ModelConfig,
 ) -> CudaWeights:
-    def matrix(i: int) -> QuantMatrix:
-        array, kind, part = arrays[i]
+    placed = {part.names[0]: (array, kind, part) for array, kind, part in arrays}
+
+    def matrix(name: str) -> QuantMatrix:
+        array, kind, part = placed[name]
         if kind not in LINEAR_TYPES:
             raise ModelFormatError(
-                f"{part.names[0]} is {kind.name}; the CUDA backend's matrix kernels take "
+                f"{name} is {kind.name}; the CUDA backend's matrix kernels take "
                 f"{', '.join(k.name for k in LINEAR_TYPES)}"
             )
         return QuantMatrix(array, LINEAR_TYPES[kind], sum(part.rows), part.cols)
 
-    def norm(i: int) -> DeviceArray:
-        array, kind, part = arrays[i]
+    def vector(name: str) -> DeviceArray:
+        array, kind, _ = placed[name]
         if kind is not GGMLQuantizationType.F32:
-            raise ModelFormatError(f"{part.names[0]} is {kind.name}, expected F32")
+            raise ModelFormatError(f"{name} is {kind.name}, expected F32")
         return array
+
+    def optional(name: str) -> DeviceArray | None:
+        return vector(name) if name in placed else None
 
     layers = []
     for layer in range(config.n_layers):
-        base = 1 + 6 * layer
+        p = f"blk.{layer}."
         layers.append(
             CudaLayerWeights(
-                attn_norm=norm(base),
-                wqkv=matrix(base + 1),
-                wo=matrix(base + 2),
-                ffn_norm=norm(base + 3),
-                w_gate_up=matrix(base + 4),
-                w_down=matrix(base + 5),
+                attn_norm=vector(p + "attn_norm.weight"),
+                wqkv=matrix(p + "attn_q.weight"),
+                wo=matrix(p + "attn_output.weight"),
+                ffn_norm=vector(p + "ffn_norm.weight"),
+                w_gate_up=matrix(p + "ffn_gate.weight"),
+                w_down=matrix(p + "ffn_down.weight"),
+                bqkv=optional(p + "attn_q.bias"),
+                qk_norm=optional(p + "attn_q_norm.weight"),
             )
         )
-    embd, embd_kind, _ = arrays[0]
-    head_index = 0 if config.tied_embeddings else 2 + 6 * config.n_layers
+    embd, embd_kind, _ = placed["token_embd.weight"]
     return CudaWeights(
         arena=arena,
         token_embd=embd,
         token_embd_type=embd_kind,
         layers=tuple(layers),
-        output_norm=norm(1 + 6 * config.n_layers),
-        lm_head=matrix(head_index),
+        output_norm=vector("output_norm.weight"),
+        lm_head=matrix("token_embd.weight" if config.tied_embeddings else "output.weight"),
     )

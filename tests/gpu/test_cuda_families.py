@@ -1,0 +1,163 @@
+"""The CUDA backend's logits against the NumPy backend's on each architecture family (Llama 3's
+frequency factors, Mistral's sliding window, Qwen2's biases and NEOX RoPE, Qwen3's q/k norms),
+on the same GGUF file: a batched prefill (GEMM path), decode steps of three sequences (the
+fused GEMVs, or the separate kernels), and a 5-token prefill (the unfused GEMVs)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from ember.model.config import ModelConfig
+from ember.model.cuda.llama import CudaLlama
+from ember.model.forward_batch import ForwardBatch
+from ember.model.gguf_file import GGUFFile
+from ember.model.llama_weights import LlamaWeights
+from ember.model.numpy_llama import NumpyLlama
+from tests.gpu.family_models import FAMILIES, VOCAB, Family, write_family_model
+
+BLOCK = 16
+BLOCKS_PER_SEQ = 4
+# ||cuda - numpy|| / ||numpy|| per logits row: int8 x in the GEMVs, fp16 GEMM inputs and the
+# fp16 KV cache move logits by well under 1 %; a wrong rotation, a missing bias or norm, or
+# attention outside the window moves them by tens of percent.
+TOLERANCE = 0.03
+I32 = npt.NDArray[np.int32]
+
+
+class Sequences:
+    """Sequences over the two backends' paged caches: each sequence owns BLOCKS_PER_SEQ blocks
+    (in reverse order, so a wrong block table reads the wrong keys)."""
+
+    def __init__(self) -> None:
+        self.tokens: list[list[int]] = []
+
+    def add(self, prompt: list[int]) -> int:
+        self.tokens.append(list(prompt))
+        return len(self.tokens) - 1
+
+    def table(self, seq: int) -> list[int]:
+        return [seq * BLOCKS_PER_SEQ + b for b in reversed(range(BLOCKS_PER_SEQ))]
+
+    def batch(self, steps: list[tuple[int, int]]) -> ForwardBatch:
+        """A step of (sequence, new tokens: its last n) pairs; logits of each one's last row."""
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        starts = [0]
+        lengths: list[int] = []
+        for seq, n in steps:
+            length = len(self.tokens[seq])
+            table = self.table(seq)
+            for pos in range(length - n, length):
+                ids.append(self.tokens[seq][pos])
+                positions.append(pos)
+                slots.append(table[pos // BLOCK] * BLOCK + pos % BLOCK)
+            starts.append(starts[-1] + n)
+            lengths.append(length)
+        return ForwardBatch(
+            token_ids=np.array(ids, np.int32),
+            positions=np.array(positions, np.int32),
+            slot_mapping=np.array(slots, np.int32),
+            query_starts=np.array(starts, np.int32),
+            context_lens=np.array(lengths, np.int32),
+            block_tables=np.array([self.table(seq) for seq, _ in steps], np.int32),
+            logits_indices=np.array(starts[1:], np.int32) - 1,
+        )
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=lambda f: f.name)
+def family_file(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    family: Family = request.param
+    return write_family_model(family, tmp_path_factory.mktemp(family.name) / "model.gguf")
+
+
+@pytest.fixture(scope="module")
+def backends(family_file: Path) -> Iterator[tuple[NumpyLlama, CudaLlama]]:
+    gguf = GGUFFile.open(family_file)
+    config = ModelConfig.from_gguf(gguf)
+    reference = NumpyLlama(config, LlamaWeights.load(gguf, config))
+    cuda = CudaLlama.load(gguf, config)
+    yield reference, cuda
+    cuda.close()
+
+
+def reset(reference: NumpyLlama, cuda: CudaLlama, num_seqs: int) -> None:
+    blocks = num_seqs * BLOCKS_PER_SEQ
+    reference.allocate_kv_cache(blocks, BLOCK)
+    cuda.allocate_kv_cache(blocks, BLOCK)
+    cuda.reserve(BLOCKS_PER_SEQ * BLOCK * num_seqs, num_seqs, BLOCKS_PER_SEQ)
+
+
+def assert_close(got: npt.NDArray[np.float32], want: npt.NDArray[np.float32], what: str) -> None:
+    assert got.shape == want.shape, what
+    assert np.isfinite(got).all(), what
+    error = np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)
+    assert error.max() <= TOLERANCE, f"{what}: relative error {error.max():.4f} per row"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-decode", "separate-kernels"])
+def test_cuda_logits_match_numpy(backends: tuple[NumpyLlama, CudaLlama], fused: bool) -> None:
+    reference, cuda = backends
+    cuda.fused_decode = fused
+    reset(reference, cuda, 4)
+    rng = np.random.default_rng(3)
+    seqs = Sequences()
+    prompts = [rng.integers(0, VOCAB, n).tolist() for n in (20, 13, 6)]
+    ids = [seqs.add(p) for p in prompts]
+    step = seqs.batch([(i, len(p)) for i, p in zip(ids, prompts, strict=True)])
+    want = reference.forward(step)
+    assert_close(cuda.forward(step), want, "batched prefill")
+    for n in range(6):
+        for i in ids:
+            seqs.tokens[i].append(int(want[i].argmax()))
+        step = seqs.batch([(i, 1) for i in ids])
+        want = reference.forward(step)
+        assert_close(cuda.forward(step), want, f"decode step {n}")
+    late = seqs.add(rng.integers(0, VOCAB, 5).tolist())
+    step = seqs.batch([(late, 5)])
+    assert_close(cuda.forward(step), reference.forward(step), "a 5-token prefill")
+    cuda.fused_decode = True
+
+
+def test_the_features_change_the_logits(family_file: Path) -> None:
+    """The test above can fail: the family's features (RoPE layout and factors, the window,
+    biases, q/k norms) move the NumPy logits by far more than TOLERANCE, so a kernel that
+    ignored one would fail the comparison. Runs on the CPU."""
+    gguf = GGUFFile.open(family_file)
+    config = ModelConfig.from_gguf(gguf)
+    weights = LlamaWeights.load(gguf, config)
+    plain = config.__class__(
+        **{
+            **{f: getattr(config, f) for f in config.__dataclass_fields__},
+            "sliding_window": None,
+            "rope": config.rope.__class__(config.rope.base, config.rope.dim),
+        }
+    )
+    if config.qkv_bias or config.qk_norm:
+        layers = tuple(
+            layer.__class__(
+                **{
+                    **{f: getattr(layer, f) for f in layer.__dataclass_fields__},
+                    "bqkv": None,
+                    "qk_norm": None,
+                }
+            )
+            for layer in weights.layers
+        )
+        weights = LlamaWeights(weights.token_embd, layers, weights.output_norm, weights.lm_head)
+    seqs = Sequences()
+    seqs.add(np.random.default_rng(3).integers(0, VOCAB, 20).tolist())
+    step = seqs.batch([(0, 20)])
+    logits = []
+    for c, w in ((config, LlamaWeights.load(gguf, config)), (plain, weights)):
+        model = NumpyLlama(c, w)
+        model.allocate_kv_cache(BLOCKS_PER_SEQ, BLOCK)
+        logits.append(model.forward(step))
+    error = np.linalg.norm(logits[1] - logits[0]) / np.linalg.norm(logits[0])
+    assert error > 3 * TOLERANCE, f"the features move the logits by {error:.3f} only"

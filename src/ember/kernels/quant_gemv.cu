@@ -395,12 +395,19 @@ __device__ __forceinline__ void quantize_round(
     const int pair = X::pair(lane, round);
     const int part = lane % LANES;
     float amax = 0.f;
-    float sum = 0.f;
 #pragma unroll
-    for (int j = 0; j < PER_LANE; ++j) {
-        amax = max_nan(amax, fabsf(v[j]));
-        if constexpr (SUM) sum += v[j];
-    }
+    for (int j = 0; j < PER_LANE; ++j) amax = max_nan(amax, fabsf(v[j]));
+    // sum(x) of the block in one order at every tier (batch invariance): 8-value runs summed in
+    // turn, then the runs in a pairwise tree, here and across the block's lanes below.
+    float run[PER_LANE / 8] = {};
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j)
+        if constexpr (SUM) run[j / 8] += v[j];
+#pragma unroll
+    for (int width = 1; width < PER_LANE / 8; width *= 2)
+#pragma unroll
+        for (int r = 0; r < PER_LANE / 8; r += 2 * width) run[r] += run[r + width];
+    float sum = run[0];
 #pragma unroll
     for (int offset = 1; offset < LANES; offset <<= 1) {
         amax = max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, offset));

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time ember.kernels.quant_gemm on the default model's and Llama-8B's shapes and print a table.
 
-    PYTHONPATH=src python3 scripts/bench_quant_gemm.py
+    PYTHONPATH=src python3 scripts/bench_quant_gemm.py [TYPE ...]   # e.g. Q4_K Q6_K; default all
 
 Each timing replays a CUDA graph of LAUNCHES gemms, cycling through enough copies of the
 weight (over 256 MiB in all) that none is still in the 50 MiB L2 when read again, so the
@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from ember.gpu import Device, DeviceArray, Event, Stream, StreamCapture
-from ember.kernels.quant_gemm import QuantGemm, choose_tile
+from ember.kernels.quant_gemm import QuantGemm
 from ember.kernels.quant_gemv import QuantType
 
 # (N, K): the default model's (q and o; fused q, k, v; gate or up; fused gate and up; the
@@ -80,6 +80,12 @@ def time_gemm(
     return best
 
 
+def _types() -> list[QuantType]:
+    """The types named on the command line (e.g. Q4_K Q6_K), or every type."""
+    names = sys.argv[1:]
+    return [QuantType[name.upper()] for name in names] if names else list(QuantType)
+
+
 def main() -> None:
     device = Device.get(0)
     context = device.retain_primary_context()
@@ -88,15 +94,17 @@ def main() -> None:
     print(f"{device.name}, {device.multiprocessor_count} SMs\n")
     print("| type | N | K | M | tile | µs | TFLOP/s | W GB/s |\n|---|---|---|---|---|---|---|---|")
     with Stream.create() as stream:
-        for quant in QuantType:
+        for quant in _types():
             for n, k in SHAPES:
+                if k % quant.block_weights:  # K-quant rows are whole 256-weight blocks
+                    continue
                 for m in ROWS:
                     with (
                         DeviceArray.from_numpy(np.ones((m, k), np.float32)) as x,
                         DeviceArray.empty((m, n), np.float32) as y,
                     ):
                         seconds = time_gemm(gemm, stream, quant, n, k, x, y)
-                    tile = choose_tile(m, n, gemm.multiprocessors).name.lower()
+                    tile = gemm.plan(m, n, k, quant=quant).tile.name.lower()
                     flops = 2 * m * n * k
                     w_bytes = n * quant.row_bytes(k)
                     print(

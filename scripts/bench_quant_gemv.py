@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time ember.kernels.quant_gemv on Llama-8B-sized weights and print a table of GB/s.
 
-    PYTHONPATH=src python3 scripts/bench_quant_gemv.py
+    PYTHONPATH=src python3 scripts/bench_quant_gemv.py [TYPE ...]   # e.g. Q4_K Q6_K; default all
 
 Each timing replays a CUDA graph of LAUNCHES gemvs, cycling through enough copies of the
 weight (over 256 MiB in all) that none is still in the 50 MiB L2 when read again, so the
@@ -70,6 +70,12 @@ def time_gemv(
     return best, launch.block[0] // 32
 
 
+def _types() -> list[QuantType]:
+    """The types named on the command line (e.g. Q4_K Q6_K), or every type."""
+    names = sys.argv[1:]
+    return [QuantType[name.upper()] for name in names] if names else list(QuantType)
+
+
 def main() -> None:
     device = Device.get(0)
     context = device.retain_primary_context()
@@ -77,8 +83,10 @@ def main() -> None:
     gemv = QuantGemv.load(device)
     print("| type | N | K | batch | warps | µs | GB/s |\n|---|---|---|---|---|---|---|")
     with Stream.create() as stream:
-        for quant in QuantType:
+        for quant in _types():
             for n, k in SHAPES:
+                if k % quant.block_weights:  # K-quant rows are whole 256-weight blocks
+                    continue
                 for batch in BATCHES:
                     seconds, warps = time_gemv(gemv, stream, quant, n, k, batch)
                     moved = n * quant.row_bytes(k) + 4 * batch * (n + k)

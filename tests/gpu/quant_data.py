@@ -5,17 +5,63 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from ember.kernels.quant_gemv import QuantType
+from ember.model.quant_k import scale_min_6bit
+
+# Per type: (byte offset, low, high) of each f16 scale field, drawn uniformly so that weights
+# spread like real ones (a few hundredths); every other byte (codes, sub-block scales, fifth
+# bits) is random. Minimums are negative, as they are where weights centre near zero.
+_SCALE_FIELDS: dict[QuantType, tuple[tuple[int, float, float], ...]] = {
+    QuantType.Q4_0: ((0, 0.002, 0.02),),
+    QuantType.Q4_1: ((0, 0.002, 0.02), (2, -0.15, 0.0)),
+    QuantType.Q8_0: ((0, 0.002, 0.02),),
+    QuantType.Q5_0: ((0, 0.001, 0.01),),
+    QuantType.Q5_1: ((0, 0.001, 0.01), (2, -0.15, 0.0)),
+    QuantType.Q4_K: ((0, 0.0001, 0.001), (2, 0.0002, 0.002)),
+    QuantType.Q5_K: ((0, 0.00005, 0.0005), (2, 0.0002, 0.002)),
+    QuantType.Q6_K: ((208, 0.00002, 0.0002),),
+}
 
 
 def random_weight(quant: QuantType, n: int, k: int, seed: int) -> npt.NDArray[np.uint8]:
-    """Raw GGUF bytes [n, row bytes] of random blocks with scales like real weights'."""
+    """Raw GGUF bytes [n, row bytes] of random blocks with scales like real weights' (the test
+    is skipped where K is not whole blocks of the type)."""
+    skip_unless_fits(quant, k)
     rng = np.random.default_rng(seed)
-    blocks = n * k // 32
-    parts = [rng.uniform(0.002, 0.02, (blocks, 1)).astype(np.float16).view(np.uint8)]
+    blocks = n * k // quant.block_weights
+    raw = rng.integers(0, 256, (blocks, quant.block_bytes), dtype=np.uint8)
+    for at, low, high in _SCALE_FIELDS[quant]:
+        field = rng.uniform(low, high, (blocks, 1)).astype(np.float16)
+        raw[:, at : at + 2] = field.view(np.uint8)
+    return raw.reshape(n, quant.row_bytes(k))
+
+
+def skip_unless_fits(quant: QuantType, k: int) -> None:
+    """Skip a case whose K is not whole blocks of the type (K-quants take multiples of 256)."""
+    if k % quant.block_weights:
+        pytest.skip(f"{quant.name} rows are whole {quant.block_weights}-weight blocks, K is {k}")
+
+
+def unit_minimums(
+    raw: npt.NDArray[np.uint8], quant: QuantType, n: int, k: int
+) -> npt.NDArray[np.float64] | None:
+    """Per row and 32-weight unit, the additive term of its weights (weight = scale * code + m)
+    for the types whose GEMV applies it to the exact sum of x: Q4_1 (as m + 8 d, its kernel's
+    split), Q5_1, Q4_K and Q5_K; None for the others."""
+    blocks = raw.reshape(-1, quant.block_bytes)
+
+    def half(at: int) -> npt.NDArray[np.float64]:
+        return blocks[:, at : at + 2].copy().view(np.float16)[:, 0].astype(np.float64)
+
     if quant is QuantType.Q4_1:
-        parts.append(rng.uniform(-0.15, 0.0, (blocks, 1)).astype(np.float16).view(np.uint8))
-    quant_bytes = 32 if quant is QuantType.Q8_0 else 16
-    parts.append(rng.integers(0, 256, (blocks, quant_bytes), dtype=np.uint8))
-    return np.concatenate(parts, axis=1).reshape(n, quant.row_bytes(k))
+        terms = half(2) + 8 * half(0)
+    elif quant is QuantType.Q5_1:
+        terms = half(2)
+    elif quant in (QuantType.Q4_K, QuantType.Q5_K):
+        _, minimums = scale_min_6bit(blocks[:, 4:16])
+        terms = -(half(2)[:, None] * minimums.astype(np.float64))
+    else:
+        return None
+    return terms.reshape(n, k // 32)

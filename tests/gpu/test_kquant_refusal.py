@@ -1,5 +1,6 @@
-"""The CUDA backend refuses tensor types its kernels do not read yet, naming the tensor, its
-type and the way out (the CPU backend reads them)."""
+"""The CUDA backend refuses what its kernels do not read yet (here: q/k/v stored in different
+types, to be stacked into one matrix), naming the file, the tensors, their types and the way
+out (the CPU backend reads them)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_kquant.gguf"
 
 
 @pytest.mark.gpu
-def test_k_quant_file_is_refused_with_the_tensor_and_type() -> None:
+def test_mixed_qkv_file_is_refused_with_the_tensors_and_types() -> None:
     with pytest.raises(ModelFormatError) as error:
         load_model(FIXTURE, "cuda", show_progress=False)
     message = str(error.value)
-    assert str(FIXTURE) in message and "'blk.0.attn_q.weight' is Q4_K" in message
+    assert str(FIXTURE) in message
+    assert "blk.0.attn_q.weight, blk.0.attn_k.weight, blk.0.attn_v.weight" in message
+    assert "(Q4_K, Q6_K)" in message
     assert "--device cpu" in message
     # The same file runs on the CPU.
     assert load_model(FIXTURE, "cpu", show_progress=False).config.n_layers == 2

@@ -161,8 +161,13 @@ def test_gemm_matches_dequantized_matmul(
 def test_every_tile_matches(
     quant_gemm: QuantGemm, stream: Stream, quant: QuantType, tile: GemmTile
 ) -> None:
-    """Each tile shape on M and N that are not multiples of it, with several M tiles."""
-    for n, k in [(1003, 96), (250, 2080), (130, 576)]:
+    """Each tile shape on M and N that are not multiples of it, with several M tiles (the
+    K-quants on the tiles they run, K whole super-blocks: 1 and 3 K steps)."""
+    if tile not in quant_gemm.type_residency[quant]:
+        pytest.skip(f"{quant.name} does not run tile {tile.name}")
+    for n, k in [(1003, 96), (250, 2080), (130, 576), (300, 768), (70, 256)]:
+        if k % quant.block_weights:
+            continue
         raw = random_weight(quant, n, k, seed=n * k)
         x = np.random.default_rng(n).standard_normal((300, k)).astype(np.float32)
         reference = Reference.of(raw, quant, x)
@@ -184,8 +189,13 @@ def test_split_k_matches(
 ) -> None:
     """K split 2, 3 and 7 ways: K of 65 blocks (steps that do not divide evenly, a short last
     step), K of 3 blocks (more splits than steps: empty splits add zeros), N not a multiple of
-    the tile. Each launch runs twice, so a counter it failed to reset would show."""
-    for n, k in [(250, 2080), (1003, 96)]:
+    the tile. Each launch runs twice, so a counter it failed to reset would show. K-quants: K
+    of 9 super-blocks, on the tiles they run."""
+    if tile not in quant_gemm.type_residency[quant]:
+        pytest.skip(f"{quant.name} does not run tile {tile.name}")
+    for n, k in [(250, 2080), (1003, 96), (300, 2304)]:
+        if k % quant.block_weights:
+            continue
         raw = random_weight(quant, n, k, seed=n + 7 * k)
         x = np.random.default_rng(k).standard_normal((130, k)).astype(np.float32)
         reference = Reference.of(raw, quant, x)
@@ -277,9 +287,22 @@ def test_layouts_fit_the_device(quant_gemm: QuantGemm, device: Device) -> None:
     """Every tile runs on the GPUs Ember ships cubins for (all within 99 KB of shared memory),
     and each launch asks for the dynamic shared memory its kernel was built with."""
     assert set(quant_gemm.residency) == set(GemmTile)
-    for layout in quant_gemm.layouts.values():
+    for (quant, tile), layout in quant_gemm.layouts.items():
+        if (
+            quant.unit_format
+            and quant.block_weights > 32
+            and tile
+            not in (
+                GemmTile.M16,
+                GemmTile.M32,
+                GemmTile.S16,
+                GemmTile.S32,
+            )
+        ):
+            assert layout.per_sm == 0, f"{quant.name} {tile.name} is built as a trap"
+            continue
         assert 0 < layout.shared_bytes <= device.max_shared_memory_per_block_optin
-        assert layout.per_sm >= 1
+        assert layout.per_sm >= 1, (quant, tile)
 
 
 # -- planning (no GPU) ------------------------------------------------------------------------

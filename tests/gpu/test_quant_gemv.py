@@ -18,7 +18,7 @@ from ember.gpu import Context, Device, DeviceArray, Stream
 from ember.kernels.binaries import load_family
 from ember.kernels.quant_gemv import QuantGemv, QuantType
 from ember.model.quant import dequantize
-from tests.gpu.quant_data import random_weight
+from tests.gpu.quant_data import random_weight, unit_minimums
 
 pytestmark = pytest.mark.gpu
 
@@ -67,22 +67,14 @@ def quantize_x(x: F32) -> tuple[F64, F64]:
     return seen, np.broadcast_to(amax, blocks.shape).reshape(m, k).astype(np.float64)
 
 
-def q4_1_offsets(raw: npt.NDArray[np.uint8], n: int, k: int) -> F64:
-    """Per row and block, m + 8 d: the Q4_1 kernel multiplies it by the block's exact sum of x
-    and the rest of the weight, d * (q - 8), by the quantised x."""
-    blocks = raw.reshape(n, k // 32, 20)
-    d = blocks[:, :, 0:2].copy().view(np.float16)[:, :, 0].astype(np.float64)
-    m = blocks[:, :, 2:4].copy().view(np.float16)[:, :, 0].astype(np.float64)
-    return m + 8 * d
-
-
 class Reference:
     """One weight's float64 references for a given x."""
 
     def __init__(self, raw: npt.NDArray[np.uint8], quant: QuantType, n: int, k: int) -> None:
         self.weight = dequantize(raw, GGMLQuantizationType[quant.name], (n, k)).T.astype(np.float64)
         self.magnitude = np.abs(self.weight)
-        self.offsets = q4_1_offsets(raw, n, k) if quant is QuantType.Q4_1 else None
+        # The formats whose kernel applies a per-unit term to the exact sum of x.
+        self.offsets = unit_minimums(raw, quant, n, k)
 
     def check(self, got: F32, x: F32, label: str) -> None:
         x64 = x.astype(np.float64)

@@ -354,7 +354,26 @@ def test_gemv_launch_geometry_is_unchanged(
 def test_gemm_layouts_match_the_tiles() -> None:
     layouts = tile_layouts(227 * 1024)
     assert set(layouts) == {(q, t) for q in QuantType for t in GemmTile}
-    assert all(layout.per_sm >= 1 for layout in layouts.values())
+    # A K-quant's K step is a super-block: it runs the tiles of 16 and 32 rows of x only.
+    few_rows = {GemmTile.M16, GemmTile.M32, GemmTile.S16, GemmTile.S32}
+    for (quant, tile), layout in layouts.items():
+        runs = quant.block_weights == 32 or tile in few_rows
+        assert (layout.per_sm >= 1) == runs, (quant, tile, layout)
+
+
+@pytest.mark.parametrize("quant", [q for q in QuantType if q.unit_format], ids=lambda q: q.name)
+@pytest.mark.parametrize(("n", "k"), [(4096, 4096), (28672, 4096), (4096, 14336), (300, 768)])
+def test_new_formats_gemv_geometry_ignores_the_batch(quant: QuantType, n: int, k: int) -> None:
+    """The warps of a block set a row's order of summation: for the new formats they are the
+    same at every batch (issue 21), on an H100's and an A10's shared memory."""
+    for max_shared, multiprocessors in ((232448, 132), (101376, 72)):
+        family = QuantGemv(StandInModule(), max_shared, multiprocessors)  # type: ignore[arg-type]
+        weight = device_array((n, quant.row_bytes(k)), np.uint8)
+        shapes = {
+            family.gemv_launch(weight, quant, f32(batch, k), f32(batch, n)).block
+            for batch in range(1, 9)
+        }
+        assert len(shapes) == 1, (quant, n, k, shapes)
 
 
 def test_struct_mirrors_match_their_kernels_structs() -> None:

@@ -8,6 +8,7 @@
 // scheduling: the host launches a step before it has seen the previous step's tokens).
 #include "common.cuh"
 #include "interface.cuh"
+#include "quant_formats.cuh"
 
 namespace ember_embedding {
 
@@ -53,6 +54,25 @@ __device__ __forceinline__ void embed_quant(
     for (int i = threadIdx.x; i < d; i += blockDim.x) row_out[i] = dequant(row[i >> 5], i & 31);
 }
 
+// The formats of quant_formats.cuh: a row is d / WEIGHTS blocks.
+template <typename Block>
+__device__ __forceinline__ void embed_format(
+    const uint8_t* __restrict__ table, const int* __restrict__ ids,
+    const int* __restrict__ previous, float* __restrict__ out, int d, int vocab) {
+    constexpr int WEIGHTS = ember::Format<Block>::WEIGHTS;
+    constexpr long long BYTES = sizeof(Block);
+    const long long t = blockIdx.x;
+    const int id = token_id(ids, previous, t);
+    float* row_out = out + t * d;
+    if (id < 0 || id >= vocab) {
+        for (int i = threadIdx.x; i < d; i += blockDim.x) row_out[i] = 0.0f;
+        return;
+    }
+    const uint8_t* row = table + static_cast<long long>(id) * (d / WEIGHTS) * BYTES;
+    for (int i = threadIdx.x; i < d; i += blockDim.x)
+        row_out[i] = ember::weight_at<Block>(row + i / WEIGHTS * BYTES, i % WEIGHTS);
+}
+
 template <typename T>
 __device__ __forceinline__ void embed_float(
     const T* __restrict__ table, const int* __restrict__ ids, const int* __restrict__ previous,
@@ -83,6 +103,22 @@ __device__ __forceinline__ void embed_float(
 EMBER_EMBEDDING_QUANT(q4_0)
 EMBER_EMBEDDING_QUANT(q4_1)
 EMBER_EMBEDDING_QUANT(q8_0)
+
+#define EMBER_EMBEDDING_FORMAT(TYPE)                                                       \
+    extern "C" __global__ void embedding_##TYPE(                                           \
+        const uint8_t* __restrict__ table, const int* __restrict__ ids,                    \
+        const int* __restrict__ previous, float* __restrict__ out, int d, int vocab) {     \
+        ember::await_prior_grid();                                                         \
+        ember_embedding::embed_format<ember::block_##TYPE>(                                \
+            table, ids, previous, out, d, vocab);                                          \
+    }                                                                                      \
+    EMBER_EXPORT_PARAMS(embedding_##TYPE)
+
+EMBER_EMBEDDING_FORMAT(q5_0)
+EMBER_EMBEDDING_FORMAT(q5_1)
+EMBER_EMBEDDING_FORMAT(q4_k)
+EMBER_EMBEDDING_FORMAT(q5_k)
+EMBER_EMBEDDING_FORMAT(q6_k)
 
 // The same for a float32 or float16 table [vocab, d].
 #define EMBER_EMBEDDING_FLOAT(NAME, T)                                                     \

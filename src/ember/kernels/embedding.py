@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 import numpy as np
-from gguf import GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ember.gpu.array import DeviceArray
 from ember.gpu.device import Device
@@ -26,6 +26,11 @@ _ROW_BYTES: Final = {
     GGMLQuantizationType.Q4_0: lambda d: d // 32 * 18,
     GGMLQuantizationType.Q4_1: lambda d: d // 32 * 20,
     GGMLQuantizationType.Q8_0: lambda d: d // 32 * 34,
+    GGMLQuantizationType.Q5_0: lambda d: d // 32 * 22,
+    GGMLQuantizationType.Q5_1: lambda d: d // 32 * 24,
+    GGMLQuantizationType.Q4_K: lambda d: d // 256 * 144,
+    GGMLQuantizationType.Q5_K: lambda d: d // 256 * 176,
+    GGMLQuantizationType.Q6_K: lambda d: d // 256 * 210,
 }
 
 
@@ -76,8 +81,11 @@ class Embedding:
                 f"{table_type.name} table of shape {table.shape} ({table.dtype}) "
                 f"does not hold rows of {d} values"
             )
-        if table_type not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16) and d % 32:
-            raise ValueError(f"a quantised table needs d a multiple of 32, got {d}")
+        block = GGML_QUANT_SIZES[table_type][0]
+        if d % block:
+            raise ValueError(
+                f"a {table_type.name} table needs d a multiple of its {block}-weight block, got {d}"
+            )
         return Launch(
             self._kernels[table_type],
             (max(1, tokens), 1, 1),

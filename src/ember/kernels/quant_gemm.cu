@@ -31,6 +31,7 @@
 // to the last ones on loads and skipped on stores.
 #include "common.cuh"
 #include "interface.cuh"
+#include "quant_formats.cuh"
 
 // A named namespace, not an anonymous one: internal-linkage names embed a hash of the source
 // path, which would make the PTX differ between checkouts and fail the artifact check.
@@ -75,9 +76,30 @@ struct w128 : Shape<9, 128, 256, 2, 4, 1, 1, false, 96 * 1024, 6, 1> {};
 constexpr int cmax(int a, int b) { return a > b ? a : b; }
 constexpr int cmin(int a, int b) { return a < b ? a : b; }
 
+// 32-weight units a block holds: the formats of quant_formats.cuh say; Q4_0/Q4_1/Q8_0 are one.
+// `format`: the block is read through ember::Format (its fragments by unit_fragment).
+template <typename Block, typename = void>
+struct BlockUnits {
+    static constexpr int value = 1;
+    static constexpr bool format = false;
+};
+template <typename Block>
+struct BlockUnits<Block, decltype(void(ember::Format<Block>::UNITS))> {
+    static constexpr int value = ember::Format<Block>::UNITS;
+    static constexpr bool format = true;
+};
+
+// Shared memory a super-block format's tile may take: its K step is a whole super-block (256
+// weights, the x tile 4-8 times a 32-weight format's), which fits only with few rows of x.
+constexpr int SUPER_BUDGET = 200 * 1024;
+
 template <typename Block, typename S>
 struct Tile {
-    static constexpr int BM = S::BM, BN = S::BN, KB = S::KB;
+    static constexpr int BM = S::BM, BN = S::BN;
+    // A K step: KB GGUF blocks of UNITS units of 32 weights each. A super-block is a step.
+    static constexpr int UNITS = BlockUnits<Block>::value;
+    static constexpr int KB = UNITS == 1 ? S::KB : 1;
+    static constexpr int UK = KB * UNITS;
     static constexpr int WARPS_M = S::WARPS_M, WARPS_N = S::WARPS_N, WARPS_K = S::WARPS_K;
     static constexpr int WARPS_MN = WARPS_M * WARPS_N;
     static constexpr bool X_ASYNC = S::X_ASYNC;
@@ -88,7 +110,7 @@ struct Tile {
     static constexpr int BLOCK_BYTES = static_cast<int>(sizeof(Block));
     // x: fp16 [2][BM][XS]. 16 bytes of padding per row put the 8 rows of an ldmatrix matrix in
     // distinct bank quads (the row pitch is an odd multiple of 16 bytes).
-    static constexpr int KS = 32 * KB;
+    static constexpr int KS = 32 * UK;
     static constexpr int XS = KS + 8;
     static constexpr int X16_BYTES = 2 * BM * XS * 2;
     static constexpr int X_VECS = BM * KS / 4 / THREADS;  // float4 per thread per step
@@ -99,7 +121,8 @@ struct Tile {
     static constexpr int W_ROW = 16 * (W_GRANULES | 1);
     static constexpr int W_STAGE = BN * W_ROW;
     static constexpr int STAGE = W_STAGE + (X_ASYNC ? X_VECS * THREADS * 16 : 0);
-    static constexpr int STAGES = cmin((S::BUDGET - X16_BYTES) / STAGE, S::MAX_STAGES);
+    static constexpr int BUDGET = UNITS == 1 ? S::BUDGET : SUPER_BUDGET;
+    static constexpr int STAGES = cmin((BUDGET - X16_BYTES) / STAGE, S::MAX_STAGES);
     // The K-warps' partial sums, [WARPS_K - 1][WARPS_MN][ACC][32], reuse the buffers at the end.
     static constexpr int ACC = MT * NT * 4;
     static constexpr int RED_BYTES = (WARPS_K - 1) * WARPS_MN * ACC * 32 * 4;
@@ -109,15 +132,21 @@ struct Tile {
     static constexpr int TILE_VECS = BM * BN / 4;
     static constexpr int FIX = cmax(1, cmin(8, TILE_VECS / THREADS));
 
+    // A super-block format runs the shapes whose x tile leaves it double buffering and at most
+    // 8 float4 of x per thread in registers; its other shapes are built as a trap, and export
+    // shared memory no GPU has, so quant_gemm.py never launches them.
+    static constexpr bool VALID =
+        UNITS == 1 || (STAGES >= 2 && (X_ASYNC || X_VECS <= 8) && X16_BYTES + 2 * STAGE <= BUDGET);
+    static constexpr int EXPORTED_SMEM = VALID ? SMEM : 1 << 30;
     static_assert(32 * WARPS_MN * WARPS_K == THREADS, "quant_gemm.py launches 256 threads");
     static_assert(WM % 16 == 0 && WN % 8 == 0 && BM % WARPS_M == 0 && BN % WARPS_N == 0,
                   "whole mma tiles per warp");
-    static_assert(KB % WARPS_K == 0, "every K-warp takes the same number of blocks per step");
+    static_assert(UK % WARPS_K == 0, "every K-warp takes the same number of units per step");
     static_assert(BM * KS / 4 % THREADS == 0, "x tile is whole float4s per thread");
     static_assert(W_ROW >= 16 * W_GRANULES && W_ROW % 32 == 16, "W row pitch");
     static_assert(X16_BYTES % 16 == 0 && STAGE % 16 == 0, "16-byte aligned buffers");
-    static_assert(STAGES >= 2, "W needs at least double buffering");
-    static_assert(SMEM <= S::BUDGET, "shared memory budget");
+    static_assert(!VALID || STAGES >= 2, "W needs at least double buffering");
+    static_assert(!VALID || SMEM <= BUDGET, "shared memory budget");
 };
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -242,6 +271,24 @@ struct Fragment<ember::block_q4_1> {
     }
 };
 
+// The B fragment (as MmaFragment) of unit u of a quant_formats.cuh block: lane t's weights are
+// codes 2t, 2t + 1 of words t / 2 + {0, 2} (the first 16 weights' scale) and {4, 6} (the
+// last 16's), each scaled in float32 and rounded to fp16 once.
+template <typename Block>
+__device__ __forceinline__ void unit_fragment(
+    const uint8_t* block, int u, int t, uint32_t (&b)[4]) {
+    using F = ember::Format<Block>;
+    const ember::UnitScales s = F::scales(block, u);
+    const int byte = 2 * (t & 1);
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+        const uint32_t w = F::word(block, u, (t >> 1) + 2 * p);
+        const float scale = p < 2 ? s.lo : s.hi;
+        b[p] = pack_half2(fmaf(scale, ember::code_at(w, byte), s.m),
+                          fmaf(scale, ember::code_at(w, byte + 1), s.m));
+    }
+}
+
 template <typename Block, typename Shape>
 __device__ __forceinline__ void gemm(
     const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int m,
@@ -258,7 +305,7 @@ __device__ __forceinline__ void gemm(
     const int t = lane & 3;
     const int m0 = blockIdx.x * T::BM;
     const int n0 = blockIdx.y * T::BN;
-    const int blocks = k / 32;  // per row
+    const int blocks = k / (32 * T::UNITS);  // per row
     const int steps = (blocks + T::KB - 1) / T::KB;
     const int splits = gridDim.z;
     const int first = static_cast<int>(static_cast<long long>(blockIdx.z) * steps / splits);
@@ -350,7 +397,8 @@ __device__ __forceinline__ void gemm(
 #pragma unroll
     for (int j = 0; j < T::NT; ++j) {
         const int r = wn * T::WN + 8 * j + g;
-        w_row[j] = r * T::W_ROW + wk * T::BLOCK_BYTES;
+        // A unit format's K-warp takes unit wk of a block, at the block's bytes.
+        w_row[j] = r * T::W_ROW + (T::UNITS == 1 ? wk * T::BLOCK_BYTES : 0);
         w_phase[j] = static_cast<uint32_t>(min(n0 + r, n - 1)) * row_bytes;
     }
     const uint32_t a_lane =
@@ -359,18 +407,27 @@ __device__ __forceinline__ void gemm(
     float acc[T::MT][T::NT][4] = {};
     auto compute = [&](int s, int slot, int buf) {
         const int kb0 = s * T::KB;
-        const int nblk = min(T::KB, blocks - kb0);
+        const int units = min(T::KB, blocks - kb0) * T::UNITS;
         const uint8_t* src = stages + slot * T::STAGE;
         const uint32_t a_buf = a_lane + 2 * buf * T::BM * T::XS;
 #pragma unroll
-        for (int b = 0; b < T::KB; b += T::WARPS_K) {
-            if (b + wk >= nblk) break;
+        for (int b = 0; b < T::UK; b += T::WARPS_K) {
+            if (b + wk >= units) break;
             uint32_t frag[T::NT][4];
 #pragma unroll
             for (int j = 0; j < T::NT; ++j) {
                 const uint32_t shift =
                     (w_phase[j] + static_cast<uint32_t>(kb0 * T::BLOCK_BYTES)) & 15;
-                Fragment<Block>::load(src + w_row[j] + shift + b * T::BLOCK_BYTES, t, frag[j]);
+                if constexpr (!BlockUnits<Block>::format) {
+                    Fragment<Block>::load(src + w_row[j] + shift + b * T::BLOCK_BYTES, t, frag[j]);
+                } else if constexpr (T::UNITS == 1) {
+                    unit_fragment<Block>(src + w_row[j] + shift + b * T::BLOCK_BYTES, 0, t, frag[j]);
+                } else {
+                    const int unit = b + wk;
+                    unit_fragment<Block>(
+                        src + w_row[j] + shift + unit / T::UNITS * T::BLOCK_BYTES,
+                        unit % T::UNITS, t, frag[j]);
+                }
             }
 #pragma unroll
             for (int half_k = 0; half_k < 2; ++half_k) {
@@ -526,8 +583,11 @@ __device__ __forceinline__ void gemm(
                                     float* __restrict__ y, int m, int n, int k,                \
                                     float* __restrict__ partials, int* __restrict__ counters) { \
         extern __shared__ __align__(16) uint8_t smem[];                                        \
-        ember_gemm::gemm<ember::block_##TYPE, ember_gemm::SHAPE>(                              \
-            w, x, y, m, n, k, partials, counters, smem);                                       \
+        if constexpr (ember_gemm::Tile<ember::block_##TYPE, ember_gemm::SHAPE>::VALID)         \
+            ember_gemm::gemm<ember::block_##TYPE, ember_gemm::SHAPE>(                          \
+                w, x, y, m, n, k, partials, counters, smem);                                   \
+        else                                                                                   \
+            __trap();                                                                          \
     }                                                                                          \
     EMBER_EXPORT_PARAMS(quant_gemm_##TYPE##_##SHAPE)
 
@@ -535,8 +595,10 @@ __device__ __forceinline__ void gemm(
 #define EMBER_GEMM_SHAPES(X, TYPE) \
     X(TYPE, m16) X(TYPE, m32) X(TYPE, m64) X(TYPE, m128) X(TYPE, s16) X(TYPE, s32) X(TYPE, t64) \
     X(TYPE, w64) X(TYPE, t128) X(TYPE, w128)
-#define EMBER_GEMM_ALL(X) \
-    EMBER_GEMM_SHAPES(X, q4_0) EMBER_GEMM_SHAPES(X, q4_1) EMBER_GEMM_SHAPES(X, q8_0)
+#define EMBER_GEMM_ALL(X)                                                                    \
+    EMBER_GEMM_SHAPES(X, q4_0) EMBER_GEMM_SHAPES(X, q4_1) EMBER_GEMM_SHAPES(X, q8_0)              \
+    EMBER_GEMM_SHAPES(X, q5_0) EMBER_GEMM_SHAPES(X, q5_1) EMBER_GEMM_SHAPES(X, q4_k)              \
+    EMBER_GEMM_SHAPES(X, q5_k) EMBER_GEMM_SHAPES(X, q6_k)
 
 #define EMBER_GEMM_KERNEL(TYPE, SHAPE) EMBER_QUANT_GEMM(TYPE, SHAPE)
 EMBER_GEMM_ALL(EMBER_GEMM_KERNEL)
@@ -546,7 +608,8 @@ EMBER_GEMM_ALL(EMBER_GEMM_KERNEL)
 #define EMBER_GEMM_LAYOUT(TYPE, SHAPE)                                                     \
     ember_gemm::Tile<ember::block_##TYPE, ember_gemm::SHAPE>::BLOCK_BYTES,                 \
         ember_gemm::SHAPE::ID, ember_gemm::SHAPE::BM, ember_gemm::SHAPE::BN,               \
-        ember_gemm::SHAPE::KB, ember_gemm::Tile<ember::block_##TYPE, ember_gemm::SHAPE>::SMEM, \
+        ember_gemm::SHAPE::KB,                                                             \
+        ember_gemm::Tile<ember::block_##TYPE, ember_gemm::SHAPE>::EXPORTED_SMEM,           \
         ember_gemm::SHAPE::MIN_BLOCKS,
 EMBER_EXPORT_CONST(layouts, EMBER_GEMM_ALL(EMBER_GEMM_LAYOUT))
 EMBER_EXPORT_CONST(threads, ember_gemm::THREADS)  // a block's

@@ -1,5 +1,6 @@
-"""Launch wrapper for quant_gemm.cu: y = x @ W.T on tensor cores, W a Q4_0, Q4_1 or Q8_0 GGUF
-tensor, for prefill and decode batches too large for quant_gemv.
+"""Launch wrapper for quant_gemm.cu: y = x @ W.T on tensor cores, W a GGUF tensor of a
+QuantType, for prefill and decode batches too large for quant_gemv. The K-quants run only the
+tiles of few rows of x (quant_gemm.cu's VALID: a K step is a whole 256-weight super-block).
 
 A launch is planned as a tile shape and a number of K splits. Split-K launches need a
 workspace: zero-filled device memory of `QuantGemm.max_workspace_bytes` (or, sized tighter, the
@@ -199,7 +200,7 @@ class TileLayout:
 class QuantGemm:
     """The quant_gemm kernel family, loaded in the current context."""
 
-    __slots__ = ("_kernels", "layouts", "module", "multiprocessors", "residency")
+    __slots__ = ("_kernels", "layouts", "module", "multiprocessors", "residency", "type_residency")
 
     def __init__(self, module: Module, device: Device) -> None:
         self.module = module
@@ -212,10 +213,15 @@ class QuantGemm:
             if layout.per_sm:  # needed above 48 KB, harmless below
                 kernel.set_max_dynamic_shared_memory(layout.shared_bytes)
             self._kernels[q, tile] = kernel
-        # A tile runs for every type or for none, at its least resident type's count.
+        # The tiles each type runs here, and how many blocks of each an SM holds.
+        self.type_residency: dict[QuantType, dict[GemmTile, int]] = {
+            q: {t: self.layouts[q, t].per_sm for t in GemmTile if self.layouts[q, t].per_sm}
+            for q in QuantType
+        }
+        # The 32-weight types run every tile or none, at their least resident type's count.
         self.residency: dict[GemmTile, int] = {}
         for tile in GemmTile:
-            per_sm = min(self.layouts[q, tile].per_sm for q in QuantType)
+            per_sm = min(self.layouts[q, tile].per_sm for q in QuantType if not q.unit_format)
             if per_sm:
                 self.residency[tile] = per_sm
 
@@ -223,8 +229,13 @@ class QuantGemm:
     def load(cls, device: Device) -> QuantGemm:
         return cls(load_family("quant_gemm", device), device)
 
-    def plan(self, m: int, n: int, k: int, split: bool = True) -> GemmPlan:
-        return choose_plan(m, n, k, self.multiprocessors, self.residency, split)
+    def plan(
+        self, m: int, n: int, k: int, split: bool = True, quant: QuantType | None = None
+    ) -> GemmPlan:
+        """The plan for a product; for `quant`, among the tiles that type runs (default: the
+        32-weight types' common tiles)."""
+        residency = self.residency if quant is None else self.type_residency[quant]
+        return choose_plan(m, n, k, self.multiprocessors, residency, split)
 
     def workspace_bytes(self, m: int, n: int, k: int) -> int:
         """Workspace bytes that gemm_launch's own plan for this product needs."""
@@ -259,12 +270,13 @@ class QuantGemm:
             raise ValueError(f"gemm needs at least one row of x and of W, got M {m}, N {n}")
         if weight.nbytes >= _INDEX_LIMIT or m * k >= _INDEX_LIMIT:
             raise ValueError(f"gemm takes W and x of under 2^31 bytes and elements, got {m}x{k}")
-        plan = self._plan(m, n, k, tile, workspace is not None, splits)
+        plan = self._plan(m, n, k, tile, workspace is not None, splits, quant)
         layout = self.layouts[quant, plan.tile]
         if layout.per_sm == 0:
             raise ValueError(
-                f"{plan.tile.name} needs {layout.shared_bytes} bytes of shared memory per block, "
-                "more than this GPU has"
+                f"{quant.name} gemm does not run tile {plan.tile.name} on this GPU (it needs "
+                f"{layout.shared_bytes} bytes of shared memory per block); it runs "
+                f"{', '.join(t.name for t in self.type_residency[quant]) or 'none'}"
             )
         grid = plan.grid(m, n)
         if grid[1] > _MAX_GRID_YZ:
@@ -298,15 +310,22 @@ class QuantGemm:
         self.module.unload()
 
     def _plan(
-        self, m: int, n: int, k: int, tile: GemmTile | None, split: bool, splits: int | None
+        self,
+        m: int,
+        n: int,
+        k: int,
+        tile: GemmTile | None,
+        split: bool,
+        splits: int | None,
+        quant: QuantType,
     ) -> GemmPlan:
         if splits is not None and not 1 <= splits <= MAX_SPLITS:
             raise ValueError(f"gemm splits K 1 to {MAX_SPLITS} ways, not {splits}")
         if tile is None:
-            plan = self.plan(m, n, k, split)
+            plan = self.plan(m, n, k, split, quant)
             return plan if splits is None else GemmPlan(plan.tile, splits)
         if splits is None:
-            per_sm = self.residency.get(tile, 1)
+            per_sm = self.type_residency[quant].get(tile, 1)
             splits = split_count(tile, m, n, k, self.multiprocessors, per_sm) if split else 1
         return GemmPlan(tile, splits)
 

@@ -54,6 +54,7 @@
 
 #include "common.cuh"
 #include "interface.cuh"
+#include "quant_formats.cuh"
 
 // A named namespace: an anonymous one gives its `smem` a name hashed from the source path, so
 // the PTX would differ between checkouts (the artifact check rebuilds in a fresh clone).
@@ -64,6 +65,25 @@ constexpr int STAGES = 2;  // per warp: one computed, one in flight (3 or 4: no 
 constexpr int MAGIC = 0x4B400000;  // the bits of 1.5 * 2^23: M + i is exact for |i| < 2^22
 constexpr float MAGIC_F = 12582912.0f;
 constexpr uint32_t LOW_NIBBLES = 0x0F0F0F0Fu;
+
+// The formats of quant_formats.cuh, read through ember::Format (quant_gemv_units.cuh); the
+// others have their own tuned paths below.
+template <typename Block>
+struct IsUnitFormat : std::false_type {};
+template <> struct IsUnitFormat<ember::block_q5_0> : std::true_type {};
+template <> struct IsUnitFormat<ember::block_q5_1> : std::true_type {};
+template <> struct IsUnitFormat<ember::block_q4_k> : std::true_type {};
+template <> struct IsUnitFormat<ember::block_q5_k> : std::true_type {};
+template <> struct IsUnitFormat<ember::block_q6_k> : std::true_type {};
+
+// Whether a format's dot needs sum(x) per x block (a minimum, or Q4_1's).
+template <typename Block>
+__host__ __device__ constexpr bool needs_x_sum() {
+    if constexpr (IsUnitFormat<Block>::value)
+        return ember::Format<Block>::HAS_MIN;
+    else
+        return std::is_same_v<Block, ember::block_q4_1>;
+}
 
 // What a GEMV does with its sums (see the fusions above); quant_gemv.py's Output.
 enum Out : int { STORE = 0, ADD = 1, SWIGLU = 2, ROPE = 3, ROPE_NEOX = 4 };
@@ -377,17 +397,24 @@ __device__ __forceinline__ void quantize_round(
     using X = XSplit<MAX_BATCH>;
     constexpr int LANES = X::LANES;
     constexpr int PER_LANE = X::PER_LANE;
-    constexpr bool SUM = std::is_same_v<Block, ember::block_q4_1>;
+    constexpr bool SUM = needs_x_sum<Block>();
     XRecord* records = reinterpret_cast<XRecord*>(xs + MAX_BATCH * STAGE_BLOCKS * 32);
     const int pair = X::pair(lane, round);
     const int part = lane % LANES;
     float amax = 0.f;
-    float sum = 0.f;
 #pragma unroll
-    for (int j = 0; j < PER_LANE; ++j) {
-        amax = max_nan(amax, fabsf(v[j]));
-        if constexpr (SUM) sum += v[j];
-    }
+    for (int j = 0; j < PER_LANE; ++j) amax = max_nan(amax, fabsf(v[j]));
+    // sum(x) of the block in one order at every tier (batch invariance): 8-value runs summed in
+    // turn, then the runs in a pairwise tree, here and across the block's lanes below.
+    float run[PER_LANE / 8] = {};
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j)
+        if constexpr (SUM) run[j / 8] += v[j];
+#pragma unroll
+    for (int width = 1; width < PER_LANE / 8; width *= 2)
+#pragma unroll
+        for (int r = 0; r < PER_LANE / 8; r += 2 * width) run[r] += run[r + width];
+    float sum = run[0];
 #pragma unroll
     for (int offset = 1; offset < LANES; offset <<= 1) {
         amax = max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
@@ -635,6 +662,8 @@ __device__ __forceinline__ void warp_rows(
     wait_copies<0>();
 }
 
+#include "quant_gemv_units.cuh"
+
 // The rows' rms scales, 1 / sqrt(mean(h^2) + eps), one warp a row: from the producer's sums
 // over 32-column groups where there are some (K / 32 floats a row), else from x itself.
 template <int MAX_BATCH>
@@ -692,6 +721,16 @@ __device__ __forceinline__ void rope_pair(
     }
 }
 
+// A warp's ring: (for the tuned formats) 16-byte-aligned rows need no room for a start inside
+// the first granule.
+template <typename Block>
+__device__ __host__ constexpr int ring_bytes_of(bool aligned) {
+    if constexpr (IsUnitFormat<Block>::value)
+        return UnitStage<Block>::ring;
+    else
+        return aligned ? Stage<Block>::ring_aligned : Stage<Block>::ring_general;
+}
+
 template <typename Block, int MAX_BATCH>
 __device__ __forceinline__ void gemv(
     const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int n,
@@ -702,13 +741,13 @@ __device__ __forceinline__ void gemv(
     }
     extern __shared__ __align__(16) uint8_t smem[];
     __shared__ float scale[MAX_BATCH];
-    using S = Stage<Block>;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int warps = blockDim.x >> 5;
-    const long long row_bytes = static_cast<long long>(k / 32) * S::block_bytes;
+    // The tuned formats' rows are K / 32 blocks (the unit formats' ring ignores alignment).
+    const long long row_bytes = static_cast<long long>(k / 32) * static_cast<int>(sizeof(Block));
     const bool aligned = (row_bytes & 15) == 0;
-    const int ring_bytes = aligned ? S::ring_aligned : S::ring_general;
+    const int ring_bytes = ring_bytes_of<Block>(aligned);
     uint8_t* ring = smem + warp * ring_bytes;
     uint8_t* xs = smem + warps * ring_bytes + warp * X_BYTES<MAX_BATCH>;
     auto ready = [&]() {
@@ -720,7 +759,10 @@ __device__ __forceinline__ void gemv(
     };
     const RowMap rows(n, f.out == SWIGLU ? n : f.out == ROPE_NEOX ? f.head_dim : 0);
     float acc[MAX_BATCH] = {};
-    if (aligned)
+    if constexpr (IsUnitFormat<Block>::value)
+        warp_rows_units<Block, MAX_BATCH>(
+            w, x, rows, k, batch, ring, xs, acc, f.norm_weight, scale, ready);
+    else if (aligned)
         warp_rows<Block, MAX_BATCH, true>(
             w, x, rows, k, batch, ring, xs, acc, f.norm_weight, scale, ready);
     else
@@ -812,8 +854,10 @@ EMBER_EXPORT_STRUCT(gemv_fusion, ember_gemv::Fusion, norm_weight, norm_partials,
 // 256 x 2 blocks above (512 there cost 20-25 % at tier 8).
 #define EMBER_GEMV_TIERS(X, TYPE) \
     X(TYPE, 1, 512, 1) X(TYPE, 2, 512, 1) X(TYPE, 4, 256, 2) X(TYPE, 8, 256, 2)
-#define EMBER_GEMV_ALL(X) \
-    EMBER_GEMV_TIERS(X, q4_0) EMBER_GEMV_TIERS(X, q4_1) EMBER_GEMV_TIERS(X, q8_0)
+#define EMBER_GEMV_ALL(X)                                                                    \
+    EMBER_GEMV_TIERS(X, q4_0) EMBER_GEMV_TIERS(X, q4_1) EMBER_GEMV_TIERS(X, q8_0)              \
+    EMBER_GEMV_TIERS(X, q5_0) EMBER_GEMV_TIERS(X, q5_1) EMBER_GEMV_TIERS(X, q4_k)              \
+    EMBER_GEMV_TIERS(X, q5_k) EMBER_GEMV_TIERS(X, q6_k)
 
 EMBER_GEMV_ALL(EMBER_QUANT_GEMV)
 
@@ -822,10 +866,10 @@ EMBER_GEMV_ALL(EMBER_QUANT_GEMV)
 // dynamic shared memory (its ring and one stage of x) for 16-byte-aligned rows, and for others.
 #define EMBER_GEMV_TIER(TYPE, MAX_BATCH, THREADS, MIN_BLOCKS) \
     MAX_BATCH, THREADS, MIN_BLOCKS, static_cast<int>(sizeof(float) * MAX_BATCH),
-#define EMBER_GEMV_WARP_BYTES(TYPE, MAX_BATCH, THREADS, MIN_BLOCKS)                          \
-    ember_gemv::Stage<ember::block_##TYPE>::block_bytes, MAX_BATCH,                          \
-        ember_gemv::Stage<ember::block_##TYPE>::ring_aligned + ember_gemv::X_BYTES<MAX_BATCH>, \
-        ember_gemv::Stage<ember::block_##TYPE>::ring_general + ember_gemv::X_BYTES<MAX_BATCH>,
+#define EMBER_GEMV_WARP_BYTES(TYPE, MAX_BATCH, THREADS, MIN_BLOCKS)                           \
+    static_cast<int>(sizeof(ember::block_##TYPE)), MAX_BATCH,                                  \
+        ember_gemv::ring_bytes_of<ember::block_##TYPE>(true) + ember_gemv::X_BYTES<MAX_BATCH>, \
+        ember_gemv::ring_bytes_of<ember::block_##TYPE>(false) + ember_gemv::X_BYTES<MAX_BATCH>,
 EMBER_EXPORT_CONST(tiers, EMBER_GEMV_TIERS(EMBER_GEMV_TIER, q4_0))
 EMBER_EXPORT_CONST(warp_bytes, EMBER_GEMV_ALL(EMBER_GEMV_WARP_BYTES))
 EMBER_EXPORT_CONST(rows_per_block, ember_gemv::ROWS)

@@ -1,4 +1,4 @@
-"""Launch wrapper for quant_gemv.cu: y = x @ W.T with W a Q4_0, Q4_1 or Q8_0 GGUF tensor, with
+"""Launch wrapper for quant_gemv.cu: y = x @ W.T with W a GGUF tensor of a QuantType, with
 the decode step's neighbouring work optionally fused in (RMSNorm before; residual add, SwiGLU,
 or the q/k/v biases, RoPE and the KV-cache store after)."""
 
@@ -30,6 +30,7 @@ _TIERS: Final = _INTERFACE.rows("tiers", 4)
 BATCH_TIERS: Final = tuple(tier for tier, *_ in _TIERS)
 MAX_BATCH: Final = BATCH_TIERS[-1]
 BLOCK_WEIGHTS: Final = 32
+SUPER_BLOCK_WEIGHTS: Final = 256  # a K-quant block
 # quant_gemv.cu's layout: a thread block of up to THREADS / 32 warps of its tier owns 32 weight
 # rows; each warp streams stages of 32 rows x 8 GGUF blocks through its shared memory, with
 # the x of one stage (warp_bytes: for 16-byte-aligned rows, and for others).
@@ -99,18 +100,35 @@ class RmsNorm:
 
 
 class QuantType(Enum):
-    """A block type GGUF stores weights in, named as GGMLQuantizationType names it."""
+    """A block type GGUF stores weights in, named as GGMLQuantizationType names it; the value is
+    its block's bytes (each type's differs)."""
 
     Q4_0 = 18
     Q4_1 = 20
     Q8_0 = 34
+    Q5_0 = 22
+    Q5_1 = 24
+    Q4_K = 144
+    Q5_K = 176
+    Q6_K = 210
 
     @property
     def block_bytes(self) -> int:
         return self.value
 
+    @property
+    def block_weights(self) -> int:
+        """Weights a block holds: 256 for the K-quants' super-blocks, else 32."""
+        return SUPER_BLOCK_WEIGHTS if self.name.endswith("_K") else BLOCK_WEIGHTS
+
+    @property
+    def unit_format(self) -> bool:
+        """Read through quant_formats.cuh's one view (its kernels pick their warps without
+        looking at the batch: a row's result does not depend on it)."""
+        return self not in (QuantType.Q4_0, QuantType.Q4_1, QuantType.Q8_0)
+
     def row_bytes(self, k: int) -> int:
-        return k // BLOCK_WEIGHTS * self.value
+        return k // self.block_weights * self.value
 
 
 def warp_shared_bytes(quant: QuantType, k: int, tier: int) -> int:
@@ -147,16 +165,17 @@ def check_fit(
     y: DeviceArray,
     y_cols: int | None = None,
 ) -> None:
-    """K a positive multiple of 32 matching W's row bytes, y [M, y_cols] (default N), W and x
-    16-byte aligned."""
+    """K a positive multiple of the type's block weights matching W's row bytes, y [M, y_cols]
+    (default N), W and x 16-byte aligned."""
     m, k = x.shape
     n = weight.shape[0]
     cols = n if y_cols is None else y_cols
-    if k == 0 or k % BLOCK_WEIGHTS or weight.shape[1] != quant.row_bytes(k) or y.shape != (m, cols):
+    per_block = quant.block_weights
+    if k == 0 or k % per_block or weight.shape[1] != quant.row_bytes(k) or y.shape != (m, cols):
         raise ValueError(
             f"{quant.name} {op}: x {x.shape} and y {y.shape} do not fit weight bytes "
-            f"{weight.shape} (K a positive multiple of {BLOCK_WEIGHTS}, "
-            f"{quant.block_bytes} bytes per block of a row)"
+            f"{weight.shape} (K a positive multiple of {per_block}, "
+            f"{quant.block_bytes} bytes per block of {per_block} weights of a row)"
         )
     if (weight.ptr | x.ptr) % 16:
         raise ValueError(f"{op} needs weight and x 16-byte aligned (read as vectors)")
@@ -238,7 +257,12 @@ class QuantGemv:
         rows_per_block = _ROWS_PER_BLOCK // 2 if output is Output.SWIGLU else _ROWS_PER_BLOCK
         out_rows = n // 2 if output is Output.SWIGLU else n
         blocks = max(1, (out_rows + rows_per_block - 1) // rows_per_block)
-        warps = self._warps(blocks, k, tier, per_warp)
+        if quant.unit_format:
+            # The warp count sets a row's order of summation: one count for every batch (the
+            # largest tier's, whose warps are the most bounded) keeps rows batch invariant.
+            warps = self._warps(blocks, k, MAX_BATCH, warp_shared_bytes(quant, k, MAX_BATCH))
+        else:
+            warps = self._warps(blocks, k, tier, per_warp)
         if warps * per_warp > self.max_shared - _STATIC_SHARED:
             raise ValueError(
                 f"{quant.name} gemv needs {per_warp} bytes of shared memory per warp; "

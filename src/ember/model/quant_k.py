@@ -56,7 +56,7 @@ def _single_bits(packed: Bytes) -> Bytes:
     return unpack_bits(packed, 1, 8).reshape(packed.shape[0], BLOCK_WEIGHTS)
 
 
-def _scale_min_6bit(packed: Bytes) -> tuple[Bytes, Bytes]:
+def scale_min_6bit(packed: Bytes) -> tuple[Bytes, Bytes]:
     """Q4_K/Q5_K's 12 bytes as 8 scales and 8 minimums (n, 8), each 6 bits.
 
     Sub-blocks 0-3 take the low 6 bits of bytes 0-3 (scales) and 4-7 (minimums); sub-blocks
@@ -109,13 +109,13 @@ def _q3_k(chunk: Bytes, out: Floats) -> None:
 
 
 def _q4_k(chunk: Bytes, out: Floats) -> None:
-    scales, minimums = _scale_min_6bit(chunk[:, 4:16])
+    scales, minimums = scale_min_6bit(chunk[:, 4:16])
     q = split_nibbles(chunk[:, 16:144], 4)
     _affine(out, q, f16_column(chunk, 0) * scales, f16_column(chunk, 2) * minimums)
 
 
 def _q5_k(chunk: Bytes, out: Floats) -> None:
-    scales, minimums = _scale_min_6bit(chunk[:, 4:16])
+    scales, minimums = scale_min_6bit(chunk[:, 4:16])
     q = split_nibbles(chunk[:, 48:176], 4).reshape(-1, BLOCK_WEIGHTS)
     q |= _single_bits(chunk[:, 16:48]) << np.uint8(4)
     _affine(out, q, f16_column(chunk, 0) * scales, f16_column(chunk, 2) * minimums)

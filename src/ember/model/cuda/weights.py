@@ -32,11 +32,7 @@ if TYPE_CHECKING:
 
 _ALIGN: Final = 256
 _STAGING_BYTES: Final = 32 << 20
-LINEAR_TYPES: Final = {
-    GGMLQuantizationType.Q4_0: QuantType.Q4_0,
-    GGMLQuantizationType.Q4_1: QuantType.Q4_1,
-    GGMLQuantizationType.Q8_0: QuantType.Q8_0,
-}
+LINEAR_TYPES: Final = {GGMLQuantizationType[q.name]: q for q in QuantType}
 # What the kernels read as stored: float tensors (norms, an embedding) and LINEAR_TYPES.
 _DEVICE_TYPES: Final = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, *LINEAR_TYPES)
 
@@ -172,7 +168,10 @@ def upload_weights(
         if len(part_kinds) != 1:
             raise ModelFormatError(
                 f"{gguf.path}: {', '.join(part.names)} are stored in different types "
-                f"({', '.join(sorted(k.name for k in part_kinds))}); the CUDA backend needs one"
+                f"({', '.join(sorted(k.name for k in part_kinds))}); the CUDA backend stacks "
+                "them into one matrix and needs one type (mixed q/k/v and gate/up, as "
+                "llama.cpp's Q4_K_M files have, are not read on the GPU yet); run this model "
+                "with --device cpu"
             )
         _check_shapes(gguf, part)
         kinds.append(part_kinds.pop())

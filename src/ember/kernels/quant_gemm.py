@@ -327,15 +327,8 @@ class QuantGemm:
             plan = self._plan(m, n, k, tile, workspace is not None, splits)
             if slices is not None:
                 plan = GemmPlan(plan.tile, plan.splits, slices)
-        if (
-            not 1 <= plan.slices <= MAX_SPLITS
-            or plan.splits > 1
-            and plan.slices
-            not in (
-                1,
-                plan.splits,
-            )
-        ):
+        split_slices = plan.slices in (1, plan.splits)
+        if not 1 <= plan.slices <= MAX_SPLITS or not split_slices:
             raise ValueError(
                 f"gemm runs 1 to {MAX_SPLITS} slices of K (a split launch's are its splits), "
                 f"got {plan.slices} slices with {plan.splits} splits"

@@ -19,6 +19,11 @@ each costs a launch's ~3.5 µs on an H100 whatever its work) run five kernels a 
 nine: the GEMVs fuse the RMSNorm before them, and the residual add, SwiGLU, or RoPE and the KV
 cache store after them (quant_gemv.cu). `fused_decode = False` restores the separate kernels
 (for comparison).
+
+`batch_invariant` (docs/batch_invariance.md): every projection, whatever its rows, runs the
+tensor-core GEMM's batch-invariant plan (no GEMV, no fused decode plan), and attention runs one
+block per token and kv head over its keys from key 0 (no splits), so a row's bits depend only
+on its own tokens, positions and context.
 """
 
 from __future__ import annotations
@@ -152,6 +157,7 @@ class CudaLlama:
         self._gemm_workspace.buffer.memset_d32(0, stream)
         self.use_graphs = True
         self._fused_decode = True
+        self._batch_invariant = False
 
     @property
     def fused_decode(self) -> bool:
@@ -162,6 +168,19 @@ class CudaLlama:
     def fused_decode(self, on: bool) -> None:
         self._fused_decode = on
         self._drop_graphs()
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether each row is computed in an order its batch cannot change (module docstring)."""
+        return self._batch_invariant
+
+    @batch_invariant.setter
+    def batch_invariant(self, on: bool) -> None:
+        self._batch_invariant = on
+        self._drop_graphs()
+
+    def set_batch_invariant(self, on: bool) -> None:
+        self.batch_invariant = on
 
     @classmethod
     def load(
@@ -379,6 +398,10 @@ class CudaLlama:
         self._graphs.clear()
 
     def _splits(self, tokens: int) -> int:
+        if self._batch_invariant:
+            # A token's keys in one block, in 256-key tiles from key 0: its order then follows
+            # from its context alone (choose_splits follows the grid).
+            return 1
         c = self._config
         return choose_splits(
             tokens, c.n_kv_heads, self.device.multiprocessor_count, c.context_length
@@ -387,7 +410,7 @@ class CudaLlama:
     # -- the forward pass as a list of launches --------------------------------------------
 
     def _plan(self, tokens: int, rows: int) -> list[Launch]:
-        if self._fused_decode and tokens <= _FUSED_MAX_TOKENS:
+        if self._fused_decode and not self._batch_invariant and tokens <= _FUSED_MAX_TOKENS:
             return self._fused_plan(tokens, rows)
         assert self.inputs is not None and self.kv_cache is not None
         c, w, k = self._config, self.weights, self.kernels
@@ -527,6 +550,12 @@ class CudaLlama:
         )
 
     def _linear(self, x: DeviceArray, m: QuantMatrix, y: DeviceArray) -> Launch:
+        if self._batch_invariant:
+            # The GEMV's int8 x and its per-tier warps sum other terms in other orders than the
+            # GEMM: one kernel family for every row count.
+            return self.kernels.quant_gemm.gemm_launch(
+                m.data, m.quant, x, y, workspace=self._gemm_workspace, invariant=True
+            )
         if x.shape[0] <= GEMV_MAX_ROWS:
             return self.kernels.quant_gemv.gemv_launch(m.data, m.quant, x, y)
         return self.kernels.quant_gemm.gemm_launch(

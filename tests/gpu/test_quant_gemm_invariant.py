@@ -147,3 +147,13 @@ def test_every_tile_and_way_of_running_the_shares_gives_the_same_bits(
                     f"{quant.name} {n}x{k}: {tile.name} with {form} and {plan.slices} shares "
                     f"differs from {plan} in {np.count_nonzero(got != want)} outputs"
                 )
+
+
+def test_every_type_has_sliced_kernels_that_take_the_plain_ones_arguments() -> None:
+    from ember.kernels.interface import family_interface
+
+    gemm = family_interface("quant_gemm")
+    for quant in QuantType:
+        for _, tile in INVARIANT_TILES:
+            plain = f"quant_gemm_{quant.name.lower()}_{tile.name.lower()}"
+            assert gemm.signature(plain + "_sliced") == gemm.signature(plain)

@@ -26,12 +26,13 @@
 // splits' sums in split order (the same result whichever is last), writes y, and sets the
 // counter back to zero for the next launch.
 //
-// Slices (`slices` > 1 with gridDim.z == 1): the block runs the same contiguous shares of the K
-// steps itself, one after another, each from a zero accumulator, and adds each share's sums into
-// y in share order starting from +0 — the very additions the split-K fix-up makes. So a launch
-// split `slices` ways and an unsplit launch of `slices` slices give y bit for bit the same, and
-// the host can fix a product's K shares by its shape alone (batch-invariant mode,
-// docs/batch_invariance.md) and still choose per launch whether blocks or one block run them.
+// Slices (the _sliced kernels, with `slices` > 1 and gridDim.z == 1; the others ignore
+// `slices`, as the loop would cost their larger tiles registers): the block runs the same
+// contiguous shares of the K steps itself, one after another, each from a zero accumulator, and
+// adds each share's sums into y in share order starting from +0 — the very additions the
+// split-K fix-up makes. So a launch split `slices` ways and an unsplit launch of `slices` slices
+// give y bit for bit the same, and the host can fix a product's K shares by its shape alone
+// (batch-invariant mode, docs/batch_invariance.md) and still choose per launch whether blocks or one block run them.
 //
 // Granules are 16-byte aligned and hold at least one byte of W, so the few bytes copied past
 // either end of a row's blocks never leave W's pages. Rows and columns past M and N are clamped
@@ -278,7 +279,7 @@ struct Fragment<ember::block_q4_1> {
     }
 };
 
-template <typename Block, typename Shape>
+template <typename Block, typename Shape, bool SLICED>
 __device__ __forceinline__ void gemm(
     const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int m,
     int n, int k, int slices, float* __restrict__ partials, int* __restrict__ counters,
@@ -299,7 +300,7 @@ __device__ __forceinline__ void gemm(
     const int steps = (blocks + T::KB - 1) / T::KB;
     const int splits = gridDim.z;
     // The K shares: gridDim.z of them, one a block, or (unsplit) `slices`, all in this block.
-    const int shares = splits == 1 ? slices : splits;
+    const int shares = SLICED && splits == 1 ? slices : splits;
     auto share_start = [&](int z) {
         return static_cast<int>(static_cast<long long>(z) * steps / shares);
     };
@@ -395,7 +396,7 @@ __device__ __forceinline__ void gemm(
     const uint32_t a_lane =
         smem_addr(xs) + 2 * ((wm * T::WM + (lane & 15)) * T::XS + 8 * (lane >> 4) + 32 * wk);
 
-    float acc[T::MT][T::NT][4];
+    float acc[T::MT][T::NT][4] = {};  // (the _sliced kernels zero it for every share)
     auto compute = [&](int s, int slot, int buf) {
         const int kb0 = s * T::KB;
         const int nblk = min(T::KB, blocks - kb0);
@@ -427,12 +428,14 @@ __device__ __forceinline__ void gemm(
 
     // acc = the sums of K steps first .. first + count - 1 (every K-warp's, in warp wk == 0).
     auto run = [&](int first, int count) {
+        if constexpr (SLICED) {
 #pragma unroll
-        for (int mi = 0; mi < T::MT; ++mi)
+            for (int mi = 0; mi < T::MT; ++mi)
 #pragma unroll
-            for (int j = 0; j < T::NT; ++j)
+                for (int j = 0; j < T::NT; ++j)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[mi][j][e] = 0.0f;
+                    for (int e = 0; e < 4; ++e) acc[mi][j][e] = 0.0f;
+        }
 #pragma unroll
         for (int p = 0; p < T::STAGES - 1; ++p) {
             if (p < count) {
@@ -494,35 +497,46 @@ __device__ __forceinline__ void gemm(
 
     // Accumulator e of tile (mi, j) is row 16 mi + g + 8 (e / 2), column 8 j + 2 t + e % 2.
     const bool pairs = (n & 1) == 0 && (reinterpret_cast<uintptr_t>(y) & 7) == 0;
-    if (splits == 1) {
+    if constexpr (SLICED) {
+        if (splits == 1) {
 #pragma unroll 1
-        for (int z = 0; z < slices; ++z) {
-            if (z > 0) {
-                cp_async_wait<0>();
-                __syncthreads();  // every warp is done with the buffers the next share refills
-            }
-            run(share_start(z), share_start(z + 1) - share_start(z));
-            if (wk > 0) continue;
+            for (int z = 0; z < slices; ++z) {
+                if (z > 0) {
+                    cp_async_wait<0>();
+                    __syncthreads();  // every warp is done with the buffers the next share refills
+                }
+                run(share_start(z), share_start(z + 1) - share_start(z));
+                if (wk > 0) continue;
 #pragma unroll
-            for (int mi = 0; mi < T::MT; ++mi) {
+                for (int mi = 0; mi < T::MT; ++mi) {
 #pragma unroll
-                for (int j = 0; j < T::NT; ++j) {
-                    const int row = m0 + wm * T::WM + 16 * mi + g;
-                    const int col = n0 + wn * T::WN + 8 * j + 2 * t;
-                    if (slices == 1) {
-                        store_pair(y, m, n, pairs, row, col, acc[mi][j][0], acc[mi][j][1]);
-                        store_pair(y, m, n, pairs, row + 8, col, acc[mi][j][2], acc[mi][j][3]);
-                    } else {
+                    for (int j = 0; j < T::NT; ++j) {
+                        const int row = m0 + wm * T::WM + 16 * mi + g;
+                        const int col = n0 + wn * T::WN + 8 * j + 2 * t;
                         add_pair(y, m, n, pairs, row, col, z == 0, acc[mi][j][0], acc[mi][j][1]);
                         add_pair(y, m, n, pairs, row + 8, col, z == 0, acc[mi][j][2],
                                  acc[mi][j][3]);
                     }
                 }
             }
+            return;
+        }
+    }
+    run(share_start(blockIdx.z), share_start(blockIdx.z + 1) - share_start(blockIdx.z));
+    if (splits == 1) {
+        if (wk > 0) return;
+#pragma unroll
+        for (int mi = 0; mi < T::MT; ++mi) {
+#pragma unroll
+            for (int j = 0; j < T::NT; ++j) {
+                const int row = m0 + wm * T::WM + 16 * mi + g;
+                const int col = n0 + wn * T::WN + 8 * j + 2 * t;
+                store_pair(y, m, n, pairs, row, col, acc[mi][j][0], acc[mi][j][1]);
+                store_pair(y, m, n, pairs, row + 8, col, acc[mi][j][2], acc[mi][j][3]);
+            }
         }
         return;
     }
-    run(share_start(blockIdx.z), share_start(blockIdx.z + 1) - share_start(blockIdx.z));
 
     // Split-K: this split's sums, then the last split of the tile adds them all.
     const int tile = blockIdx.y * gridDim.x + blockIdx.x;
@@ -582,17 +596,21 @@ __device__ __forceinline__ void gemm(
 // M tiles vary fastest, so the blocks that share a W tile run together and read it from DRAM
 // once. With splits > 1, partials holds splits * BM * BN floats per tile (16-byte aligned) and
 // counters one int per tile, zero before the launch (the launch leaves them zero).
-#define EMBER_QUANT_GEMM(TYPE, SHAPE)                                                          \
+#define EMBER_QUANT_GEMM_(TYPE, SHAPE, NAME, SLICED)                                           \
     extern "C" __global__ void __launch_bounds__(ember_gemm::THREADS,                          \
                                                  ember_gemm::SHAPE::MIN_BLOCKS)                \
-        quant_gemm_##TYPE##_##SHAPE(const uint8_t* __restrict__ w, const float* __restrict__ x, \
-                                    float* __restrict__ y, int m, int n, int k, int slices,    \
-                                    float* __restrict__ partials, int* __restrict__ counters) { \
+        NAME(const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, \
+             int m, int n, int k, int slices, float* __restrict__ partials,                    \
+             int* __restrict__ counters) {                                                     \
         extern __shared__ __align__(16) uint8_t smem[];                                        \
-        ember_gemm::gemm<ember::block_##TYPE, ember_gemm::SHAPE>(                              \
+        ember_gemm::gemm<ember::block_##TYPE, ember_gemm::SHAPE, SLICED>(                      \
             w, x, y, m, n, k, slices, partials, counters, smem);                               \
     }                                                                                          \
-    EMBER_EXPORT_PARAMS(quant_gemm_##TYPE##_##SHAPE)
+    EMBER_EXPORT_PARAMS(NAME)
+#define EMBER_QUANT_GEMM(TYPE, SHAPE) \
+    EMBER_QUANT_GEMM_(TYPE, SHAPE, quant_gemm_##TYPE##_##SHAPE, false)
+#define EMBER_QUANT_GEMM_SLICED(TYPE, SHAPE) \
+    EMBER_QUANT_GEMM_(TYPE, SHAPE, quant_gemm_##TYPE##_##SHAPE##_sliced, true)
 
 // Every (type, shape) in quant_gemm.py's order: QuantType, then GemmTile.
 #define EMBER_GEMM_SHAPES(X, TYPE) \
@@ -603,6 +621,14 @@ __device__ __forceinline__ void gemm(
 
 #define EMBER_GEMM_KERNEL(TYPE, SHAPE) EMBER_QUANT_GEMM(TYPE, SHAPE)
 EMBER_GEMM_ALL(EMBER_GEMM_KERNEL)
+
+// Batch-invariant mode's tiles (quant_gemm.py's INVARIANT_TILES) also as _sliced kernels, with
+// the same layouts as their plain ones. A new block type goes in both lists.
+#define EMBER_GEMM_SLICED_SHAPES(X, TYPE) X(TYPE, s16) X(TYPE, s32) X(TYPE, t64)
+#define EMBER_GEMM_SLICED_ALL(X)                                                  \
+    EMBER_GEMM_SLICED_SHAPES(X, q4_0) EMBER_GEMM_SLICED_SHAPES(X, q4_1)           \
+        EMBER_GEMM_SLICED_SHAPES(X, q8_0)
+EMBER_GEMM_SLICED_ALL(EMBER_QUANT_GEMM_SLICED)
 
 // The layout of every kernel, 7 ints each in EMBER_GEMM_ALL's order: block bytes, shape ID, BM,
 // BN, KB, dynamic shared memory bytes, blocks per SM the registers were fitted for.

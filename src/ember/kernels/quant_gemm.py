@@ -248,7 +248,7 @@ class TileLayout:
 class QuantGemm:
     """The quant_gemm kernel family, loaded in the current context."""
 
-    __slots__ = ("_kernels", "layouts", "module", "multiprocessors", "residency")
+    __slots__ = ("_kernels", "_sliced", "layouts", "module", "multiprocessors", "residency")
 
     def __init__(self, module: Module, device: Device) -> None:
         self.module = module
@@ -261,6 +261,17 @@ class QuantGemm:
             if layout.per_sm:  # needed above 48 KB, harmless below
                 kernel.set_max_dynamic_shared_memory(layout.shared_bytes)
             self._kernels[q, tile] = kernel
+        # Slices of K in one block: the INVARIANT_TILES' _sliced kernels, with their layouts.
+        self._sliced: dict[tuple[QuantType, GemmTile], Kernel] = {}
+        for q in QuantType:
+            for _, tile in INVARIANT_TILES:
+                kernel = _INTERFACE.kernel(
+                    module, f"quant_gemm_{q.name.lower()}_{tile.name.lower()}_sliced"
+                )
+                layout = self.layouts[q, tile]
+                if layout.per_sm:
+                    kernel.set_max_dynamic_shared_memory(layout.shared_bytes)
+                self._sliced[q, tile] = kernel
         # A tile runs for every type or for none, at its least resident type's count.
         self.residency: dict[GemmTile, int] = {}
         for tile in GemmTile:
@@ -347,8 +358,17 @@ class QuantGemm:
         partials = counters = 0
         if plan.splits > 1:
             partials, counters = _split_workspace(plan, m, n, workspace)
+        kernel = self._kernels[quant, plan.tile]
+        if plan.splits == 1 and plan.slices > 1:
+            sliced = self._sliced.get((quant, plan.tile))
+            if sliced is None:
+                tiles = ", ".join(t.name for _, t in INVARIANT_TILES)
+                raise ValueError(
+                    f"gemm runs slices of K on the {tiles} tiles, not {plan.tile.name}"
+                )
+            kernel = sliced
         return Launch(
-            self._kernels[quant, plan.tile],
+            kernel,
             grid,
             (_THREADS, 1, 1),
             (weight.ptr, x.ptr, y.ptr, m, n, k, plan.slices, partials, counters),

@@ -25,6 +25,13 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default=_default(EngineConfig, "device"), choices=("cpu", "cuda", "auto")
     )
+    parser.add_argument(
+        "--batch-invariant",
+        action="store_true",
+        default=_default(EngineConfig, "batch_invariant"),
+        help="on the GPU, the same bits for a request alone or in any batch (greedy and "
+        "seeded), at a throughput cost: see docs/batch_invariance.md",
+    )
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -451,7 +458,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=tuple(args.stop),
     )
-    llm = LLM(model=args.model, device=args.device)
+    llm = LLM(model=args.model, device=args.device, batch_invariant=args.batch_invariant)
     prompt: str | list[int] = args.prompt
     if args.chat:
         messages = [{"role": "user", "content": args.prompt}]
@@ -500,10 +507,12 @@ def _bench(args: argparse.Namespace) -> int:
             enable_prefix_caching=False,
             detokenize=False,
             async_scheduling=not args.no_async_scheduling,
+            batch_invariant=args.batch_invariant,
         )
     )
     device = engine.model.backend.device_name
-    print(f"model: {engine.model.path.name}  device: {device}")
+    mode = "batch-invariant" if args.batch_invariant else "default"
+    print(f"model: {engine.model.path.name}  device: {device}  mode: {mode}")
     cpu_before = HostCpuTimes.read()
     results = run_benchmarks(
         engine, batch_sizes, args.decode_tokens, args.prompt_tokens, args.prefill_tokens
@@ -669,6 +678,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         else args.kv_cache_memory_mb << 20,
         enable_prefix_caching=not args.no_prefix_caching,
         async_scheduling=not args.no_async_scheduling,
+        batch_invariant=args.batch_invariant,
         starvation_steps=args.starvation_steps,
         seed=args.seed,
     )

@@ -31,6 +31,10 @@ class EngineConfig:
     # step's tokens, so the host's work (scheduling, inputs, outputs) overlaps the device's.
     # A step's outputs then come from the next `step()` call.
     async_scheduling: bool = True
+    # The GPU computes each row with reductions whose order depends only on the row (its
+    # tokens, positions, context), not on the batch: greedy and seeded outputs are then the
+    # same bits alone and in any batch, at a throughput cost (docs/batch_invariance.md).
+    batch_invariant: bool = False
     # A priority with requests waiting and none admitted for this many steps goes first at the
     # next room: lower service classes wait behind higher ones, never forever.
     starvation_steps: int = 100

@@ -73,6 +73,7 @@ class LLMEngine:
         self.model_config = self.model.config
         self.tokenizer = self.model.tokenizer
         backend = self.model.backend
+        backend.set_batch_invariant(config.batch_invariant)
         context = self.model_config.context_length
         kv_bytes = config.kv_cache_memory_bytes or backend.default_kv_cache_bytes(
             config.max_num_seqs * context

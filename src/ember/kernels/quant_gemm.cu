@@ -26,6 +26,14 @@
 // splits' sums in split order (the same result whichever is last), writes y, and sets the
 // counter back to zero for the next launch.
 //
+// Slices (the _sliced kernels, with `slices` > 1 and gridDim.z == 1; the others ignore
+// `slices`, as the loop would cost their larger tiles registers): the block runs the same
+// contiguous shares of the K steps itself, one after another, each from a zero accumulator, and
+// adds each share's sums into y in share order starting from +0 — the very additions the
+// split-K fix-up makes. So a launch split `slices` ways and an unsplit launch of `slices` slices
+// give y bit for bit the same, and the host can fix a product's K shares by its shape alone
+// (batch-invariant mode, docs/batch_invariance.md) and still choose per launch whether blocks or one block run them.
+//
 // Granules are 16-byte aligned and hold at least one byte of W, so the few bytes copied past
 // either end of a row's blocks never leave W's pages. Rows and columns past M and N are clamped
 // to the last ones on loads and skipped on stores.
@@ -72,6 +80,14 @@ struct w64 : Shape<7, 64, 256, 1, 8, 1, 2, false, 96 * 1024, 6, 2> {};
 // tiles (half the x traffic and ldmatrix per mma of the former), one block per SM.
 struct t128 : Shape<8, 128, 128, 2, 4, 1, 1, false, 96 * 1024, 6, 2> {};
 struct w128 : Shape<9, 128, 256, 2, 4, 1, 1, false, 96 * 1024, 6, 1> {};
+
+// Batch-invariant mode (quant_gemm.py's INVARIANT_TILES) runs s16, s32 or t64 by the rows of x,
+// with K shares fixed by the product's shape: a row's sums are then the same mma in the same
+// order whichever of them runs it (the same K-warps over the same blocks of every step, the same
+// fp16 x and W fragments, the K-warps' sums added in one order), wherever the row sits.
+static_assert(s16::WARPS_K == s32::WARPS_K && s16::WARPS_K == t64::WARPS_K &&
+                  s16::KB == s32::KB && s16::KB == t64::KB,
+              "the batch-invariant tiles must share their K-warps and quant blocks per step");
 
 constexpr int cmax(int a, int b) { return a > b ? a : b; }
 constexpr int cmin(int a, int b) { return a < b ? a : b; }
@@ -213,6 +229,27 @@ __device__ __forceinline__ void store_pair(
     }
 }
 
+// y's (row, col) and (row, col + 1) plus a and b, each sum starting from +0 at the first slice:
+// the additions, in the order, of the split-K fix-up (which sums into zeros). This thread
+// stored the values it reads back, so no barrier is needed between slices.
+__device__ __forceinline__ void add_pair(
+    float* y, int m, int n, bool pairs, int row, int col, bool first, float a, float b) {
+    if (row >= m || col >= n) return;
+    float a0 = 0.0f, b0 = 0.0f;
+    if (!first) {
+        const float* in = y + static_cast<long long>(row) * n + col;
+        if (pairs) {
+            const float2 v = *reinterpret_cast<const float2*>(in);
+            a0 = v.x;
+            b0 = v.y;
+        } else {
+            a0 = in[0];
+            if (col + 1 < n) b0 = in[1];
+        }
+    }
+    store_pair(y, m, n, pairs, row, col, a0 + a, b0 + b);
+}
+
 // (a & mask) | bits in one LOP3 (0xea: a & b | c); written out because the compiler splits it
 // into two when both constants are immediates.
 template <uint32_t MASK>
@@ -289,10 +326,11 @@ __device__ __forceinline__ void unit_fragment(
     }
 }
 
-template <typename Block, typename Shape>
+template <typename Block, typename Shape, bool SLICED>
 __device__ __forceinline__ void gemm(
     const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int m,
-    int n, int k, float* __restrict__ partials, int* __restrict__ counters, uint8_t* smem) {
+    int n, int k, int slices, float* __restrict__ partials, int* __restrict__ counters,
+    uint8_t* smem) {
     using T = Tile<Block, Shape>;
     const int tid = threadIdx.x;
     const int lane = tid & 31;
@@ -308,9 +346,11 @@ __device__ __forceinline__ void gemm(
     const int blocks = k / (32 * T::UNITS);  // per row
     const int steps = (blocks + T::KB - 1) / T::KB;
     const int splits = gridDim.z;
-    const int first = static_cast<int>(static_cast<long long>(blockIdx.z) * steps / splits);
-    const int count = static_cast<int>(static_cast<long long>(blockIdx.z + 1) * steps / splits) -
-                      first;
+    // The K shares: gridDim.z of them, one a block, or (unsplit) `slices`, all in this block.
+    const int shares = SLICED && splits == 1 ? slices : splits;
+    auto share_start = [&](int z) {
+        return static_cast<int>(static_cast<long long>(z) * steps / shares);
+    };
     // quant_gemm.py keeps W's and x's sizes below 2^31 bytes: 32-bit offsets save registers.
     const uint32_t row_bytes = static_cast<uint32_t>(blocks * T::BLOCK_BYTES);
 
@@ -404,7 +444,7 @@ __device__ __forceinline__ void gemm(
     const uint32_t a_lane =
         smem_addr(xs) + 2 * ((wm * T::WM + (lane & 15)) * T::XS + 8 * (lane >> 4) + 32 * wk);
 
-    float acc[T::MT][T::NT][4] = {};
+    float acc[T::MT][T::NT][4] = {};  // (the _sliced kernels zero it for every share)
     auto compute = [&](int s, int slot, int buf) {
         const int kb0 = s * T::KB;
         const int units = min(T::KB, blocks - kb0) * T::UNITS;
@@ -443,66 +483,103 @@ __device__ __forceinline__ void gemm(
         }
     };
 
-#pragma unroll
-    for (int p = 0; p < T::STAGES - 1; ++p) {
-        if (p < count) {
-            copy_w(first + p, p);
-            copy_x(first + p, p);
-        }
-        cp_async_commit();
-    }
-    load_x(first);
-    flush_x(0);
-    int read_slot = 0;
-    int write_slot = T::STAGES - 1;
-    for (int i = 0; i < count; ++i) {
-        const int s = first + i;
-        if (i + 1 < count) load_x(s + 1);
-        // Copy group i (step s) is done once at most STAGES - 2 newer groups are pending.
-        cp_async_wait<T::STAGES - 2>();
-        convert_x(read_slot, i & 1);
-        __syncthreads();
-        if (i + T::STAGES - 1 < count) {
-            copy_w(s + T::STAGES - 1, write_slot);
-            copy_x(s + T::STAGES - 1, write_slot);
-        }
-        cp_async_commit();  // possibly empty: keeps one group per step
-        compute(s, read_slot, i & 1);
-        if (i + 1 < count) flush_x((i + 1) & 1);
-        read_slot = read_slot + 1 == T::STAGES ? 0 : read_slot + 1;
-        write_slot = write_slot + 1 == T::STAGES ? 0 : write_slot + 1;
-    }
-
-    if constexpr (T::WARPS_K > 1) {
-        cp_async_wait<0>();
-        __syncthreads();  // every warp is done with the buffers the partial sums now reuse
-        float* red = reinterpret_cast<float*>(smem) + warp_mn * T::ACC * 32 + lane;
-        constexpr int PART = T::WARPS_MN * T::ACC * 32;  // floats per K-warp
-        if (wk > 0) {
+    // acc = the sums of K steps first .. first + count - 1 (every K-warp's, in warp wk == 0).
+    auto run = [&](int first, int count) {
+        if constexpr (SLICED) {
 #pragma unroll
             for (int mi = 0; mi < T::MT; ++mi)
 #pragma unroll
                 for (int j = 0; j < T::NT; ++j)
 #pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        red[(wk - 1) * PART + ((mi * T::NT + j) * 4 + e) * 32] = acc[mi][j][e];
+                    for (int e = 0; e < 4; ++e) acc[mi][j][e] = 0.0f;
         }
-        __syncthreads();
-        if (wk == 0) {
 #pragma unroll
-            for (int p = 0; p < T::WARPS_K - 1; ++p)
+        for (int p = 0; p < T::STAGES - 1; ++p) {
+            if (p < count) {
+                copy_w(first + p, p);
+                copy_x(first + p, p);
+            }
+            cp_async_commit();
+        }
+        load_x(first);
+        flush_x(0);
+        int read_slot = 0;
+        int write_slot = T::STAGES - 1;
+        for (int i = 0; i < count; ++i) {
+            const int s = first + i;
+            if (i + 1 < count) load_x(s + 1);
+            // Copy group i (step s) is done once at most STAGES - 2 newer groups are pending.
+            cp_async_wait<T::STAGES - 2>();
+            convert_x(read_slot, i & 1);
+            __syncthreads();
+            if (i + T::STAGES - 1 < count) {
+                copy_w(s + T::STAGES - 1, write_slot);
+                copy_x(s + T::STAGES - 1, write_slot);
+            }
+            cp_async_commit();  // possibly empty: keeps one group per step
+            compute(s, read_slot, i & 1);
+            if (i + 1 < count) flush_x((i + 1) & 1);
+            read_slot = read_slot + 1 == T::STAGES ? 0 : read_slot + 1;
+            write_slot = write_slot + 1 == T::STAGES ? 0 : write_slot + 1;
+        }
+
+        if constexpr (T::WARPS_K > 1) {
+            cp_async_wait<0>();
+            __syncthreads();  // every warp is done with the buffers the partial sums now reuse
+            float* red = reinterpret_cast<float*>(smem) + warp_mn * T::ACC * 32 + lane;
+            constexpr int PART = T::WARPS_MN * T::ACC * 32;  // floats per K-warp
+            if (wk > 0) {
 #pragma unroll
                 for (int mi = 0; mi < T::MT; ++mi)
 #pragma unroll
                     for (int j = 0; j < T::NT; ++j)
 #pragma unroll
                         for (int e = 0; e < 4; ++e)
-                            acc[mi][j][e] += red[p * PART + ((mi * T::NT + j) * 4 + e) * 32];
+                            red[(wk - 1) * PART + ((mi * T::NT + j) * 4 + e) * 32] = acc[mi][j][e];
+            }
+            __syncthreads();
+            if (wk == 0) {
+#pragma unroll
+                for (int p = 0; p < T::WARPS_K - 1; ++p)
+#pragma unroll
+                    for (int mi = 0; mi < T::MT; ++mi)
+#pragma unroll
+                        for (int j = 0; j < T::NT; ++j)
+#pragma unroll
+                            for (int e = 0; e < 4; ++e)
+                                acc[mi][j][e] += red[p * PART + ((mi * T::NT + j) * 4 + e) * 32];
+            }
         }
-    }
+    };
 
     // Accumulator e of tile (mi, j) is row 16 mi + g + 8 (e / 2), column 8 j + 2 t + e % 2.
     const bool pairs = (n & 1) == 0 && (reinterpret_cast<uintptr_t>(y) & 7) == 0;
+    if constexpr (SLICED) {
+        if (splits == 1) {
+#pragma unroll 1
+            for (int z = 0; z < slices; ++z) {
+                if (z > 0) {
+                    cp_async_wait<0>();
+                    __syncthreads();  // every warp is done with the buffers the next share refills
+                }
+                run(share_start(z), share_start(z + 1) - share_start(z));
+                if (wk > 0) continue;
+#pragma unroll
+                for (int mi = 0; mi < T::MT; ++mi) {
+#pragma unroll
+                    for (int j = 0; j < T::NT; ++j) {
+                        const int row = m0 + wm * T::WM + 16 * mi + g;
+                        const int col = n0 + wn * T::WN + 8 * j + 2 * t;
+                        add_pair(y, m, n, pairs, row, col, z == 0, acc[mi][j][0], acc[mi][j][1]);
+                        add_pair(y, m, n, pairs, row + 8, col, z == 0, acc[mi][j][2],
+                                 acc[mi][j][3]);
+                    }
+                }
+            }
+            return;
+        }
+    }
+    run(share_start(blockIdx.z), share_start(blockIdx.z + 1) - share_start(blockIdx.z));
     if (splits == 1) {
         if (wk > 0) return;
 #pragma unroll
@@ -576,20 +653,24 @@ __device__ __forceinline__ void gemm(
 // M tiles vary fastest, so the blocks that share a W tile run together and read it from DRAM
 // once. With splits > 1, partials holds splits * BM * BN floats per tile (16-byte aligned) and
 // counters one int per tile, zero before the launch (the launch leaves them zero).
-#define EMBER_QUANT_GEMM(TYPE, SHAPE)                                                          \
+#define EMBER_QUANT_GEMM_(TYPE, SHAPE, NAME, SLICED)                                           \
     extern "C" __global__ void __launch_bounds__(ember_gemm::THREADS,                          \
                                                  ember_gemm::SHAPE::MIN_BLOCKS)                \
-        quant_gemm_##TYPE##_##SHAPE(const uint8_t* __restrict__ w, const float* __restrict__ x, \
-                                    float* __restrict__ y, int m, int n, int k,                \
-                                    float* __restrict__ partials, int* __restrict__ counters) { \
+        NAME(const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, \
+             int m, int n, int k, int slices, float* __restrict__ partials,                    \
+             int* __restrict__ counters) {                                                     \
         extern __shared__ __align__(16) uint8_t smem[];                                        \
         if constexpr (ember_gemm::Tile<ember::block_##TYPE, ember_gemm::SHAPE>::VALID)         \
-            ember_gemm::gemm<ember::block_##TYPE, ember_gemm::SHAPE>(                          \
-                w, x, y, m, n, k, partials, counters, smem);                                   \
+            ember_gemm::gemm<ember::block_##TYPE, ember_gemm::SHAPE, SLICED>(                  \
+                w, x, y, m, n, k, slices, partials, counters, smem);                           \
         else                                                                                   \
             __trap();                                                                          \
     }                                                                                          \
-    EMBER_EXPORT_PARAMS(quant_gemm_##TYPE##_##SHAPE)
+    EMBER_EXPORT_PARAMS(NAME)
+#define EMBER_QUANT_GEMM(TYPE, SHAPE) \
+    EMBER_QUANT_GEMM_(TYPE, SHAPE, quant_gemm_##TYPE##_##SHAPE, false)
+#define EMBER_QUANT_GEMM_SLICED(TYPE, SHAPE) \
+    EMBER_QUANT_GEMM_(TYPE, SHAPE, quant_gemm_##TYPE##_##SHAPE##_sliced, true)
 
 // Every (type, shape) in quant_gemm.py's order: QuantType, then GemmTile.
 #define EMBER_GEMM_SHAPES(X, TYPE) \
@@ -602,6 +683,14 @@ __device__ __forceinline__ void gemm(
 
 #define EMBER_GEMM_KERNEL(TYPE, SHAPE) EMBER_QUANT_GEMM(TYPE, SHAPE)
 EMBER_GEMM_ALL(EMBER_GEMM_KERNEL)
+
+// Batch-invariant mode's tiles (quant_gemm.py's INVARIANT_TILES) also as _sliced kernels, with
+// the same layouts as their plain ones. A new block type goes in both lists.
+#define EMBER_GEMM_SLICED_SHAPES(X, TYPE) X(TYPE, s16) X(TYPE, s32) X(TYPE, t64)
+#define EMBER_GEMM_SLICED_ALL(X)                                                  \
+    EMBER_GEMM_SLICED_SHAPES(X, q4_0) EMBER_GEMM_SLICED_SHAPES(X, q4_1)           \
+        EMBER_GEMM_SLICED_SHAPES(X, q8_0)
+EMBER_GEMM_SLICED_ALL(EMBER_QUANT_GEMM_SLICED)
 
 // The layout of every kernel, 7 ints each in EMBER_GEMM_ALL's order: block bytes, shape ID, BM,
 // BN, KB, dynamic shared memory bytes, blocks per SM the registers were fitted for.

@@ -7,6 +7,11 @@ workspace: zero-filled device memory of `QuantGemm.max_workspace_bytes` (or, siz
 most `workspace_bytes(m, n, k)` over the products it will run), whose counters every launch
 leaves at zero. Launches that share a workspace must run one after another (one stream), never
 at once. Without a workspace a launch is never split.
+
+Batch-invariant mode (`invariant_plan`, docs/batch_invariance.md): the tile is one of
+INVARIANT_TILES by rows, and K is cut into shares fixed by the weight's shape, run either as
+splits or as slices of one block (quant_gemm.cu: the same bits), so a row of y does not depend
+on how many rows run or where it sits.
 """
 
 from __future__ import annotations
@@ -94,10 +99,12 @@ class GemmTile(Enum):
 
 @dataclass(frozen=True, slots=True)
 class GemmPlan:
-    """A tile shape and how many ways K is split between blocks."""
+    """A tile shape, how many ways K is split between blocks, and (unsplit) how many shares of
+    K each block runs one after another, adding each into y (quant_gemm.cu's slices)."""
 
     tile: GemmTile
     splits: int = 1
+    slices: int = 1
 
     def grid(self, m: int, n: int) -> Dim3:
         return self.tile.grid(m, n, self.splits)
@@ -134,6 +141,13 @@ _WIDE_ROWS: Final = 256
 _WIDE_N: Final = 16384
 _WIDE_K: Final = 4096
 _WIDE_PREFERENCE: Final = (GemmTile.W64, GemmTile.T64, GemmTile.W128, GemmTile.T128)
+# Batch-invariant mode's tiles by rows of x, smallest first: quant_gemm.cu asserts that they
+# share their K-warps and quant blocks per step, so given the same K shares a row's sums are the
+# same bits in each of them.
+INVARIANT_TILES: Final = ((16, GemmTile.S16), (32, GemmTile.S32), (_INDEX_LIMIT, GemmTile.T64))
+# The block types with _sliced kernels (quant_gemm.cu's EMBER_GEMM_SLICED_ALL): a K-quant's
+# super-block step fits only the 16- and 32-row tiles, not T64.
+INVARIANT_TYPES: Final = (QuantType.Q4_0, QuantType.Q4_1, QuantType.Q8_0)
 # Blocks per SM each tile's registers were fitted for (quant_gemm.cu's MIN_BLOCKS); the loaded
 # family replaces these with what the device's shared memory allows.
 DEFAULT_RESIDENCY: Final[Mapping[GemmTile, int]] = {
@@ -157,6 +171,44 @@ def split_count(tile: GemmTile, m: int, n: int, k: int, multiprocessors: int, pe
     by_steps = tile.steps(k) // _MIN_SPLIT_STEPS
     by_fixup = _FIXUP_BYTES // (4 * tile.rows * tile.cols)
     return max(1, min(by_fill, by_steps, by_fixup, MAX_SPLITS))
+
+
+def invariant_shares(n: int, k: int, multiprocessors: int, per_sm: int) -> int:
+    """The K shares of an [m, K] x [K, n] product in batch-invariant mode: the split count that
+    a 16-row product's S16 plan takes, so that decode at small batches keeps the GPU busy; a
+    function of the weight's shape and the GPU alone, never of m."""
+    return split_count(GemmTile.S16, 16, n, k, multiprocessors, per_sm)
+
+
+def choose_invariant_plan(
+    m: int,
+    n: int,
+    k: int,
+    multiprocessors: int,
+    residency: Mapping[GemmTile, int] = DEFAULT_RESIDENCY,
+    workspace_bytes: int = 0,
+) -> GemmPlan:
+    """Batch-invariant mode's plan: the INVARIANT_TILES tile for m rows, and the product's
+    fixed K shares, run as splits where the tiles alone leave SMs idle and the workspace holds
+    the splits' sums, else as slices of each block (the same result either way)."""
+    tile = next(t for rows, t in INVARIANT_TILES if m <= rows)
+    missing = [t.name for _, t in INVARIANT_TILES if t not in residency]
+    if missing:
+        raise EmberError(
+            f"batch-invariant GEMMs need the {', '.join(missing)} tiles, which do not fit this "
+            "GPU's shared memory; run without --batch-invariant"
+        )
+    shares = invariant_shares(n, k, multiprocessors, residency[GemmTile.S16])
+    split = GemmPlan(tile, shares, shares)
+    tiles = tile.tiles(m, n)
+    if (
+        shares > 1
+        and not fills(tiles, multiprocessors)
+        and tiles <= _COUNTERS
+        and split.workspace_bytes(m, n) <= workspace_bytes
+    ):
+        return split
+    return GemmPlan(tile, 1, shares)
 
 
 def choose_plan(
@@ -200,7 +252,15 @@ class TileLayout:
 class QuantGemm:
     """The quant_gemm kernel family, loaded in the current context."""
 
-    __slots__ = ("_kernels", "layouts", "module", "multiprocessors", "residency", "type_residency")
+    __slots__ = (
+        "_kernels",
+        "_sliced",
+        "layouts",
+        "module",
+        "multiprocessors",
+        "residency",
+        "type_residency",
+    )
 
     def __init__(self, module: Module, device: Device) -> None:
         self.module = module
@@ -218,6 +278,18 @@ class QuantGemm:
             q: {t: self.layouts[q, t].per_sm for t in GemmTile if self.layouts[q, t].per_sm}
             for q in QuantType
         }
+        # Slices of K in one block: the INVARIANT_TILES' _sliced kernels, with their layouts,
+        # built for the INVARIANT_TYPES.
+        self._sliced: dict[tuple[QuantType, GemmTile], Kernel] = {}
+        for q in INVARIANT_TYPES:
+            for _, tile in INVARIANT_TILES:
+                kernel = _INTERFACE.kernel(
+                    module, f"quant_gemm_{q.name.lower()}_{tile.name.lower()}_sliced"
+                )
+                layout = self.layouts[q, tile]
+                if layout.per_sm:
+                    kernel.set_max_dynamic_shared_memory(layout.shared_bytes)
+                self._sliced[q, tile] = kernel
         # The 32-weight types run every tile or none, at their least resident type's count.
         self.residency: dict[GemmTile, int] = {}
         for tile in GemmTile:
@@ -236,6 +308,9 @@ class QuantGemm:
         32-weight types' common tiles)."""
         residency = self.residency if quant is None else self.type_residency[quant]
         return choose_plan(m, n, k, self.multiprocessors, residency, split)
+
+    def invariant_plan(self, m: int, n: int, k: int, workspace_bytes: int = 0) -> GemmPlan:
+        return choose_invariant_plan(m, n, k, self.multiprocessors, self.residency, workspace_bytes)
 
     def workspace_bytes(self, m: int, n: int, k: int) -> int:
         """Workspace bytes that gemm_launch's own plan for this product needs."""
@@ -256,6 +331,9 @@ class QuantGemm:
         tile: GemmTile | None = None,
         workspace: DeviceArray | None = None,
         splits: int | None = None,
+        *,
+        invariant: bool = False,
+        slices: int | None = None,
     ) -> Launch:
         """The launch of y[m, n] = sum_k x[m, k] * W[n, k], checked once.
 
@@ -263,6 +341,8 @@ class QuantGemm:
         [M, K], y float32 [M, N], M and N at least 1. weight, x and workspace must be 16-byte
         aligned. Without a workspace K is never split. `tile` and `splits` override the plan
         (for tests and tuning); splits beyond a tile's K steps leave some splits empty.
+        `invariant`: batch-invariant mode's plan (`invariant_plan`); `tile`, `splits` and
+        `slices` then override its parts, for tests that run one row every way.
         """
         m, k, n = check_operands("gemm", weight, x, y)
         check_fit("gemm", weight, quant, x, y)
@@ -270,7 +350,28 @@ class QuantGemm:
             raise ValueError(f"gemm needs at least one row of x and of W, got M {m}, N {n}")
         if weight.nbytes >= _INDEX_LIMIT or m * k >= _INDEX_LIMIT:
             raise ValueError(f"gemm takes W and x of under 2^31 bytes and elements, got {m}x{k}")
-        plan = self._plan(m, n, k, tile, workspace is not None, splits, quant)
+        if invariant:
+            if quant not in INVARIANT_TYPES:
+                raise ValueError(
+                    f"the batch-invariant GEMM runs {', '.join(q.name for q in INVARIANT_TYPES)} "
+                    f"weights, not {quant.name}"
+                )
+            plan = self.invariant_plan(m, n, k, 0 if workspace is None else workspace.nbytes)
+            plan = GemmPlan(
+                plan.tile if tile is None else tile,
+                plan.splits if splits is None else splits,
+                plan.slices if slices is None else slices,
+            )
+        else:
+            plan = self._plan(m, n, k, tile, workspace is not None, splits, quant)
+            if slices is not None:
+                plan = GemmPlan(plan.tile, plan.splits, slices)
+        split_slices = plan.slices in (1, plan.splits)
+        if not 1 <= plan.slices <= MAX_SPLITS or not split_slices:
+            raise ValueError(
+                f"gemm runs 1 to {MAX_SPLITS} slices of K (a split launch's are its splits), "
+                f"got {plan.slices} slices with {plan.splits} splits"
+            )
         layout = self.layouts[quant, plan.tile]
         if layout.per_sm == 0:
             raise ValueError(
@@ -286,11 +387,22 @@ class QuantGemm:
         partials = counters = 0
         if plan.splits > 1:
             partials, counters = _split_workspace(plan, m, n, workspace)
+        kernel = self._kernels[quant, plan.tile]
+        if plan.splits == 1 and plan.slices > 1:
+            sliced = self._sliced.get((quant, plan.tile))
+            if sliced is None:
+                tiles = ", ".join(t.name for _, t in INVARIANT_TILES)
+                types = ", ".join(q.name for q in INVARIANT_TYPES)
+                raise ValueError(
+                    f"gemm runs slices of K for {types} on the {tiles} tiles, not for "
+                    f"{quant.name} on {plan.tile.name}"
+                )
+            kernel = sliced
         return Launch(
-            self._kernels[quant, plan.tile],
+            kernel,
             grid,
             (_THREADS, 1, 1),
-            (weight.ptr, x.ptr, y.ptr, m, n, k, partials, counters),
+            (weight.ptr, x.ptr, y.ptr, m, n, k, plan.slices, partials, counters),
             layout.shared_bytes,
         )
 

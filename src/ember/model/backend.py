@@ -44,6 +44,12 @@ class ForwardBackend(Protocol):
         """Preallocate per-step buffers for batches up to these sizes (before the first step)."""
         ...
 
+    def set_batch_invariant(self, on: bool) -> None:
+        """Compute every row in an order that depends only on the row's own data (its tokens,
+        positions, context), never on the batch around it (docs/batch_invariance.md); called
+        once, before the first step. A backend that is always so accepts either value."""
+        ...
+
     def forward(self, batch: ForwardBatch) -> npt.NDArray[np.float32]:
         """Write the batch's K/V into the cache and return logits [len(logits_indices), vocab]."""
         ...

@@ -127,6 +127,9 @@ class NumpyLlama:
     def default_prefill_tokens_per_step(self) -> int | None:
         return _DEFAULT_PREFILL_TOKENS_PER_STEP
 
+    def set_batch_invariant(self, on: bool) -> None:
+        """One pass for every batch; what it promises is docs/batch_invariance.md's CPU row."""
+
     def reserve(self, max_num_tokens: int, max_num_seqs: int, max_blocks_per_seq: int) -> None:
         """Nothing to preallocate: NumPy allocates each step's activations as it goes."""
 

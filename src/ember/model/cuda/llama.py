@@ -25,6 +25,11 @@ kernels (for comparison).
 The architectures' differences are data the kernels take: q/k/v biases and q/k norm weights
 (CudaLayerWeights), the RoPE pair layout and a float64 table of each pair's radians per
 position (Llama 3's frequency factors and linear scaling folded in), and the sliding window.
+
+`batch_invariant` (docs/batch_invariance.md): every projection, whatever its rows, runs the
+tensor-core GEMM's batch-invariant plan (no GEMV, no fused decode plan), and attention runs one
+block per token and kv head over its keys from key 0 (no splits), so a row's bits depend only
+on its own tokens, positions and context.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from ember.gpu.stream import Event, Stream
 from ember.kernels.attention import SHAPES as ATTENTION_SHAPES
 from ember.kernels.attention import Attention, choose_splits, partials_size
 from ember.kernels.kernel_set import KernelSet
+from ember.kernels.quant_gemm import INVARIANT_TYPES
 from ember.kernels.quant_gemv import MAX_BATCH as GEMV_MAX_ROWS
 from ember.kernels.quant_gemv import Output, RmsNorm
 from ember.kernels.rope import RopeCache
@@ -159,6 +165,7 @@ class CudaLlama:
         self._inv_freq = DeviceArray.from_numpy(radians_per_position(config.rope))
         self.use_graphs = True
         self._fused_decode = True
+        self._batch_invariant = False
 
     @property
     def fused_decode(self) -> bool:
@@ -169,6 +176,31 @@ class CudaLlama:
     def fused_decode(self, on: bool) -> None:
         self._fused_decode = on
         self._drop_graphs()
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether each row is computed in an order its batch cannot change (module docstring)."""
+        return self._batch_invariant
+
+    @batch_invariant.setter
+    def batch_invariant(self, on: bool) -> None:
+        if on:
+            w = self.weights
+            matrices = [w.lm_head]
+            for layer in w.layers:
+                matrices += [layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down]
+            others = sorted({m.quant.name for m in matrices} - {q.name for q in INVARIANT_TYPES})
+            if others:
+                raise EmberError(
+                    f"the batch-invariant mode runs {', '.join(q.name for q in INVARIANT_TYPES)} "
+                    f"weights on the GPU; this model has {', '.join(others)} matrices (run it "
+                    "without --batch-invariant, or with --device cpu, which is invariant)"
+                )
+        self._batch_invariant = on
+        self._drop_graphs()
+
+    def set_batch_invariant(self, on: bool) -> None:
+        self.batch_invariant = on
 
     @classmethod
     def load(
@@ -386,6 +418,10 @@ class CudaLlama:
         self._graphs.clear()
 
     def _splits(self, tokens: int) -> int:
+        if self._batch_invariant:
+            # A token's keys in one block, in 256-key tiles from key 0: its order then follows
+            # from its context alone (choose_splits follows the grid).
+            return 1
         c = self._config
         return choose_splits(
             tokens, c.n_kv_heads, self.device.multiprocessor_count, c.context_length
@@ -394,7 +430,7 @@ class CudaLlama:
     # -- the forward pass as a list of launches --------------------------------------------
 
     def _plan(self, tokens: int, rows: int) -> list[Launch]:
-        if self._fused_decode and tokens <= _FUSED_MAX_TOKENS:
+        if self._fused_decode and not self._batch_invariant and tokens <= _FUSED_MAX_TOKENS:
             return self._fused_plan(tokens, rows)
         assert self.inputs is not None and self.kv_cache is not None
         c, w, k = self._config, self.weights, self.kernels
@@ -548,6 +584,12 @@ class CudaLlama:
         )
 
     def _linear(self, x: DeviceArray, m: QuantMatrix, y: DeviceArray) -> Launch:
+        if self._batch_invariant:
+            # The GEMV's int8 x and its per-tier warps sum other terms in other orders than the
+            # GEMM: one kernel family for every row count.
+            return self.kernels.quant_gemm.gemm_launch(
+                m.data, m.quant, x, y, workspace=self._gemm_workspace, invariant=True
+            )
         if x.shape[0] <= GEMV_MAX_ROWS:
             return self.kernels.quant_gemv.gemv_launch(m.data, m.quant, x, y)
         return self.kernels.quant_gemm.gemm_launch(

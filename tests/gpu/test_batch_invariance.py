@@ -62,13 +62,13 @@ def fillers(vocab: int, count: int, seed: int) -> list[tuple[list[int], Sampling
 
 
 def engine(model: LoadedModel, **options: object) -> LLMEngine:
+    settings: dict[str, object] = {"max_num_seqs": 256, **options}
     config = EngineConfig(
         block_size=BLOCK,
         num_kv_blocks=4096,
-        max_num_seqs=256,
         batch_invariant=True,
         show_progress=False,
-        **options,  # type: ignore[arg-type]
+        **settings,  # type: ignore[arg-type]
     )
     return LLMEngine(config, model=model)
 

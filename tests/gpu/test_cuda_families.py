@@ -23,9 +23,10 @@ from tests.gpu.family_models import FAMILIES, VOCAB, Family, write_family_model
 BLOCK = 16
 BLOCKS_PER_SEQ = 4
 # ||cuda - numpy|| / ||numpy|| per logits row: int8 x in the GEMVs, fp16 GEMM inputs and the
-# fp16 KV cache move logits by well under 1 %; a wrong rotation, a missing bias or norm, or
-# attention outside the window moves them by tens of percent.
-TOLERANCE = 0.03
+# fp16 KV cache move these random models' logits by 1-3.3 % (H100, 2026-12-07: 3.27 % at the
+# llama3 file's 4th decode step, 1.3-1.5 % elsewhere); a wrong rotation, a missing bias or norm,
+# or attention outside the window moves them by 43-115 % (test_the_features_change_the_logits).
+TOLERANCE = 0.05
 I32 = npt.NDArray[np.int32]
 
 

@@ -50,12 +50,14 @@ class GrammarEngineMissingError(EmberError):
 
 def mask_threads() -> int:
     """Threads that fill a step's masks: the CPUs this process may run on, less one for the
-    engine's own thread, at most 32. A mask takes ~50 us (a JSON schema over a 49k
-    vocabulary; 57 us measured), 64 of them 3.6 ms on one thread: against a 1.5 ms GPU step
-    they must be spread. Named here rather than left to llguidance's default (80 % of the
-    CPUs it detects), so that the count follows this process's CPU affinity."""
+    engine's own thread, at most 4. A mask takes ~56 us (the benchmark's JSON schema over a
+    49k vocabulary, H100 host), 64 of them 3.6 ms on one thread; but llguidance's threads scale
+    poorly even over independent matchers (`scripts/bench_mask_fill.py` on the H100 host: 3.2 ms
+    on 4 threads, 3.8 ms on 15; 1.27x on 2 threads here): more only add contention. Named
+    here rather than left to llguidance's default (80 % of the CPUs it detects), so that the
+    count follows this process's CPU affinity."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(32, (cpus or 1) - 1))
+    return max(1, min(4, (cpus or 1) - 1))
 
 
 def mask_words(vocab_size: int) -> int:

@@ -366,7 +366,7 @@ class QuantGemm:
             plan = self._plan(m, n, k, tile, workspace is not None, splits, quant)
             if slices is not None:
                 plan = GemmPlan(plan.tile, plan.splits, slices)
-        split_slices = plan.slices in (1, plan.splits)
+        split_slices = plan.slices == 1 or plan.splits in (1, plan.slices)
         if not 1 <= plan.slices <= MAX_SPLITS or not split_slices:
             raise ValueError(
                 f"gemm runs 1 to {MAX_SPLITS} slices of K (a split launch's are its splits), "

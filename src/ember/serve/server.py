@@ -26,6 +26,7 @@ from starlette.types import ASGIApp
 
 from ember.serve.api_errors import ServiceUnavailableError
 from ember.serve.app import build_app
+from ember.serve.background_lane import BackgroundLane
 from ember.serve.config import ServerConfig
 from ember.serve.connection_bounds import (
     ConnectionBounds,
@@ -88,6 +89,8 @@ class EmberServer:
                 # sharing the buckets would reset them; the submit charged the tenant.
                 RateLimiter(),
             )
+        # Background classes' work takes turns here, from their connections' next request on.
+        self.lane = BackgroundLane()
         self.app = build_app(
             config,
             self.model,
@@ -97,6 +100,7 @@ class EmberServer:
             self.tenants,
             self.limiter,
             self.queue,
+            self.lane,
         )
 
     async def serve(self, sock: socket.socket | None = None) -> None:
@@ -119,7 +123,7 @@ class EmberServer:
             def on_exit() -> None:
                 loop.call_soon_threadsafe(self.drain)
 
-            server = http_server(self.app, self.config, self.connection_limits, on_exit)
+            server = http_server(self.app, self.config, self.connection_limits, on_exit, self.lane)
             logger.info(
                 "serving %s on http://%s:%d, up to %d connections; %s",
                 self.model.name,
@@ -175,14 +179,19 @@ def connection_limits(config: ServerConfig, max_connections: int | None) -> Conn
 
 
 def http_server(
-    app: ASGIApp, config: ServerConfig, limits: ConnectionLimits, on_exit: Callable[[], None]
+    app: ASGIApp,
+    config: ServerConfig,
+    limits: ConnectionLimits,
+    on_exit: Callable[[], None],
+    lane: BackgroundLane | None = None,
 ) -> uvicorn.Server:
-    """uvicorn with Ember's bounded protocol; `on_exit` runs first when SIGTERM/SIGINT comes."""
+    """uvicorn with Ember's bounded protocol; `on_exit` runs first when SIGTERM/SIGINT comes;
+    `lane`: where a background class's connections wait to read their next request."""
     uv_config = uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
-        http=bounded_protocol(ConnectionBounds(limits)),
+        http=bounded_protocol(ConnectionBounds(limits), lane),
         ws="none",
         # Logging is the root logger's, escaping client text (run_server).
         log_config=None,

@@ -60,10 +60,8 @@ def build_app(
     tenants: TenantDirectory,
     limiter: RateLimiter,
     queue: QueueConnection | None = None,
-    lane: BackgroundLane | None = None,
 ) -> ASGIApp:
-    """`queue`: the async API's job queue (`ember serve --queue`), or None. `lane`: the
-    server's lane for background classes' work (shared with its HTTP protocol), or a new one."""
+    """`queue`: the async API's job queue (`ember serve --queue`), or None."""
 
     async def ready(request: Request) -> Response:
         info = client.worker_info
@@ -83,7 +81,7 @@ def build_app(
         }
         return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
-    lane = BackgroundLane() if lane is None else lane
+    lane = BackgroundLane()
     runner = GenerationRunner(config, model, client, limiter, metrics.tenants, lane)
     fingerprint = system_fingerprint(model.path)
     routes = [

@@ -8,15 +8,12 @@ first token or its next chunk waits behind a whole wave: 50-160 ms at p99 on the
 5-13 ms alone. Priority in the engine cannot shorten that queue.
 
 So the server-side work of a background class (`ServiceClass.background`, the batch class by
-default) goes through this lane: once a connection has answered one of its requests, its next
-request is read only in the connection's turn (`BoundedHTTPProtocol`: uvicorn's parsing and the
-middleware of a wave of new requests are spread too); a request on a new connection waits for
-a turn after its key is checked and before its body is parsed, templated and tokenized; and
-its streams' wake-ups (chunks, first tokens, finishes) are queued here. The lane releases
-`per_iteration` items per loop iteration, then yields: each iteration holds at most that much
-background work besides everything else that is ready, so other classes' work waits for a few
-items, not a wave. When the loop has nothing else to do, iterations are short and the lane
-drains at nearly full speed.
+default) goes through this lane: its requests wait for a turn after their key is checked and
+before their body is parsed, templated and tokenized, and its streams' wake-ups (chunks,
+first tokens, finishes) are queued here. The lane releases `per_iteration` items per loop
+iteration, then yields: each iteration holds at most that much background work besides
+everything else that is ready, so other classes' work waits for a few items, not a wave. When
+the loop has nothing else to do, iterations are short and the lane drains at nearly full speed.
 """
 
 from __future__ import annotations

@@ -38,10 +38,8 @@ from ember.serve.api_errors import (
     RequestTimeoutError,
     TooManyConnectionsError,
 )
-from ember.serve.background_lane import BackgroundLane
 from ember.serve.connection_bounds import ConnectionBounds
 from ember.serve.request_ids import HEADER, new_request_id
-from ember.serve.tenant_gate import background_caller, took_lane_turn
 
 logger = logging.getLogger("ember.serve")
 
@@ -53,23 +51,18 @@ _LONGEST_LINGER_SECONDS = 10.0
 _RETRY_CONNECTION_SECONDS = 1.0
 
 
-def bounded_protocol(
-    bounds: ConnectionBounds, lane: BackgroundLane | None = None
-) -> type[BoundedHTTPProtocol]:
-    """The protocol class uvicorn builds per connection, sharing one server's `bounds` and
-    (None: no connection waits) its lane for background classes' work."""
+def bounded_protocol(bounds: ConnectionBounds) -> type[BoundedHTTPProtocol]:
+    """The protocol class uvicorn builds per connection, sharing one server's `bounds`."""
 
     class ServerHTTPProtocol(BoundedHTTPProtocol):
         pass
 
     ServerHTTPProtocol.bounds = bounds
-    ServerHTTPProtocol.lane = lane
     return ServerHTTPProtocol
 
 
 class BoundedHTTPProtocol(HttpToolsProtocol):
     bounds: ClassVar[ConnectionBounds]
-    lane: ClassVar[BackgroundLane | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -82,8 +75,6 @@ class BoundedHTTPProtocol(HttpToolsProtocol):
         self._linger_timer: TimerHandle | None = None
         self._linger_started = 0.0
         self._draining = False
-        self._held = False  # reading paused until the connection's turn in the lane
-        self._turn_taken = False  # the request being read next had its turn
 
     # Connection events
 
@@ -151,9 +142,6 @@ class BoundedHTTPProtocol(HttpToolsProtocol):
             return
         previous = self.cycle
         super().on_headers_complete()
-        if self._turn_taken:
-            self._turn_taken = False
-            took_lane_turn(self.scope)  # type: ignore[arg-type]
         cycle = self.cycle
         if cycle is not previous:
             cycle.transport = _CycleTransport(self)  # type: ignore[assignment]
@@ -188,40 +176,6 @@ class BoundedHTTPProtocol(HttpToolsProtocol):
             # connection cannot frame another request.
             self._linger_close()
             return
-        if (
-            self.lane is not None
-            and self._awaiting_headers
-            and not self.pipeline
-            and not self.transport.is_closing()
-            and background_caller(self.scope)  # type: ignore[arg-type]
-        ):
-            self._hold_for_turn(self.lane)
-        self._update_idle()
-
-    # The background lane
-
-    def _hold_for_turn(self, lane: BackgroundLane) -> None:
-        """After a background class's answer, the connection's next request is read in its
-        turn in the lane: a flood's wave of new requests is parsed a few per loop iteration,
-        not all in one before anyone else's. Its idle timers stop meanwhile, so a request
-        that waits in the socket for its turn is not closed under the client."""
-        self._held = True
-        self.transport.pause_reading()
-        if self.timeout_keep_alive_task is not None:
-            self.timeout_keep_alive_task.cancel()
-            self.timeout_keep_alive_task = None
-        lane.run(self._take_turn)
-
-    def _take_turn(self) -> None:
-        self._held = False
-        if self.transport.is_closing() or self._linger_timer is not None:
-            return
-        self._turn_taken = True
-        self.transport.resume_reading()
-        if self.cycle is None or self.cycle.response_complete:
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler
-            )
         self._update_idle()
 
     # Server events
@@ -264,10 +218,10 @@ class BoundedHTTPProtocol(HttpToolsProtocol):
         return False
 
     def _update_idle(self) -> None:
-        """Idle: no request being answered, nor one waiting for its turn in the lane. Idle
-        connections run the read timer and may be closed for new ones."""
+        """Idle: no request being answered. Idle connections run the read timer and may be
+        closed for new ones."""
         idle = (self.cycle is None or self.cycle.response_complete) and not (
-            self.transport.is_closing() or self._linger_timer is not None or self._held
+            self.transport.is_closing() or self._linger_timer is not None
         )
         self.bounds.set_idle(self, idle)
         if not idle or not self._awaiting_headers:

@@ -26,7 +26,6 @@ from starlette.types import ASGIApp
 
 from ember.serve.api_errors import ServiceUnavailableError
 from ember.serve.app import build_app
-from ember.serve.background_lane import BackgroundLane
 from ember.serve.config import ServerConfig
 from ember.serve.connection_bounds import (
     ConnectionBounds,
@@ -89,8 +88,6 @@ class EmberServer:
                 # sharing the buckets would reset them; the submit charged the tenant.
                 RateLimiter(),
             )
-        # Background classes' work takes turns here, from their connections' next request on.
-        self.lane = BackgroundLane()
         self.app = build_app(
             config,
             self.model,
@@ -100,7 +97,6 @@ class EmberServer:
             self.tenants,
             self.limiter,
             self.queue,
-            self.lane,
         )
 
     async def serve(self, sock: socket.socket | None = None) -> None:
@@ -123,7 +119,7 @@ class EmberServer:
             def on_exit() -> None:
                 loop.call_soon_threadsafe(self.drain)
 
-            server = http_server(self.app, self.config, self.connection_limits, on_exit, self.lane)
+            server = http_server(self.app, self.config, self.connection_limits, on_exit)
             logger.info(
                 "serving %s on http://%s:%d, up to %d connections; %s",
                 self.model.name,
@@ -179,19 +175,14 @@ def connection_limits(config: ServerConfig, max_connections: int | None) -> Conn
 
 
 def http_server(
-    app: ASGIApp,
-    config: ServerConfig,
-    limits: ConnectionLimits,
-    on_exit: Callable[[], None],
-    lane: BackgroundLane | None = None,
+    app: ASGIApp, config: ServerConfig, limits: ConnectionLimits, on_exit: Callable[[], None]
 ) -> uvicorn.Server:
-    """uvicorn with Ember's bounded protocol; `on_exit` runs first when SIGTERM/SIGINT comes;
-    `lane`: where a background class's connections wait to read their next request."""
+    """uvicorn with Ember's bounded protocol; `on_exit` runs first when SIGTERM/SIGINT comes."""
     uv_config = uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
-        http=bounded_protocol(ConnectionBounds(limits), lane),
+        http=bounded_protocol(ConnectionBounds(limits)),
         ws="none",
         # Logging is the root logger's, escaping client text (run_server).
         log_config=None,

@@ -36,27 +36,9 @@ from ember.serve.tenants import ANONYMOUS, Tenant
 logger = logging.getLogger("ember.serve")
 
 _TENANT = "ember.tenant"
-_TURN_TAKEN = "ember.lane_turn_taken"
 # Set by the error handler (app.py) for the gate's outcome label: a 503 "shed" is its own.
 ERROR_CODE = "ember.error_code"
 _OUTCOME_OF_STATUS = {401: "401", 404: "404", 429: "429", 503: "503"}
-
-
-def took_lane_turn(scope: Scope) -> None:
-    """Mark a request read only in its connection's turn in the lane (`BoundedHTTPProtocol`):
-    the gate does not make it wait for a second."""
-    scope.setdefault("state", {})[_TURN_TAKEN] = True
-
-
-def lane_turn_taken(scope: Scope) -> bool:
-    """Whether the request was read in its connection's turn in the lane."""
-    return bool(scope.get("state", {}).get(_TURN_TAKEN))
-
-
-def background_caller(scope: Scope) -> bool:
-    """Whether the gate found the request's caller of a background class."""
-    tenant: Tenant | None = scope.get("state", {}).get(_TENANT)
-    return tenant is not None and tenant.service_class.background
 
 
 def tenant_of(scope: Scope) -> Tenant:
@@ -108,9 +90,9 @@ class TenantGate:
                 await _answer(found, scope, send)
                 return
             tenant = found
-        state = scope.setdefault("state", {})
-        if counted and tenant.service_class.background and not lane_turn_taken(scope):
+        if counted and tenant.service_class.background:
             await self._lane.turn()
+        state = scope.setdefault("state", {})
         state[_TENANT] = tenant
         limiter, metrics = self._limiter, self._metrics
         keyed = not config.open

@@ -89,36 +89,26 @@ __device__ __forceinline__ void embed_float(
 }  // namespace ember_embedding
 
 // table: raw GGUF bytes [vocab, row bytes]; ids [T]; previous: int32 sampled ids of the
-// previous step (or null: no placeholders); out float32 [T, d]. Grid (T), any block.
-#define EMBER_EMBEDDING_QUANT(TYPE)                                                        \
+// previous step (or null: no placeholders); out float32 [T, d]. Grid (T), any block. EMBED:
+// embed_quant for common.cuh's blocks, embed_format for quant_formats.cuh's.
+#define EMBER_EMBEDDING_OF(TYPE, EMBED)                                                    \
     extern "C" __global__ void embedding_##TYPE(                                           \
         const uint8_t* __restrict__ table, const int* __restrict__ ids,                    \
         const int* __restrict__ previous, float* __restrict__ out, int d, int vocab) {     \
         ember::await_prior_grid();                                                         \
-        ember_embedding::embed_quant<ember::block_##TYPE>(                                 \
-            table, ids, previous, out, d, vocab);                                          \
+        ember_embedding::EMBED<ember::block_##TYPE>(table, ids, previous, out, d, vocab);  \
     }                                                                                      \
     EMBER_EXPORT_PARAMS(embedding_##TYPE)
 
-EMBER_EMBEDDING_QUANT(q4_0)
-EMBER_EMBEDDING_QUANT(q4_1)
-EMBER_EMBEDDING_QUANT(q8_0)
+EMBER_EMBEDDING_OF(q4_0, embed_quant)
+EMBER_EMBEDDING_OF(q4_1, embed_quant)
+EMBER_EMBEDDING_OF(q8_0, embed_quant)
 
-#define EMBER_EMBEDDING_FORMAT(TYPE)                                                       \
-    extern "C" __global__ void embedding_##TYPE(                                           \
-        const uint8_t* __restrict__ table, const int* __restrict__ ids,                    \
-        const int* __restrict__ previous, float* __restrict__ out, int d, int vocab) {     \
-        ember::await_prior_grid();                                                         \
-        ember_embedding::embed_format<ember::block_##TYPE>(                                \
-            table, ids, previous, out, d, vocab);                                          \
-    }                                                                                      \
-    EMBER_EXPORT_PARAMS(embedding_##TYPE)
-
-EMBER_EMBEDDING_FORMAT(q5_0)
-EMBER_EMBEDDING_FORMAT(q5_1)
-EMBER_EMBEDDING_FORMAT(q4_k)
-EMBER_EMBEDDING_FORMAT(q5_k)
-EMBER_EMBEDDING_FORMAT(q6_k)
+EMBER_EMBEDDING_OF(q5_0, embed_format)
+EMBER_EMBEDDING_OF(q5_1, embed_format)
+EMBER_EMBEDDING_OF(q4_k, embed_format)
+EMBER_EMBEDDING_OF(q5_k, embed_format)
+EMBER_EMBEDDING_OF(q6_k, embed_format)
 
 // The same for a float32 or float16 table [vocab, d].
 #define EMBER_EMBEDDING_FLOAT(NAME, T)                                                     \

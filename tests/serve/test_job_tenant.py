@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ember.errors import EmberError
+from ember.serve.background_lane import BackgroundLane
 from ember.serve.config import ServerConfig
 from ember.serve.job_tenant import JOB_TENANT_HEADER, decode_job_tenant, encode_job_tenant
 from ember.serve.metrics import ServerMetrics
@@ -56,7 +57,15 @@ def gated(trust: bool) -> TenantGate:
     app = Starlette(routes=[Route("/v1/whoami", whoami)])
     metrics = ServerMetrics("m", 64)
     directory = TenantDirectory.from_settings(None, None)
-    return TenantGate(app, directory, RateLimiter(), metrics.tenants, frozenset(), trust)
+    return TenantGate(
+        app,
+        directory,
+        RateLimiter(),
+        metrics.tenants,
+        frozenset(),
+        BackgroundLane(),
+        trust_job_tenant=trust,
+    )
 
 
 def ask(gate: TenantGate, headers: dict[str, str]) -> httpx.Response:

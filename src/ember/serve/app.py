@@ -155,7 +155,13 @@ def wrap_routes(
     keyless = PROBE_PATHS | {"/metrics"} if config.metrics_public else PROBE_PATHS
     lane = BackgroundLane() if lane is None else lane
     gated = TenantGate(
-        app, tenants, limiter, metrics.tenants, keyless, lane, config.trust_job_tenant
+        app,
+        tenants,
+        limiter,
+        metrics.tenants,
+        keyless,
+        lane,
+        trust_job_tenant=config.trust_job_tenant,
     )
     guarded = CrossSiteGuard(gated, config, PROBE_PATHS)
     return RequestIds(HTTPMetricsMiddleware(guarded, metrics, known_paths))

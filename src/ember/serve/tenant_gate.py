@@ -56,6 +56,7 @@ class TenantGate:
         metrics: TenantMetrics,
         open_paths: frozenset[str],
         lane: BackgroundLane,
+        *,
         trust_job_tenant: bool = False,
     ) -> None:
         """`lane`: where a background class's API requests wait their turn once their key is

@@ -595,13 +595,21 @@ def _gateway(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from ember.serve.queue_worker import WorkerConfig, run_worker
-
     _refuse_client_flags(args)
     # The local server listens on a free loopback port and only the worker calls it, saying
     # each job's tenant (checked where the job was submitted).
     local = dataclasses.replace(_server_config(args), host="127.0.0.1", port=0,
                                 tenants_file=None, api_key=None, trust_job_tenant=True)  # fmt: skip
+    prestarted = None
+    if args.gpus is None and not local.in_process:
+        # The engine's process first: its imports and model load run beside this process's
+        # own (the HTTP stack, NATS), which a cold worker's first job would otherwise wait for
+        # in turn.
+        from ember.serve.engine_spawn import spawn_engine, worker_engine_config
+
+        prestarted = spawn_engine(worker_engine_config(local.engine))
+    from ember.serve.queue_worker import WorkerConfig, run_worker
+
     config = WorkerConfig(
         nats_url=args.nats,
         server=local,
@@ -612,7 +620,7 @@ def _worker(args: argparse.Namespace) -> int:
     )
     if args.gpus is not None:
         return _gpu_workers(args, config)
-    return run_worker(config)
+    return run_worker(config, prestarted)
 
 
 def _gpu_workers(args: argparse.Namespace, worker: WorkerConfig) -> int:

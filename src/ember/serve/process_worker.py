@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
 import os
 import signal
 import socket
@@ -23,6 +22,7 @@ from ember.engine.llm_engine import LLMEngine
 from ember.errors import EmberError
 from ember.gpu import warmup
 from ember.serve.engine_loop import EngineLoop
+from ember.serve.engine_spawn import SpawnedEngine, spawn_engine
 from ember.serve.worker_protocol import (
     FRAME_HEADER,
     SERVER_MESSAGES,
@@ -62,8 +62,10 @@ def worker_main(sock: socket.socket, config: EngineConfig) -> None:
 class ProcessWorker:
     """The server's handle on one worker process."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, spawned: SpawnedEngine | None = None) -> None:
+        """`spawned`: a process already started for `config` (`spawn_engine`), to adopt."""
         self._config = config
+        self._spawned = spawned
         self._process: BaseProcess | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -76,16 +78,13 @@ class ProcessWorker:
     async def start(self, on_message: Callable[[WorkerMessage], None]) -> None:
         """Start the process; every message it sends, `WorkerReady` first, goes to `on_message`
         on the event loop."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        process = multiprocessing.get_context("spawn").Process(
-            target=worker_main, args=(theirs, self._config), name="ember-worker", daemon=True
-        )
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, process.start)
-        finally:
-            theirs.close()
-        self._process = process
         loop = asyncio.get_running_loop()
+        spawned, self._spawned = self._spawned, None
+        if spawned is None:
+            # `worker_main` as this module holds it now (a profiling script replaces it).
+            spawned = await loop.run_in_executor(None, spawn_engine, self._config, worker_main)
+        process, ours = spawned.take()
+        self._process = process
         exited = self._exited = loop.create_future()
 
         def reap() -> None:

@@ -40,6 +40,7 @@ from ember.queue.job import JobError, JobKind
 from ember.queue.job_store import JobLease, JobQueue
 from ember.serve.config import ServerConfig
 from ember.serve.connection_bounds import connections_within, raise_descriptor_limit
+from ember.serve.engine_spawn import SpawnedEngine
 from ember.serve.job_tenant import JOB_TENANT_HEADER
 from ember.serve.log_format import configure_logging
 from ember.serve.server import EmberServer
@@ -50,7 +51,7 @@ logger = logging.getLogger("ember.worker")
 _PATHS = {JobKind.CHAT: "/v1/chat/completions", JobKind.COMPLETION: "/v1/completions"}
 # 4xx answers that say "not now" rather than "never": retried like a 5xx.
 _RETRYABLE_CLIENT_ERRORS = frozenset({408, 409, 425, 429})
-_READY_POLL_SECONDS = 0.1
+_READY_POLL_SECONDS = 0.02  # a cold worker's first job waits for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +77,22 @@ class WorkerConfig:
         return self.name or f"ember-worker-{socket.gethostname()}-{os.getpid()}"
 
 
-def run_worker(config: WorkerConfig) -> int:
+def run_worker(config: WorkerConfig, prestarted: SpawnedEngine | None = None) -> int:
+    """`prestarted`: the local server's engine process, started before this module was
+    imported (`ember worker` does: a cold worker's first job waits for both)."""
     configure_logging(config.server.log_level)
-    return asyncio.run(_run(config))
+    try:
+        return asyncio.run(_run(config, prestarted))
+    finally:
+        if prestarted is not None:  # a no-op once the server has taken it
+            prestarted.discard()
 
 
-async def _run(config: WorkerConfig) -> int:
-    # The queue first: a wrong URL is an error in seconds, before the model loads.
+async def _run(config: WorkerConfig, prestarted: SpawnedEngine | None) -> int:
+    # The queue first: a wrong URL is an error in seconds (the model loads meanwhile, if its
+    # process was started early).
     queue = await JobQueue.connect(config.nats_url, name=config.worker_name, adopt=True)
-    local = LocalServer(config.server)
+    local = LocalServer(config.server, prestarted)
     try:
         base_url = local.start()
         await local.wait_ready(base_url, config.startup_timeout)
@@ -299,8 +307,9 @@ class LocalServer:
     """`EmberServer` on a loopback socket, its event loop on a thread of its own (so that the
     signals stay the worker's, and its tokenizing never delays a heartbeat)."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, prestarted: SpawnedEngine | None = None) -> None:
         self.config = config
+        self._prestarted = prestarted
         self.error: BaseException | None = None
         self._socket = socket.socket()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -320,7 +329,7 @@ class LocalServer:
             max_connections = connections_within(
                 self.config.max_connections, raise_descriptor_limit()
             )
-            server = EmberServer(self.config, max_connections)
+            server = EmberServer(self.config, max_connections, self._prestarted)
             self._task = loop.create_task(server.serve(self._socket))
             self._loop = loop
             if self._stopped.is_set():

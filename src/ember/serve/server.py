@@ -34,6 +34,7 @@ from ember.serve.connection_bounds import (
     raise_descriptor_limit,
 )
 from ember.serve.engine_client import EngineClient
+from ember.serve.engine_spawn import SpawnedEngine
 from ember.serve.http_protocol import bounded_protocol
 from ember.serve.log_format import configure_logging
 from ember.serve.metrics import ServerMetrics
@@ -59,8 +60,14 @@ _SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class EmberServer:
-    def __init__(self, config: ServerConfig, max_connections: int | None = None) -> None:
-        """`max_connections`: `config.max_connections` as the descriptor limit allows."""
+    def __init__(
+        self,
+        config: ServerConfig,
+        max_connections: int | None = None,
+        prestarted: SpawnedEngine | None = None,
+    ) -> None:
+        """`max_connections`: `config.max_connections` as the descriptor limit allows.
+        `prestarted`: the engine worker's process, started already (see `engine_spawn`)."""
         self.config = config
         self.connection_limits = connection_limits(config, max_connections)
         # First: a tenants file that cannot be used stops the start before the model loads.
@@ -69,7 +76,7 @@ class EmberServer:
         self.model = ServedModel.load(config.engine.model, config.served_model_name)
         self.metrics = ServerMetrics(self.model.name, self.model.context_length)
         self.client = EngineClient(config, self.metrics)
-        self.supervisor = WorkerSupervisor(config, self.client, self.metrics)
+        self.supervisor = WorkerSupervisor(config, self.client, self.metrics, prestarted)
         self.queue = None if config.queue is None else QueueConnection(config.queue, "ember-serve")
         self.local_worker: LocalQueueWorker | None = None
         if config.queue is not None and config.queue.local_worker:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Protocol
 from ember.errors import EmberError
 from ember.serve.config import ServerConfig
 from ember.serve.engine_client import EngineClient
+from ember.serve.engine_spawn import SpawnedEngine, worker_engine_config
 from ember.serve.metrics import ServerMetrics
 from ember.serve.process_worker import ProcessWorker
 from ember.serve.restart_backoff import RestartBackoff
@@ -50,11 +50,17 @@ class EngineWorker(Protocol):
 
 
 class WorkerSupervisor:
-    def __init__(self, config: ServerConfig, client: EngineClient, metrics: ServerMetrics) -> None:
-        # The worker returns token ids only: this process detokenizes.
-        self._engine_config = dataclasses.replace(
-            config.engine, detokenize=False, show_progress=False
-        )
+    def __init__(
+        self,
+        config: ServerConfig,
+        client: EngineClient,
+        metrics: ServerMetrics,
+        prestarted: SpawnedEngine | None = None,
+    ) -> None:
+        """`prestarted`: the first worker's process, started already (`spawn_engine` with
+        `worker_engine_config(config.engine)`), adopted by the first start."""
+        self._engine_config = worker_engine_config(config.engine)
+        self._prestarted = prestarted
         self._config = config
         self._client = client
         self._metrics = metrics
@@ -75,6 +81,9 @@ class WorkerSupervisor:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._prestarted is not None:  # never started
+            self._prestarted.discard()
+            self._prestarted = None
         worker = self._worker
         if worker is not None:
             await worker.stop(_STOP_TIMEOUT)
@@ -103,11 +112,14 @@ class WorkerSupervisor:
 
     async def _run_one(self, first_ready: asyncio.Future[None]) -> tuple[str, str | None]:
         """Run one worker until it exits; how it ended, and its load error if it sent one."""
-        worker: EngineWorker = (
-            ThreadWorker(self._engine_config)
-            if self._config.in_process
-            else ProcessWorker(self._engine_config)
-        )
+        spawned, self._prestarted = self._prestarted, None
+        worker: EngineWorker
+        if self._config.in_process:
+            worker = ThreadWorker(self._engine_config)
+            if spawned is not None:
+                spawned.discard()
+        else:
+            worker = ProcessWorker(self._engine_config, spawned)
         self._worker = worker
         failure: str | None = None
         client = self._client

@@ -567,8 +567,6 @@ def _comma_list(value: str) -> tuple[str, ...]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ember.serve.server import run_server
-
     queue = None
     if args.queue:
         _require_queue_extra()
@@ -578,7 +576,16 @@ def _serve(args: argparse.Namespace) -> int:
         raise EmberError(
             "--nats, --nats-store, --no-local-worker and --max-queued-jobs go with --queue"
         )
-    run_server(dataclasses.replace(_server_config(args), queue=queue))
+    config = dataclasses.replace(_server_config(args), queue=queue)
+    prestarted = None
+    if not config.in_process:
+        # The engine's process first: its imports and model load run beside the server's own.
+        from ember.serve.engine_spawn import spawn_engine, worker_engine_config
+
+        prestarted = spawn_engine(worker_engine_config(config.engine))
+    from ember.serve.server import run_server
+
+    run_server(config, prestarted)
     return 0
 
 

@@ -70,7 +70,8 @@ class EmberServer:
         `prestarted`: the engine worker's process, started already (see `engine_spawn`)."""
         self.config = config
         self.connection_limits = connection_limits(config, max_connections)
-        # First: a tenants file that cannot be used stops the start before the model loads.
+        # First: a tenants file that cannot be used stops the start before the model loads
+        # (here; an engine process started early is ended by `run_server`).
         self.tenants = TenantDirectory.from_settings(config.tenants_file, config.api_key)
         self.limiter = RateLimiter()
         self.model = ServedModel.load(config.engine.model, config.served_model_name)
@@ -227,14 +228,21 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def run_server(config: ServerConfig) -> None:
+def run_server(config: ServerConfig, prestarted: SpawnedEngine | None = None) -> None:
+    """`prestarted`: the engine worker's process, started already (`ember serve` starts it
+    before importing this module); ended here if the server cannot start."""
     configure_logging(config.log_level)
     max_connections = connections_within(config.max_connections, raise_descriptor_limit())
-    server = EmberServer(config, max_connections)
-    # The tokenizer's and template's objects live as long as the process: out of the cyclic
-    # collector's sight, its full collections during a burst of requests take no time.
-    gc.freeze()
-    run_event_loop(server.serve())
+    try:
+        server = EmberServer(config, max_connections, prestarted)
+        # The tokenizer's and template's objects live as long as the process: out of the
+        # cyclic collector's sight, its full collections during a burst of requests take no
+        # time.
+        gc.freeze()
+        run_event_loop(server.serve())
+    finally:
+        if prestarted is not None:  # a no-op once the supervisor has taken it
+            prestarted.discard()
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -577,12 +577,10 @@ def _serve(args: argparse.Namespace) -> int:
             "--nats, --nats-store, --no-local-worker and --max-queued-jobs go with --queue"
         )
     config = dataclasses.replace(_server_config(args), queue=queue)
-    prestarted = None
-    if not config.in_process:
-        # The engine's process first: its imports and model load run beside the server's own.
-        from ember.serve.engine_spawn import spawn_engine, worker_engine_config
+    # The engine's process first: its imports and model load run beside the server's own.
+    from ember.serve.engine_spawn import prestart_engine
 
-        prestarted = spawn_engine(worker_engine_config(config.engine))
+    prestarted = prestart_engine(config)
     from ember.serve.server import run_server
 
     run_server(config, prestarted)
@@ -607,14 +605,12 @@ def _worker(args: argparse.Namespace) -> int:
     # each job's tenant (checked where the job was submitted).
     local = dataclasses.replace(_server_config(args), host="127.0.0.1", port=0,
                                 tenants_file=None, api_key=None, trust_job_tenant=True)  # fmt: skip
-    prestarted = None
-    if args.gpus is None and not local.in_process:
-        # The engine's process first: its imports and model load run beside this process's
-        # own (the HTTP stack, NATS), which a cold worker's first job would otherwise wait for
-        # in turn.
-        from ember.serve.engine_spawn import spawn_engine, worker_engine_config
+    # The engine's process first (each GPU's worker starts its own): its imports and model
+    # load run beside this process's own (the HTTP stack, NATS), which a cold worker's first
+    # job would otherwise wait for in turn.
+    from ember.serve.engine_spawn import prestart_engine
 
-        prestarted = spawn_engine(worker_engine_config(local.engine))
+    prestarted = None if args.gpus is not None else prestart_engine(local)
     from ember.serve.queue_worker import WorkerConfig, run_worker
 
     config = WorkerConfig(

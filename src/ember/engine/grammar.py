@@ -171,19 +171,22 @@ class GrammarCompiler:
             self._compiled.move_to_end(spec)
             copied = groups.next_template().deep_copy()
             grow = groups.wants_more
-            groups.growing = groups.growing or grow
+            if grow:
+                groups.growing = True
         if grow:
             self._background(self._grow, spec, groups)
         return copied
 
     def _grow(self, spec: StructuredOutput, groups: _LexerGroups) -> None:
+        compiled = None
         try:
             compiled = self._compile(spec)
         finally:
+            # One locked update: a turn between the two could start one compile too many.
             with self._lock:
+                if compiled is not None:
+                    groups.templates.append(compiled)
                 groups.growing = False
-        with self._lock:
-            groups.templates.append(compiled)
 
     def _background(self, work: Callable[..., T], *args: object) -> Future[T]:
         with self._lock:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
 from ember.engine.config import EngineConfig
+from ember.serve.config import ServerConfig
 
 EngineMain = Callable[[socket.socket, EngineConfig], None]
 
@@ -71,3 +72,9 @@ def spawn_engine(config: EngineConfig, main: EngineMain = engine_process_main) -
     finally:
         theirs.close()
     return SpawnedEngine(process, ours)
+
+
+def prestart_engine(config: ServerConfig) -> SpawnedEngine | None:
+    """The engine process of a server about to start (`ember serve`, `ember worker`), started
+    now, before the server's own imports; None for an engine in the server's process."""
+    return None if config.in_process else spawn_engine(worker_engine_config(config.engine))

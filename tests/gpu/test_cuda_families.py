@@ -18,7 +18,13 @@ from ember.model.forward_batch import ForwardBatch
 from ember.model.gguf_file import GGUFFile
 from ember.model.llama_weights import LlamaWeights
 from ember.model.numpy_llama import NumpyLlama
-from tests.gpu.family_models import FAMILIES, VOCAB, Family, write_family_model
+from tests.gpu.family_models import (
+    FAMILIES,
+    MIXED_FAMILIES,
+    VOCAB,
+    Family,
+    write_family_model,
+)
 
 BLOCK = 16
 BLOCKS_PER_SEQ = 4
@@ -71,7 +77,7 @@ class Sequences:
         )
 
 
-@pytest.fixture(scope="module", params=FAMILIES, ids=lambda f: f.name)
+@pytest.fixture(scope="module", params=FAMILIES + MIXED_FAMILIES, ids=lambda f: f.name)
 def family_file(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     family: Family = request.param
     return write_family_model(family, tmp_path_factory.mktemp(family.name) / "model.gguf")

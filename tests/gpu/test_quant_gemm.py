@@ -363,3 +363,33 @@ def test_default_residency_covers_every_tile() -> None:
     assert set(DEFAULT_RESIDENCY) == set(GemmTile)
     assert len({t.value for t in GemmTile}) == len(GemmTile)
     assert [t.id for t in GemmTile] == list(range(len(GemmTile)))
+
+
+@gpu
+@pytest.mark.parametrize("m", [5, 40, 300])
+def test_gemm_writes_its_columns_of_a_wider_y(
+    quant_gemm: QuantGemm, stream: Stream, workspace: DeviceArray, m: int
+) -> None:
+    """A stack of a Q4_K and a Q6_K matrix as two launches into one y (split-K where the plan
+    splits): each part's columns bit for bit what it computes alone, nothing else written."""
+    k = 512
+    parts = [(QuantType.Q4_K, 96), (QuantType.Q6_K, 42)]
+    x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
+    width = 3 + sum(n for _, n in parts) + 5
+    with DeviceArray.from_numpy(x) as dx, DeviceArray.empty((m, width), np.float32) as dy:
+        dy.buffer.memset_d32(0x7F7F7F7F, stream)  # a sentinel no product gives
+        at = 3
+        alone = []
+        for i, (quant, n) in enumerate(parts):
+            raw = random_weight(quant, n, k, seed=21 + i)
+            with DeviceArray.from_numpy(raw) as dw:
+                alone.append((at, run_gemm(quant_gemm, dw, quant, x, stream, None, workspace)))
+                quant_gemm.gemm_launch(dw, quant, dx, dy, workspace=workspace, y_at=at)(stream)
+                stream.synchronize()
+            at += n
+        got = dy.to_numpy()
+    sentinel = np.array([0x7F7F7F7F], np.uint32).view(np.float32)[0]
+    for at, want in alone:
+        np.testing.assert_array_equal(got[:, at : at + want.shape[1]], want)
+    assert (got[:, :3] == sentinel).all() and (got[:, at:] == sentinel).all()
+    assert_counters_zero(workspace)

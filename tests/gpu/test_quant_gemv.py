@@ -227,3 +227,32 @@ def test_gemv_checks_arguments(quant_gemv: QuantGemv, context: Context) -> None:
         view = DeviceArray(unaligned.buffer, (8, row_bytes), w.dtype)
         with pytest.raises(ValueError, match="aligned"):
             quant_gemv.gemv(view, QuantType.Q8_0, x, y)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_gemv_writes_its_columns_of_a_wider_y(
+    quant_gemv: QuantGemv, stream: Stream, batch: int
+) -> None:
+    """A stack of a Q4_K and a Q6_K matrix (q|k beside v, as llama.cpp's Q4_K_M files store
+    them) as two launches into one y: each part's columns bit for bit what it computes alone,
+    and nothing else written (the columns around them keep their sentinel)."""
+    k = 512
+    parts = [(QuantType.Q4_K, 96), (QuantType.Q6_K, 40)]
+    x = random_x(batch, k, seed=batch)
+    width = 3 + sum(n for _, n in parts) + 5
+    with DeviceArray.from_numpy(x) as dx, DeviceArray.empty((batch, width), np.float32) as dy:
+        dy.buffer.memset_d32(0x7F7F7F7F, stream)  # a sentinel no product gives
+        at = 3
+        alone = []
+        for i, (quant, n) in enumerate(parts):
+            raw = random_weight(quant, n, k, seed=11 + i)
+            with DeviceArray.from_numpy(raw) as dw:
+                alone.append((at, run_gemv(quant_gemv, stream, dw, quant, x, n)[0]))
+                quant_gemv.gemv_launch(dw, quant, dx, dy, y_at=at)(stream)
+                stream.synchronize()
+            at += n
+        got = dy.to_numpy()
+    sentinel = np.array([0x7F7F7F7F], np.uint32).view(np.float32)[0]
+    for at, want in alone:
+        np.testing.assert_array_equal(got[:, at : at + want.shape[1]], want)
+    assert (got[:, :3] == sentinel).all() and (got[:, at:] == sentinel).all()

@@ -29,7 +29,14 @@ from ember.kernels.embedding import Embedding
 from ember.kernels.interface import FamilyInterface, KernelStruct, family_interface
 from ember.kernels.norm import Norm
 from ember.kernels.quant_gemm import GemmTile, QuantGemm, tile_layouts
-from ember.kernels.quant_gemv import GemvFusion, Output, QuantGemv, QuantType, RmsNorm
+from ember.kernels.quant_gemv import (
+    GemvFusion,
+    GemvOutputAt,
+    Output,
+    QuantGemv,
+    QuantType,
+    RmsNorm,
+)
 from ember.kernels.rope import Rope, RopeCache, RopeQkvArgs
 from ember.kernels.sampling import ROW_PARAMS_DTYPE, Sampling, check_row_params
 from ember.kernels.synthetic import Synthetic
@@ -254,7 +261,7 @@ def test_gemv_fusion_bytes_carry_each_field_where_the_kernel_reads_it() -> None:
         output=Output.ROPE,
         rope=rope,
     )
-    fusion = launch.args[-1]
+    fusion = launch.args[-2]
     assert isinstance(fusion, bytes)
     layout = family_interface("quant_gemv").struct("gemv_fusion")
     formats = {"PTR": "<Q", "I32": "<i", "F32": "<f"}
@@ -278,7 +285,34 @@ def test_gemv_fusion_bytes_carry_each_field_where_the_kernel_reads_it() -> None:
     assert read["inv_freq"] == rope.inv_freq.ptr
     assert rope.bias is not None and read["bias"] == rope.bias.ptr
     plain = family.gemv_launch(weight, QuantType.Q8_0, f32(batch, k), f32(batch, 6 * 64))
-    assert plain.args[-1] == bytes(GemvFusion(out=0))
+    assert plain.args[-2] == bytes(GemvFusion(out=0))
+    assert plain.args[-1] == bytes(GemvOutputAt(y_stride=6 * 64, row_offset=0))
+
+
+def test_a_gemv_or_gemm_into_part_of_y_starts_at_its_column_with_y_s_stride() -> None:
+    """A part of a stacked matrix (v rows of q|k|v in a type of their own): y's address moved
+    to the part's first column, y's row stride and, for the rope epilogue, the stack row."""
+    module = StandInModule()
+    gemv = QuantGemv(module, 227 * 1024, 132)  # type: ignore[arg-type]
+    k, batch = 256, 2
+    v_rows = device_array((2 * 64, QuantType.Q6_K.row_bytes(k)), np.uint8)
+    x, qkv = f32(batch, k), f32(batch, 6 * 64)
+    rope = rope_cache(batch, 2, 2, 64)
+    launch = gemv.gemv_launch(
+        v_rows, QuantType.Q6_K, x, qkv, output=Output.ROPE, rope=rope, y_at=4 * 64
+    )
+    assert launch.args[2] == qkv.ptr + 4 * 4 * 64 and launch.args[3] == 2 * 64
+    assert launch.args[-1] == bytes(GemvOutputAt(y_stride=6 * 64, row_offset=4 * 64))
+    with pytest.raises(ValueError, match="whole heads"):
+        gemv.gemv_launch(v_rows, QuantType.Q6_K, x, qkv, output=Output.ROPE, rope=rope, y_at=32)
+    with pytest.raises(ValueError, match="do not fit"):  # past y's last column
+        gemv.gemv_launch(v_rows, QuantType.Q6_K, x, qkv, y_at=5 * 64)
+    with pytest.raises(ValueError, match="sums of squares"):
+        gemv.gemv_launch(v_rows, QuantType.Q6_K, x, qkv, y_at=0, sums_of_squares=f32(batch, 12))
+    gemm = QuantGemm(module, H100)  # type: ignore[arg-type]
+    rows = 40
+    part = gemm.gemm_launch(v_rows, QuantType.Q6_K, f32(rows, k), f32(rows, 6 * 64), y_at=4 * 64)
+    assert part.args[2] % 4 == 0 and part.args[-1] == 6 * 64
 
 
 def test_a_neox_rope_gemv_runs_the_paired_epilogue_and_q_k_norms_are_refused() -> None:
@@ -292,7 +326,7 @@ def test_a_neox_rope_gemv_runs_the_paired_epilogue_and_q_k_norms_are_refused() -
     )
     layout = family_interface("quant_gemv").struct("gemv_fusion")
     out = next(f for f in layout.fields if f.name == "out")
-    fusion = launch.args[-1]
+    fusion = launch.args[-2]
     assert isinstance(fusion, bytes)
     assert int.from_bytes(fusion[out.offset : out.offset + 4], "little") == Output.ROPE_NEOX
     normed = replace(rope_cache(batch, 2, 2, 64), qk_norm=f32(2, 64))
@@ -400,7 +434,7 @@ def test_a_parameter_of_another_type_than_exported_is_refused() -> None:
 
 def test_a_parameter_missing_from_the_entry_is_refused() -> None:
     ptx = re.sub(r"\s*\.param \.u32 quant_gemv_q8_0_b1_param_5,", "", quant_gemv_ptx())
-    with pytest.raises(CudaError, match=r"quant_gemv_q8_0_b1 takes 6 parameters .* lists 7"):
+    with pytest.raises(CudaError, match=r"quant_gemv_q8_0_b1 takes 7 parameters .* lists 8"):
         FamilyInterface.from_ptx("quant_gemv", ptx)
 
 
@@ -472,8 +506,14 @@ def driver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[list[tuple[int
 
 
 def test_the_image_check_passes_a_matching_kernel(driver: Any) -> None:
-    signature = family_interface("quant_gemv").signature("quant_gemv_q4_0_b1", GemvFusion)
-    driver([(0, 8), (8, 8), (16, 8), (24, 4), (28, 4), (32, 4), (40, ctypes.sizeof(GemvFusion))])
+    signature = family_interface("quant_gemv").signature(
+        "quant_gemv_q4_0_b1", GemvFusion, GemvOutputAt
+    )
+    fusion_end = 40 + ctypes.sizeof(GemvFusion)
+    driver(
+        [(0, 8), (8, 8), (16, 8), (24, 4), (28, 4), (32, 4), (40, ctypes.sizeof(GemvFusion))]
+        + [(fusion_end, ctypes.sizeof(GemvOutputAt))]
+    )
     gpu_module.check_image_params(None, "kernel quant_gemv_q4_0_b1", signature)
 
 

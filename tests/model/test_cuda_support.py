@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ember.errors import ModelFormatError
+from ember.errors import EmberError, ModelFormatError
 from ember.model.config import ModelConfig
 from ember.model.cuda.llama import CudaLlama, unsupported
 from ember.model.gguf_file import GGUFFile
@@ -60,3 +60,38 @@ def test_a_tied_embedding_takes_the_head_type() -> None:
     mix = TypeMix("Q4_1", "Q8_0")
     assert config.tied_embeddings and mix(("token_embd.weight",), config) == "Q8_0"
     assert mix(("blk.0.ffn_down.weight",), config) == "Q4_1"
+
+
+def _tensor_names(config: ModelConfig) -> list[str]:
+    names = ["token_embd.weight"] + ([] if config.tied_embeddings else ["output.weight"])
+    for i in range(config.n_layers):
+        roles = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+        names += [f"blk.{i}.{role}.weight" for role in roles]
+    return names
+
+
+def test_q4_k_m_synthetic_types_are_llama_quantizes() -> None:
+    """The issue's count for the default model requantized by llama-quantize to Q4_K_M: 166
+    Q5_0 tensors, 16 Q4_K, 14 Q6_K and 15 Q8_0 (576-wide rows fall back to 32-weight types)."""
+    config, types = preset("synthetic:smollm2-135m-q4_k_m")
+    counts: dict[str, int] = {}
+    for name in _tensor_names(config):
+        kind = types((name,), config)
+        counts[kind] = counts.get(kind, 0) + 1
+    assert counts == {"Q5_0": 166, "Q4_K": 16, "Q6_K": 14, "Q8_0": 15}
+    # Layer 0 is one of the first eighth's: its v is stored apart from q and k.
+    assert types(("blk.0.attn_v.weight",), config) == "Q8_0"
+    assert types(("blk.3.attn_v.weight",), config) == "Q5_0"
+    with pytest.raises(EmberError, match="different types"):
+        types(("blk.0.attn_q.weight", "blk.0.attn_v.weight"), config)
+
+
+def test_llama_8b_q4_k_m_types() -> None:
+    config, types = preset("synthetic:llama-8b-q4_k_m")
+    kinds = {name: types((name,), config) for name in _tensor_names(config)}
+    more_bits = [i for i in range(32) if kinds[f"blk.{i}.attn_v.weight"] == "Q6_K"]
+    # use_more_bits(i, 32): the first and last 4 layers and every third between.
+    assert more_bits == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
+    assert all(kinds[f"blk.{i}.ffn_down.weight"] == "Q6_K" for i in more_bits)
+    assert kinds["output.weight"] == "Q6_K" and kinds["token_embd.weight"] == "Q4_K"
+    assert {kinds[f"blk.{i}.attn_q.weight"] for i in range(32)} == {"Q4_K"}

@@ -216,11 +216,11 @@ __device__ __forceinline__ void add4(float4& s, const float4& v) {
     s.w += v.w;
 }
 
-// Outputs (row, col) and (row, col + 1), skipping those past M and N.
+// Outputs (row, col) and (row, col + 1), skipping those past M and N; y's rows are ldy apart.
 __device__ __forceinline__ void store_pair(
-    float* y, int m, int n, bool pairs, int row, int col, float a, float b) {
+    float* y, int m, int n, int ldy, bool pairs, int row, int col, float a, float b) {
     if (row >= m || col >= n) return;
-    float* out = y + static_cast<long long>(row) * n + col;
+    float* out = y + static_cast<long long>(row) * ldy + col;
     if (pairs) {
         *reinterpret_cast<float2*>(out) = make_float2(a, b);
     } else {
@@ -233,11 +233,12 @@ __device__ __forceinline__ void store_pair(
 // the additions, in the order, of the split-K fix-up (which sums into zeros). This thread
 // stored the values it reads back, so no barrier is needed between slices.
 __device__ __forceinline__ void add_pair(
-    float* y, int m, int n, bool pairs, int row, int col, bool first, float a, float b) {
+    float* y, int m, int n, int ldy, bool pairs, int row, int col, bool first, float a,
+    float b) {
     if (row >= m || col >= n) return;
     float a0 = 0.0f, b0 = 0.0f;
     if (!first) {
-        const float* in = y + static_cast<long long>(row) * n + col;
+        const float* in = y + static_cast<long long>(row) * ldy + col;
         if (pairs) {
             const float2 v = *reinterpret_cast<const float2*>(in);
             a0 = v.x;
@@ -247,7 +248,7 @@ __device__ __forceinline__ void add_pair(
             if (col + 1 < n) b0 = in[1];
         }
     }
-    store_pair(y, m, n, pairs, row, col, a0 + a, b0 + b);
+    store_pair(y, m, n, ldy, pairs, row, col, a0 + a, b0 + b);
 }
 
 // (a & mask) | bits in one LOP3 (0xea: a & b | c); written out because the compiler splits it
@@ -329,7 +330,7 @@ __device__ __forceinline__ void unit_fragment(
 template <typename Block, typename Shape, bool SLICED>
 __device__ __forceinline__ void gemm(
     const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int m,
-    int n, int k, int slices, float* __restrict__ partials, int* __restrict__ counters,
+    int n, int k, int slices, float* __restrict__ partials, int* __restrict__ counters, int ldy,
     uint8_t* smem) {
     using T = Tile<Block, Shape>;
     const int tid = threadIdx.x;
@@ -553,7 +554,8 @@ __device__ __forceinline__ void gemm(
     };
 
     // Accumulator e of tile (mi, j) is row 16 mi + g + 8 (e / 2), column 8 j + 2 t + e % 2.
-    const bool pairs = (n & 1) == 0 && (reinterpret_cast<uintptr_t>(y) & 7) == 0;
+    const bool pairs =
+        (n & 1) == 0 && (ldy & 1) == 0 && (reinterpret_cast<uintptr_t>(y) & 7) == 0;
     if constexpr (SLICED) {
         if (splits == 1) {
 #pragma unroll 1
@@ -570,8 +572,9 @@ __device__ __forceinline__ void gemm(
                     for (int j = 0; j < T::NT; ++j) {
                         const int row = m0 + wm * T::WM + 16 * mi + g;
                         const int col = n0 + wn * T::WN + 8 * j + 2 * t;
-                        add_pair(y, m, n, pairs, row, col, z == 0, acc[mi][j][0], acc[mi][j][1]);
-                        add_pair(y, m, n, pairs, row + 8, col, z == 0, acc[mi][j][2],
+                        add_pair(y, m, n, ldy, pairs, row, col, z == 0, acc[mi][j][0],
+                                 acc[mi][j][1]);
+                        add_pair(y, m, n, ldy, pairs, row + 8, col, z == 0, acc[mi][j][2],
                                  acc[mi][j][3]);
                     }
                 }
@@ -588,8 +591,8 @@ __device__ __forceinline__ void gemm(
             for (int j = 0; j < T::NT; ++j) {
                 const int row = m0 + wm * T::WM + 16 * mi + g;
                 const int col = n0 + wn * T::WN + 8 * j + 2 * t;
-                store_pair(y, m, n, pairs, row, col, acc[mi][j][0], acc[mi][j][1]);
-                store_pair(y, m, n, pairs, row + 8, col, acc[mi][j][2], acc[mi][j][3]);
+                store_pair(y, m, n, ldy, pairs, row, col, acc[mi][j][0], acc[mi][j][1]);
+                store_pair(y, m, n, ldy, pairs, row + 8, col, acc[mi][j][2], acc[mi][j][3]);
             }
         }
         return;
@@ -640,8 +643,8 @@ __device__ __forceinline__ void gemm(
             const int wmn = f / (32 * (T::ACC / 4));
             const int row = m0 + wmn / T::WARPS_N * T::WM + 16 * (q / T::NT) + (l >> 2);
             const int col = n0 + wmn % T::WARPS_N * T::WN + 8 * (q % T::NT) + 2 * (l & 3);
-            store_pair(y, m, n, pairs, row, col, sum[u].x, sum[u].y);
-            store_pair(y, m, n, pairs, row + 8, col, sum[u].z, sum[u].w);
+            store_pair(y, m, n, ldy, pairs, row, col, sum[u].x, sum[u].y);
+            store_pair(y, m, n, ldy, pairs, row + 8, col, sum[u].z, sum[u].w);
         }
     }
 }
@@ -649,7 +652,8 @@ __device__ __forceinline__ void gemm(
 }  // namespace ember_gemm
 
 // Launch grid (ceil(m / BM), ceil(n / BN), splits), block 256 threads, SMEM bytes of dynamic
-// shared memory (the exported layouts); w and x 16-byte aligned, k a positive multiple of 32.
+// shared memory (the exported layouts); w and x 16-byte aligned, k a positive multiple of 32;
+// y's rows ldy >= n floats apart (a part of a stacked matrix writes its columns of one y).
 // M tiles vary fastest, so the blocks that share a W tile run together and read it from DRAM
 // once. With splits > 1, partials holds splits * BM * BN floats per tile (16-byte aligned) and
 // counters one int per tile, zero before the launch (the launch leaves them zero).
@@ -658,11 +662,11 @@ __device__ __forceinline__ void gemm(
                                                  ember_gemm::SHAPE::MIN_BLOCKS)                \
         NAME(const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, \
              int m, int n, int k, int slices, float* __restrict__ partials,                    \
-             int* __restrict__ counters) {                                                     \
+             int* __restrict__ counters, int ldy) {                                            \
         extern __shared__ __align__(16) uint8_t smem[];                                        \
         if constexpr (ember_gemm::Tile<ember::block_##TYPE, ember_gemm::SHAPE>::VALID)         \
             ember_gemm::gemm<ember::block_##TYPE, ember_gemm::SHAPE, SLICED>(                  \
-                w, x, y, m, n, k, slices, partials, counters, smem);                           \
+                w, x, y, m, n, k, slices, partials, counters, ldy, smem);                      \
         else                                                                                   \
             __trap();                                                                          \
     }                                                                                          \

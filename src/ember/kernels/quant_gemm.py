@@ -334,6 +334,7 @@ class QuantGemm:
         *,
         invariant: bool = False,
         slices: int | None = None,
+        y_at: int | None = None,
     ) -> Launch:
         """The launch of y[m, n] = sum_k x[m, k] * W[n, k], checked once.
 
@@ -343,9 +344,11 @@ class QuantGemm:
         (for tests and tuning); splits beyond a tile's K steps leave some splits empty.
         `invariant`: batch-invariant mode's plan (`invariant_plan`); `tile`, `splits` and
         `slices` then override its parts, for tests that run one row every way.
+        `y_at`: y is wider, and this product's N columns start at column y_at (a part of a
+        matrix stacked from tensors of different block types).
         """
         m, k, n = check_operands("gemm", weight, x, y)
-        check_fit("gemm", weight, quant, x, y)
+        check_fit("gemm", weight, quant, x, y, y_at=y_at)
         if m == 0 or n == 0:
             raise ValueError(f"gemm needs at least one row of x and of W, got M {m}, N {n}")
         if weight.nbytes >= _INDEX_LIMIT or m * k >= _INDEX_LIMIT:
@@ -398,11 +401,12 @@ class QuantGemm:
                     f"{quant.name} on {plan.tile.name}"
                 )
             kernel = sliced
+        y_ptr = y.ptr + 4 * (0 if y_at is None else y_at)
         return Launch(
             kernel,
             grid,
             (_THREADS, 1, 1),
-            (weight.ptr, x.ptr, y.ptr, m, n, k, plan.slices, partials, counters),
+            (weight.ptr, x.ptr, y_ptr, m, n, k, plan.slices, partials, counters, y.shape[1]),
             layout.shared_bytes,
         )
 

@@ -113,6 +113,14 @@ struct Fusion {
     int rot_dim;
 };
 
+// Where the products go: y's row stride in floats (y points at this product's first column; a
+// stacked matrix whose parts are stored in different block types runs one launch a part, each
+// writing its columns of one output), and for rope the row of the q|k|v stack W's row 0 is.
+struct OutputAt {
+    int y_stride;
+    int row_offset;
+};
+
 // Weight rows per thread block: lane l computes row l.
 constexpr int ROWS = 32;
 
@@ -734,7 +742,7 @@ __device__ __host__ constexpr int ring_bytes_of(bool aligned) {
 template <typename Block, int MAX_BATCH>
 __device__ __forceinline__ void gemv(
     const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int n,
-    int k, int batch, const Fusion& f) {
+    int k, int batch, const Fusion& f, const OutputAt& place) {
     if (n <= 0) {
         ember::await_prior_grid();  // a kernel that does not wait would break the chain
         return;
@@ -788,7 +796,8 @@ __device__ __forceinline__ void gemv(
             const long long j = rows.first + r;
             if (b >= batch || j >= half) continue;
             const float gate = total(b, r);
-            y[b * half + j] = gate / (1.0f + expf(-gate)) * total(b, r + 16);
+            y[b * static_cast<long long>(place.y_stride) + j] =
+                gate / (1.0f + expf(-gate)) * total(b, r + 16);
         }
     } else if (f.out == ROPE || f.out == ROPE_NEOX) {
         const bool neox = f.out == ROPE_NEOX;
@@ -801,12 +810,13 @@ __device__ __forceinline__ void gemv(
             if (b >= batch || (neox ? rows.first + r >= n / 2 : rows.first + r0 >= n)) continue;
             const long long row0 = neox ? rows.row(r0) : rows.first + r0;
             const long long row1 = neox ? rows.row(r1) : row0 + 1;
-            const int e = static_cast<int>(row0 % f.head_dim);
+            const int e = static_cast<int>(row0 % f.head_dim);  // row_offset: whole heads
             float v0 = total(b, r0);
             float v1 = total(b, r1);
-            rope_pair(f, row0, row1, neox ? e : e / 2, b, v0, v1);
-            y[b * static_cast<long long>(n) + row0] = v0;
-            y[b * static_cast<long long>(n) + row1] = v1;
+            const long long stacked = place.row_offset;  // row0's row in the q|k|v stack
+            rope_pair(f, stacked + row0, stacked + row1, neox ? e : e / 2, b, v0, v1);
+            y[b * static_cast<long long>(place.y_stride) + row0] = v0;
+            y[b * static_cast<long long>(place.y_stride) + row1] = v1;
         }
     } else {
         // A warp's 32 threads share b (blockDim is whole warps), so b < batch is warp-uniform.
@@ -816,7 +826,7 @@ __device__ __forceinline__ void gemv(
             if (b >= batch) continue;
             float v = 0.f;
             if (rows.first + r < n) {
-                float* out = y + static_cast<long long>(b) * n + rows.first + r;
+                float* out = y + static_cast<long long>(b) * place.y_stride + rows.first + r;
                 v = total(b, r);
                 if (f.out == ADD) v += *out;
                 *out = v;
@@ -836,6 +846,7 @@ __device__ __forceinline__ void gemv(
 EMBER_EXPORT_STRUCT(gemv_fusion, ember_gemv::Fusion, norm_weight, norm_partials, out_partials,
                     positions, slots, k_cache, v_cache, inv_freq, bias, out, eps, n_q_heads,
                     n_kv_heads, head_dim, rot_dim)
+EMBER_EXPORT_STRUCT(gemv_output_at, ember_gemv::OutputAt, y_stride, row_offset)
 
 // One kernel per block type and batch tier: registers grow with the batch, so batch 1 must not
 // pay for batch 8. Launch grid ceil(n / 32) (swiglu: ceil(n / 2 / 16)), block 32 * warps
@@ -845,8 +856,9 @@ EMBER_EXPORT_STRUCT(gemv_fusion, ember_gemv::Fusion, norm_weight, norm_partials,
     extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)                          \
         quant_gemv_##TYPE##_b##MAX_BATCH(                                                      \
             const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y,  \
-            int n, int k, int batch, const ember_gemv::Fusion f) {                              \
-        ember_gemv::gemv<ember::block_##TYPE, MAX_BATCH>(w, x, y, n, k, batch, f);              \
+            int n, int k, int batch, const ember_gemv::Fusion f,                                \
+            const ember_gemv::OutputAt place) {                                                 \
+        ember_gemv::gemv<ember::block_##TYPE, MAX_BATCH>(w, x, y, n, k, batch, f, place);       \
     }                                                                                          \
     EMBER_EXPORT_PARAMS(quant_gemv_##TYPE##_b##MAX_BATCH)
 

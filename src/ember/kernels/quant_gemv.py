@@ -84,6 +84,13 @@ class GemvFusion(KernelStruct):
     )
 
 
+class GemvOutputAt(KernelStruct):
+    """quant_gemv.cu's OutputAt: y's row stride, and for ROPE the q|k|v row of W's row 0."""
+
+    exported_as = "gemv_output_at"
+    _fields_ = (("y_stride", ctypes.c_int32), ("row_offset", ctypes.c_int32))
+
+
 @dataclass(frozen=True, slots=True)
 class RmsNorm:
     """Read x as rmsnorm(x) * weight (x being the residual stream).
@@ -164,14 +171,20 @@ def check_fit(
     x: DeviceArray,
     y: DeviceArray,
     y_cols: int | None = None,
+    y_at: int | None = None,
 ) -> None:
     """K a positive multiple of the type's block weights matching W's row bytes, y [M, y_cols]
-    (default N), W and x 16-byte aligned."""
+    (default N) or, with `y_at`, y [M, >= y_at + y_cols] (the product's columns of a wider y),
+    W and x 16-byte aligned."""
     m, k = x.shape
     n = weight.shape[0]
     cols = n if y_cols is None else y_cols
     per_block = quant.block_weights
-    if k == 0 or k % per_block or weight.shape[1] != quant.row_bytes(k) or y.shape != (m, cols):
+    if y_at is None:
+        fits_y = y.shape == (m, cols)
+    else:
+        fits_y = y.shape[0] == m and y_at >= 0 and y_at + cols <= y.shape[1]
+    if k == 0 or k % per_block or weight.shape[1] != quant.row_bytes(k) or not fits_y:
         raise ValueError(
             f"{quant.name} {op}: x {x.shape} and y {y.shape} do not fit weight bytes "
             f"{weight.shape} (K a positive multiple of {per_block}, "
@@ -194,7 +207,9 @@ class QuantGemv:
         self.max_shared = max_shared
         self.multiprocessors = multiprocessors
         self._kernels: dict[tuple[QuantType, int], Kernel] = {
-            (q, tier): _INTERFACE.kernel(module, f"quant_gemv_{q.name.lower()}_b{tier}", GemvFusion)
+            (q, tier): _INTERFACE.kernel(
+                module, f"quant_gemv_{q.name.lower()}_b{tier}", GemvFusion, GemvOutputAt
+            )
             for q in QuantType
             for tier in BATCH_TIERS
         }
@@ -232,6 +247,7 @@ class QuantGemv:
         output: Output = Output.STORE,
         rope: RopeCache | None = None,
         sums_of_squares: DeviceArray | None = None,
+        y_at: int | None = None,
     ) -> Launch:
         """y[b, n] = sum_k x[b, k] * W[n, k] for a batch of 1 to 8 rows of x.
 
@@ -242,6 +258,9 @@ class QuantGemv:
         x first; `output` says what happens to the sums (`rope` describes the cache for ROPE).
         `sums_of_squares` (STORE or ADD): also write the sums of squares of y's 32-column
         groups, float32 [batch, ceil(N / 32)], for the next GEMV's norm (`RmsNorm.partials`).
+        `y_at`: y is wider, and this product's columns start at column y_at (a part of a
+        matrix stacked from tensors of different block types; for ROPE, y is all of q|k|v and
+        W its rows from y_at, whole heads).
         """
         batch, k, n = check_operands("gemv", weight, x, y)
         if not 1 <= batch <= MAX_BATCH:
@@ -249,9 +268,11 @@ class QuantGemv:
         if output is Output.SWIGLU:
             if n % 2:
                 raise ValueError(f"swiglu gemv needs W [2F, K], got {n} rows")
-            check_fit("swiglu gemv", weight, quant, x, y, n // 2)
+            check_fit("swiglu gemv", weight, quant, x, y, n // 2, y_at)
         else:
-            check_fit("gemv", weight, quant, x, y)
+            check_fit("gemv", weight, quant, x, y, y_at=y_at)
+        if y_at is not None and sums_of_squares is not None:
+            raise ValueError("a gemv into part of y cannot write the sums of squares of its rows")
         tier = next(t for t in BATCH_TIERS if t >= batch)
         per_warp = warp_shared_bytes(quant, k, tier)
         rows_per_block = _ROWS_PER_BLOCK // 2 if output is Output.SWIGLU else _ROWS_PER_BLOCK
@@ -270,15 +291,25 @@ class QuantGemv:
             )
         if output is Output.ROPE_NEOX:
             raise ValueError("pass Output.ROPE: the RopeCache's neox picks the NEOX epilogue")
+        at = 0 if y_at is None else y_at
         fusion = GemvFusion(out=int(output))
         _set_norm(fusion, norm, batch, k)
         fusion.out_partials = _sums_address(sums_of_squares, output, batch, n)
-        _set_rope(fusion, rope, output, batch, n)
+        _set_rope(fusion, rope, output, batch, n, at, y.shape[1])
         return Launch(
             self._kernels[quant, tier],
             (blocks, 1, 1),
             (32 * warps, 1, 1),
-            (weight.ptr, x.ptr, y.ptr, n, k, batch, bytes(fusion)),
+            (
+                weight.ptr,
+                x.ptr,
+                y.ptr + 4 * at,
+                n,
+                k,
+                batch,
+                bytes(fusion),
+                bytes(GemvOutputAt(y_stride=y.shape[1], row_offset=at)),
+            ),
             shared_mem=warps * per_warp,
         )
 
@@ -346,13 +377,26 @@ def _sums_address(sums: DeviceArray | None, output: Output, batch: int, n: int) 
 
 
 def _set_rope(
-    fusion: GemvFusion, rope: RopeCache | None, output: Output, batch: int, n: int
+    fusion: GemvFusion,
+    rope: RopeCache | None,
+    output: Output,
+    batch: int,
+    n: int,
+    first_row: int,
+    qkv_width: int,
 ) -> None:
+    """The rope epilogue's arguments: W's n rows are rows first_row.. of a q|k|v stack of
+    qkv_width rows."""
     if (rope is None) != (output is not Output.ROPE):
         raise ValueError("a gemv takes rope arguments exactly when its output is ROPE")
     if rope is None:
         return
-    args = rope.kernel_args(batch, n)
+    args = rope.kernel_args(batch, qkv_width)
+    if first_row % args.head_dim or n % args.head_dim:
+        raise ValueError(
+            f"a ROPE gemv over rows {first_row}-{first_row + n} of q|k|v needs whole heads of "
+            f"{args.head_dim}"
+        )
     if args.qk_norm:
         raise ValueError(
             "a ROPE gemv cannot apply q/k norms (a thread block holds 32 rows, not whole "

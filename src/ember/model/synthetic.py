@@ -7,6 +7,7 @@ vocabulary of the right size, so the whole engine runs unchanged; their text is 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from ember.model.cuda.llama import CudaLlama
 
 PREFIX: Final = "synthetic:"
+# The block type (a GGML type name) of the matrix stacking these tensors: TypeMix, KQuantMix.
+TypeRule = Callable[[tuple[str, ...], ModelConfig], str]
 _LLAMA3_VOCAB: Final = 128256
 
 
@@ -90,11 +93,54 @@ class TypeMix:
         return self.head if head else self.matrices
 
 
+# llama.cpp's fallbacks for a K-quant tensor whose rows are not whole 256-weight super-blocks
+# (llama-quant.cpp): a 32-weight type of about the same bits.
+_SMALL_BLOCK_FALLBACK: Final = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+
+
+@dataclass(frozen=True, slots=True)
+class KQuantMix:
+    """The block types llama.cpp's `llama-quantize` gives a dense Llama-style model's tensors
+    for a `_K_M` type (llama-quant.cpp's llama_tensor_get_type): `base` for most matrices,
+    `more_bits` for attn_v and ffn_down in the layers its use_more_bits picks (the first and
+    last eighth and every third between), Q6_K for the output head (or a tied embedding);
+    a tensor whose rows are not whole 256-weight super-blocks falls back to a 32-weight type.
+    Q4_K_M: base Q4_K, more_bits Q6_K; Q5_K_M: Q5_K and Q6_K."""
+
+    base: str
+    more_bits: str
+
+    def __call__(self, names: tuple[str, ...], config: ModelConfig) -> str:
+        types = {self._type(name, config) for name in names}
+        if len(types) != 1:
+            raise EmberError(f"{', '.join(names)} get different types: ask for each alone")
+        return types.pop()
+
+    def _type(self, name: str, config: ModelConfig) -> str:
+        cols = config.d_model
+        if name == "output.weight" or (config.tied_embeddings and name == "token_embd.weight"):
+            kind = "Q6_K"
+        elif name.startswith("blk."):
+            layer = int(name.split(".")[1])
+            role = name.split(".")[2]
+            if role == "ffn_down":
+                cols = config.ffn_dim
+            more = role in ("attn_v", "ffn_down") and _use_more_bits(layer, config.n_layers)
+            kind = self.more_bits if more else self.base
+        else:
+            kind = self.base
+        return kind if cols % 256 == 0 else _SMALL_BLOCK_FALLBACK[kind]
+
+
+def _use_more_bits(layer: int, layers: int) -> bool:
+    return layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2
+
+
 # name -> (config, type mix). Llama 3's Q4_0 files keep the output head in Q6_K, which Ember's
 # kernels do not read; Q8_0 stands in for it (8.5 bits, not 6.56). smollm2-135m-q4_1 is the
 # default model's exact shape and types, for profiling on a GPU machine that has not been sent
 # the model file.
-PRESETS: Final = {
+PRESETS: Final[dict[str, tuple[ModelConfig, TypeRule]]] = {
     "smollm2-135m-q4_1": (
         _llama("synthetic SmolLM2-135M shape", 30, 576, 9, 3, 1536, True, 49152, 100000.0),
         TypeMix("Q4_1", "Q8_0"),
@@ -108,6 +154,24 @@ PRESETS: Final = {
         TypeMix("Q4_0", "Q8_0"),
     ),
     "qwen3-8b-q4_0": (_qwen3_8b(), TypeMix("Q4_0", "Q8_0")),
+    # What llama-quantize makes of these models: the files people download most.
+    "llama-1b-q4_k_m": (
+        _llama("synthetic Llama-3.2-1B shape", 16, 2048, 32, 8, 8192, tied=True),
+        KQuantMix("Q4_K", "Q6_K"),
+    ),
+    "llama-8b-q4_k_m": (
+        _llama("synthetic Llama-3.1-8B shape", 32, 4096, 32, 8, 14336, tied=False),
+        KQuantMix("Q4_K", "Q6_K"),
+    ),
+    "llama-8b-q5_k_m": (
+        _llama("synthetic Llama-3.1-8B shape", 32, 4096, 32, 8, 14336, tied=False),
+        KQuantMix("Q5_K", "Q6_K"),
+    ),
+    "qwen3-8b-q4_k_m": (_qwen3_8b(), KQuantMix("Q4_K", "Q6_K")),
+    "smollm2-135m-q4_k_m": (
+        _llama("synthetic SmolLM2-135M shape", 30, 576, 9, 3, 1536, True, 49152, 100000.0),
+        KQuantMix("Q4_K", "Q6_K"),
+    ),
 }
 
 
@@ -115,7 +179,7 @@ def is_synthetic(model: str | Path | None) -> bool:
     return isinstance(model, str) and model.startswith(PREFIX)
 
 
-def preset(model: str) -> tuple[ModelConfig, TypeMix]:
+def preset(model: str) -> tuple[ModelConfig, TypeRule]:
     name = model.removeprefix(PREFIX)
     if name not in PRESETS:
         raise EmberError(
@@ -125,21 +189,36 @@ def preset(model: str) -> tuple[ModelConfig, TypeMix]:
     return PRESETS[name]
 
 
-def synthetic_tokenizer(vocab_size: int) -> Tokenizer:
-    """Byte tokens, one merge (two spaces), placeholder tokens 't<id>', an end-of-text token."""
+@dataclass(frozen=True, slots=True)
+class SyntheticVocabulary:
+    """A byte-level BPE vocabulary (GGUF's `gpt2` tokenizer model) of a given size: byte
+    tokens, one merge (two spaces), placeholder tokens 't<id>', an end-of-text token."""
+
+    tokens: list[str]
+    token_types: list[int]
+    merges: list[str]
+    eos_id: int
+
+
+def synthetic_vocabulary(vocab_size: int) -> SyntheticVocabulary:
     tokens = byte_alphabet_tokens()
     space = tokens[ord(" ")]
     tokens.append(space + space)
     tokens += [f"t{i}" for i in range(len(tokens), vocab_size - 1)]
     tokens.append("<|endoftext|>")
     types = [1] * (vocab_size - 1) + [3]
+    return SyntheticVocabulary(tokens, types, [f"{space} {space}"], vocab_size - 1)
+
+
+def synthetic_tokenizer(vocab_size: int) -> Tokenizer:
+    vocabulary = synthetic_vocabulary(vocab_size)
     return Tokenizer.from_metadata(
         {
             "tokenizer.ggml.model": "gpt2",
-            "tokenizer.ggml.tokens": tokens,
-            "tokenizer.ggml.token_type": types,
-            "tokenizer.ggml.merges": [f"{space} {space}"],
-            "tokenizer.ggml.eos_token_id": vocab_size - 1,
+            "tokenizer.ggml.tokens": vocabulary.tokens,
+            "tokenizer.ggml.token_type": vocabulary.token_types,
+            "tokenizer.ggml.merges": vocabulary.merges,
+            "tokenizer.ggml.eos_token_id": vocabulary.eos_id,
         },
         source="synthetic",
     )

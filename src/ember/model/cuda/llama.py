@@ -59,7 +59,7 @@ from ember.model.backend import PendingStep, SampledStep, SamplingBatch
 from ember.model.config import ModelConfig
 from ember.model.cuda.activation_buffers import Activations, ActivationViews
 from ember.model.cuda.step_inputs import StepArrays, StepInputs
-from ember.model.cuda.weights import CudaWeights, QuantMatrix
+from ember.model.cuda.weights import CudaWeights, QuantMatrix, StackedMatrix
 from ember.model.forward_batch import ForwardBatch
 from ember.model.rope import radians_per_position
 
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ember.model.gguf_file import GGUFFile
-    from ember.model.synthetic import TypeMix
+    from ember.model.synthetic import TypeRule
 
 F32 = npt.NDArray[np.float32]
 # Token-row buckets above 256 grow in steps of 256 (prefill chunks).
@@ -188,7 +188,7 @@ class CudaLlama:
             w = self.weights
             matrices = [w.lm_head]
             for layer in w.layers:
-                matrices += [layer.wqkv, layer.wo, layer.w_gate_up, layer.w_down]
+                matrices += [*layer.wqkv.parts, layer.wo, *layer.w_gate_up.parts, layer.w_down]
             others = sorted({m.quant.name for m in matrices} - {q.name for q in INVARIANT_TYPES})
             if others:
                 raise EmberError(
@@ -218,7 +218,7 @@ class CudaLlama:
         )
 
     @classmethod
-    def synthetic(cls, config: ModelConfig, types: TypeMix, ordinal: int = 0) -> CudaLlama:
+    def synthetic(cls, config: ModelConfig, types: TypeRule, ordinal: int = 0) -> CudaLlama:
         """Random weights of `config`'s shapes in `types`' block types, generated on the device
         (for benchmarks)."""
         from ember.kernels.synthetic import Synthetic
@@ -445,7 +445,7 @@ class CudaLlama:
             next_norm = w.layers[i + 1].attn_norm if i + 1 < len(w.layers) else w.output_norm
             plan += self._attention_block(i, layer.wqkv, layer.wo, a, s)
             plan.append(k.norm.add_rms_norm_launch(a.delta, a.residual, layer.ffn_norm, a.x, eps))
-            plan.append(self._linear(a.x, layer.w_gate_up, a.gate_up))
+            plan += self._stacked_linear(a.x, layer.w_gate_up, a.gate_up)
             plan.append(k.elementwise.silu_mul_launch(a.gate_up, a.act))
             plan.append(self._linear(a.act, layer.w_down, a.delta))
             plan.append(k.norm.add_rms_norm_launch(a.delta, a.residual, next_norm, a.x, eps))
@@ -468,21 +468,16 @@ class CudaLlama:
         plan = [self._embedding(s, a)]
         sums = a.norm_partials
         for i, layer in enumerate(w.layers):
-            wo, gate_up, down = layer.wo, layer.w_gate_up, layer.w_down
+            wo, down = layer.wo, layer.w_down
             plan += self._fused_qkv(i, RmsNorm(layer.attn_norm, eps, sums if i else None), a, s)
             plan += [
                 self._attention(i, tokens, a, s),
                 gemv(
                     wo.data, wo.quant, a.attn, a.residual, output=Output.ADD, sums_of_squares=sums
                 ),
-                gemv(
-                    gate_up.data,
-                    gate_up.quant,
-                    a.residual,
-                    a.act,
-                    norm=RmsNorm(layer.ffn_norm, eps, sums),
-                    output=Output.SWIGLU,
-                ),
+            ]
+            plan += self._fused_gate_up(layer.w_gate_up, RmsNorm(layer.ffn_norm, eps, sums), a)
+            plan += [
                 gemv(
                     down.data,
                     down.quant,
@@ -501,20 +496,51 @@ class CudaLlama:
         return plan
 
     def _fused_qkv(self, i: int, norm: RmsNorm, a: ActivationViews, s: StepArrays) -> list[Launch]:
-        """Layer i's normed q/k/v projection and attention prologue: one GEMV, or (q/k norms,
-        which need whole heads) a GEMV and rope.cu's prologue kernel."""
+        """Layer i's normed q/k/v projection and attention prologue: one GEMV (one a part of
+        q|k|v stored in a type of its own), or (q/k norms, which need whole heads) the GEMVs and
+        rope.cu's prologue kernel."""
         layer = self.weights.layers[i]
-        qkv = layer.wqkv
         rope = self._rope_cache(i, s)
         gemv = self.kernels.quant_gemv.gemv_launch
         if layer.qk_norm is None:
-            fused = gemv(
-                qkv.data, qkv.quant, a.residual, a.qkv, norm=norm, output=Output.ROPE, rope=rope
-            )
-            return [fused]
+            return [
+                gemv(
+                    part.data,
+                    part.quant,
+                    a.residual,
+                    a.qkv,
+                    norm=norm,
+                    output=Output.ROPE,
+                    rope=rope,
+                    y_at=first,
+                )
+                for first, part in layer.wqkv.placed()
+            ]
         return [
-            gemv(qkv.data, qkv.quant, a.residual, a.qkv, norm=norm),
+            *(
+                gemv(part.data, part.quant, a.residual, a.qkv, norm=norm, y_at=first)
+                for first, part in layer.wqkv.placed()
+            ),
             self.kernels.rope.qkv_cache_launch(a.qkv, rope),
+        ]
+
+    def _fused_gate_up(
+        self, gate_up: StackedMatrix, norm: RmsNorm, a: ActivationViews
+    ) -> list[Launch]:
+        """The normed gate/up projection and SwiGLU: one GEMV, or (gate and up stored in
+        different types) a GEMV each and the SwiGLU kernel."""
+        gemv = self.kernels.quant_gemv.gemv_launch
+        single = gate_up.single
+        if single is not None:
+            return [
+                gemv(single.data, single.quant, a.residual, a.act, norm=norm, output=Output.SWIGLU)
+            ]
+        return [
+            *(
+                gemv(part.data, part.quant, a.residual, a.gate_up, norm=norm, y_at=first)
+                for first, part in gate_up.placed()
+            ),
+            self.kernels.elementwise.silu_mul_launch(a.gate_up, a.act),
         ]
 
     def _embedding(self, s: StepArrays, a: ActivationViews) -> Launch:
@@ -543,11 +569,11 @@ class CudaLlama:
         )
 
     def _attention_block(
-        self, layer: int, wqkv: QuantMatrix, wo: QuantMatrix, a: ActivationViews, s: StepArrays
+        self, layer: int, wqkv: StackedMatrix, wo: QuantMatrix, a: ActivationViews, s: StepArrays
     ) -> list[Launch]:
         tokens = a.qkv.shape[0]
         return [
-            self._linear(a.x, wqkv, a.qkv),
+            *self._stacked_linear(a.x, wqkv, a.qkv),
             self.kernels.rope.qkv_cache_launch(a.qkv, self._rope_cache(layer, s)),
             self._attention(layer, tokens, a, s),
             self._linear(a.attn, wo, a.delta),
@@ -583,17 +609,26 @@ class CudaLlama:
             self.kv_cache.view(shape, np.float16, base + per),
         )
 
-    def _linear(self, x: DeviceArray, m: QuantMatrix, y: DeviceArray) -> Launch:
+    def _stacked_linear(self, x: DeviceArray, m: StackedMatrix, y: DeviceArray) -> list[Launch]:
+        """y = x @ W.T over a stack: one product, or one a part, each into its columns of y."""
+        single = m.single
+        if single is not None:
+            return [self._linear(x, single, y)]
+        return [self._linear(x, part, y, first) for first, part in m.placed()]
+
+    def _linear(
+        self, x: DeviceArray, m: QuantMatrix, y: DeviceArray, y_at: int | None = None
+    ) -> Launch:
         if self._batch_invariant:
             # The GEMV's int8 x and its per-tier warps sum other terms in other orders than the
             # GEMM: one kernel family for every row count.
             return self.kernels.quant_gemm.gemm_launch(
-                m.data, m.quant, x, y, workspace=self._gemm_workspace, invariant=True
+                m.data, m.quant, x, y, workspace=self._gemm_workspace, invariant=True, y_at=y_at
             )
         if x.shape[0] <= GEMV_MAX_ROWS:
-            return self.kernels.quant_gemv.gemv_launch(m.data, m.quant, x, y)
+            return self.kernels.quant_gemv.gemv_launch(m.data, m.quant, x, y, y_at=y_at)
         return self.kernels.quant_gemm.gemm_launch(
-            m.data, m.quant, x, y, workspace=self._gemm_workspace
+            m.data, m.quant, x, y, workspace=self._gemm_workspace, y_at=y_at
         )
 
 

@@ -5,7 +5,10 @@ are copied from the memory-mapped GGUF through two pinned staging buffers in tur
 engine transfer of one chunk overlaps the host's copy of the next out of the page cache; no
 tensor becomes a Python object on the way. The q/k/v projections, and gate/up, are stored
 back to back, which makes them one [q + 2 kv, d] (or [2 ffn, d]) matrix for one GEMV/GEMM; so
-are the q/k/v biases (one [q + 2 kv] vector) and the q and k norms ([2, head_dim]).
+are the q/k/v biases (one [q + 2 kv] vector) and the q and k norms ([2, head_dim]). Where the
+stacked tensors are stored in different block types (llama.cpp's Q4_K_M files keep some layers'
+attn_v in Q6_K beside Q4_K q and k), each run of one type is a matrix of its own, and its
+product writes its columns of the one output (`StackedMatrix`).
 """
 
 from __future__ import annotations
@@ -48,12 +51,32 @@ class QuantMatrix:
 
 
 @dataclass(frozen=True, slots=True)
+class StackedMatrix:
+    """Weight matrices stacked row-wise whose products are one output row (q|k|v, gate|up): one
+    part where the tensors share a block type, else one per run of tensors that do."""
+
+    parts: tuple[QuantMatrix, ...]
+
+    @property
+    def single(self) -> QuantMatrix | None:
+        """The one matrix, where every tensor is stored in one block type."""
+        return self.parts[0] if len(self.parts) == 1 else None
+
+    def placed(self) -> Iterator[tuple[int, QuantMatrix]]:
+        """Each part with its first row in the stack: the output column its product starts at."""
+        first = 0
+        for part in self.parts:
+            yield first, part
+            first += part.rows
+
+
+@dataclass(frozen=True, slots=True)
 class CudaLayerWeights:
     attn_norm: DeviceArray  # float32 [d]
-    wqkv: QuantMatrix  # [q_dim + 2 kv_dim, d]
+    wqkv: StackedMatrix  # [q_dim + 2 kv_dim, d]
     wo: QuantMatrix  # [d, q_dim]
     ffn_norm: DeviceArray
-    w_gate_up: QuantMatrix  # [2 ffn, d]
+    w_gate_up: StackedMatrix  # [2 ffn, d]
     w_down: QuantMatrix  # [d, ffn]
     bqkv: DeviceArray | None = None  # float32 [q_dim + 2 kv_dim] (Qwen2), or None
     qk_norm: DeviceArray | None = None  # float32 [2, head_dim]: q heads' then k's (Qwen3)
@@ -90,6 +113,18 @@ class _Part:
     def vector(self) -> bool:
         """Float32 values (norms, biases), not a matrix of blocks."""
         return self.cols == 1 or all(r == 1 for r in self.rows)
+
+    def runs(
+        self, kinds: list[GGMLQuantizationType]
+    ) -> Iterator[tuple[_Part, GGMLQuantizationType]]:
+        """The part cut where its tensors' types (`kinds`, one each) change: each run is
+        placed, and multiplied, on its own."""
+        start = 0
+        for end in range(1, len(self.names) + 1):
+            if end == len(self.names) or kinds[end] != kinds[start]:
+                run = _Part(self.names[start:end], self.rows[start:end], self.cols)
+                yield run, kinds[start]
+                start = end
 
 
 def _parts(config: ModelConfig) -> Iterator[_Part]:
@@ -162,20 +197,18 @@ def upload_weights(
     progress: Callable[[int], None] | None = None,
 ) -> CudaWeights:
     """Copy every tensor the forward pass needs into one device allocation."""
-    kinds = []
+    runs: list[tuple[_Part, GGMLQuantizationType]] = []
     for part in _parts(config):
-        part_kinds = {_tensor_type(gguf, name) for name in part.names}
-        if len(part_kinds) != 1:
+        kinds = [_tensor_type(gguf, name) for name in part.names]
+        if len(set(kinds)) > 1 and (part.vector or not set(kinds) <= set(LINEAR_TYPES)):
             raise ModelFormatError(
                 f"{gguf.path}: {', '.join(part.names)} are stored in different types "
-                f"({', '.join(sorted(k.name for k in part_kinds))}); the CUDA backend stacks "
-                "them into one matrix and needs one type (mixed q/k/v and gate/up, as "
-                "llama.cpp's Q4_K_M files have, are not read on the GPU yet); run this model "
-                "with --device cpu"
+                f"({', '.join(k.name for k in kinds)}); the CUDA backend reads stacked tensors "
+                f"of different types only as matrices of {', '.join(t.name for t in LINEAR_TYPES)}"
             )
         _check_shapes(gguf, part)
-        kinds.append(part_kinds.pop())
-    arena, arrays = _layout(config, kinds)
+        runs += part.runs(kinds)
+    arena, arrays = _layout(runs)
     uploader = _Uploader(stream)
     try:
         layers_done = 0
@@ -204,16 +237,17 @@ def synthetic_weights(
     seed: int = 0,
 ) -> CudaWeights:
     """Random weights of `config`'s shapes made on the device: each matrix in the block type
-    `types` names for the tensors it stacks (a QuantType name; model/synthetic.py's TypeMix),
+    `types` names for each tensor (a QuantType name; model/synthetic.py's TypeRule),
     norms (and biases) near 1."""
     to_gguf = {v: k for k, v in LINEAR_TYPES.items()}
-    kinds = []
+    runs = []
     for part in _parts(config):
         if part.vector:
-            kinds.append(GGMLQuantizationType.F32)
+            runs.append((part, GGMLQuantizationType.F32))
         else:
-            kinds.append(to_gguf[QuantType[types(part.names, config)]])
-    arena, arrays = _layout(config, kinds)
+            kinds = [to_gguf[QuantType[types((name,), config)]] for name in part.names]
+            runs += part.runs(kinds)
+    arena, arrays = _layout(runs)
     for i, (view, kind, part) in enumerate(arrays):
         if kind is GGMLQuantizationType.F32:
             synthetic.fill_f32(view, seed + i, 0.9, 1.1, stream)
@@ -239,18 +273,18 @@ def _check_shapes(gguf: GGUFFile, part: _Part) -> None:
 
 
 def _layout(
-    config: ModelConfig, kinds: list[GGMLQuantizationType]
+    runs: list[tuple[_Part, GGMLQuantizationType]],
 ) -> tuple[DeviceBuffer, list[tuple[DeviceArray, GGMLQuantizationType, _Part]]]:
-    """One arena for all parts, each at an aligned offset, and a typed view of each."""
-    parts = list(_parts(config))
+    """One arena for all parts (each a run of one type), each at an aligned offset, and a
+    typed view of each."""
     offsets = []
     total = 0
-    for part, kind in zip(parts, kinds, strict=True):
+    for part, kind in runs:
         offsets.append(total)
         total += -(-sum(part.rows) * _row_bytes(kind, part.cols) // _ALIGN) * _ALIGN
     arena = DeviceBuffer.alloc(total)
     arrays = []
-    for part, kind, start in zip(parts, kinds, offsets, strict=True):
+    for (part, kind), start in zip(runs, offsets, strict=True):
         nbytes = sum(part.rows) * _row_bytes(kind, part.cols)
         view = DeviceArray(arena.view(start, nbytes), _shape(kind, part), _dtype(kind))
         arrays.append((view, kind, part))
@@ -292,6 +326,7 @@ def _assemble(
     arrays: list[tuple[DeviceArray, GGMLQuantizationType, _Part]],
     config: ModelConfig,
 ) -> CudaWeights:
+    # Each run by its first tensor's name: a stack's runs are the names of it found here.
     placed = {part.names[0]: (array, kind, part) for array, kind, part in arrays}
 
     def matrix(name: str) -> QuantMatrix:
@@ -302,6 +337,9 @@ def _assemble(
                 f"{', '.join(k.name for k in LINEAR_TYPES)}"
             )
         return QuantMatrix(array, LINEAR_TYPES[kind], sum(part.rows), part.cols)
+
+    def stacked(*names: str) -> StackedMatrix:
+        return StackedMatrix(tuple(matrix(name) for name in names if name in placed))
 
     def vector(name: str) -> DeviceArray:
         array, kind, _ = placed[name]
@@ -318,10 +356,10 @@ def _assemble(
         layers.append(
             CudaLayerWeights(
                 attn_norm=vector(p + "attn_norm.weight"),
-                wqkv=matrix(p + "attn_q.weight"),
+                wqkv=stacked(p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"),
                 wo=matrix(p + "attn_output.weight"),
                 ffn_norm=vector(p + "ffn_norm.weight"),
-                w_gate_up=matrix(p + "ffn_gate.weight"),
+                w_gate_up=stacked(p + "ffn_gate.weight", p + "ffn_up.weight"),
                 w_down=matrix(p + "ffn_down.weight"),
                 bqkv=optional(p + "attn_q.bias"),
                 qk_norm=optional(p + "attn_q_norm.weight"),

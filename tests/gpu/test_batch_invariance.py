@@ -151,8 +151,14 @@ def test_default_model_is_batch_invariant(default_model: LoadedModel) -> None:
     check_model(default_model)
 
 
-def test_synthetic_8b_shape_is_batch_invariant() -> None:
-    model = load_model("synthetic:llama-8b-q4_0", "cuda", show_progress=False)
+@pytest.mark.parametrize(
+    "name",
+    # The 8B shape; and llama-quantize's Q4_K_M mix of the default model's shape (Q5_0 and Q8_0
+    # beside Q4_K and Q6_K, layers whose q/k/v mix types, the super-blocks' S16/S32 tiles).
+    ["synthetic:llama-8b-q4_0", "synthetic:smollm2-135m-q4_k_m"],
+)
+def test_synthetic_shapes_are_batch_invariant(name: str) -> None:
+    model = load_model(name, "cuda", show_progress=False)
     try:
         check_model(model)
     finally:

@@ -16,11 +16,13 @@ from ember.kernels.quant_gemm import (
     DEFAULT_RESIDENCY,
     INVARIANT_TILES,
     INVARIANT_TYPES,
+    SUPER_BLOCK_INVARIANT_TILES,
     GemmPlan,
     GemmTile,
     QuantGemm,
     choose_invariant_plan,
     invariant_shares,
+    invariant_tiles,
 )
 from ember.kernels.quant_gemv import QuantType
 from tests.gpu.quant_data import random_weight
@@ -58,6 +60,15 @@ def test_small_products_split_k_when_the_workspace_holds_it() -> None:
     assert choose_invariant_plan(4096, 4096, 4096, H100_SMS, workspace_bytes=1 << 30) == GemmPlan(
         GemmTile.T64, 1, invariant_shares(4096, 4096, H100_SMS, 2)
     )
+
+
+def test_super_block_types_run_s32_above_16_rows() -> None:
+    """A K-quant's K step is a whole super-block, which fits the 16- and 32-row tiles only."""
+    assert invariant_tiles(QuantType.Q4_K) == SUPER_BLOCK_INVARIANT_TILES
+    assert invariant_tiles(QuantType.Q5_0) == INVARIANT_TILES
+    for m, tile in ((1, GemmTile.S16), (17, GemmTile.S32), (512, GemmTile.S32)):
+        plan = choose_invariant_plan(m, 4096, 4096, H100_SMS, tiles=SUPER_BLOCK_INVARIANT_TILES)
+        assert plan.tile is tile and plan.slices == invariant_shares(4096, 4096, H100_SMS, 2)
 
 
 def test_invariant_plan_needs_its_tiles() -> None:
@@ -135,10 +146,10 @@ def test_every_tile_and_way_of_running_the_shares_gives_the_same_bits(
     raw = random_weight(quant, n, k, seed=n)
     x = rng.standard_normal((16, k)).astype(np.float32)
     with DeviceArray.from_numpy(raw) as dw:
-        plan = quant_gemm.invariant_plan(16, n, k, workspace.nbytes)
+        plan = quant_gemm.invariant_plan(16, n, k, workspace.nbytes, quant)
         want = invariant_rows(quant_gemm, dw, quant, x, stream, workspace)
         Reference.of(raw, quant, x).check(want, f"{quant.name} {n}x{k} {plan}")
-        for _, tile in INVARIANT_TILES:
+        for _, tile in invariant_tiles(quant):
             forms = [{"splits": 1}]
             if plan.slices > 1:
                 forms.append({"splits": plan.slices})
@@ -154,7 +165,8 @@ def test_every_invariant_type_has_sliced_kernels_that_take_the_plain_ones_argume
     from ember.kernels.interface import family_interface
 
     gemm = family_interface("quant_gemm")
+    assert set(INVARIANT_TYPES) == set(QuantType)
     for quant in INVARIANT_TYPES:
-        for _, tile in INVARIANT_TILES:
+        for _, tile in invariant_tiles(quant):
             plain = f"quant_gemm_{quant.name.lower()}_{tile.name.lower()}"
             assert gemm.signature(plain + "_sliced") == gemm.signature(plain)

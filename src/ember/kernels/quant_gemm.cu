@@ -691,9 +691,13 @@ EMBER_GEMM_ALL(EMBER_GEMM_KERNEL)
 // Batch-invariant mode's tiles (quant_gemm.py's INVARIANT_TILES) also as _sliced kernels, with
 // the same layouts as their plain ones. A new block type goes in both lists.
 #define EMBER_GEMM_SLICED_SHAPES(X, TYPE) X(TYPE, s16) X(TYPE, s32) X(TYPE, t64)
+// A super-block type runs s32 above 16 rows (quant_gemm.py's SUPER_BLOCK_INVARIANT_TILES).
+#define EMBER_GEMM_SLICED_SUPER(X, TYPE) X(TYPE, s16) X(TYPE, s32)
 #define EMBER_GEMM_SLICED_ALL(X)                                                  \
     EMBER_GEMM_SLICED_SHAPES(X, q4_0) EMBER_GEMM_SLICED_SHAPES(X, q4_1)           \
-        EMBER_GEMM_SLICED_SHAPES(X, q8_0)
+        EMBER_GEMM_SLICED_SHAPES(X, q8_0) EMBER_GEMM_SLICED_SHAPES(X, q5_0)       \
+            EMBER_GEMM_SLICED_SHAPES(X, q5_1) EMBER_GEMM_SLICED_SUPER(X, q4_k)    \
+                EMBER_GEMM_SLICED_SUPER(X, q5_k) EMBER_GEMM_SLICED_SUPER(X, q6_k)
 EMBER_GEMM_SLICED_ALL(EMBER_QUANT_GEMM_SLICED)
 
 // The layout of every kernel, 7 ints each in EMBER_GEMM_ALL's order: block bytes, shape ID, BM,

@@ -145,9 +145,19 @@ _WIDE_PREFERENCE: Final = (GemmTile.W64, GemmTile.T64, GemmTile.W128, GemmTile.T
 # share their K-warps and quant blocks per step, so given the same K shares a row's sums are the
 # same bits in each of them.
 INVARIANT_TILES: Final = ((16, GemmTile.S16), (32, GemmTile.S32), (_INDEX_LIMIT, GemmTile.T64))
-# The block types with _sliced kernels (quant_gemm.cu's EMBER_GEMM_SLICED_ALL): a K-quant's
-# super-block step fits only the 16- and 32-row tiles, not T64.
-INVARIANT_TYPES: Final = (QuantType.Q4_0, QuantType.Q4_1, QuantType.Q8_0)
+# A K-quant's super-block step fits only the 16- and 32-row tiles: S32 takes every batch above 16.
+SUPER_BLOCK_INVARIANT_TILES: Final = ((16, GemmTile.S16), (_INDEX_LIMIT, GemmTile.S32))
+# The block types with _sliced kernels (quant_gemm.cu's EMBER_GEMM_SLICED_ALL): all of them.
+INVARIANT_TYPES: Final = tuple(QuantType)
+
+
+def invariant_tiles(quant: QuantType) -> tuple[tuple[int, GemmTile], ...]:
+    """Batch-invariant mode's tiles for `quant`, by rows of x, smallest first."""
+    if quant.block_weights == BLOCK_WEIGHTS:
+        return INVARIANT_TILES
+    return SUPER_BLOCK_INVARIANT_TILES
+
+
 # Blocks per SM each tile's registers were fitted for (quant_gemm.cu's MIN_BLOCKS); the loaded
 # family replaces these with what the device's shared memory allows.
 DEFAULT_RESIDENCY: Final[Mapping[GemmTile, int]] = {
@@ -187,12 +197,14 @@ def choose_invariant_plan(
     multiprocessors: int,
     residency: Mapping[GemmTile, int] = DEFAULT_RESIDENCY,
     workspace_bytes: int = 0,
+    tiles: tuple[tuple[int, GemmTile], ...] = INVARIANT_TILES,
 ) -> GemmPlan:
-    """Batch-invariant mode's plan: the INVARIANT_TILES tile for m rows, and the product's
-    fixed K shares, run as splits where the tiles alone leave SMs idle and the workspace holds
-    the splits' sums, else as slices of each block (the same result either way)."""
-    tile = next(t for rows, t in INVARIANT_TILES if m <= rows)
-    missing = [t.name for _, t in INVARIANT_TILES if t not in residency]
+    """Batch-invariant mode's plan: the tile of `tiles` (the block type's invariant_tiles)
+    for m rows, and the product's fixed K shares, run as splits where the tiles alone leave SMs
+    idle and the workspace holds the splits' sums, else as slices of each block (the same
+    result either way)."""
+    tile = next(t for rows, t in tiles if m <= rows)
+    missing = [t.name for _, t in tiles if t not in residency]
     if missing:
         raise EmberError(
             f"batch-invariant GEMMs need the {', '.join(missing)} tiles, which do not fit this "
@@ -200,11 +212,11 @@ def choose_invariant_plan(
         )
     shares = invariant_shares(n, k, multiprocessors, residency[GemmTile.S16])
     split = GemmPlan(tile, shares, shares)
-    tiles = tile.tiles(m, n)
+    count = tile.tiles(m, n)
     if (
         shares > 1
-        and not fills(tiles, multiprocessors)
-        and tiles <= _COUNTERS
+        and not fills(count, multiprocessors)
+        and count <= _COUNTERS
         and split.workspace_bytes(m, n) <= workspace_bytes
     ):
         return split
@@ -278,11 +290,11 @@ class QuantGemm:
             q: {t: self.layouts[q, t].per_sm for t in GemmTile if self.layouts[q, t].per_sm}
             for q in QuantType
         }
-        # Slices of K in one block: the INVARIANT_TILES' _sliced kernels, with their layouts,
-        # built for the INVARIANT_TYPES.
+        # Slices of K in one block: each type's invariant tiles' _sliced kernels, with their
+        # layouts.
         self._sliced: dict[tuple[QuantType, GemmTile], Kernel] = {}
         for q in INVARIANT_TYPES:
-            for _, tile in INVARIANT_TILES:
+            for _, tile in invariant_tiles(q):
                 kernel = _INTERFACE.kernel(
                     module, f"quant_gemm_{q.name.lower()}_{tile.name.lower()}_sliced"
                 )
@@ -309,8 +321,19 @@ class QuantGemm:
         residency = self.residency if quant is None else self.type_residency[quant]
         return choose_plan(m, n, k, self.multiprocessors, residency, split)
 
-    def invariant_plan(self, m: int, n: int, k: int, workspace_bytes: int = 0) -> GemmPlan:
-        return choose_invariant_plan(m, n, k, self.multiprocessors, self.residency, workspace_bytes)
+    def invariant_plan(
+        self, m: int, n: int, k: int, workspace_bytes: int = 0, quant: QuantType = QuantType.Q4_0
+    ) -> GemmPlan:
+        residency = self.residency if quant.block_weights == BLOCK_WEIGHTS else None
+        return choose_invariant_plan(
+            m,
+            n,
+            k,
+            self.multiprocessors,
+            residency or self.type_residency[quant],
+            workspace_bytes,
+            invariant_tiles(quant),
+        )
 
     def workspace_bytes(self, m: int, n: int, k: int) -> int:
         """Workspace bytes that gemm_launch's own plan for this product needs."""
@@ -354,12 +377,7 @@ class QuantGemm:
         if weight.nbytes >= _INDEX_LIMIT or m * k >= _INDEX_LIMIT:
             raise ValueError(f"gemm takes W and x of under 2^31 bytes and elements, got {m}x{k}")
         if invariant:
-            if quant not in INVARIANT_TYPES:
-                raise ValueError(
-                    f"the batch-invariant GEMM runs {', '.join(q.name for q in INVARIANT_TYPES)} "
-                    f"weights, not {quant.name}"
-                )
-            plan = self.invariant_plan(m, n, k, 0 if workspace is None else workspace.nbytes)
+            plan = self.invariant_plan(m, n, k, 0 if workspace is None else workspace.nbytes, quant)
             plan = GemmPlan(
                 plan.tile if tile is None else tile,
                 plan.splits if splits is None else splits,
@@ -394,11 +412,10 @@ class QuantGemm:
         if plan.splits == 1 and plan.slices > 1:
             sliced = self._sliced.get((quant, plan.tile))
             if sliced is None:
-                tiles = ", ".join(t.name for _, t in INVARIANT_TILES)
-                types = ", ".join(q.name for q in INVARIANT_TYPES)
+                tiles = ", ".join(t.name for _, t in invariant_tiles(quant))
                 raise ValueError(
-                    f"gemm runs slices of K for {types} on the {tiles} tiles, not for "
-                    f"{quant.name} on {plan.tile.name}"
+                    f"gemm runs slices of {quant.name} K on the {tiles} tiles, not on "
+                    f"{plan.tile.name}"
                 )
             kernel = sliced
         y_ptr = y.ptr + 4 * (0 if y_at is None else y_at)

@@ -51,7 +51,6 @@ from ember.gpu.stream import Event, Stream
 from ember.kernels.attention import SHAPES as ATTENTION_SHAPES
 from ember.kernels.attention import Attention, choose_splits, partials_size
 from ember.kernels.kernel_set import KernelSet
-from ember.kernels.quant_gemm import INVARIANT_TYPES
 from ember.kernels.quant_gemv import MAX_BATCH as GEMV_MAX_ROWS
 from ember.kernels.quant_gemv import Output, RmsNorm
 from ember.kernels.rope import RopeCache
@@ -184,18 +183,6 @@ class CudaLlama:
 
     @batch_invariant.setter
     def batch_invariant(self, on: bool) -> None:
-        if on:
-            w = self.weights
-            matrices = [w.lm_head]
-            for layer in w.layers:
-                matrices += [*layer.wqkv.parts, layer.wo, *layer.w_gate_up.parts, layer.w_down]
-            others = sorted({m.quant.name for m in matrices} - {q.name for q in INVARIANT_TYPES})
-            if others:
-                raise EmberError(
-                    f"the batch-invariant mode runs {', '.join(q.name for q in INVARIANT_TYPES)} "
-                    f"weights on the GPU; this model has {', '.join(others)} matrices (run it "
-                    "without --batch-invariant, or with --device cpu, which is invariant)"
-                )
         self._batch_invariant = on
         self._drop_graphs()
 

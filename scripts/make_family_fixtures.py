@@ -111,6 +111,12 @@ class Family:
     template: str  # file under llama.cpp's models/templates/
     outtype: str  # convert_hf_to_gguf.py --outtype
     config: dict[str, Any] = field(default_factory=dict)
+    # Std of the random matrices: 1.2 / sqrt(d_model) keeps attention scores and logits of
+    # the same spread at any width (0.15 at d_model 64).
+    matrix_std: float = 0.15
+    # Output-head rows scaled by exp(head_spread * N(0, 1)): a few tokens' logits stand out,
+    # as a trained model's top token does, instead of a random head's near ties (0: off).
+    head_spread: float = 0.0
 
 
 FAMILIES = [
@@ -310,11 +316,16 @@ def build_model(family: Family, directory: Path, vocab_size: int, seed: int) -> 
         for param in model.parameters():
             # Larger than the default init (std 0.02), so that logits differ between tokens and
             # positions; norms and biases random too, so a dropped one would show.
-            param.copy_(torch.randn_like(param) * (0.5 if param.dim() == 1 else 0.15))
+            param.copy_(torch.randn_like(param) * (0.5 if param.dim() == 1 else family.matrix_std))
             if param.dim() == 1 and "norm" in _name_of(model, param):
                 param.add_(1.0)
             if family.outtype == "f16":
                 param.copy_(param.half().float())
+        if family.head_spread:
+            head = model.get_output_embeddings().weight  # the embedding too when tied
+            head.mul_(torch.exp(family.head_spread * torch.randn(head.shape[0], 1)))
+            if family.outtype == "f16":
+                head.copy_(head.half().float())
     model.save_pretrained(directory, safe_serialization=True)
     return model
 

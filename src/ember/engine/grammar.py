@@ -119,13 +119,18 @@ class GrammarCompiler:
         vocab_size: int | None = None,
         cache_size: int = 256,
         lexer_groups: int = 1,
+        threads: int | None = None,
     ) -> None:
         """`vocab_size`: the model's (its logits' width; default the tokenizer's). A file may
         hold more tokens than the model has rows: masks are cut to the model's.
         `lexer_groups`: independent compiles per spec, whose sequences' masks are computed in
-        parallel (an engine's: its mask threads; a compiler that only checks specs: 1)."""
+        parallel (an engine's: its mask threads; a compiler that only checks specs: 1).
+        `threads`: threads `fill_masks` computes on (None: `mask_threads()`; 1: the caller's
+        own thread, as a mask worker process and an engine with mask workers do)."""
         if lexer_groups < 1:
             raise ValueError(f"lexer_groups must be at least 1, not {lexer_groups}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
         self._tokenizer = tokenizer
         self._cache_size = cache_size
         self._lexer_groups = lexer_groups
@@ -134,9 +139,11 @@ class GrammarCompiler:
         self._lltokenizer: LLTokenizer | None = None
         self._executor: LLExecutor | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._threads = threads
         self.vocab_size = tokenizer.vocab_size if vocab_size is None else vocab_size
         self.mask_words = mask_words(self.vocab_size)
-        self._tokenizer_words = mask_words(tokenizer.vocab_size)
+        # llguidance's masks are the tokenizer's width, which may be wider than the model's.
+        self.tokenizer_words = mask_words(tokenizer.vocab_size)
 
     def matcher(self, spec: StructuredOutput) -> LLMatcher:
         """A new matcher for `spec`, at its start; `StructuredOutputError` if it cannot compile
@@ -202,25 +209,35 @@ class GrammarCompiler:
             raise ValueError(f"masks need int32 [rows, {self.mask_words}], got {out.shape}")
         if len(matchers) > out.shape[0] or not out.flags.c_contiguous:
             raise ValueError(f"{len(matchers)} masks need a contiguous array of as many rows")
-        if self._tokenizer_words != self.mask_words:  # llguidance's masks are the tokenizer's
-            full = np.empty((len(matchers), self._tokenizer_words), np.int32)
+        if self.tokenizer_words != self.mask_words:
+            full = np.empty((len(matchers), self.tokenizer_words), np.int32)
             self._fill(matchers, full)
-            out[: len(matchers)] = full[:, : self.mask_words]
-            spare = self.mask_words * 32 - self.vocab_size
-            if spare:  # no token beyond the model's rows, in its last word
-                out[: len(matchers), -1] &= np.int32((1 << (32 - spare)) - 1)
+            self.cut_masks(full, out[: len(matchers)])
             return
         self._fill(matchers, out)
 
+    def cut_masks(self, full: Masks, out: Masks) -> None:
+        """`out` = llguidance's masks `full` (the tokenizer's width) at the model's width: no
+        token beyond the model's rows (`out` may be a view; its rows are `full`'s)."""
+        if full.shape[1] == self.mask_words:
+            out[:] = full
+            return
+        out[:] = full[:, : self.mask_words]
+        spare = self.mask_words * 32 - self.vocab_size
+        if spare:  # the last word's bits past the model's last token
+            out[:, -1] &= np.int32((1 << (32 - spare)) - 1)
+
     def _fill(self, matchers: Sequence[LLMatcher], out: Masks) -> None:
-        if len(matchers) == 1:  # the thread pool's dispatch costs more than one mask
-            matchers[0].unsafe_compute_mask_ptr(out.ctypes.data, out.shape[1] * 4)
+        words = out.shape[1]
+        if len(matchers) == 1 or self._threads == 1:  # one mask: dispatch costs more
+            for row, matcher in enumerate(matchers):
+                matcher.unsafe_compute_mask_ptr(out.ctypes.data + row * words * 4, words * 4)
             return
         executor = self._executor
         if executor is None:
             from llguidance import LLExecutor
 
-            executor = self._executor = LLExecutor(mask_threads())
+            executor = self._executor = LLExecutor(self._threads or mask_threads())
         pairs = [(matcher, i) for i, matcher in enumerate(matchers)]
         executor.unsafe_compute_mask_ptr(pairs, out.ctypes.data, out.shape[1] * 4, out.shape[0])
 

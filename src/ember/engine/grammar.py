@@ -7,14 +7,25 @@ a row's mask leaves out before it samples; the sequence's matcher then consumes 
 Compiling takes from a millisecond to a second for very large schemas, and llguidance drops
 the GIL meanwhile, so `submit` compiles on a thread of its own while steps go on.
 
-A copy of a compiled matcher (`LLMatcher.deep_copy`) shares the original's lexer, and computing
-a mask holds that lexer's lock: the masks of sequences copied from one compile are computed one
-after another, whatever the threads (on an H100 host, 64 of them took 4.1 ms a step with 15
-threads, the time of one thread). So each spec is compiled into up to `lexer_groups`
-independent matchers (the first at once, the others on the compile thread while copies of the
-first serve), and new sequences are copied from them in turn: the masks of sequences of
-different groups are computed in parallel, and a group's lexer still learns its states once for
-all its sequences.
+Where a step's masks are computed: on more than one CPU, an engine's `MaskWorkers`
+(`engine/mask_workers.py`) compute them in worker processes, each holding a mirror matcher per
+sequence compiled by a `GrammarCompiler` of its own, while the engine's thread computes a share
+with its own matchers (`threads=1`); the engine's matchers still take every token and finish a
+sequence whose grammar is complete. `fill_masks` is that share, the fallback for a worker that
+fails, and the whole step in an engine without workers (one CPU, or `EngineConfig.mask_workers`
+0).
+
+Why processes: llguidance's masks do not scale over threads of one process. Copies of one
+compiled matcher (`LLMatcher.deep_copy`) share its lexer, and computing a mask holds that
+lexer's lock, so their masks are computed one after another (on an H100 host, 64 of them took
+4.1 ms a step with 15 threads, the time of one thread); and even over independent compiles,
+computing a mask calls back into Python (our `TokenizerView` tokenizes the grammar's forced
+bytes, ~47 calls for 64 masks of the benchmark's schema), and each call takes the GIL, likely
+what serialises the rest: 2 threads gave 1.27x on the H100 host and none on a 2-core machine,
+where 2 processes gave 1.5-1.7x (docs/benchmarks.md). Without workers, each spec is compiled
+into up to `lexer_groups` independent matchers (the first at once, the others on the compile
+thread while copies of the first serve), and new sequences are copied from them in turn, so
+that threads at least do not wait on one lexer.
 """
 
 from __future__ import annotations
@@ -49,13 +60,13 @@ class GrammarEngineMissingError(EmberError):
 
 
 def mask_threads() -> int:
-    """Threads that fill a step's masks: the CPUs this process may run on, less one for the
-    engine's own thread, at most 4. A mask takes ~56 us (the benchmark's JSON schema over a
-    49k vocabulary, H100 host), 64 of them 3.6 ms on one thread; but llguidance's threads scale
-    poorly even over independent matchers (`scripts/bench_mask_fill.py` on the H100 host: 3.2 ms
-    on 4 threads, 3.8 ms on 15; 1.27x on 2 threads here): more only add contention. Named
-    here rather than left to llguidance's default (80 % of the CPUs it detects), so that the
-    count follows this process's CPU affinity."""
+    """Threads that fill a step's masks without mask workers: the CPUs this process may run on,
+    less one for the engine's own thread, at most 4. A mask takes ~56 us (the benchmark's JSON
+    schema over a 49k vocabulary, H100 host), 64 of them 3.6 ms on one thread; but llguidance's
+    threads scale poorly even over independent matchers (`scripts/bench_mask_fill.py` on the
+    H100 host: 3.2 ms on 4 threads, 3.8 ms on 15; 1.27x on 2 threads here): more only add
+    contention. Named here rather than left to llguidance's default (80 % of the CPUs it
+    detects), so that the count follows this process's CPU affinity."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(4, (cpus or 1) - 1))
 

@@ -202,6 +202,17 @@ class MaskWorkers:
         redo = self._collect(asked, requests, shared, out)
         self._fill_here(seqs, redo, out)
 
+    def ping(self) -> None:
+        """An empty request to every started worker, and their replies: the round trip a step
+        pays (benchmarks)."""
+        self._check_started()
+        shared = self._shared
+        assert shared is not None
+        ready: dict[int, list[MaskRow]] = {
+            s: [] for s, w in enumerate(self._workers) if w is not None and w.ready
+        }
+        self._collect(self._send(ready), ready, shared, shared)
+
     def _check_started(self) -> None:
         """Workers whose readiness arrived take sequences from now on; ones that died while
         starting are replaced."""

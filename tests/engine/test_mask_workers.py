@@ -1,7 +1,8 @@
 """Token masks computed in worker processes (real processes, real llguidance, the tiny model's
 tokenizer): the same bytes as the engine's own matchers step after step while sequences join,
 move and leave; a worker killed or hung mid-run costs no request and is replaced; nothing is
-left running after `close()` or after the engine's process is killed."""
+left running after `close()` or after the engine's process is killed; a worker's own rules
+(rows wait for their compile, a mirror that cannot follow fails its row)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import ember.engine.mask_workers as mask_workers_module
 from ember.engine.config import EngineConfig
 from ember.engine.grammar import GrammarCompiler
 from ember.engine.llm_engine import LLMEngine
+from ember.engine.mask_messages import MaskReply, MaskRequest, MaskRow
+from ember.engine.mask_worker import MaskWorker
 from ember.engine.mask_workers import MaskWorkers
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.structured_output import StructuredKind, StructuredOutput
@@ -236,3 +239,92 @@ def test_workers_end_with_a_killed_engine_process(tiny_model: LoadedModel) -> No
             engine.wait()
     # Orphans are reaped by init (or the container's), so "gone" means exited and reaped.
     assert _gone_within(pids, 10), [pid for pid in pids if _alive(pid)]
+
+
+def test_a_worker_masks_compiles_in_the_background_and_fails_what_it_cannot_follow(
+    tiny_model: LoadedModel,
+) -> None:
+    """`MaskWorker.serve` in this process: rows wait while their spec compiles (their tokens
+    kept), then are the engine's masks; a row whose tokens its mirror rejects, or of a sequence
+    it does not know, fails, and the mirror goes."""
+    tokenizer = tiny_model.tokenizer
+    grammars = GrammarCompiler(tokenizer)
+    masks = np.zeros((4, grammars.tokenizer_words), np.int32)
+    worker = MaskWorker(tokenizer, masks)
+    try:
+        ids = tokenizer.encode(ANSWERS[REGEX], add_special_tokens=False)
+        first = MaskRequest([MaskRow(7, 2, ids[:2], REGEX)], [])
+        reply = worker.serve(first)
+        deadline = time.monotonic() + 30
+        while reply.not_ready and time.monotonic() < deadline:  # compiling on its thread
+            time.sleep(0.01)
+            reply = worker.serve(MaskRequest([MaskRow(7, 2, [])], []))
+        assert reply == MaskReply([], [])
+        engine = grammars.matcher(REGEX)
+        assert engine.consume_tokens(ids[:2])
+        expected = np.zeros((1, grammars.tokenizer_words), np.int32)
+        grammars.fill_masks([engine], expected)
+        np.testing.assert_array_equal(masks[2], expected[0])
+        letter = tokenizer.encode("x", add_special_tokens=False)
+        assert worker.serve(MaskRequest([MaskRow(7, 1, letter)], [])) == MaskReply([], [1])
+        assert worker.serve(MaskRequest([MaskRow(7, 1, [])], [])) == MaskReply([], [1])
+        assert worker.serve(MaskRequest([MaskRow(8, 9, [], REGEX)], [])).failed == [9]
+    finally:
+        worker.close()
+
+
+def test_a_mirror_gone_astray_falls_back_to_the_engines_matcher(tiny_model: LoadedModel) -> None:
+    """A sequence whose mirror rejects its tokens (here: the engine's matcher rejected them
+    too) gets the engine's mask that step, and a new mirror after."""
+    tokenizer = tiny_model.tokenizer
+    grammars = GrammarCompiler(tokenizer, threads=1)
+    workers = MaskWorkers(grammars, tokenizer, count=1, max_rows=4)
+    try:
+        assert workers.wait_ready(30)
+        seqs = [_Seq(i, [1], 1, _Params(CHOICE), grammars.matcher(CHOICE)) for i in range(2)]
+        out = np.zeros((2, grammars.mask_words), np.int32)
+        deadline = time.monotonic() + 30
+        while not any(p.place == 0 and p.sent >= 0 for p in workers._placements.values()):
+            workers.fill(seqs, out)  # type: ignore[arg-type]
+            assert time.monotonic() < deadline
+        on_worker = next(seq for seq in seqs if workers._placements[seq.seq_id].place == 0)
+        wrong = tokenizer.encode("purple", add_special_tokens=False)[0]
+        assert not on_worker.grammar.consume_token(wrong)  # type: ignore[attr-defined]
+        on_worker.token_ids.append(wrong)
+        workers.fill(seqs, out)  # type: ignore[arg-type]
+        expected = np.zeros_like(out)
+        GrammarCompiler(tokenizer).fill_masks([seq.grammar for seq in seqs], expected)  # type: ignore[misc]
+        np.testing.assert_array_equal(out, expected)
+        assert on_worker.seq_id not in workers._placements or (
+            workers._placements[on_worker.seq_id].place == -1
+        )
+    finally:
+        workers.close()
+
+
+def test_a_worker_that_cannot_start_is_given_up(
+    tiny_model: LoadedModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that exits while starting is started again, at most `_MAX_FAILURES` times in
+    all; every mask meanwhile is the engine's own."""
+    monkeypatch.setattr(mask_workers_module, "_WORKER_MODULE", "ember.engine.no_such_worker")
+    tokenizer = tiny_model.tokenizer
+    grammars = GrammarCompiler(tokenizer, threads=1)
+    workers = MaskWorkers(grammars, tokenizer, count=1, max_rows=4)
+    try:
+        seqs = [_Seq(i, [1], 1, _Params(REGEX), grammars.matcher(REGEX)) for i in range(3)]
+        out = np.zeros((3, grammars.mask_words), np.int32)
+        expected = np.zeros_like(out)
+        GrammarCompiler(tokenizer).fill_masks([seq.grammar for seq in seqs], expected)  # type: ignore[misc]
+        deadline = time.monotonic() + 30
+        with caplog.at_level(logging.WARNING, "ember.engine.mask_workers"):
+            workers.start()
+            while workers.pids() and time.monotonic() < deadline:
+                workers.fill(seqs, out)  # type: ignore[arg-type]
+                np.testing.assert_array_equal(out, expected)
+                time.sleep(0.01)
+        assert not workers.pids()
+        assert caplog.text.count("exited while starting") == 3
+        assert "stays on the engine's thread" in caplog.text
+    finally:
+        workers.close()

@@ -18,14 +18,14 @@ fails, and the whole step in an engine without workers (one CPU, or `EngineConfi
 Why processes: llguidance's masks do not scale over threads of one process. Copies of one
 compiled matcher (`LLMatcher.deep_copy`) share its lexer, and computing a mask holds that
 lexer's lock, so their masks are computed one after another (on an H100 host, 64 of them took
-4.1 ms a step with 15 threads, the time of one thread); and even over independent compiles,
-computing a mask calls back into Python (our `TokenizerView` tokenizes the grammar's forced
-bytes, ~47 calls for 64 masks of the benchmark's schema), and each call takes the GIL, likely
-what serialises the rest: 2 threads gave 1.27x on the H100 host and none on a 2-core machine,
-where 2 processes gave 1.5-1.7x (docs/benchmarks.md). Without workers, each spec is compiled
-into up to `lexer_groups` independent matchers (the first at once, the others on the compile
-thread while copies of the first serve), and new sequences are copied from them in turn, so
-that threads at least do not wait on one lexer.
+4.1 ms a step with 15 threads, the time of one thread). Over independent compiles, computing a
+mask also calls back into Python (our `TokenizerView` tokenizes the grammar's forced bytes, ~47
+calls for 64 masks of the benchmark's schema), and each call takes the GIL: on a 2-core machine
+2 threads spent twice the CPU time of one for no gain (with llguidance's own Rust tokenizer
+instead, a trial: 1.0-1.25x), where 2 processes gave 1.5-1.6x (docs/benchmarks.md). Without
+workers, each spec is compiled into up to `lexer_groups` independent matchers (the first at
+once, the others on the compile thread while copies of the first serve), and new sequences are
+copied from them in turn, so that threads at least do not wait on one lexer.
 """
 
 from __future__ import annotations

@@ -61,15 +61,20 @@ log = logging.getLogger(__name__)
 # tens of microseconds, a whole step's share a few milliseconds; a compile runs on the worker's
 # own thread and never holds a reply back.
 _REPLY_SECONDS = 10.0
+# Failures in a row (a start, or a request, that did not succeed) before a slot is given up.
 _MAX_FAILURES = 3
+_WORKER_MODULE = "ember.engine.mask_worker"
 _ENGINE = -1  # the place of a sequence whose masks the engine's thread computes
 
 
 def mask_worker_count() -> int:
     """Mask worker processes for an engine: the CPUs this process may run on, less one for the
     engine's thread (which computes a share of the masks too), at most 8; none on one CPU
-    (the in-process path). 64 masks of the benchmark's schema are ~3.6 ms on one core of the
-    H100 host; 8 workers and the engine's thread take ~7 each."""
+    (the in-process path), and none where the system has no `memfd_create` (not Linux). 64
+    masks of the benchmark's schema are ~3.6 ms on one core of the H100 host; 8 workers and the
+    engine's thread take ~7 each."""
+    if not hasattr(os, "memfd_create"):
+        return 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(0, min(8, (cpus or 1) - 1))
 
@@ -227,7 +232,6 @@ class MaskWorkers:
                 self._fail(slot, f"it exited while starting ({error or 'no message'})")
                 continue
             worker.ready = True
-            self._failures[slot] = 0
 
     def _place(self, seq: Sequence) -> _Placement:
         """Where the sequence's mask is computed: on the least loaded of the ready workers
@@ -360,7 +364,7 @@ class MaskWorkers:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (package_root, env.get("PYTHONPATH"))))
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "ember.engine.mask_worker", *args],
+                [sys.executable, "-m", _WORKER_MODULE, *args],
                 pass_fds=fds,
                 env=env,
                 stdin=subprocess.DEVNULL,

@@ -275,29 +275,32 @@ def test_a_worker_masks_compiles_in_the_background_and_fails_what_it_cannot_foll
 
 def test_a_mirror_gone_astray_falls_back_to_the_engines_matcher(tiny_model: LoadedModel) -> None:
     """A sequence whose mirror rejects its tokens (here: the engine's matcher rejected them
-    too) gets the engine's mask that step, and a new mirror after."""
+    too) gets the engine's mask at every step: before its worker's compile is done, and once
+    the worker fails its row."""
     tokenizer = tiny_model.tokenizer
     grammars = GrammarCompiler(tokenizer, threads=1)
+    reference = GrammarCompiler(tokenizer)
     workers = MaskWorkers(grammars, tokenizer, count=1, max_rows=4)
+    unplaced: list[int] = []
+    unplace = workers._unplace
+    workers._unplace = lambda rows, sent, row: (unplaced.append(row), unplace(rows, sent, row))  # type: ignore[method-assign,assignment,func-returns-value]
     try:
         assert workers.wait_ready(30)
         seqs = [_Seq(i, [1], 1, _Params(CHOICE), grammars.matcher(CHOICE)) for i in range(2)]
         out = np.zeros((2, grammars.mask_words), np.int32)
-        deadline = time.monotonic() + 30
-        while not any(p.place == 0 and p.sent >= 0 for p in workers._placements.values()):
-            workers.fill(seqs, out)  # type: ignore[arg-type]
-            assert time.monotonic() < deadline
+        workers.fill(seqs, out)  # type: ignore[arg-type]
         on_worker = next(seq for seq in seqs if workers._placements[seq.seq_id].place == 0)
         wrong = tokenizer.encode("purple", add_special_tokens=False)[0]
         assert not on_worker.grammar.consume_token(wrong)  # type: ignore[attr-defined]
         on_worker.token_ids.append(wrong)
-        workers.fill(seqs, out)  # type: ignore[arg-type]
         expected = np.zeros_like(out)
-        GrammarCompiler(tokenizer).fill_masks([seq.grammar for seq in seqs], expected)  # type: ignore[misc]
-        np.testing.assert_array_equal(out, expected)
-        assert on_worker.seq_id not in workers._placements or (
-            workers._placements[on_worker.seq_id].place == -1
-        )
+        deadline = time.monotonic() + 30
+        while not unplaced:
+            assert time.monotonic() < deadline
+            workers.fill(seqs, out)  # type: ignore[arg-type]
+            reference.fill_masks([seq.grammar for seq in seqs], expected)  # type: ignore[misc]
+            np.testing.assert_array_equal(out, expected)
+        assert unplaced == [seqs.index(on_worker)]
     finally:
         workers.close()
 

@@ -191,8 +191,9 @@ class MaskWorkers:
             raise ValueError(f"{len(seqs)} masks in one step; this pool holds {self._max_rows}")
         requests: dict[int, list[MaskRow]] = {}
         own: list[int] = []
+        ready = [slot for slot, w in enumerate(self._workers) if w is not None and w.ready]
         for row, seq in enumerate(seqs):
-            placement = self._place(seq)
+            placement = self._place(seq, ready)
             if placement.place == _ENGINE:
                 own.append(row)
                 continue
@@ -213,10 +214,10 @@ class MaskWorkers:
         self._check_started()
         shared = self._shared
         assert shared is not None
-        ready: dict[int, list[MaskRow]] = {
-            s: [] for s, w in enumerate(self._workers) if w is not None and w.ready
+        empty: dict[int, list[MaskRow]] = {
+            slot: [] for slot, w in enumerate(self._workers) if w is not None and w.ready
         }
-        self._collect(self._send(ready), ready, shared, shared)
+        self._collect(self._send(empty), empty, shared, shared)
 
     def _check_started(self) -> None:
         """Workers whose readiness arrived take sequences from now on; ones that died while
@@ -233,14 +234,13 @@ class MaskWorkers:
                 continue
             worker.ready = True
 
-    def _place(self, seq: Sequence) -> _Placement:
+    def _place(self, seq: Sequence, ready: list[int]) -> _Placement:
         """Where the sequence's mask is computed: on the least loaded of the ready workers
         and the engine's thread; a sequence on the engine's thread moves to a ready worker as
         soon as that evens the load (`sent` -1: its mirror must be made)."""
         placement = self._placements.get(seq.seq_id)
         if placement is not None and placement.place != _ENGINE:
             return placement
-        ready = [s for s, w in enumerate(self._workers) if w is not None and w.ready]
         least = min(ready, key=self._load.__getitem__) if ready else None
         engine_load = self._engine_load - (placement is not None)
         if least is None or self._load[least] >= engine_load + 1:

@@ -1,34 +1,45 @@
 """What one step's token masks cost: N sequences under the structured-output benchmark's JSON
-schema, each at its own point of a valid document, their masks filled by
-`GrammarCompiler.fill_masks` with 1, 2, 4, ... threads, the sequences copied from one compile
-(one lexer, whose lock serialises their masks) or from one compile per thread.
+schema, each at its own point of a valid document and taking its next token every step, as in
+decoding. Their masks are filled
 
-    python scripts/bench_mask_fill.py [--model M] [--seqs 64] [--repeats 20]
+- by `GrammarCompiler.fill_masks` with 1, 2, 4, ... threads, the sequences copied from one
+  compile (one lexer, whose lock serialises their masks) or from one compile per thread;
+- by `MaskWorkers` (the engine's default on more than one CPU) with 1, 2, 4, 8 worker
+  processes beside the calling thread, which computes its share too.
 
-Prints the median milliseconds per step and microseconds per mask for each.
+    python scripts/bench_mask_fill.py [--model M] [--seqs 64] [--steps 40] [--no-threads]
+
+Prints the median milliseconds per step (the fill only: the matchers' `consume_token` is the
+engine's either way) and microseconds per mask, after a few steps of warm-up. With workers it
+also prints the round trip of an empty request (the IPC cost a step pays).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from llguidance import LLExecutor, LLMatcher
 
 from ember.engine.grammar import GrammarCompiler, mask_threads
+from ember.engine.mask_workers import MaskWorkers, mask_worker_count
+from ember.engine.sampling_params import SamplingParams
+from ember.engine.sequence import Sequence
 from ember.engine.structured_output import StructuredOutput
 from ember.model.default_model import resolve_model_path
 from ember.model.gguf_file import GGUFFile
 from ember.model.tokenizer import Tokenizer
 
 SCHEMA_BODY = Path(__file__).parent / "bench_data" / "json_schema_body.json"
-_NONE = SimpleNamespace(templates=())
 NAMES = ("hammer", "rake", "garden hose", "old bicycle", "paint can", "ladder")
 KINDS = ("tool", "food", "book", "toy")
+# A worker compiles its mirrors' spec at its first rows (the engine's thread computes them
+# meanwhile), and every lexer learns its first states: steps before this are not timed.
+WARM_UP_STEPS = 10
 
 
 def document(number: int) -> str:
@@ -46,50 +57,121 @@ def document(number: int) -> str:
 
 
 def sequences(
-    grammars: GrammarCompiler, tokenizer: Tokenizer, spec: StructuredOutput, n: int
-) -> list[LLMatcher]:
-    """n matchers, each somewhere in its own document."""
-    matchers = []
+    grammars: GrammarCompiler, tokenizer: Tokenizer, spec: StructuredOutput, n: int, steps: int
+) -> tuple[list[Sequence], list[list[int]]]:
+    """n sequences, each somewhere in its own document with `steps` tokens of it still to go
+    (their matchers at that point), and those tokens."""
+    seqs, ahead = [], []
+    params = SamplingParams(structured=spec)
     for number in range(n):
         ids = tokenizer.encode(document(number), add_special_tokens=False)
-        matcher = grammars.matcher(spec)
-        position = (number * 7919) % (len(ids) - 1)
+        position = (number * 7919) % (len(ids) - steps)
+        matcher: LLMatcher = grammars.matcher(spec)
         assert matcher.consume_tokens(ids[:position]), (number, position)
-        matchers.append(matcher)
-    return matchers
+        seq = Sequence(number, number, ids[:position], 0, params, np.random.default_rng(0), 0.0)
+        seq.grammar = matcher
+        seqs.append(seq)
+        ahead.append(ids[position : position + steps])
+    return seqs, ahead
+
+
+def advance(seqs: list[Sequence], ahead: list[list[int]], step: int) -> None:
+    for seq, tokens in zip(seqs, ahead, strict=True):
+        assert seq.grammar is not None and seq.grammar.consume_token(tokens[step])
+        seq.token_ids.append(tokens[step])
+
+
+def stepped(seqs: list[Sequence], ahead: list[list[int]], fill: object, steps: int) -> float:
+    """Median seconds of `fill(seqs, masks)` over the steps after the warm-up."""
+    seconds = []
+    for step in range(steps):
+        started = time.perf_counter()
+        fill(seqs)  # type: ignore[operator]
+        seconds.append(time.perf_counter() - started)
+        advance(seqs, ahead, step)
+    return float(np.median(seconds[WARM_UP_STEPS:]))
+
+
+def wait_groups(grammars: GrammarCompiler, spec: StructuredOutput, groups: int) -> None:
+    grammars.matcher(spec)
+    while len(grammars._compiled[spec].templates) < groups:
+        grammars.matcher(spec)  # the groups compile on the compiler's thread
+        time.sleep(0.005)
+
+
+def threads_rows(tokenizer: Tokenizer, spec: StructuredOutput, n: int, steps: int) -> None:
+    print(f"{'threads':>7} {'lexer groups':>12} {'ms/step':>8} {'us/mask':>8}")
+    most = max(mask_threads(), 1)
+    for threads in sorted({1, 2, most, *(t for t in (4, 8, 16, 32) if t < most)}):
+        for groups in sorted({1, threads}):
+            grammars = GrammarCompiler(tokenizer, lexer_groups=groups)
+            grammars._executor = LLExecutor(threads)  # the thread count under test
+            wait_groups(grammars, spec, groups)
+            seqs, ahead = sequences(grammars, tokenizer, spec, n, steps)
+            masks = np.zeros((n, grammars.mask_words), np.int32)
+
+            def fill(
+                s: list[Sequence], g: GrammarCompiler = grammars, out: np.ndarray = masks
+            ) -> None:
+                g.fill_masks([seq.grammar for seq in s], out)  # type: ignore[misc]
+
+            step = stepped(seqs, ahead, fill, steps)
+            print(f"{threads:>7} {groups:>12} {step * 1e3:>8.3f} {step / n * 1e6:>8.1f}")
+            grammars.close()
+
+
+def process_rows(tokenizer: Tokenizer, spec: StructuredOutput, n: int, steps: int) -> None:
+    print(f"{'workers':>7} {'ms/step':>8} {'us/mask':>8} {'round trip us':>13}")
+    most = max(mask_worker_count(), 1)
+    for count in sorted({most, *(c for c in (1, 2, 4, 8) if c < most)}):
+        grammars = GrammarCompiler(tokenizer, threads=1)
+        workers = MaskWorkers(grammars, tokenizer, count, n)
+        try:
+            if not workers.wait_ready(60):
+                raise SystemExit(f"{count} mask workers did not start within 60 s")
+            seqs, ahead = sequences(grammars, tokenizer, spec, n, steps)
+            masks = np.zeros((n, grammars.mask_words), np.int32)
+            trip = round_trip(workers)
+
+            def fill(s: list[Sequence], w: MaskWorkers = workers, out: np.ndarray = masks) -> None:
+                w.fill(s, out)
+
+            step = stepped(seqs, ahead, fill, steps)
+            print(f"{count:>7} {step * 1e3:>8.3f} {step / n * 1e6:>8.1f} {trip * 1e6:>13.0f}")
+        finally:
+            workers.close()
+            grammars.close()
+
+
+def round_trip(workers: MaskWorkers) -> float:
+    """Median seconds of an empty request to every worker and their replies."""
+    seconds = []
+    for _ in range(50):
+        started = time.perf_counter()
+        workers.ping()
+        seconds.append(time.perf_counter() - started)
+    return float(np.median(seconds))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="GGUF whose tokenizer to use (default: the default model)")
     parser.add_argument("--seqs", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--no-threads", action="store_true", help="only the worker processes")
     args = parser.parse_args()
     tokenizer = Tokenizer.from_gguf(GGUFFile.open(resolve_model_path(args.model)))
     schema = json.loads(SCHEMA_BODY.read_text())["response_format"]["json_schema"]["schema"]
     spec = StructuredOutput.json_schema(schema)
-    print(f"{args.seqs} masks of {tokenizer.vocab_size} tokens; mask_threads() = {mask_threads()}")
-    print(f"{'threads':>7} {'lexer groups':>12} {'ms/step':>8} {'us/mask':>8}")
-    most = max(mask_threads(), 1)
-    counts = sorted({1, most, *(t for t in (2, 4, 8, 16, 32) if t < most)})
-    for threads in counts:
-        for groups in sorted({1, threads}):
-            grammars = GrammarCompiler(tokenizer, lexer_groups=groups)
-            grammars._executor = LLExecutor(threads)  # the thread count under test
-            while len(grammars._compiled.get(spec, _NONE).templates) < groups:
-                grammars.matcher(spec)  # the groups compile on the compiler's thread
-                time.sleep(0.005)
-            matchers = sequences(grammars, tokenizer, spec, args.seqs)
-            masks = np.zeros((args.seqs, grammars.mask_words), np.int32)
-            seconds = []
-            for _ in range(args.repeats):
-                # Fresh copies each time: a matcher keeps the mask of its state.
-                fresh = [matcher.deep_copy() for matcher in matchers]
-                started = time.perf_counter()
-                grammars.fill_masks(fresh, masks)
-                seconds.append(time.perf_counter() - started)
-            step = float(np.median(seconds))
-            print(f"{threads:>7} {groups:>12} {step * 1e3:>8.3f} {step / args.seqs * 1e6:>8.1f}")
+    cpus = len(os.sched_getaffinity(0))
+    print(
+        f"{args.seqs} masks of {tokenizer.vocab_size} tokens a step, {args.steps} steps; "
+        f"{cpus} CPUs: mask_threads() = {mask_threads()}, "
+        f"mask_worker_count() = {mask_worker_count()}"
+    )
+    if not args.no_threads:
+        threads_rows(tokenizer, spec, args.seqs, args.steps)
+    process_rows(tokenizer, spec, args.seqs, args.steps)
 
 
 if __name__ == "__main__":

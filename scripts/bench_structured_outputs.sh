@@ -5,6 +5,8 @@
 # streams (14 + 2) for the CPU. Prints `ember bench serve`'s tables.
 #
 #   scripts/bench_structured_outputs.sh MODEL [DEVICE] [STREAMS] [REQUESTS_PER_STREAM]
+#
+# SERVE_FLAGS adds flags to `ember serve` (e.g. SERVE_FLAGS="--mask-workers 0").
 set -euo pipefail
 model=$1
 device=${2:-cuda}
@@ -15,8 +17,9 @@ body=$here/bench_data/json_schema_body.json
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 port=8140
+# shellcheck disable=SC2086  # SERVE_FLAGS is a list of flags
 ember serve --device "$device" --model "$model" --port "$port" --log-level warning \
-    >"$dir/serve.log" 2>&1 &
+    ${SERVE_FLAGS:-} >"$dir/serve.log" 2>&1 &
 for _ in $(seq 600); do
     curl -sf "http://127.0.0.1:$port/ready" >/dev/null && break
     sleep 0.2

@@ -3,6 +3,7 @@ sequences, then N constrained by the benchmark's JSON schema, timing the token m
 the matchers' consumption and the whole step.
 
     python scripts/profile_structured_step.py [--model M] [--device cuda] [--seqs 64]
+        [--mask-workers N] [--no-cohorts] [--profile]
 
 With no model given it runs the default model's shape with random weights
 (`synthetic:smollm2-135m-q4_1`): the tokens are meaningless but the masks are real.
@@ -67,17 +68,28 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="cProfile the constrained run (top 30 by own time)"
     )
+    parser.add_argument(
+        "--mask-workers",
+        type=int,
+        default=None,
+        help="mask worker processes (default: the engine's; 0: masks on the engine's threads)",
+    )
     args = parser.parse_args()
     schema = json.loads(SCHEMA_BODY.read_text())["response_format"]["json_schema"]["schema"]
     spec = StructuredOutput.json_schema(schema)
     config = EngineConfig(
-        model=args.model, device=args.device, max_num_seqs=args.seqs, show_progress=False
+        model=args.model,
+        device=args.device,
+        max_num_seqs=args.seqs,
+        show_progress=False,
+        mask_workers=args.mask_workers,
     )
     engine = LLMEngine(config)
     if args.no_cohorts:
         engine.scheduler.alternate_constrained = False
     prompt = engine.tokenizer.encode("List six things in a shed as JSON.", add_special_tokens=True)
-    fill = Timed(engine.grammars, "fill_masks")
+    workers = engine.mask_workers
+    fill = Timed(engine.grammars, "fill_masks") if workers is None else Timed(workers, "fill")
     free = [
         SamplingParams(max_tokens=args.tokens, temperature=0.8, seed=i, ignore_eos=True)
         for i in range(args.seqs)
@@ -88,6 +100,9 @@ def main() -> None:
     ]
     run(engine, free[:4], prompt)  # warm-up: graphs, compiles
     run(engine, constrained[:4], prompt)
+    if workers is not None and not workers.wait_ready(60):
+        raise SystemExit("the mask workers did not start within 60 s")
+    print(f"mask workers: {0 if workers is None else workers.num_ready}")
     rows = []
     for label, params in (("free", free), ("constrained", constrained)):
         fill.seconds, fill.calls = 0.0, 0
@@ -103,6 +118,7 @@ def main() -> None:
     print(f"{'run':<12} {'tokens':>7} {'tok/s':>9} {'mask fills':>10} {'ms/fill':>8}")
     for label, tokens, rate, calls, per_fill in rows:
         print(f"{label:<12} {tokens:>7} {rate:>9.0f} {calls:>10} {per_fill:>8.2f}")
+    engine.close()
 
 
 if __name__ == "__main__":

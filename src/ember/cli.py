@@ -291,6 +291,13 @@ def _add_engine_serve_args(parser: argparse.ArgumentParser) -> None:
         help="engine steps a service class may wait with nothing admitted before it goes first "
         "at the next free room (lower classes are delayed, never starved)",
     )
+    add(
+        "--mask-workers",
+        type=int,
+        default=engine("mask_workers"),
+        help="processes that compute structured outputs' token masks beside the engine "
+        "(default: the CPUs it may use less one, at most 8; 0: on the engine's threads)",
+    )
     add("--no-prefix-caching", action="store_true")
     add(
         "--no-async-scheduling",
@@ -691,6 +698,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         async_scheduling=not args.no_async_scheduling,
         batch_invariant=args.batch_invariant,
         starvation_steps=args.starvation_steps,
+        mask_workers=args.mask_workers,
         seed=args.seed,
     )
     return ServerConfig(

@@ -300,3 +300,67 @@ def test_structured_outputs_on_the_gpu(cuda_model: LoadedModel) -> None:
             else:
                 assert text in ("yes", "no"), text
         assert all(len(out[str(i)]) == 40 for i in range(8, 12))
+
+
+def test_mask_workers_give_the_engines_own_tokens_on_the_gpu(cuda_model: LoadedModel) -> None:
+    """Masks from worker processes are the engine's own: in batch-invariant mode (a row's bits
+    do not depend on its batch, so a compile finishing a step earlier or later changes
+    nothing), seeded constrained requests beside free ones give the same tokens with 2 workers
+    as with none; and the workers end with the engine."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 16},
+            "rank": {"type": "integer", "minimum": 1, "maximum": 99},
+            "open": {"type": "boolean"},
+        },
+        "required": ["city", "rank", "open"],
+        "additionalProperties": False,
+    }
+    tokenizer = cuda_model.tokenizer
+    prompt = tokenizer.encode("A city as JSON:", add_special_tokens=True)
+    params = [
+        SamplingParams(
+            max_tokens=60,
+            temperature=1.0,
+            seed=i,
+            structured=StructuredOutput.json_schema(schema)
+            if i % 3
+            else StructuredOutput.choice(["north", "south"]),
+        )
+        for i in range(12)
+    ] + [SamplingParams(max_tokens=30, temperature=0.8, seed=7, ignore_eos=True)] * 2
+
+    def run(workers: int) -> tuple[list[list[int]], list[int]]:
+        eng = engine(cuda_model, batch_invariant=True, mask_workers=workers)
+        pids: list[int] = []
+        if eng.mask_workers is not None:
+            assert eng.mask_workers.wait_ready(60)
+            pids = eng.mask_workers.pids()
+        out = generate_each(eng, prompt, params)
+        assert eng.mask_workers is None or eng.mask_workers._placements == {}
+        eng.close()
+        return out, pids
+
+    alone, _ = run(0)
+    with_workers, pids = run(2)
+    assert with_workers == alone
+    for i in range(12):
+        text = tokenizer.decode(alone[i])
+        if i % 3:
+            assert set(json.loads(text)) == {"city", "rank", "open"}, text
+        else:
+            assert text in ("north", "south"), text
+    assert len(pids) == 2 and not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+
+
+def generate_each(
+    eng: LLMEngine, prompt: list[int], params: list[SamplingParams]
+) -> list[list[int]]:
+    for i, p in enumerate(params):
+        eng.add_request(str(i), prompt, p)
+    out: dict[str, list[int]] = {}
+    while eng.has_unfinished_requests():
+        for o in eng.step():
+            out.setdefault(o.request_id, []).extend(o.new_token_ids)
+    return [out[str(i)] for i in range(len(params))]

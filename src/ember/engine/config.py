@@ -38,3 +38,7 @@ class EngineConfig:
     # A priority with requests waiting and none admitted for this many steps goes first at the
     # next room: lower service classes wait behind higher ones, never forever.
     starvation_steps: int = 100
+    # Processes that compute structured outputs' token masks beside the engine's thread
+    # (engine/mask_workers.py). None: the CPUs this process may use less one, at most 8, none
+    # on one CPU; 0: masks on the engine's threads only (engine/grammar.py).
+    mask_workers: int | None = None

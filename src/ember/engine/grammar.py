@@ -7,14 +7,25 @@ a row's mask leaves out before it samples; the sequence's matcher then consumes 
 Compiling takes from a millisecond to a second for very large schemas, and llguidance drops
 the GIL meanwhile, so `submit` compiles on a thread of its own while steps go on.
 
-A copy of a compiled matcher (`LLMatcher.deep_copy`) shares the original's lexer, and computing
-a mask holds that lexer's lock: the masks of sequences copied from one compile are computed one
-after another, whatever the threads (on an H100 host, 64 of them took 4.1 ms a step with 15
-threads, the time of one thread). So each spec is compiled into up to `lexer_groups`
-independent matchers (the first at once, the others on the compile thread while copies of the
-first serve), and new sequences are copied from them in turn: the masks of sequences of
-different groups are computed in parallel, and a group's lexer still learns its states once for
-all its sequences.
+Where a step's masks are computed: on more than one CPU, an engine's `MaskWorkers`
+(`engine/mask_workers.py`) compute them in worker processes, each holding a mirror matcher per
+sequence compiled by a `GrammarCompiler` of its own, while the engine's thread computes a share
+with its own matchers (`threads=1`); the engine's matchers still take every token and finish a
+sequence whose grammar is complete. `fill_masks` is that share, the fallback for a worker that
+fails, and the whole step in an engine without workers (one CPU, or `EngineConfig.mask_workers`
+0).
+
+Why processes: llguidance's masks do not scale over threads of one process. Copies of one
+compiled matcher (`LLMatcher.deep_copy`) share its lexer, and computing a mask holds that
+lexer's lock, so their masks are computed one after another (on an H100 host, 64 of them took
+4.1 ms a step with 15 threads, the time of one thread). Over independent compiles, computing a
+mask also calls back into Python (our `TokenizerView` tokenizes the grammar's forced bytes, ~47
+calls for 64 masks of the benchmark's schema), and each call takes the GIL: on a 2-core machine
+2 threads spent twice the CPU time of one for no gain (with llguidance's own Rust tokenizer
+instead, a trial: 1.0-1.25x), where 2 processes gave 1.5-1.6x (docs/benchmarks.md). Without
+workers, each spec is compiled into up to `lexer_groups` independent matchers (the first at
+once, the others on the compile thread while copies of the first serve), and new sequences are
+copied from them in turn, so that threads at least do not wait on one lexer.
 """
 
 from __future__ import annotations
@@ -49,13 +60,13 @@ class GrammarEngineMissingError(EmberError):
 
 
 def mask_threads() -> int:
-    """Threads that fill a step's masks: the CPUs this process may run on, less one for the
-    engine's own thread, at most 4. A mask takes ~56 us (the benchmark's JSON schema over a
-    49k vocabulary, H100 host), 64 of them 3.6 ms on one thread; but llguidance's threads scale
-    poorly even over independent matchers (`scripts/bench_mask_fill.py` on the H100 host: 3.2 ms
-    on 4 threads, 3.8 ms on 15; 1.27x on 2 threads here): more only add contention. Named
-    here rather than left to llguidance's default (80 % of the CPUs it detects), so that the
-    count follows this process's CPU affinity."""
+    """Threads that fill a step's masks without mask workers: the CPUs this process may run on,
+    less one for the engine's own thread, at most 4. A mask takes ~56 us (the benchmark's JSON
+    schema over a 49k vocabulary, H100 host), 64 of them 3.6 ms on one thread; but llguidance's
+    threads scale poorly even over independent matchers (`scripts/bench_mask_fill.py` on the
+    H100 host: 3.2 ms on 4 threads, 3.8 ms on 15; 1.27x on 2 threads here): more only add
+    contention. Named here rather than left to llguidance's default (80 % of the CPUs it
+    detects), so that the count follows this process's CPU affinity."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(4, (cpus or 1) - 1))
 
@@ -119,13 +130,18 @@ class GrammarCompiler:
         vocab_size: int | None = None,
         cache_size: int = 256,
         lexer_groups: int = 1,
+        threads: int | None = None,
     ) -> None:
         """`vocab_size`: the model's (its logits' width; default the tokenizer's). A file may
         hold more tokens than the model has rows: masks are cut to the model's.
         `lexer_groups`: independent compiles per spec, whose sequences' masks are computed in
-        parallel (an engine's: its mask threads; a compiler that only checks specs: 1)."""
+        parallel (an engine's: its mask threads; a compiler that only checks specs: 1).
+        `threads`: threads `fill_masks` computes on (None: `mask_threads()`; 1: the caller's
+        own thread, as a mask worker process and an engine with mask workers do)."""
         if lexer_groups < 1:
             raise ValueError(f"lexer_groups must be at least 1, not {lexer_groups}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
         self._tokenizer = tokenizer
         self._cache_size = cache_size
         self._lexer_groups = lexer_groups
@@ -134,9 +150,11 @@ class GrammarCompiler:
         self._lltokenizer: LLTokenizer | None = None
         self._executor: LLExecutor | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._threads = threads
         self.vocab_size = tokenizer.vocab_size if vocab_size is None else vocab_size
         self.mask_words = mask_words(self.vocab_size)
-        self._tokenizer_words = mask_words(tokenizer.vocab_size)
+        # llguidance's masks are the tokenizer's width, which may be wider than the model's.
+        self.tokenizer_words = mask_words(tokenizer.vocab_size)
 
     def matcher(self, spec: StructuredOutput) -> LLMatcher:
         """A new matcher for `spec`, at its start; `StructuredOutputError` if it cannot compile
@@ -202,25 +220,35 @@ class GrammarCompiler:
             raise ValueError(f"masks need int32 [rows, {self.mask_words}], got {out.shape}")
         if len(matchers) > out.shape[0] or not out.flags.c_contiguous:
             raise ValueError(f"{len(matchers)} masks need a contiguous array of as many rows")
-        if self._tokenizer_words != self.mask_words:  # llguidance's masks are the tokenizer's
-            full = np.empty((len(matchers), self._tokenizer_words), np.int32)
+        if self.tokenizer_words != self.mask_words:
+            full = np.empty((len(matchers), self.tokenizer_words), np.int32)
             self._fill(matchers, full)
-            out[: len(matchers)] = full[:, : self.mask_words]
-            spare = self.mask_words * 32 - self.vocab_size
-            if spare:  # no token beyond the model's rows, in its last word
-                out[: len(matchers), -1] &= np.int32((1 << (32 - spare)) - 1)
+            self.cut_masks(full, out[: len(matchers)])
             return
         self._fill(matchers, out)
 
+    def cut_masks(self, full: Masks, out: Masks) -> None:
+        """`out` = llguidance's masks `full` (the tokenizer's width) at the model's width: no
+        token beyond the model's rows (`out` may be a view; its rows are `full`'s)."""
+        if full.shape[1] == self.mask_words:
+            out[:] = full
+            return
+        out[:] = full[:, : self.mask_words]
+        spare = self.mask_words * 32 - self.vocab_size
+        if spare:  # the last word's bits past the model's last token
+            out[:, -1] &= np.int32((1 << (32 - spare)) - 1)
+
     def _fill(self, matchers: Sequence[LLMatcher], out: Masks) -> None:
-        if len(matchers) == 1:  # the thread pool's dispatch costs more than one mask
-            matchers[0].unsafe_compute_mask_ptr(out.ctypes.data, out.shape[1] * 4)
+        words = out.shape[1]
+        if len(matchers) == 1 or self._threads == 1:  # one mask: dispatch costs more
+            for row, matcher in enumerate(matchers):
+                matcher.unsafe_compute_mask_ptr(out.ctypes.data + row * words * 4, words * 4)
             return
         executor = self._executor
         if executor is None:
             from llguidance import LLExecutor
 
-            executor = self._executor = LLExecutor(mask_threads())
+            executor = self._executor = LLExecutor(self._threads or mask_threads())
         pairs = [(matcher, i) for i, matcher in enumerate(matchers)]
         executor.unsafe_compute_mask_ptr(pairs, out.ctypes.data, out.shape[1] * 4, out.shape[0])
 

@@ -14,6 +14,7 @@ import numpy as np
 from ember.engine.config import EngineConfig
 from ember.engine.grammar import GrammarCompiler, mask_threads
 from ember.engine.kv_cache_pool import KVCachePool
+from ember.engine.mask_workers import MaskWorkers, mask_worker_count
 from ember.engine.model_runner import LaunchedStep, ModelRunner
 from ember.engine.request_output import RequestOutput
 from ember.engine.sampling_params import SamplingParams
@@ -105,11 +106,24 @@ class LLMEngine:
             ),
             self.pool,
         )
-        # Structured outputs' grammars, compiled against this model's tokenizer.
+        # Structured outputs' grammars, compiled against this model's tokenizer, and a step's
+        # token masks: computed by worker processes beside the engine's own thread, or (one
+        # CPU, or none asked for) by threads of this process.
+        workers = mask_worker_count() if config.mask_workers is None else config.mask_workers
         self.grammars = GrammarCompiler(
-            self.tokenizer, self.model_config.vocab_size, lexer_groups=mask_threads()
+            self.tokenizer,
+            self.model_config.vocab_size,
+            lexer_groups=1 if workers else mask_threads(),
+            threads=1 if workers else None,
         )
-        self.runner = ModelRunner(backend, config.block_size, self.pool.tables, self.grammars)
+        self.mask_workers = (
+            MaskWorkers(self.grammars, self.tokenizer, workers, config.max_num_seqs)
+            if workers
+            else None
+        )
+        self.runner = ModelRunner(
+            backend, config.block_size, self.pool.tables, self.grammars, self.mask_workers
+        )
         self._asynchronous = config.async_scheduling and self.runner.device_sampling is not None
         self.scheduler.alternate_constrained = self._asynchronous
         # The launched step whose tokens the next `step()` collects (asynchronous scheduling).
@@ -169,6 +183,8 @@ class LLMEngine:
         if params.structured is None:
             self.scheduler.add(seq)
         else:
+            if self.mask_workers is not None:  # started by the first request that needs them
+                self.mask_workers.start()
             request.compiling = self.grammars.submit(params.structured)
             self._compiling.append(request)
             self._schedule_compiled()
@@ -201,8 +217,20 @@ class LLMEngine:
         if request.compiling is not None:
             self._compiling.remove(request)
         else:
-            self.scheduler.finish(request.seq, FinishReason.ABORT)
+            self._finish(request.seq, FinishReason.ABORT)
         return True
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> None:
+        self.scheduler.finish(seq, reason)
+        if seq.grammar is not None and self.mask_workers is not None:
+            self.mask_workers.release(seq)
+
+    def close(self) -> None:
+        """End the engine's helper processes and threads (mask workers, the grammar compiler's
+        thread); the engine takes no more steps."""
+        if self.mask_workers is not None:
+            self.mask_workers.close()
+        self.grammars.close()
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._requests)
@@ -304,7 +332,7 @@ class LLMEngine:
             finish = FinishReason.STOP
         text = request.stop.text
         if finish is not None:
-            self.scheduler.finish(seq, finish)
+            self._finish(seq, finish)
             del self._requests[seq.request_id]
         output = RequestOutput(
             seq.request_id,

@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from ember.engine.block_tables import BlockTables
 from ember.engine.grammar import GrammarCompiler, Masks
+from ember.engine.mask_workers import MaskWorkers
 from ember.engine.sampler import Sampler
 from ember.engine.scheduler import ScheduledBatch
 from ember.engine.sequence import Sequence, TokenLogprob
@@ -64,12 +65,19 @@ class TokenMasks:
     rows: npt.NDArray[np.int32]  # [sampled rows]
 
     @classmethod
-    def of(cls, seqs: list[Sequence], grammars: GrammarCompiler) -> TokenMasks | None:
+    def of(
+        cls, seqs: list[Sequence], grammars: GrammarCompiler, workers: MaskWorkers | None = None
+    ) -> TokenMasks | None:
+        """The masks of `seqs`' constrained rows, computed by `workers` where the engine has
+        them, else by `grammars` from the sequences' matchers."""
         constrained = [row for row, seq in enumerate(seqs) if seq.grammar is not None]
         if not constrained:
             return None
         masks = np.empty((len(constrained), grammars.mask_words), np.int32)
-        grammars.fill_masks([seqs[row].grammar for row in constrained], masks)  # type: ignore[misc]
+        if workers is not None:
+            workers.fill([seqs[row] for row in constrained], masks)
+        else:
+            grammars.fill_masks([seqs[row].grammar for row in constrained], masks)  # type: ignore[misc]
         rows = np.full(len(seqs), -1, np.int32)
         rows[constrained] = np.arange(len(constrained), dtype=np.int32)
         return cls(masks, rows)
@@ -82,11 +90,13 @@ class ModelRunner:
         block_size: int,
         tables: BlockTables,
         grammars: GrammarCompiler | None = None,
+        mask_workers: MaskWorkers | None = None,
     ) -> None:
         self.backend = backend
         self.block_size = block_size
         self.tables = tables
         self.grammars = grammars
+        self.mask_workers = mask_workers
         self.sampler = Sampler()
         # Chosen once: a backend that samples on the device returns token ids, not logits.
         self.device_sampling: DeviceSamplingBackend | None = (
@@ -101,7 +111,7 @@ class ModelRunner:
         forward_batch, seqs = self.prepare(batch)
         masks = None
         if batch.constrained and self.grammars is not None:
-            masks = TokenMasks.of(seqs, self.grammars)
+            masks = TokenMasks.of(seqs, self.grammars, self.mask_workers)
         device = self.device_sampling
         if device is None:
             logits = self.backend.forward(forward_batch)

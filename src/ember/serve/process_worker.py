@@ -54,8 +54,11 @@ def worker_main(sock: socket.socket, config: EngineConfig) -> None:
         channel.send(WorkerFailed(str(error)))
         sys.exit(1)
     channel.send(WorkerReady.of(engine))
-    with contextlib.suppress(ChannelClosedError, BrokenPipeError, ConnectionResetError):
-        EngineLoop(engine, channel, channel.send).run()
+    try:
+        with contextlib.suppress(ChannelClosedError, BrokenPipeError, ConnectionResetError):
+            EngineLoop(engine, channel, channel.send).run()
+    finally:
+        engine.close()
     channel.close()
 
 

@@ -68,7 +68,10 @@ class ThreadWorker:
             try:
                 engine = LLMEngine(self._config)
                 deliver(WorkerReady.of(engine))
-                EngineLoop(engine, self._inbox, deliver).run()
+                try:
+                    EngineLoop(engine, self._inbox, deliver).run()
+                finally:
+                    engine.close()
             except EmberError as error:
                 deliver(WorkerFailed(str(error)))
                 how = f"failed: {error}"

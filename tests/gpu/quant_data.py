@@ -65,3 +65,21 @@ def unit_minimums(
     else:
         return None
     return terms.reshape(n, k // 32)
+
+
+# Filled into y before a product writes part of it: a float no product here gives.
+SENTINEL_BITS = 0x7F7F7F7F
+
+
+def assert_parts_written(
+    got: npt.NDArray[np.float32], parts: list[tuple[int, npt.NDArray[np.float32]]]
+) -> None:
+    """y's columns from each part's first (`at`) are bit for bit its product alone, and the
+    columns before the first and after the last part still hold SENTINEL_BITS."""
+    for at, alone in parts:
+        np.testing.assert_array_equal(got[:, at : at + alone.shape[1]], alone)
+    sentinel = np.array([SENTINEL_BITS], np.uint32).view(np.float32)[0]
+    first, (last, alone) = parts[0][0], parts[-1]
+    assert (got[:, :first] == sentinel).all() and (
+        got[:, last + alone.shape[1] :] == sentinel
+    ).all()

@@ -48,9 +48,13 @@ def engine(model: LoadedModel, **options: object) -> LLMEngine:
     return LLMEngine(config, model=model)
 
 
-def generate(eng: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
-    for i, prompt in enumerate(prompts):
-        eng.add_request(str(i), prompt, params)
+def generate(
+    eng: LLMEngine, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
+) -> list[list[int]]:
+    """Each prompt's generated ids, with `params` (one for all, or one each)."""
+    each = params if isinstance(params, list) else [params] * len(prompts)
+    for i, (prompt, own) in enumerate(zip(prompts, each, strict=True)):
+        eng.add_request(str(i), prompt, own)
     out: dict[str, list[int]] = {}
     while eng.has_unfinished_requests():
         for o in eng.step():
@@ -337,7 +341,7 @@ def test_mask_workers_give_the_engines_own_tokens_on_the_gpu(cuda_model: LoadedM
         if eng.mask_workers is not None:
             assert eng.mask_workers.wait_ready(60)
             pids = eng.mask_workers.pids()
-        out = generate_each(eng, prompt, params)
+        out = generate(eng, [prompt] * len(params), params)
         assert eng.mask_workers is None or eng.mask_workers._placements == {}
         eng.close()
         return out, pids
@@ -352,15 +356,3 @@ def test_mask_workers_give_the_engines_own_tokens_on_the_gpu(cuda_model: LoadedM
         else:
             assert text in ("north", "south"), text
     assert len(pids) == 2 and not any(os.path.exists(f"/proc/{pid}") for pid in pids)
-
-
-def generate_each(
-    eng: LLMEngine, prompt: list[int], params: list[SamplingParams]
-) -> list[list[int]]:
-    for i, p in enumerate(params):
-        eng.add_request(str(i), prompt, p)
-    out: dict[str, list[int]] = {}
-    while eng.has_unfinished_requests():
-        for o in eng.step():
-            out.setdefault(o.request_id, []).extend(o.new_token_ids)
-    return [out[str(i)] for i in range(len(params))]

@@ -22,7 +22,7 @@ from ember.kernels.quant_gemm import (
 )
 from ember.kernels.quant_gemv import QuantType
 from ember.model.quant import dequantize
-from tests.gpu.quant_data import random_weight
+from tests.gpu.quant_data import SENTINEL_BITS, assert_parts_written, random_weight
 
 gpu = pytest.mark.gpu
 
@@ -377,7 +377,7 @@ def test_gemm_writes_its_columns_of_a_wider_y(
     x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
     width = 3 + sum(n for _, n in parts) + 5
     with DeviceArray.from_numpy(x) as dx, DeviceArray.empty((m, width), np.float32) as dy:
-        dy.buffer.memset_d32(0x7F7F7F7F, stream)  # a sentinel no product gives
+        dy.buffer.memset_d32(SENTINEL_BITS, stream)
         at = 3
         alone = []
         for i, (quant, n) in enumerate(parts):
@@ -388,8 +388,5 @@ def test_gemm_writes_its_columns_of_a_wider_y(
                 stream.synchronize()
             at += n
         got = dy.to_numpy()
-    sentinel = np.array([0x7F7F7F7F], np.uint32).view(np.float32)[0]
-    for at, want in alone:
-        np.testing.assert_array_equal(got[:, at : at + want.shape[1]], want)
-    assert (got[:, :3] == sentinel).all() and (got[:, at:] == sentinel).all()
+    assert_parts_written(got, alone)
     assert_counters_zero(workspace)

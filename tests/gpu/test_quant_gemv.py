@@ -18,7 +18,7 @@ from ember.gpu import Context, Device, DeviceArray, Stream
 from ember.kernels.binaries import load_family
 from ember.kernels.quant_gemv import QuantGemv, QuantType
 from ember.model.quant import dequantize
-from tests.gpu.quant_data import random_weight, unit_minimums
+from tests.gpu.quant_data import SENTINEL_BITS, assert_parts_written, random_weight, unit_minimums
 
 pytestmark = pytest.mark.gpu
 
@@ -241,7 +241,7 @@ def test_gemv_writes_its_columns_of_a_wider_y(
     x = random_x(batch, k, seed=batch)
     width = 3 + sum(n for _, n in parts) + 5
     with DeviceArray.from_numpy(x) as dx, DeviceArray.empty((batch, width), np.float32) as dy:
-        dy.buffer.memset_d32(0x7F7F7F7F, stream)  # a sentinel no product gives
+        dy.buffer.memset_d32(SENTINEL_BITS, stream)
         at = 3
         alone = []
         for i, (quant, n) in enumerate(parts):
@@ -252,7 +252,4 @@ def test_gemv_writes_its_columns_of_a_wider_y(
                 stream.synchronize()
             at += n
         got = dy.to_numpy()
-    sentinel = np.array([0x7F7F7F7F], np.uint32).view(np.float32)[0]
-    for at, want in alone:
-        np.testing.assert_array_equal(got[:, at : at + want.shape[1]], want)
-    assert (got[:, :3] == sentinel).all() and (got[:, at:] == sentinel).all()
+    assert_parts_written(got, alone)

@@ -140,38 +140,22 @@ def _use_more_bits(layer: int, layers: int) -> bool:
 # kernels do not read; Q8_0 stands in for it (8.5 bits, not 6.56). smollm2-135m-q4_1 is the
 # default model's exact shape and types, for profiling on a GPU machine that has not been sent
 # the model file.
+_SMOLLM2_135M: Final = _llama(
+    "synthetic SmolLM2-135M shape", 30, 576, 9, 3, 1536, True, 49152, 100000.0
+)
+_LLAMA_1B: Final = _llama("synthetic Llama-3.2-1B shape", 16, 2048, 32, 8, 8192, tied=True)
+_LLAMA_8B: Final = _llama("synthetic Llama-3.1-8B shape", 32, 4096, 32, 8, 14336, tied=False)
 PRESETS: Final[dict[str, tuple[ModelConfig, TypeRule]]] = {
-    "smollm2-135m-q4_1": (
-        _llama("synthetic SmolLM2-135M shape", 30, 576, 9, 3, 1536, True, 49152, 100000.0),
-        TypeMix("Q4_1", "Q8_0"),
-    ),
-    "llama-1b-q4_0": (
-        _llama("synthetic Llama-3.2-1B shape", 16, 2048, 32, 8, 8192, tied=True),
-        TypeMix("Q4_0", "Q4_0"),
-    ),
-    "llama-8b-q4_0": (
-        _llama("synthetic Llama-3.1-8B shape", 32, 4096, 32, 8, 14336, tied=False),
-        TypeMix("Q4_0", "Q8_0"),
-    ),
+    "smollm2-135m-q4_1": (_SMOLLM2_135M, TypeMix("Q4_1", "Q8_0")),
+    "llama-1b-q4_0": (_LLAMA_1B, TypeMix("Q4_0", "Q4_0")),
+    "llama-8b-q4_0": (_LLAMA_8B, TypeMix("Q4_0", "Q8_0")),
     "qwen3-8b-q4_0": (_qwen3_8b(), TypeMix("Q4_0", "Q8_0")),
     # What llama-quantize makes of these models: the files people download most.
-    "llama-1b-q4_k_m": (
-        _llama("synthetic Llama-3.2-1B shape", 16, 2048, 32, 8, 8192, tied=True),
-        KQuantMix("Q4_K", "Q6_K"),
-    ),
-    "llama-8b-q4_k_m": (
-        _llama("synthetic Llama-3.1-8B shape", 32, 4096, 32, 8, 14336, tied=False),
-        KQuantMix("Q4_K", "Q6_K"),
-    ),
-    "llama-8b-q5_k_m": (
-        _llama("synthetic Llama-3.1-8B shape", 32, 4096, 32, 8, 14336, tied=False),
-        KQuantMix("Q5_K", "Q6_K"),
-    ),
+    "smollm2-135m-q4_k_m": (_SMOLLM2_135M, KQuantMix("Q4_K", "Q6_K")),
+    "llama-1b-q4_k_m": (_LLAMA_1B, KQuantMix("Q4_K", "Q6_K")),
+    "llama-8b-q4_k_m": (_LLAMA_8B, KQuantMix("Q4_K", "Q6_K")),
+    "llama-8b-q5_k_m": (_LLAMA_8B, KQuantMix("Q5_K", "Q6_K")),
     "qwen3-8b-q4_k_m": (_qwen3_8b(), KQuantMix("Q4_K", "Q6_K")),
-    "smollm2-135m-q4_k_m": (
-        _llama("synthetic SmolLM2-135M shape", 30, 576, 9, 3, 1536, True, 49152, 100000.0),
-        KQuantMix("Q4_K", "Q6_K"),
-    ),
 }
 
 

@@ -6,7 +6,7 @@
 #
 #   scripts/bench_structured_outputs.sh MODEL [DEVICE] [STREAMS] [REQUESTS_PER_STREAM]
 #
-# SERVE_FLAGS adds flags to `ember serve` (e.g. SERVE_FLAGS="--mask-workers 0").
+# SERVE_FLAGS adds flags to `ember serve` (e.g. SERVE_FLAGS="--mask-workers 0"); ROUNDS (2) repeats.
 set -euo pipefail
 model=$1
 device=${2:-cuda}
@@ -30,7 +30,7 @@ few=$((streams / 8))
 many=$((streams - few))
 bench() { ember bench serve --url "$url" --prompt "$prompt" --max-tokens 256 --temperature 0.8 "$@"; }
 bench --concurrency 8 --requests 16 --extra-body "$body" >/dev/null  # warm-up and compile
-for round in 1 2; do
+for round in $(seq "${ROUNDS:-2}"); do
     echo "######## round $round: $streams free"
     bench --concurrency "$streams" --requests $((streams * per)) --ignore-eos --max-tokens 160
     echo "######## round $round: $streams constrained"

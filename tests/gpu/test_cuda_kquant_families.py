@@ -5,11 +5,14 @@ against llama.cpp's own. The prompts are the fixtures' and the continuation is l
 greedy tokens: a batched prefill (GEMM path), decode steps of three sequences (the fused
 GEMVs, or the separate kernels), and a 5-token prefill (the unfused GEMVs).
 
-The bound per row is the one tests/model/test_kquant_families.py allows between llama.cpp and
-NumPy on the same fixture (1.3x llama.cpp's measured distance, 8-17 % of a row): the CUDA
-kernels round activations to int8 too (per 32 values, finer than llama.cpp's per-256 Q8_K),
-plus fp16 GEMM inputs and KV cache; test_cuda_families.py measured 1.3-3.3 % on 2-layer Q8_0
-models. A K-quant block read wrongly moves these rows by 14-230 % (the CPU test's notes).
+The bound per row (MEASURED_ON_CUDA, with the CPU test's HEADROOM): the CUDA kernels round
+activations to int8 too (per 32 values in the GEMVs; fp16 GEMM inputs and KV cache), which on
+these 4-layer random models with a spread-out head moves rows about as far as llama.cpp's 8-bit
+activations move them from NumPy's. Measured on an H100 (2026-12-07), worst row over every
+step: llama3-q4_k_m 11.6 %, qwen3-q4_k_m 6.2 %, qwen2-q5_k_m 10.9 % (its 5-token prefill),
+fused and separate decode kernels within 0.5 % of each other. A K-quant block read wrongly
+moves these rows by 17-230 % (the CPU test's notes); a part of q|k|v written to the wrong
+columns, by far more (the kernel tests check those columns bit for bit).
 Greedy tokens are not compared exactly: a few of llama.cpp's choices on these random models
 are close calls that such rounding may flip."""
 
@@ -27,7 +30,9 @@ from ember.model.gguf_file import GGUFFile
 from ember.model.llama_weights import LlamaWeights
 from ember.model.numpy_llama import NumpyLlama
 from tests.gpu.test_cuda_families import Sequences, reset
-from tests.model.test_kquant_families import FIXTURES, NAMES, bounds, goldens
+from tests.model.test_kquant_families import FIXTURES, HEADROOM, NAMES, goldens
+
+MEASURED_ON_CUDA = {"llama3-q4_k_m": 0.1155, "qwen3-q4_k_m": 0.0622, "qwen2-q5_k_m": 0.1089}
 
 
 @pytest.fixture(scope="module", params=NAMES)
@@ -46,7 +51,7 @@ class Comparison:
     report (pytest -s prints it)."""
 
     def __init__(self, name: str) -> None:
-        self.name, self.bound, self.worst = name, bounds(name)[1], 0.0
+        self.name, self.bound, self.worst = name, HEADROOM * MEASURED_ON_CUDA[name], 0.0
 
     def check(self, got: npt.NDArray[np.float32], want: npt.NDArray[np.float32], what: str) -> None:
         assert got.shape == want.shape and np.isfinite(got).all(), f"{self.name}: {what}"

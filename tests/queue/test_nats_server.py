@@ -63,7 +63,7 @@ def test_a_job_body_as_large_as_a_server_takes_fits_a_message(tmp_path: Path) ->
         body = b'{"model": "m", "prompt": "' + b"x" * (4 << 20) + b'"}'
         _, new = await queue.submit(JobKind.COMPLETION, "t", body)
         assert new and (await queue.depth()).total == 1
-        [lease] = await queue.fetch(1, timeout=5)
+        [lease] = await queue.fetch(timeout=5)
         assert lease.body == body
         await queue.close()
 

@@ -64,7 +64,6 @@ _VALID_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
 _STREAM_FULL = 10077  # JSStreamStoreFailedF: "maximum messages exceeded" under discard new
 _STREAM_EXISTS = 10058  # a stream or bucket of that name exists with another configuration
 _API_TIMEOUT = 5.0
-_MORE_JOBS_SECONDS = 0.05  # a fetch's wait for jobs beyond the first
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,26 +412,20 @@ class JobQueue:
 
     # -- worker side --------------------------------------------------------------------------
 
-    async def fetch(self, batch: int, timeout: float) -> list[JobLease]:
-        """Up to `batch` jobs, each marked in_progress by this worker (a job cancelled or
-        finished meanwhile is acknowledged and left out). Waits up to `timeout` for the first."""
+    async def fetch(self, timeout: float) -> list[JobLease]:
+        """The next job, marked in_progress by this worker, or none after `timeout` (or when it
+        was cancelled or finished meanwhile: acknowledged and left out). One job a call: a
+        worker calls again for each free slot, at once, and a job that comes after an idle
+        spell starts without waiting for others (nats-py's fetch of n > 1 waits out its whole
+        expiry, 50 ms here, whenever fewer than n are there: on a cold worker's first job)."""
         if self._pull is None:
             self._pull = await self._js.pull_subscribe_bind(CONSUMER, STREAM)
-        # One first, which returns as soon as it comes (nats-py's fetch of n waits its whole
-        # timeout for the n-th), then whatever else is there now.
         try:
-            messages = await self._pull.fetch(1, timeout=timeout)
+            [message] = await self._pull.fetch(1, timeout=timeout)
         except TimeoutError:  # nats-py's, or asyncio's from inside its fetch: no job came
             return []
-        if batch > 1:
-            with contextlib.suppress(TimeoutError):
-                messages += await self._pull.fetch(batch - 1, timeout=_MORE_JOBS_SECONDS)
-        leases = []
-        for message in messages:
-            lease = await self._claim(message)
-            if lease is not None:
-                leases.append(lease)
-        return leases
+        lease = await self._claim(message)
+        return [] if lease is None else [lease]
 
     async def _claim(self, message: Msg) -> JobLease | None:
         job_id = job_id_of(message.subject)

@@ -139,7 +139,7 @@ class QueueWorker:
                                    return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
                 continue
             try:
-                leases = await self.queue.fetch(room, timeout=self.config.fetch_timeout)
+                leases = await self.queue.fetch(timeout=self.config.fetch_timeout)
             except EmberError:
                 raise
             except Exception as error:  # the connection is down: nats-py reconnects

@@ -19,6 +19,8 @@ from ember.kernels.quant_gemm import (
     QuantGemm,
     choose_plan,
     fills,
+    tile_layouts,
+    type_residency,
 )
 from ember.kernels.quant_gemv import QuantType
 from ember.model.quant import dequantize
@@ -162,10 +164,12 @@ def test_every_tile_matches(
     quant_gemm: QuantGemm, stream: Stream, quant: QuantType, tile: GemmTile
 ) -> None:
     """Each tile shape on M and N that are not multiples of it, with several M tiles (the
-    K-quants on the tiles they run, K whole super-blocks: 1 and 3 K steps)."""
+    K-quants on the tiles they run, K whole super-blocks: 1, 3 and 9 K steps, the last more than
+    any tile's W stages, so that its ring of stages wraps; on the tiles of 64 and 128 rows each
+    super-block in 2 to 8 x steps)."""
     if tile not in quant_gemm.type_residency[quant]:
         pytest.skip(f"{quant.name} does not run tile {tile.name}")
-    for n, k in [(1003, 96), (250, 2080), (130, 576), (300, 768), (70, 256)]:
+    for n, k in [(1003, 96), (250, 2080), (130, 576), (300, 768), (70, 256), (140, 2304)]:
         if k % quant.block_weights:
             continue
         raw = random_weight(quant, n, k, seed=n * k)
@@ -288,17 +292,7 @@ def test_layouts_fit_the_device(quant_gemm: QuantGemm, device: Device) -> None:
     and each launch asks for the dynamic shared memory its kernel was built with."""
     assert set(quant_gemm.residency) == set(GemmTile)
     for (quant, tile), layout in quant_gemm.layouts.items():
-        if (
-            quant.unit_format
-            and quant.block_weights > 32
-            and tile
-            not in (
-                GemmTile.M16,
-                GemmTile.M32,
-                GemmTile.S16,
-                GemmTile.S32,
-            )
-        ):
+        if tile is GemmTile.W64 and quant in (QuantType.Q5_K, QuantType.Q6_K):
             assert layout.per_sm == 0, f"{quant.name} {tile.name} is built as a trap"
             continue
         assert 0 < layout.shared_bytes <= device.max_shared_memory_per_block_optin
@@ -325,6 +319,18 @@ def test_plans_split_small_n() -> None:
     plan = choose_plan(64, 576, 576, 132)
     assert plan.blocks(64, 576) >= 64
     assert plan.splits > 1
+
+
+def test_k_quant_prefill_takes_tall_tiles_on_an_h100() -> None:
+    """Issue 19: a K-quant prefill ran S32 tiles (a super-block's x tile fit no other); it now
+    takes the 64-row tiles, as the 32-weight types do, on Llama 8B's products at 512 rows."""
+    layouts = tile_layouts(227 * 1024)
+    for quant in (QuantType.Q4_K, QuantType.Q5_K, QuantType.Q6_K):
+        residency = type_residency(layouts, quant)
+        for n, k in LLAMA_8B:
+            plan = choose_plan(512, n, k, 132, residency)
+            assert plan.tile in (GemmTile.T64, GemmTile.W64), (quant, n, k, plan)
+            assert fills(plan.blocks(512, n), 132)
 
 
 def test_wide_deep_products_take_256_column_tiles_above_256_rows() -> None:

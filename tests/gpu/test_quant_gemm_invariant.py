@@ -16,13 +16,13 @@ from ember.kernels.quant_gemm import (
     DEFAULT_RESIDENCY,
     INVARIANT_TILES,
     INVARIANT_TYPES,
-    SUPER_BLOCK_INVARIANT_TILES,
     GemmPlan,
     GemmTile,
     QuantGemm,
     choose_invariant_plan,
     invariant_shares,
-    invariant_tiles,
+    tile_layouts,
+    type_residency,
 )
 from ember.kernels.quant_gemv import QuantType
 from tests.gpu.quant_data import random_weight
@@ -62,13 +62,21 @@ def test_small_products_split_k_when_the_workspace_holds_it() -> None:
     )
 
 
-def test_super_block_types_run_s32_above_16_rows() -> None:
-    """A K-quant's K step is a whole super-block, which fits the 16- and 32-row tiles only."""
-    assert invariant_tiles(QuantType.Q4_K) == SUPER_BLOCK_INVARIANT_TILES
-    assert invariant_tiles(QuantType.Q5_0) == INVARIANT_TILES
-    for m, tile in ((1, GemmTile.S16), (17, GemmTile.S32), (512, GemmTile.S32)):
-        plan = choose_invariant_plan(m, 4096, 4096, H100_SMS, tiles=SUPER_BLOCK_INVARIANT_TILES)
-        assert plan.tile is tile and plan.slices == invariant_shares(4096, 4096, H100_SMS, 2)
+def test_super_block_types_run_t64_above_32_rows() -> None:
+    """A K-quant's W step is a whole super-block in every tile; T64 computes it in parts of x
+    (quant_gemm.cu), so it runs the same invariant tiles as the 32-weight types on an H100."""
+    layouts = tile_layouts(227 * 1024)
+    for quant in (QuantType.Q4_K, QuantType.Q5_K, QuantType.Q6_K):
+        residency = type_residency(layouts, quant)
+        shares = invariant_shares(4096, 4096, H100_SMS, residency[GemmTile.S16])
+        for m, tile in (
+            (1, GemmTile.S16),
+            (17, GemmTile.S32),
+            (33, GemmTile.T64),
+            (512, GemmTile.T64),
+        ):
+            plan = choose_invariant_plan(m, 4096, 4096, H100_SMS, residency)
+            assert plan.tile is tile and plan.slices == shares, (quant, m, plan)
 
 
 def test_invariant_plan_needs_its_tiles() -> None:
@@ -149,7 +157,7 @@ def test_every_tile_and_way_of_running_the_shares_gives_the_same_bits(
         plan = quant_gemm.invariant_plan(16, n, k, workspace.nbytes, quant)
         want = invariant_rows(quant_gemm, dw, quant, x, stream, workspace)
         Reference.of(raw, quant, x).check(want, f"{quant.name} {n}x{k} {plan}")
-        for _, tile in invariant_tiles(quant):
+        for _, tile in INVARIANT_TILES:
             forms = [{"splits": 1}]
             if plan.slices > 1:
                 forms.append({"splits": plan.slices})
@@ -167,6 +175,6 @@ def test_every_invariant_type_has_sliced_kernels_that_take_the_plain_ones_argume
     gemm = family_interface("quant_gemm")
     assert set(INVARIANT_TYPES) == set(QuantType)
     for quant in INVARIANT_TYPES:
-        for _, tile in invariant_tiles(quant):
+        for _, tile in INVARIANT_TILES:
             plain = f"quant_gemm_{quant.name.lower()}_{tile.name.lower()}"
             assert gemm.signature(plain + "_sliced") == gemm.signature(plain)

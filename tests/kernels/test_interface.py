@@ -388,11 +388,17 @@ def test_gemv_launch_geometry_is_unchanged(
 def test_gemm_layouts_match_the_tiles() -> None:
     layouts = tile_layouts(227 * 1024)
     assert set(layouts) == {(q, t) for q in QuantType for t in GemmTile}
-    # A K-quant's K step is a super-block: it runs the tiles of 16 and 32 rows of x only.
-    few_rows = {GemmTile.M16, GemmTile.M32, GemmTile.S16, GemmTile.S32}
+    # A K-quant's W step is a whole super-block (x goes in parts of it on the tall tiles): every
+    # tile runs on an H100 but W64, whose 256 rows of Q5_K or Q6_K super-blocks fit two stages
+    # only in more than the half of an SM that its two blocks may take.
+    traps = {(QuantType.Q5_K, GemmTile.W64), (QuantType.Q6_K, GemmTile.W64)}
     for (quant, tile), layout in layouts.items():
-        runs = quant.block_weights == 32 or tile in few_rows
-        assert (layout.per_sm >= 1) == runs, (quant, tile, layout)
+        assert (layout.per_sm >= 1) == ((quant, tile) not in traps), (quant, tile, layout)
+        assert layout.shared_bytes <= 227 * 1024 or (quant, tile) in traps, (quant, tile)
+    # Two blocks of the tall tiles an SM, as the 32-weight types run them.
+    for quant in (QuantType.Q4_K, QuantType.Q5_K, QuantType.Q6_K):
+        for tile in (GemmTile.T64, GemmTile.T128):
+            assert layouts[quant, tile].per_sm == 2, (quant, tile, layouts[quant, tile])
 
 
 @pytest.mark.parametrize("quant", [q for q in QuantType if q.unit_format], ids=lambda q: q.name)

@@ -21,6 +21,14 @@
 // One __syncthreads per step: after it, the step's W and x are visible, and every warp is done
 // with the previous step's buffers, which that step's copies then overwrite.
 //
+// The formats of quant_formats.cuh (Q5_0, Q5_1: one 32-weight unit a block; Q4_K, Q5_K, Q6_K:
+// eight a 256-weight super-block) are read a unit at a time (unit_fragment). A super-block is
+// one W step: its bytes (the header of scales and minimums with the codes) are copied whole,
+// once. Where its x tile (BM x 256) would not fit (tiles of 64 and 128 rows), x goes PARTS
+// steps of UK units a W step (x_step_units: 64 weights for 64 rows, 32 for 128, as the 32-weight
+// formats' steps of those tiles), each with its own barrier, all of them reading the one W stage. A K-warp takes the same units of a
+// super-block in the same order however many parts it is cut into.
+//
 // Split-K (gridDim.z > 1): split z takes a contiguous share of the K steps, writes its tile's
 // sums to `partials`, and the last split of a tile to arrive (a counter per tile) adds all the
 // splits' sums in split order (the same result whichever is last), writes y, and sets the
@@ -84,7 +92,10 @@ struct w128 : Shape<9, 128, 256, 2, 4, 1, 1, false, 96 * 1024, 6, 1> {};
 // Batch-invariant mode (quant_gemm.py's INVARIANT_TILES) runs s16, s32 or t64 by the rows of x,
 // with K shares fixed by the product's shape: a row's sums are then the same mma in the same
 // order whichever of them runs it (the same K-warps over the same blocks of every step, the same
-// fp16 x and W fragments, the K-warps' sums added in one order), wherever the row sits.
+// fp16 x and W fragments, the K-warps' sums added in one order), wherever the row sits. (A
+// super-block is every tile's W step; t64 computes it in x steps of fewer units, and Tile
+// asserts that every x step holds a multiple of WARPS_K units, so a K-warp still takes units
+// wk, wk + WARPS_K, ... of each super-block in that order.)
 static_assert(s16::WARPS_K == s32::WARPS_K && s16::WARPS_K == t64::WARPS_K &&
                   s16::KB == s32::KB && s16::KB == t64::KB,
               "the batch-invariant tiles must share their K-warps and quant blocks per step");
@@ -105,17 +116,42 @@ struct BlockUnits<Block, decltype(void(ember::Format<Block>::UNITS))> {
     static constexpr bool format = true;
 };
 
-// Shared memory a super-block format's tile may take: its K step is a whole super-block (256
-// weights, the x tile 4-8 times a 32-weight format's), which fits only with few rows of x.
+// Shared memory a super-block format's tile may take when its K step is a whole super-block
+// (256 weights, the x tile 4-8 times a 32-weight format's): it fits only with few rows of x.
 constexpr int SUPER_BUDGET = 200 * 1024;
+// A super-block format's taller tiles compute a super-block in PARTS steps of x (below) and
+// take their share of an SM's 228 KB (H100, H200), less the driver's 1 KB a block, so that
+// MIN_BLOCKS of them fit it.
+constexpr int SM_SHARED = 228 * 1024;
+// Float4s of x a thread holds in registers for the next step: at most MAX_X_VECS, and where a
+// super-block's x tile would take more, steps of at most SPLIT_X_VECS, as the 32-weight formats'
+// tall tiles take (beside their 64 accumulators a thread, 8 spilled hundreds of bytes there).
+constexpr int MAX_X_VECS = 8;
+constexpr int SPLIT_X_VECS = 4;
+
+// The units of 32 weights a K step of x takes: a whole W step (KB blocks of UNITS units) where
+// x is copied ahead (X_ASYNC) or its float4s fit MAX_X_VECS per thread, else the most of them
+// (halving) that fit SPLIT_X_VECS, so that a super-block is computed in several steps of x.
+template <int UNITS, typename S>
+constexpr int x_step_units() {
+    const int units = (UNITS == 1 ? S::KB : 1) * UNITS;
+    auto vecs = [](int uk) { return S::BM * 32 * uk / 4 / THREADS; };
+    int uk = units;
+    if (!S::X_ASYNC && vecs(uk) > MAX_X_VECS)
+        while (uk > 1 && vecs(uk) > SPLIT_X_VECS) uk /= 2;
+    return uk;
+}
 
 template <typename Block, typename S>
 struct Tile {
     static constexpr int BM = S::BM, BN = S::BN;
-    // A K step: KB GGUF blocks of UNITS units of 32 weights each. A super-block is a step.
+    // A W step: KB GGUF blocks of UNITS units of 32 weights each; a super-block is a W step.
+    // x goes PARTS steps (of UK units) a W step: one, but for super-blocks on tall tiles. The
+    // W pipeline (stages, copies, K shares) counts W steps; x and compute count x steps.
     static constexpr int UNITS = BlockUnits<Block>::value;
     static constexpr int KB = UNITS == 1 ? S::KB : 1;
-    static constexpr int UK = KB * UNITS;
+    static constexpr int UK = x_step_units<UNITS, S>();
+    static constexpr int PARTS = KB * UNITS / UK;
     static constexpr int WARPS_M = S::WARPS_M, WARPS_N = S::WARPS_N, WARPS_K = S::WARPS_K;
     static constexpr int WARPS_MN = WARPS_M * WARPS_N;
     static constexpr bool X_ASYNC = S::X_ASYNC;
@@ -124,8 +160,8 @@ struct Tile {
     static constexpr int MT = WM / 16;       // m16 tiles per warp
     static constexpr int NT = WN / 8;        // n8 tiles per warp
     static constexpr int BLOCK_BYTES = static_cast<int>(sizeof(Block));
-    // x: fp16 [2][BM][XS]. 16 bytes of padding per row put the 8 rows of an ldmatrix matrix in
-    // distinct bank quads (the row pitch is an odd multiple of 16 bytes).
+    // x: fp16 [2][BM][XS], an x step each. 16 bytes of padding per row put the 8 rows of an
+    // ldmatrix matrix in distinct bank quads (the row pitch is an odd multiple of 16 bytes).
     static constexpr int KS = 32 * UK;
     static constexpr int XS = KS + 8;
     static constexpr int X16_BYTES = 2 * BM * XS * 2;
@@ -137,7 +173,9 @@ struct Tile {
     static constexpr int W_ROW = 16 * (W_GRANULES | 1);
     static constexpr int W_STAGE = BN * W_ROW;
     static constexpr int STAGE = W_STAGE + (X_ASYNC ? X_VECS * THREADS * 16 : 0);
-    static constexpr int BUDGET = UNITS == 1 ? S::BUDGET : SUPER_BUDGET;
+    static constexpr int BUDGET = UNITS == 1   ? S::BUDGET
+                                  : PARTS == 1 ? SUPER_BUDGET
+                                               : cmin(SUPER_BUDGET, SM_SHARED / S::MIN_BLOCKS - 1024);
     static constexpr int STAGES = cmin((BUDGET - X16_BYTES) / STAGE, S::MAX_STAGES);
     // The K-warps' partial sums, [WARPS_K - 1][WARPS_MN][ACC][32], reuse the buffers at the end.
     static constexpr int ACC = MT * NT * 4;
@@ -148,16 +186,22 @@ struct Tile {
     static constexpr int TILE_VECS = BM * BN / 4;
     static constexpr int FIX = cmax(1, cmin(8, TILE_VECS / THREADS));
 
-    // A super-block format runs the shapes whose x tile leaves it double buffering and at most
-    // 8 float4 of x per thread in registers; its other shapes are built as a trap, and export
-    // shared memory no GPU has, so quant_gemm.py never launches them.
+    // A super-block format runs the shapes whose W stage (a whole super-block per row) and x
+    // tile leave it double buffering within BUDGET (on an H100 all but W64 of Q5_K and Q6_K);
+    // its other shapes are built as a trap, and export shared memory no GPU has, so
+    // quant_gemm.py never launches them.
     static constexpr bool VALID =
-        UNITS == 1 || (STAGES >= 2 && (X_ASYNC || X_VECS <= 8) && X16_BYTES + 2 * STAGE <= BUDGET);
+        UNITS == 1 ||
+        (STAGES >= 2 && (X_ASYNC || X_VECS <= MAX_X_VECS) && X16_BYTES + 2 * STAGE <= BUDGET);
     static constexpr int EXPORTED_SMEM = VALID ? SMEM : 1 << 30;
     static_assert(32 * WARPS_MN * WARPS_K == THREADS, "quant_gemm.py launches 256 threads");
     static_assert(WM % 16 == 0 && WN % 8 == 0 && BM % WARPS_M == 0 && BN % WARPS_N == 0,
                   "whole mma tiles per warp");
     static_assert(UK % WARPS_K == 0, "every K-warp takes the same number of units per step");
+    static_assert(PARTS * UK == KB * UNITS, "x steps split a W step evenly");
+    static_assert(UNITS > 1 || PARTS == 1, "a 32-weight format's W and x steps are one");
+    static_assert(PARTS == 1 || (KB == 1 && !X_ASYNC),
+                  "x steps split one super-block, x loaded through registers");
     static_assert(BM * KS / 4 % THREADS == 0, "x tile is whole float4s per thread");
     static_assert(W_ROW >= 16 * W_GRANULES && W_ROW % 32 == 16, "W row pitch");
     static_assert(X16_BYTES % 16 == 0 && STAGE % 16 == 0, "16-byte aligned buffers");
@@ -377,8 +421,9 @@ __device__ __forceinline__ void gemm(
         }
     };
 
-    // Element (r, c..c+3) of step s's x tile is this thread's float4 v: x_row(v) + s * KS is
-    // its offset in x, valid while x_col(v) + s * KS < k.
+    // Element (r, c..c+3) of x step s's tile is this thread's float4 v: x_row(v) + s * KS is
+    // its offset in x, valid while x_col(v) + s * KS < k. (x step s is W step s where PARTS is
+    // one, else part s % PARTS of W step s / PARTS.)
     auto x_col = [&](int v) { return 4 * ((tid + v * THREADS) % (T::KS / 4)); };
     auto x_row = [&](int v) {
         const int r = (tid + v * THREADS) / (T::KS / 4);
@@ -411,7 +456,7 @@ __device__ __forceinline__ void gemm(
             for (int v = 0; v < T::X_VECS; ++v) store_x(buf, v, src[v * THREADS + tid]);
         }
     };
-    // Otherwise x goes through registers, one step ahead.
+    // Otherwise x goes through registers, one x step ahead.
     float4 xv[T::X_ASYNC ? 1 : T::X_VECS];
     auto load_x = [&](int s) {
         if constexpr (!T::X_ASYNC) {
@@ -446,9 +491,10 @@ __device__ __forceinline__ void gemm(
         smem_addr(xs) + 2 * ((wm * T::WM + (lane & 15)) * T::XS + 8 * (lane >> 4) + 32 * wk);
 
     float acc[T::MT][T::NT][4] = {};  // (the _sliced kernels zero it for every share)
-    auto compute = [&](int s, int slot, int buf) {
+    // Part p (units p * UK ..) of W step s, from stage `slot` and x buffer `buf`.
+    auto compute = [&](int s, int p, int slot, int buf) {
         const int kb0 = s * T::KB;
-        const int units = min(T::KB, blocks - kb0) * T::UNITS;
+        const int units = min(T::KB, blocks - kb0) * T::UNITS - p * T::UK;
         const uint8_t* src = stages + slot * T::STAGE;
         const uint32_t a_buf = a_lane + 2 * buf * T::BM * T::XS;
 #pragma unroll
@@ -464,7 +510,7 @@ __device__ __forceinline__ void gemm(
                 } else if constexpr (T::UNITS == 1) {
                     unit_fragment<Block>(src + w_row[j] + shift + b * T::BLOCK_BYTES, 0, t, frag[j]);
                 } else {
-                    const int unit = b + wk;
+                    const int unit = p * T::UK + b + wk;
                     unit_fragment<Block>(
                         src + w_row[j] + shift + unit / T::UNITS * T::BLOCK_BYTES,
                         unit % T::UNITS, t, frag[j]);
@@ -502,24 +548,39 @@ __device__ __forceinline__ void gemm(
             }
             cp_async_commit();
         }
-        load_x(first);
+        load_x(first * T::PARTS);
         flush_x(0);
         int read_slot = 0;
         int write_slot = T::STAGES - 1;
+        // x step j (local) is part p of W step i. At each x step's barrier every warp is done
+        // with the step before: its x buffer (flushed again after this step's compute) and, at
+        // part 0, the W stage of the W step before (which the copies issued then overwrite).
+        // The parts after the first read a W stage that part 0's wait and barrier made visible.
         for (int i = 0; i < count; ++i) {
             const int s = first + i;
-            if (i + 1 < count) load_x(s + 1);
-            // Copy group i (step s) is done once at most STAGES - 2 newer groups are pending.
-            cp_async_wait<T::STAGES - 2>();
-            convert_x(read_slot, i & 1);
-            __syncthreads();
-            if (i + T::STAGES - 1 < count) {
-                copy_w(s + T::STAGES - 1, write_slot);
-                copy_x(s + T::STAGES - 1, write_slot);
+            // Not unrolled: the parts' fragment loads then stay in their part (ptxas spilled
+            // three times as many bytes of the tall K-quant tiles unrolled).
+#pragma unroll 1
+            for (int p = 0; p < T::PARTS; ++p) {
+                const int j = i * T::PARTS + p;
+                if (j + 1 < count * T::PARTS) load_x(first * T::PARTS + j + 1);
+                if (p == 0) {
+                    // Copy group i (W step s) is done once at most STAGES - 2 newer groups are
+                    // pending.
+                    cp_async_wait<T::STAGES - 2>();
+                    convert_x(read_slot, i & 1);
+                }
+                __syncthreads();
+                if (p == 0) {
+                    if (i + T::STAGES - 1 < count) {
+                        copy_w(s + T::STAGES - 1, write_slot);
+                        copy_x(s + T::STAGES - 1, write_slot);
+                    }
+                    cp_async_commit();  // possibly empty: keeps one group per W step
+                }
+                compute(s, p, read_slot, j & 1);
+                if (j + 1 < count * T::PARTS) flush_x((j + 1) & 1);
             }
-            cp_async_commit();  // possibly empty: keeps one group per step
-            compute(s, read_slot, i & 1);
-            if (i + 1 < count) flush_x((i + 1) & 1);
             read_slot = read_slot + 1 == T::STAGES ? 0 : read_slot + 1;
             write_slot = write_slot + 1 == T::STAGES ? 0 : write_slot + 1;
         }
@@ -689,15 +750,14 @@ __device__ __forceinline__ void gemm(
 EMBER_GEMM_ALL(EMBER_GEMM_KERNEL)
 
 // Batch-invariant mode's tiles (quant_gemm.py's INVARIANT_TILES) also as _sliced kernels, with
-// the same layouts as their plain ones. A new block type goes in both lists.
+// the same layouts as their plain ones, for every block type. A new block type goes in both
+// lists.
 #define EMBER_GEMM_SLICED_SHAPES(X, TYPE) X(TYPE, s16) X(TYPE, s32) X(TYPE, t64)
-// A super-block type runs s32 above 16 rows (quant_gemm.py's SUPER_BLOCK_INVARIANT_TILES).
-#define EMBER_GEMM_SLICED_SUPER(X, TYPE) X(TYPE, s16) X(TYPE, s32)
 #define EMBER_GEMM_SLICED_ALL(X)                                                  \
     EMBER_GEMM_SLICED_SHAPES(X, q4_0) EMBER_GEMM_SLICED_SHAPES(X, q4_1)           \
         EMBER_GEMM_SLICED_SHAPES(X, q8_0) EMBER_GEMM_SLICED_SHAPES(X, q5_0)       \
-            EMBER_GEMM_SLICED_SHAPES(X, q5_1) EMBER_GEMM_SLICED_SUPER(X, q4_k)    \
-                EMBER_GEMM_SLICED_SUPER(X, q5_k) EMBER_GEMM_SLICED_SUPER(X, q6_k)
+            EMBER_GEMM_SLICED_SHAPES(X, q5_1) EMBER_GEMM_SLICED_SHAPES(X, q4_k)   \
+                EMBER_GEMM_SLICED_SHAPES(X, q5_k) EMBER_GEMM_SLICED_SHAPES(X, q6_k)
 EMBER_GEMM_SLICED_ALL(EMBER_QUANT_GEMM_SLICED)
 
 // The layout of every kernel, 7 ints each in EMBER_GEMM_ALL's order: block bytes, shape ID, BM,

@@ -1,6 +1,8 @@
 """Launch wrapper for quant_gemm.cu: y = x @ W.T on tensor cores, W a GGUF tensor of a
-QuantType, for prefill and decode batches too large for quant_gemv. The K-quants run only the
-tiles of few rows of x (quant_gemm.cu's VALID: a K step is a whole 256-weight super-block).
+QuantType, for prefill and decode batches too large for quant_gemv. A K-quant's super-block is
+one K step of W; on the tiles of 64 and 128 rows its x goes in 64- or 32-weight parts
+(quant_gemm.cu's x_step_units), so it runs the same tiles as the 32-weight types wherever they
+fit the GPU's shared memory.
 
 A launch is planned as a tile shape and a number of K splits. Split-K launches need a
 workspace: zero-filled device memory of `QuantGemm.max_workspace_bytes` (or, sized tighter, the
@@ -141,21 +143,13 @@ _WIDE_ROWS: Final = 256
 _WIDE_N: Final = 16384
 _WIDE_K: Final = 4096
 _WIDE_PREFERENCE: Final = (GemmTile.W64, GemmTile.T64, GemmTile.W128, GemmTile.T128)
-# Batch-invariant mode's tiles by rows of x, smallest first: quant_gemm.cu asserts that they
-# share their K-warps and quant blocks per step, so given the same K shares a row's sums are the
-# same bits in each of them.
+# Batch-invariant mode's tiles by rows of x, smallest first, for every block type: quant_gemm.cu
+# asserts that they share their K-warps and W steps (a K-quant's: a super-block, which T64
+# computes in x steps of 2 units, each K-warp the same units in the same order), so given the
+# same K shares a row's sums are the same bits in each of them.
 INVARIANT_TILES: Final = ((16, GemmTile.S16), (32, GemmTile.S32), (_INDEX_LIMIT, GemmTile.T64))
-# A K-quant's super-block step fits only the 16- and 32-row tiles: S32 takes every batch above 16.
-SUPER_BLOCK_INVARIANT_TILES: Final = ((16, GemmTile.S16), (_INDEX_LIMIT, GemmTile.S32))
 # The block types with _sliced kernels (quant_gemm.cu's EMBER_GEMM_SLICED_ALL): all of them.
 INVARIANT_TYPES: Final = tuple(QuantType)
-
-
-def invariant_tiles(quant: QuantType) -> tuple[tuple[int, GemmTile], ...]:
-    """Batch-invariant mode's tiles for `quant`, by rows of x, smallest first."""
-    if quant.block_weights == BLOCK_WEIGHTS:
-        return INVARIANT_TILES
-    return SUPER_BLOCK_INVARIANT_TILES
 
 
 # Blocks per SM each tile's registers were fitted for (quant_gemm.cu's MIN_BLOCKS); the loaded
@@ -197,14 +191,12 @@ def choose_invariant_plan(
     multiprocessors: int,
     residency: Mapping[GemmTile, int] = DEFAULT_RESIDENCY,
     workspace_bytes: int = 0,
-    tiles: tuple[tuple[int, GemmTile], ...] = INVARIANT_TILES,
 ) -> GemmPlan:
-    """Batch-invariant mode's plan: the tile of `tiles` (the block type's invariant_tiles)
-    for m rows, and the product's fixed K shares, run as splits where the tiles alone leave SMs
-    idle and the workspace holds the splits' sums, else as slices of each block (the same
-    result either way)."""
-    tile = next(t for rows, t in tiles if m <= rows)
-    missing = [t.name for _, t in tiles if t not in residency]
+    """Batch-invariant mode's plan: the tile of INVARIANT_TILES for m rows, and the product's
+    fixed K shares, run as splits where the tiles alone leave SMs idle and the workspace holds
+    the splits' sums, else as slices of each block (the same result either way)."""
+    tile = next(t for rows, t in INVARIANT_TILES if m <= rows)
+    missing = [t.name for _, t in INVARIANT_TILES if t not in residency]
     if missing:
         raise EmberError(
             f"batch-invariant GEMMs need the {', '.join(missing)} tiles, which do not fit this "
@@ -286,15 +278,11 @@ class QuantGemm:
                 kernel.set_max_dynamic_shared_memory(layout.shared_bytes)
             self._kernels[q, tile] = kernel
         # The tiles each type runs here, and how many blocks of each an SM holds.
-        self.type_residency: dict[QuantType, dict[GemmTile, int]] = {
-            q: {t: self.layouts[q, t].per_sm for t in GemmTile if self.layouts[q, t].per_sm}
-            for q in QuantType
-        }
-        # Slices of K in one block: each type's invariant tiles' _sliced kernels, with their
-        # layouts.
+        self.type_residency = {q: type_residency(self.layouts, q) for q in QuantType}
+        # Slices of K in one block: the invariant tiles' _sliced kernels, with their layouts.
         self._sliced: dict[tuple[QuantType, GemmTile], Kernel] = {}
         for q in INVARIANT_TYPES:
-            for _, tile in invariant_tiles(q):
+            for _, tile in INVARIANT_TILES:
                 kernel = _INTERFACE.kernel(
                     module, f"quant_gemm_{q.name.lower()}_{tile.name.lower()}_sliced"
                 )
@@ -326,13 +314,7 @@ class QuantGemm:
     ) -> GemmPlan:
         residency = self.residency if quant.block_weights == BLOCK_WEIGHTS else None
         return choose_invariant_plan(
-            m,
-            n,
-            k,
-            self.multiprocessors,
-            residency or self.type_residency[quant],
-            workspace_bytes,
-            invariant_tiles(quant),
+            m, n, k, self.multiprocessors, residency or self.type_residency[quant], workspace_bytes
         )
 
     def workspace_bytes(self, m: int, n: int, k: int) -> int:
@@ -412,7 +394,7 @@ class QuantGemm:
         if plan.splits == 1 and plan.slices > 1:
             sliced = self._sliced.get((quant, plan.tile))
             if sliced is None:
-                tiles = ", ".join(t.name for _, t in invariant_tiles(quant))
+                tiles = ", ".join(t.name for _, t in INVARIANT_TILES)
                 raise ValueError(
                     f"gemm runs slices of {quant.name} K on the {tiles} tiles, not on "
                     f"{plan.tile.name}"
@@ -478,6 +460,13 @@ def _split_workspace(
             f"split-K gemm takes at most {_COUNTERS} tiles, got {plan.tile.tiles(m, n)}"
         )
     return workspace.ptr + _PARTIALS_OFFSET, workspace.ptr
+
+
+def type_residency(
+    layouts: Mapping[tuple[QuantType, GemmTile], TileLayout], quant: QuantType
+) -> dict[GemmTile, int]:
+    """The tiles `quant` runs with these layouts, and how many blocks of each an SM holds."""
+    return {t: layouts[quant, t].per_sm for t in GemmTile if layouts[quant, t].per_sm}
 
 
 def tile_layouts(max_shared: int) -> dict[tuple[QuantType, GemmTile], TileLayout]:

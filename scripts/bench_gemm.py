@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Time every quant_gemm tile on Llama-8B's (Q4_0) and SmolLM2-135M's (Q4_1) projections.
+"""Time every quant_gemm tile on Llama-8B's (Q4_0) and SmolLM2-135M's (Q4_1) projections, and
+on Llama-8B's as a Q4_K_M file holds them (8b-k: Q4_K, and Q6_K for down, as half its layers'
+ffn_down and attn_v are).
 
-    python3 scripts/bench_gemm.py [--rows 16,32,64,128,256,512] [--shapes 8b,135m]
+    python3 scripts/bench_gemm.py [--rows 16,32,64,128,256,512] [--shapes 8b,135m,8b-k]
 
 One line per (shape, M): the plan QuantGemm picks (with a split-K workspace) with its time,
 weight bandwidth and tensor throughput; the fastest tile and split measured; the plan without a
@@ -62,8 +64,14 @@ SHAPES = {
         Shape("135M gate_up", QuantType.Q4_1, 3072, 576),
         Shape("135M down", QuantType.Q4_1, 576, 1536),
     ],
+    "8b-k": [
+        Shape("8B qkv", QuantType.Q4_K, 6144, 4096),
+        Shape("8B wo", QuantType.Q4_K, 4096, 4096),
+        Shape("8B gate_up", QuantType.Q4_K, 28672, 4096),
+        Shape("8B down", QuantType.Q6_K, 4096, 14336),
+    ],
 }
-LAYERS = {"8b": 32, "135m": 30}
+LAYERS = {"8b": 32, "135m": 30, "8b-k": 32}
 FIELDS = ("first", "plan", "unsplit", "best")
 ROWS = (16, 32, 64, 128, 256, 512)
 ROTATE_BYTES = 128 << 20
@@ -217,17 +225,18 @@ def bench_shape(bench: Bench, shape: Shape, rows: list[int]) -> dict[int, Totals
                 y_all.view((m, n), np.float32),
             )
             cells = []
+            residency = gemm.type_residency[shape.quant]
             for tile in GemmTile:
-                if tile not in tiles_for(m) or tile not in gemm.residency:
+                if tile not in tiles_for(m) or tile not in residency:
                     cells.append("-")
                     continue
-                splits = split_count(tile, m, n, k, sms, gemm.residency[tile])
+                splits = split_count(tile, m, n, k, sms, residency[tile])
                 options = [GemmPlan(tile, s) for s in sorted({1, max(1, splits // 2), splits})]
                 plan = min(options, key=lambda p: case.measure(p)[0])
                 cells.append(cell(plan, *case.measure(plan)))
-            chosen = gemm.plan(m, n, k)
+            chosen = gemm.plan(m, n, k, quant=shape.quant)
             us, wrong = case.measure(chosen)
-            unsplit = gemm.plan(m, n, k, split=False)
+            unsplit = gemm.plan(m, n, k, split=False, quant=shape.quant)
             unsplit_us = case.measure(unsplit)[0]
             first_us = case.measure(GemmPlan(first_tile(m, n, sms)))[0]
             best = case.best()
@@ -278,7 +287,7 @@ def main() -> None:
             bench.close()
     context.release()
     print(
-        "\nper forward step, 4 projections x layers (8b: 32, 135m: 30), ms: "
+        "\nper forward step, 4 projections x layers (8b, 8b-k: 32, 135m: 30), ms: "
         "first quant_gemm / plan / plan without workspace / best measured"
     )
     for group, shapes in groups.items():

@@ -322,17 +322,13 @@ class QuantGemm:
         return choose_plan(m, n, k, self.multiprocessors, residency, split)
 
     def invariant_plan(
-        self, m: int, n: int, k: int, workspace_bytes: int = 0, quant: QuantType = QuantType.Q4_0
+        self, quant: QuantType, m: int, n: int, k: int, workspace_bytes: int = 0
     ) -> GemmPlan:
-        residency = self.residency if quant.block_weights == BLOCK_WEIGHTS else None
+        """`quant`'s invariant plan; the 32-weight types share their tiles' residency."""
+        tiles = invariant_tiles(quant)
+        residency = self.residency if tiles is INVARIANT_TILES else self.type_residency[quant]
         return choose_invariant_plan(
-            m,
-            n,
-            k,
-            self.multiprocessors,
-            residency or self.type_residency[quant],
-            workspace_bytes,
-            invariant_tiles(quant),
+            m, n, k, self.multiprocessors, residency, workspace_bytes, tiles
         )
 
     def workspace_bytes(self, m: int, n: int, k: int) -> int:
@@ -377,7 +373,7 @@ class QuantGemm:
         if weight.nbytes >= _INDEX_LIMIT or m * k >= _INDEX_LIMIT:
             raise ValueError(f"gemm takes W and x of under 2^31 bytes and elements, got {m}x{k}")
         if invariant:
-            plan = self.invariant_plan(m, n, k, 0 if workspace is None else workspace.nbytes, quant)
+            plan = self.invariant_plan(quant, m, n, k, 0 if workspace is None else workspace.nbytes)
             plan = GemmPlan(
                 plan.tile if tile is None else tile,
                 plan.splits if splits is None else splits,

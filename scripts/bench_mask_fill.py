@@ -8,10 +8,17 @@ decoding. Their masks are filled
   processes beside the calling thread, which computes its share too.
 
     python scripts/bench_mask_fill.py [--model M] [--seqs 64] [--steps 40] [--no-threads]
+                                      [--callback-tokenizer]
+
+llguidance encodes the grammar's forced bytes with its own Rust copy of the tokenizer where that
+is exact (`engine/grammar_tokenizer.py`; the first line says which); `--callback-tokenizer`
+times the threads with the Python callback instead, as before that copy (the worker processes
+always build their own, so it runs no workers).
 
 Prints the median milliseconds per step (the fill only: the matchers' `consume_token` is the
-engine's either way) and microseconds per mask, after a few steps of warm-up. With workers it
-also prints the round trip of an empty request (the IPC cost a step pays).
+engine's either way) and microseconds per mask, after a few steps of warm-up; with threads also
+the process's CPU milliseconds per step (all its threads: on a shared machine steadier than the
+wall clock); with workers the round trip of an empty request (the IPC cost a step pays).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import numpy as np
 from llguidance import LLExecutor, LLMatcher
 
 from ember.engine.grammar import GrammarCompiler, mask_threads
+from ember.engine.grammar_tokenizer import callback_lltokenizer
 from ember.engine.mask_workers import MaskWorkers, mask_worker_count
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.sequence import Sequence
@@ -81,15 +89,19 @@ def advance(seqs: list[Sequence], ahead: list[list[int]], step: int) -> None:
         seq.token_ids.append(tokens[step])
 
 
-def stepped(seqs: list[Sequence], ahead: list[list[int]], fill: object, steps: int) -> float:
-    """Median seconds of `fill(seqs, masks)` over the steps after the warm-up."""
-    seconds = []
+def stepped(
+    seqs: list[Sequence], ahead: list[list[int]], fill: object, steps: int
+) -> tuple[float, float]:
+    """Median seconds of `fill(seqs, masks)` over the steps after the warm-up: wall clock, and
+    this process's CPU time."""
+    seconds, cpu = [], []
     for step in range(steps):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         fill(seqs)  # type: ignore[operator]
         seconds.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
         advance(seqs, ahead, step)
-    return float(np.median(seconds[WARM_UP_STEPS:]))
+    return float(np.median(seconds[WARM_UP_STEPS:])), float(np.median(cpu[WARM_UP_STEPS:]))
 
 
 def wait_groups(grammars: GrammarCompiler, spec: StructuredOutput, groups: int) -> None:
@@ -99,12 +111,17 @@ def wait_groups(grammars: GrammarCompiler, spec: StructuredOutput, groups: int) 
         time.sleep(0.005)
 
 
-def threads_rows(tokenizer: Tokenizer, spec: StructuredOutput, n: int, steps: int) -> None:
-    print(f"{'threads':>7} {'lexer groups':>12} {'ms/step':>8} {'us/mask':>8}")
+def threads_rows(
+    tokenizer: Tokenizer, spec: StructuredOutput, n: int, steps: int, callback: bool
+) -> None:
+    print(f"{'threads':>7} {'lexer groups':>12} {'ms/step':>8} {'us/mask':>8} {'CPU ms':>7}")
+    lltokenizer = callback_lltokenizer(tokenizer) if callback else None
     most = max(mask_threads(), 1)
     for threads in sorted({1, 2, most, *(t for t in (4, 8, 16, 32) if t < most)}):
         for groups in sorted({1, threads}):
             grammars = GrammarCompiler(tokenizer, lexer_groups=groups)
+            if lltokenizer is not None:
+                grammars._lltokenizer = lltokenizer
             grammars._executor = LLExecutor(threads)  # the thread count under test
             wait_groups(grammars, spec, groups)
             seqs, ahead = sequences(grammars, tokenizer, spec, n, steps)
@@ -115,8 +132,11 @@ def threads_rows(tokenizer: Tokenizer, spec: StructuredOutput, n: int, steps: in
             ) -> None:
                 g.fill_masks([seq.grammar for seq in s], out)  # type: ignore[misc]
 
-            step = stepped(seqs, ahead, fill, steps)
-            print(f"{threads:>7} {groups:>12} {step * 1e3:>8.3f} {step / n * 1e6:>8.1f}")
+            step, cpu = stepped(seqs, ahead, fill, steps)
+            print(
+                f"{threads:>7} {groups:>12} {step * 1e3:>8.3f} {step / n * 1e6:>8.1f} "
+                f"{cpu * 1e3:>7.2f}"
+            )
             grammars.close()
 
 
@@ -136,7 +156,7 @@ def process_rows(tokenizer: Tokenizer, spec: StructuredOutput, n: int, steps: in
             def fill(s: list[Sequence], w: MaskWorkers = workers, out: np.ndarray = masks) -> None:
                 w.fill(s, out)
 
-            step = stepped(seqs, ahead, fill, steps)
+            step, _ = stepped(seqs, ahead, fill, steps)
             print(f"{count:>7} {step * 1e3:>8.3f} {step / n * 1e6:>8.1f} {trip * 1e6:>13.0f}")
         finally:
             workers.close()
@@ -159,6 +179,11 @@ def main() -> None:
     parser.add_argument("--seqs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--no-threads", action="store_true", help="only the worker processes")
+    parser.add_argument(
+        "--callback-tokenizer",
+        action="store_true",
+        help="threads only, llguidance calling back into Python to tokenize (the fallback)",
+    )
     args = parser.parse_args()
     tokenizer = Tokenizer.from_gguf(GGUFFile.open(resolve_model_path(args.model)))
     schema = json.loads(SCHEMA_BODY.read_text())["response_format"]["json_schema"]["schema"]
@@ -169,9 +194,14 @@ def main() -> None:
         f"{cpus} CPUs: mask_threads() = {mask_threads()}, "
         f"mask_worker_count() = {mask_worker_count()}"
     )
+    probe = GrammarCompiler(tokenizer)
+    probe.lltokenizer()
+    native = probe.native_tokenizer and not args.callback_tokenizer
+    print(f"llguidance's tokenizer: {'native (Rust)' if native else 'Python callback'}")
     if not args.no_threads:
-        threads_rows(tokenizer, spec, args.seqs, args.steps)
-    process_rows(tokenizer, spec, args.seqs, args.steps)
+        threads_rows(tokenizer, spec, args.seqs, args.steps, args.callback_tokenizer)
+    if not args.callback_tokenizer:
+        process_rows(tokenizer, spec, args.seqs, args.steps)
 
 
 if __name__ == "__main__":

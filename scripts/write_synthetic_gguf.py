@@ -27,35 +27,8 @@ from ember.gpu.stream import Stream
 from ember.kernels.quant_gemv import QuantType
 from ember.kernels.synthetic import Synthetic
 from ember.model.config import ModelConfig
+from ember.model.cuda.weights import tensor_shapes
 from ember.model.synthetic import PRESETS, TypeRule, synthetic_vocabulary
-
-
-def tensor_shapes(config: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, [rows, cols] or [n]) of every tensor, in llama.cpp's order."""
-    c = config
-    shapes: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (c.vocab_size, c.d_model))]
-    for i in range(c.n_layers):
-        p = f"blk.{i}."
-        shapes += [
-            (p + "attn_norm.weight", (c.d_model,)),
-            (p + "attn_q.weight", (c.q_dim, c.d_model)),
-            (p + "attn_k.weight", (c.kv_dim, c.d_model)),
-            (p + "attn_v.weight", (c.kv_dim, c.d_model)),
-        ]
-        if c.qk_norm:
-            shapes += [(p + "attn_q_norm.weight", (c.head_dim,))]
-            shapes += [(p + "attn_k_norm.weight", (c.head_dim,))]
-        shapes += [
-            (p + "attn_output.weight", (c.d_model, c.q_dim)),
-            (p + "ffn_norm.weight", (c.d_model,)),
-            (p + "ffn_gate.weight", (c.ffn_dim, c.d_model)),
-            (p + "ffn_up.weight", (c.ffn_dim, c.d_model)),
-            (p + "ffn_down.weight", (c.d_model, c.ffn_dim)),
-        ]
-    shapes.append(("output_norm.weight", (c.d_model,)))
-    if not c.tied_embeddings:
-        shapes.append(("output.weight", (c.vocab_size, c.d_model)))
-    return shapes
 
 
 def write_metadata(writer: gguf.GGUFWriter, config: ModelConfig) -> None:

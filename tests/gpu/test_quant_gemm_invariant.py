@@ -154,7 +154,7 @@ def test_every_tile_and_way_of_running_the_shares_gives_the_same_bits(
     raw = random_weight(quant, n, k, seed=n)
     x = rng.standard_normal((16, k)).astype(np.float32)
     with DeviceArray.from_numpy(raw) as dw:
-        plan = quant_gemm.invariant_plan(16, n, k, workspace.nbytes, quant)
+        plan = quant_gemm.invariant_plan(quant, 16, n, k, workspace.nbytes)
         want = invariant_rows(quant_gemm, dw, quant, x, stream, workspace)
         Reference.of(raw, quant, x).check(want, f"{quant.name} {n}x{k} {plan}")
         for _, tile in INVARIANT_TILES:

@@ -19,13 +19,15 @@ Why processes: llguidance's masks do not scale over threads of one process. Copi
 compiled matcher (`LLMatcher.deep_copy`) share its lexer, and computing a mask holds that
 lexer's lock, so their masks are computed one after another (on an H100 host, 64 of them took
 4.1 ms a step with 15 threads, the time of one thread). Over independent compiles, computing a
-mask also calls back into Python (our `TokenizerView` tokenizes the grammar's forced bytes, ~47
-calls for 64 masks of the benchmark's schema), and each call takes the GIL: on a 2-core machine
-2 threads spent twice the CPU time of one for no gain (with llguidance's own Rust tokenizer
-instead, a trial: 1.0-1.25x), where 2 processes gave 1.5-1.6x (docs/benchmarks.md). Without
-workers, each spec is compiled into up to `lexer_groups` independent matchers (the first at
-once, the others on the compile thread while copies of the first serve), and new sequences are
-copied from them in turn, so that threads at least do not wait on one lexer.
+mask tokenizes the grammar's forced bytes (~47 times for 64 masks of the benchmark's schema):
+llguidance does it in Rust where its own copy of our tokenizer is exact (every byte-level
+tokenizer without user-defined tokens), otherwise it calls back into Python through
+`TokenizerView`, and each call takes the GIL (`engine/grammar_tokenizer.py`). Even without
+callbacks, 2 threads on a 2-core machine gave 1.0-1.25x, where 2 processes gave 1.5-1.6x
+(docs/benchmarks.md). Without workers, each spec is compiled into up to `lexer_groups`
+independent matchers (the first at once, the others on the compile thread while copies of the
+first serve), and new sequences are copied from them in turn, so that threads at least do not
+wait on one lexer.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from ember.engine.grammar_tokenizer import callback_lltokenizer, native_lltokenizer
 from ember.engine.structured_output import StructuredOutput
 from ember.errors import EmberError, StructuredOutputError
 
@@ -80,24 +84,6 @@ def allowed_tokens(mask: Masks, vocab_size: int) -> npt.NDArray[np.bool_]:
     """The mask as one bool per token id."""
     bits = np.unpackbits(mask.view(np.uint8), bitorder="little")
     return bits[:vocab_size].astype(np.bool_)
-
-
-class TokenizerView:
-    """Ember's tokenizer as llguidance's `TokenizerWrapper` reads one: every token's bytes, the
-    special ids, and an encoder."""
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self._tokenizer = tokenizer
-        self.eos_token_id = tokenizer.eos_id
-        self.bos_token_id = tokenizer.bos_id
-        vocab = range(tokenizer.vocab_size)
-        self.tokens = [tokenizer.token_bytes(i) for i in vocab]
-        self.special_token_ids = [i for i in vocab if tokenizer.is_special(i)]
-
-    def __call__(self, text: str | bytes) -> list[int]:
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", errors="replace")
-        return self._tokenizer.encode(text, add_special_tokens=False)
 
 
 class _LexerGroups:
@@ -148,6 +134,8 @@ class GrammarCompiler:
         self._compiled: OrderedDict[StructuredOutput, _LexerGroups] = OrderedDict()
         self._lock = threading.Lock()
         self._lltokenizer: LLTokenizer | None = None
+        # Whether masks are computed with no call into Python (known once `lltokenizer` ran).
+        self.native_tokenizer: bool | None = None
         self._executor: LLExecutor | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._threads = threads
@@ -277,18 +265,19 @@ class GrammarCompiler:
         return matcher
 
     def lltokenizer(self) -> LLTokenizer:
-        """llguidance's view of the vocabulary, built on first use (~0.2 s for 49k tokens)."""
+        """llguidance's view of the vocabulary, built on first use: its own Rust copy of our
+        tokenizer where that is exact, else `TokenizerView` (`engine/grammar_tokenizer.py`)."""
         with self._lock:
             if self._lltokenizer is None:
-                try:
-                    from llguidance import LLTokenizer, TokenizerWrapper
-                except ImportError:
+                if find_spec("llguidance") is None:
                     raise GrammarEngineMissingError(
                         "structured outputs need the llguidance package: pip install llguidance"
-                    ) from None
-                stops = sorted(self._tokenizer.stop_ids)
-                view = TokenizerWrapper(TokenizerView(self._tokenizer))
-                self._lltokenizer = LLTokenizer(view, eos_token=stops)
+                    )
+                lltokenizer = native_lltokenizer(self._tokenizer)
+                self.native_tokenizer = lltokenizer is not None
+                if lltokenizer is None:
+                    lltokenizer = callback_lltokenizer(self._tokenizer)
+                self._lltokenizer = lltokenizer
             return self._lltokenizer
 
 

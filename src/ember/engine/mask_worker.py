@@ -67,6 +67,11 @@ class MaskWorker:
     def warm(self) -> None:
         self._grammars.lltokenizer()
 
+    @property
+    def native_tokenizer(self) -> bool | None:
+        """Whether its masks are computed with no call into Python (None before `warm`)."""
+        return self._grammars.native_tokenizer
+
     def serve(self, request: MaskRequest) -> MaskReply:
         for seq_id in request.gone:
             self._mirrors.pop(seq_id, None)

@@ -310,12 +310,12 @@ class QuantGemm:
         return choose_plan(m, n, k, self.multiprocessors, residency, split)
 
     def invariant_plan(
-        self, m: int, n: int, k: int, workspace_bytes: int = 0, quant: QuantType = QuantType.Q4_0
+        self, quant: QuantType, m: int, n: int, k: int, workspace_bytes: int = 0
     ) -> GemmPlan:
-        residency = self.residency if quant.block_weights == BLOCK_WEIGHTS else None
-        return choose_invariant_plan(
-            m, n, k, self.multiprocessors, residency or self.type_residency[quant], workspace_bytes
-        )
+        """`quant`'s invariant plan; the 32-weight types share their tiles' residency."""
+        shared = quant.block_weights == BLOCK_WEIGHTS
+        residency = self.residency if shared else self.type_residency[quant]
+        return choose_invariant_plan(m, n, k, self.multiprocessors, residency, workspace_bytes)
 
     def workspace_bytes(self, m: int, n: int, k: int) -> int:
         """Workspace bytes that gemm_launch's own plan for this product needs."""
@@ -359,7 +359,7 @@ class QuantGemm:
         if weight.nbytes >= _INDEX_LIMIT or m * k >= _INDEX_LIMIT:
             raise ValueError(f"gemm takes W and x of under 2^31 bytes and elements, got {m}x{k}")
         if invariant:
-            plan = self.invariant_plan(m, n, k, 0 if workspace is None else workspace.nbytes, quant)
+            plan = self.invariant_plan(quant, m, n, k, 0 if workspace is None else workspace.nbytes)
             plan = GemmPlan(
                 plan.tile if tile is None else tile,
                 plan.splits if splits is None else splits,

@@ -211,6 +211,12 @@ class Tokenizer:
             return [self._with_bos(e.ids) for e in encodings]
         return [e.ids for e in encodings]
 
+    def to_json(self) -> str:
+        """The `tokenizers` JSON of this tokenizer: a `tokenizers.Tokenizer` built from it
+        encodes text (`add_special_tokens=False`) to `encode`'s ids, and decodes them alike."""
+        spec: str = self._backend.to_str()
+        return spec
+
     @property
     def special_text(self) -> re.Pattern[str]:
         """Matches the text of any special token (the longest of those starting at a place)."""

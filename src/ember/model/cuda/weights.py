@@ -114,6 +114,14 @@ class _Part:
         """Float32 values (norms, biases), not a matrix of blocks."""
         return self.cols == 1 or all(r == 1 for r in self.rows)
 
+    def shapes(self) -> Iterator[tuple[str, tuple[int, ...]]]:
+        """Each tensor's name and GGUF shape (NumPy order: [rows, cols], or [n] for a vector)."""
+        for name, rows in zip(self.names, self.rows, strict=True):
+            if self.cols == 1:
+                yield name, (rows,)
+            else:
+                yield name, (rows, self.cols) if rows > 1 else (self.cols,)
+
     def runs(
         self, kinds: list[GGMLQuantizationType]
     ) -> Iterator[tuple[_Part, GGMLQuantizationType]]:
@@ -259,14 +267,16 @@ def synthetic_weights(
     return _assemble(arena, arrays, config)
 
 
+def tensor_shapes(config: ModelConfig) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """Every tensor the CUDA forward pass reads for `config`, by GGUF name, with its shape."""
+    for part in _parts(config):
+        yield from part.shapes()
+
+
 def _check_shapes(gguf: GGUFFile, part: _Part) -> None:
-    for name, rows in zip(part.names, part.rows, strict=True):
-        if part.cols == 1:
-            expected: tuple[int, ...] = (rows,)
-        else:
-            expected = (rows, part.cols) if rows > 1 else (part.cols,)
+    for name, expected in part.shapes():
         shape = gguf.tensors[name].shape
-        if shape != expected and not (rows == 1 and shape == (1, part.cols)):
+        if shape != expected and not (expected == (part.cols,) and shape == (1, part.cols)):
             raise ModelFormatError(
                 f"{gguf.path}: tensor {name!r} has shape {shape}, expected {expected}"
             )

@@ -17,7 +17,7 @@ import asyncio
 import time
 
 from ember.engine.config import EngineConfig
-from ember.engine.llm_engine import EngineStats
+from ember.engine.engine_stats import EngineStats
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.sequence import FinishReason
 from ember.engine.sequence_limits import SequenceLimits

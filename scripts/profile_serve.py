@@ -38,7 +38,7 @@ from bench_serve_overhead import free_port, wait_until_ready
 
 from ember.bench.serve_load import LoadPlan, RequestRecord, default_processes, run_load
 from ember.engine.config import EngineConfig
-from ember.engine.llm_engine import EngineStats
+from ember.engine.engine_stats import EngineStats
 from ember.engine.sequence import FinishReason
 from ember.engine.sequence_limits import SequenceLimits
 from ember.serve.worker_protocol import (

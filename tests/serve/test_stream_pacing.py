@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from ember.engine.llm_engine import EngineStats
+from ember.engine.engine_stats import EngineStats
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.sequence import FinishReason
 from ember.engine.sequence_limits import SequenceLimits
@@ -49,7 +49,7 @@ def stream_deltas(
             ServerMetrics("m", 8192),
         )
         client.attach(
-            DiscardingLink(), WorkerReady(1, "test", SequenceLimits(49152, 8192, 1000, 16))
+            DiscardingLink(), WorkerReady(1, "test", SequenceLimits(49152, 8192, 1000, 16), 0.0)
         )
         request = GenerationRequest("r", None)
         choice = request.add_choice([1, 2], SamplingParams(max_tokens=64), tokenizer)

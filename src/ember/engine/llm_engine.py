@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ember.engine.config import EngineConfig
+from ember.engine.engine_stats import EngineStats
 from ember.engine.grammar import GrammarCompiler, mask_threads
 from ember.engine.kv_cache_pool import KVCachePool
 from ember.engine.mask_workers import MaskWorkers, mask_worker_count
@@ -38,23 +39,6 @@ if TYPE_CHECKING:
 
 # A step with nothing to run but grammars compiling waits this long for one, rather than spin.
 _COMPILE_WAIT_SECONDS = 0.005
-
-
-@dataclass(frozen=True, slots=True)
-class EngineStats:
-    num_running: int
-    num_waiting: int
-    kv_usage: float
-    num_kv_blocks: int
-    prefix_cache_queries: int
-    prefix_cache_hits: int
-    num_preemptions: int
-    last_batch_size: int
-    last_batch_tokens: int
-    # Sequences by priority (`Scheduling.priority`), for per-class metrics; priorities with
-    # none are left out.
-    running_by_priority: dict[int, int] = field(default_factory=dict)
-    waiting_by_priority: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
-from ember.engine.llm_engine import EngineStats
+from ember.engine.engine_stats import EngineStats
 from ember.engine.sequence import FinishReason
 
 if TYPE_CHECKING:

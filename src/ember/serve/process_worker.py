@@ -14,14 +14,13 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
 from ember.engine.config import EngineConfig
-from ember.engine.llm_engine import LLMEngine
 from ember.errors import EmberError
 from ember.gpu import warmup
-from ember.serve.engine_loop import EngineLoop
 from ember.serve.engine_spawn import SpawnedEngine, spawn_engine
 from ember.serve.worker_protocol import (
     FRAME_HEADER,
@@ -47,13 +46,18 @@ def worker_main(sock: socket.socket, config: EngineConfig) -> None:
     if config.device != "cpu":
         # The driver's start-up (cuInit, the primary context) beside the model's loading.
         warmup.start()
+    # The engine's modules only here: the server's process imports this module, not them.
+    from ember.engine.llm_engine import LLMEngine
+    from ember.serve.engine_loop import EngineLoop
+
     channel = FrameSocket(sock, SERVER_MESSAGES)
+    begun = time.monotonic()
     try:
         engine = LLMEngine(config)
     except EmberError as error:
         channel.send(WorkerFailed(str(error)))
         sys.exit(1)
-    channel.send(WorkerReady.of(engine))
+    channel.send(WorkerReady.of(engine, time.monotonic() - begun))
     try:
         with contextlib.suppress(ChannelClosedError, BrokenPipeError, ConnectionResetError):
             EngineLoop(engine, channel, channel.send).run()

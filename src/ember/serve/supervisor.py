@@ -128,9 +128,11 @@ class WorkerSupervisor:
             nonlocal failure
             if isinstance(message, WorkerReady):
                 logger.info(
-                    "engine worker ready: pid %d, %s, %d KV blocks of %d tokens",
+                    "engine worker ready: pid %d, %s, model loaded in %.2f s, %d KV blocks of "
+                    "%d tokens",
                     message.pid,
                     message.device,
+                    message.load_seconds,
                     message.limits.num_kv_blocks,
                     message.limits.block_size,
                 )

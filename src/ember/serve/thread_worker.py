@@ -12,12 +12,11 @@ import contextlib
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from ember.engine.config import EngineConfig
-from ember.engine.llm_engine import LLMEngine
 from ember.errors import EmberError
-from ember.serve.engine_loop import EngineLoop
 from ember.serve.worker_protocol import (
     ServerMessage,
     Shutdown,
@@ -64,10 +63,15 @@ class ThreadWorker:
                 exited.set_result(how)
 
         def run() -> None:
+            # The engine's modules only for an engine in this process (`--in-process`).
+            from ember.engine.llm_engine import LLMEngine
+            from ember.serve.engine_loop import EngineLoop
+
             how = "stopped"
             try:
+                begun = time.monotonic()
                 engine = LLMEngine(self._config)
-                deliver(WorkerReady.of(engine))
+                deliver(WorkerReady.of(engine, time.monotonic() - begun))
                 try:
                     EngineLoop(engine, self._inbox, deliver).run()
                 finally:

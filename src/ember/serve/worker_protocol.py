@@ -17,15 +17,18 @@ import select
 import socket
 import struct
 from collections.abc import Callable
-from typing import Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 import msgspec
 
-from ember.engine.llm_engine import EngineStats, LLMEngine
+from ember.engine.engine_stats import EngineStats
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.scheduling import Scheduling
 from ember.engine.sequence import FinishReason, RequestId, TokenLogprob
 from ember.engine.sequence_limits import SequenceLimits
+
+if TYPE_CHECKING:
+    from ember.engine.llm_engine import LLMEngine
 
 FRAME_HEADER: Final = struct.Struct("<I")
 
@@ -58,10 +61,11 @@ class WorkerReady(msgspec.Struct, frozen=True, array_like=True, tag=True):
     pid: int
     device: str
     limits: SequenceLimits  # what fits in the worker's engine: the server checks requests with it
+    load_seconds: float  # the engine's construction: model, weights, KV cache (for the log)
 
     @classmethod
-    def of(cls, engine: LLMEngine) -> WorkerReady:
-        return cls(os.getpid(), engine.model.backend.device_name, engine.limits)
+    def of(cls, engine: LLMEngine, load_seconds: float) -> WorkerReady:
+        return cls(os.getpid(), engine.model.backend.device_name, engine.limits, load_seconds)
 
 
 class WorkerFailed(msgspec.Struct, frozen=True, array_like=True, tag=True):

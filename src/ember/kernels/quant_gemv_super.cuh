@@ -26,12 +26,16 @@
 //    of the code. Over 4-byte loads at the lane's own offset (the unit path's): no slot of
 //    16-byte granules makes those conflict-free.
 //
-// SASS of quant_gemv_q4_k_b1 (sm_90, nvcc 13.0), shared-memory loads in the stage loop:
-//   before (the unit path): 90 generic LD (66 x 32-bit, 24 x 64-bit: the slot pointer was
-//     not known to be shared) + 21 LDS + 12 LDS.U8 + 16 LDS.128, per super-block;
-//   after: see KQUANT_LDS_COUNTS in the commit that introduced this file.
-//
-// Exact as the unit path: the same integer codes, one dp4a chain per half unit, and the same
+// Measured in the SASS (sm_90 cubin, nvcc 13.0), the stage loop of one super-block per lane:
+//   quant_gemv_q4_k_b1, weight reads: before (the unit path, whose slot pointer the compiler
+//     could not prove shared) 66 generic 32-bit LD + 24 generic 64-bit LD + 12 LDS.U8, 8-way
+//     conflicted; now 9 LDS.128, conflict-free. The loop: 926 instructions -> 543 (Q4_0's
+//     stage of the same bytes: ~590). x's 16 LDS.128 and 16 LDS of records are unchanged.
+//   q5_k_b1: 99 + 28 generic LD + 12 LDS.U8 -> 11 LDS.128; 1396 instructions -> 679.
+//   q6_k_b1: 190 generic LD + 16 LDS.S8 + 1 LDS.U16 -> 14 LDS.128; 1797 instructions -> 933.
+//   At batch 8: q4_k 2525 -> 2058, q5_k 3014 -> 2183, q6_k 3212 -> 2399 (and its 9 local
+//   loads gone). No spills at tiers 1, 2 and 8; q6_k_b4 spills 4 bytes (128 registers).
+// Exact as the unit path: the same integers from one dp4a chain per half unit, and the same
 // float operations in the same order (unit_accumulate), so a row's bits are what they were;
 // the batch invariance of quant_gemv_units.cuh holds as there (warps chosen without the batch).
 // Included inside namespace ember_gemv.

@@ -31,7 +31,7 @@ SHAPES = [
     (1536, 576),
     (49152, 576),
 ]
-BATCHES = (1, 4, 8)
+BATCHES = (1, 2, 4, 8)  # every tier
 LAUNCHES = 64
 REPLAYS = 10
 ROTATE_BYTES = 256 << 20

@@ -1,6 +1,7 @@
 """The kernels of quant_formats.cuh's types (Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) beyond what the
 shared GEMV/GEMM tests check: a row's GEMV result is bit-identical whatever the batch and the
-row's place in it (issue 21), and the embedding gather dequantises rows as NumPy does."""
+row's place in it (issue 21), the K-quant GEMV reads super-blocks at every start a row can
+give them, and the embedding gather dequantises rows as NumPy does."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from ember.kernels.embedding import Embedding
 from ember.kernels.quant_gemv import MAX_BATCH, QuantGemv, QuantType
 from ember.model.quant import dequantize
 from tests.gpu.quant_data import random_weight
+from tests.gpu.test_quant_gemv import Reference, random_x, run_gemv
 
 pytestmark = pytest.mark.gpu
 
 FORMATS = [q for q in QuantType if q.unit_format]
+K_QUANTS = [q for q in FORMATS if q.block_weights == 256]
 
 
 def _gemv(
@@ -55,6 +58,25 @@ def test_gemv_rows_are_batch_invariant(
                     f"{quant.name}: batch {batch} from row {start} differs from the rows alone "
                     f"in {np.count_nonzero(got != alone[start : start + batch])} values"
                 )
+
+
+@pytest.mark.parametrize("quant", K_QUANTS, ids=lambda q: q.name)
+@pytest.mark.parametrize("k", [2304, 1280, 2048], ids=lambda k: f"K{k}")
+def test_kquant_gemv_at_every_super_block_start(
+    quant_gemv: QuantGemv, stream: Stream, quant: QuantType, k: int
+) -> None:
+    """Rows of an odd number of super-blocks (9, 5) put a warp's Q6_K super-blocks at all 8
+    even starts within a 16-byte granule at once, each lane at its own (quant_gemv_super.cuh
+    takes the start out in registers); 8 super-blocks (2048) give every lane of a stage the
+    same start. Q4_K and Q5_K rows are whole granules whatever K. Every tier, against NumPy."""
+    n = 97  # a thread block of 32 rows, two more, and one partly used
+    raw = random_weight(quant, n, k, seed=k)
+    ref = Reference(raw, quant, n, k)
+    with DeviceArray.from_numpy(raw) as dw:
+        for batch in (1, 2, 4, 8):
+            x = random_x(batch, k, seed=batch)
+            got, _ = run_gemv(quant_gemv, stream, dw, quant, x, n)
+            ref.check(got, x, f"K {k}, batch {batch}")
 
 
 @pytest.mark.parametrize("quant", FORMATS, ids=lambda q: q.name)

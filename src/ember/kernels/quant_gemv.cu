@@ -66,7 +66,8 @@ constexpr int MAGIC = 0x4B400000;  // the bits of 1.5 * 2^23: M + i is exact for
 constexpr float MAGIC_F = 12582912.0f;
 constexpr uint32_t LOW_NIBBLES = 0x0F0F0F0Fu;
 
-// The formats of quant_formats.cuh, read through ember::Format (quant_gemv_units.cuh); the
+// The formats of quant_formats.cuh: Q5_0 and Q5_1 read through ember::Format's units
+// (quant_gemv_units.cuh), the K-quants a super-block a stage (quant_gemv_super.cuh); the
 // others have their own tuned paths below.
 template <typename Block>
 struct IsUnitFormat : std::false_type {};
@@ -75,6 +76,12 @@ template <> struct IsUnitFormat<ember::block_q5_1> : std::true_type {};
 template <> struct IsUnitFormat<ember::block_q4_k> : std::true_type {};
 template <> struct IsUnitFormat<ember::block_q5_k> : std::true_type {};
 template <> struct IsUnitFormat<ember::block_q6_k> : std::true_type {};
+
+template <typename Block>
+struct IsSuperFormat : std::false_type {};
+template <> struct IsSuperFormat<ember::block_q4_k> : std::true_type {};
+template <> struct IsSuperFormat<ember::block_q5_k> : std::true_type {};
+template <> struct IsSuperFormat<ember::block_q6_k> : std::true_type {};
 
 // Whether a format's dot needs sum(x) per x block (a minimum, or Q4_1's).
 template <typename Block>
@@ -671,6 +678,7 @@ __device__ __forceinline__ void warp_rows(
 }
 
 #include "quant_gemv_units.cuh"
+#include "quant_gemv_super.cuh"
 
 // The rows' rms scales, 1 / sqrt(mean(h^2) + eps), one warp a row: from the producer's sums
 // over 32-column groups where there are some (K / 32 floats a row), else from x itself.
@@ -733,7 +741,9 @@ __device__ __forceinline__ void rope_pair(
 // the first granule.
 template <typename Block>
 __device__ __host__ constexpr int ring_bytes_of(bool aligned) {
-    if constexpr (IsUnitFormat<Block>::value)
+    if constexpr (IsSuperFormat<Block>::value)
+        return SuperStage<Block>::ring;
+    else if constexpr (IsUnitFormat<Block>::value)
         return UnitStage<Block>::ring;
     else
         return aligned ? Stage<Block>::ring_aligned : Stage<Block>::ring_general;
@@ -767,7 +777,10 @@ __device__ __forceinline__ void gemv(
     };
     const RowMap rows(n, f.out == SWIGLU ? n : f.out == ROPE_NEOX ? f.head_dim : 0);
     float acc[MAX_BATCH] = {};
-    if constexpr (IsUnitFormat<Block>::value)
+    if constexpr (IsSuperFormat<Block>::value)
+        warp_rows_super<Block, MAX_BATCH>(
+            w, x, rows, k, batch, ring, xs, acc, f.norm_weight, scale, ready);
+    else if constexpr (IsUnitFormat<Block>::value)
         warp_rows_units<Block, MAX_BATCH>(
             w, x, rows, k, batch, ring, xs, acc, f.norm_weight, scale, ready);
     else if (aligned)

@@ -1,13 +1,13 @@
-// quant_gemv.cu's stage loop for the formats of quant_formats.cuh (Q5_0, Q5_1, Q4_K, Q5_K,
-// Q6_K), included by quant_gemv.cu after its own loop, whose helpers (the x quantisation, the
-// copies, RowMap) it shares; only the weights are read another way.
+// quant_gemv.cu's stage loop for Q5_0 and Q5_1 (the 32-weight formats of quant_formats.cuh),
+// included by quant_gemv.cu after its own loop, whose helpers (the x quantisation, the copies,
+// RowMap) it shares; only the weights are read another way. The K-quants have their own loop
+// (quant_gemv_super.cuh) and share this file's unit_accumulate.
 //
-// A stage is still 256 weights of 32 rows (8 x blocks): 8 Q5_0/Q5_1 blocks or one super-block.
-// Its bytes are copied into the warp's ring as quant_gemv copies unaligned rows, with the start
-// taken per stage: a Q6_K super-block is 210 bytes, so its stages start at every even offset of
-// a granule whatever the row's alignment. Each lane then reads its row's units (32 weights) as
-// 8 words of signed codes and its scales (ember::Format) and takes one dp4a dot per half unit
-// with x's int8 block; x's scale, the units' scales and the minimum term are applied in float.
+// A stage is still 256 weights of 32 rows (8 x blocks): 8 Q5_0/Q5_1 blocks. Its bytes are
+// copied into the warp's ring as quant_gemv copies unaligned rows, with the start taken per
+// stage. Each lane then reads its row's units (32 weights) as 8 words of signed codes and its
+// scales (ember::Format) and takes one dp4a dot per half unit with x's int8 block; x's scale,
+// the units' scales and the minimum term are applied in float.
 //
 // Batch invariance: a row's sum runs over its stages in the order each warp takes them and
 // over the warps in order, with integer dots per half unit, so it depends on the warp count
@@ -27,7 +27,55 @@ struct UnitStage {
     static constexpr int ring = STAGES * 32 * 16 * granules;
 };
 
-// acc[b] += unit u of the block at `w` (2-byte aligned) . x block `pair` of batch row b.
+// acc[b] += a unit's codes q (8 words of 4 signed bytes, weight order) with scales s . x block
+// `x_block` of the stage, for every batch row b: one dp4a chain per half unit, then floats.
+// With OFFSET, q holds code + OFFSET per byte (< 128) and each chain starts at -OFFSET times
+// its x's sum: the same integer, so the same bits, for 4 dp4a a half unit and batch row
+// instead of a per-byte subtraction of each word (3 operations, whatever the batch).
+template <int MAX_BATCH, bool HAS_MIN, int OFFSET = 0>
+__device__ __forceinline__ void unit_accumulate(
+    const uint32_t (&q)[8], const ember::UnitScales& s, int x_block, int batch,
+    const uint8_t* xs, float (&acc)[MAX_BATCH]) {
+    const uint4* xq = reinterpret_cast<const uint4*>(xs);
+    const XRecord* records = reinterpret_cast<const XRecord*>(xs + MAX_BATCH * STAGE_BLOCKS * 32);
+#pragma unroll
+    for (int b = 0; b < MAX_BATCH; ++b) {
+        // The wrapper runs a batch on the smallest tier that holds it, so rows up to
+        // MAX_BATCH / 2 always exist.
+        if (b > MAX_BATCH / 2 && b >= batch) break;
+        const int pair = b * STAGE_BLOCKS + x_block;
+        const uint4 x0 = xq[2 * pair];
+        const uint4 x1 = xq[2 * pair + 1];
+        int lo = 0;
+        int hi = 0;
+        if constexpr (OFFSET != 0) {
+            constexpr int minus = static_cast<int>(0x01010101u * static_cast<uint8_t>(-OFFSET));
+            lo = __dp4a(minus, static_cast<int>(x0.x), lo);
+            lo = __dp4a(minus, static_cast<int>(x0.y), lo);
+            lo = __dp4a(minus, static_cast<int>(x0.z), lo);
+            lo = __dp4a(minus, static_cast<int>(x0.w), lo);
+            hi = __dp4a(minus, static_cast<int>(x1.x), hi);
+            hi = __dp4a(minus, static_cast<int>(x1.y), hi);
+            hi = __dp4a(minus, static_cast<int>(x1.z), hi);
+            hi = __dp4a(minus, static_cast<int>(x1.w), hi);
+        }
+        lo = __dp4a(static_cast<int>(q[0]), static_cast<int>(x0.x), lo);
+        lo = __dp4a(static_cast<int>(q[1]), static_cast<int>(x0.y), lo);
+        lo = __dp4a(static_cast<int>(q[2]), static_cast<int>(x0.z), lo);
+        lo = __dp4a(static_cast<int>(q[3]), static_cast<int>(x0.w), lo);
+        hi = __dp4a(static_cast<int>(q[4]), static_cast<int>(x1.x), hi);
+        hi = __dp4a(static_cast<int>(q[5]), static_cast<int>(x1.y), hi);
+        hi = __dp4a(static_cast<int>(q[6]), static_cast<int>(x1.z), hi);
+        hi = __dp4a(static_cast<int>(q[7]), static_cast<int>(x1.w), hi);
+        const XRecord r = records[pair];
+        // |lo|, |hi| <= 16 * 63 * 127 < 2^24: exact as floats.
+        const float dot = fmaf(s.lo, static_cast<float>(lo), s.hi * static_cast<float>(hi));
+        acc[b] = fmaf(r.d, dot, acc[b]);
+        if constexpr (HAS_MIN) acc[b] = fmaf(s.m, r.sum, acc[b]);
+    }
+}
+
+// acc[b] += unit u of the block at `w` (2-byte aligned) . x block `x_block` of batch row b.
 template <typename Block, int MAX_BATCH>
 __device__ __forceinline__ void unit_dot(
     const uint8_t* w, int u, int x_block, int batch, const uint8_t* xs,
@@ -36,29 +84,7 @@ __device__ __forceinline__ void unit_dot(
     uint32_t q[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) q[i] = F::word(w, u, i);
-    const ember::UnitScales s = F::scales(w, u);
-    const uint4* xq = reinterpret_cast<const uint4*>(xs);
-    const XRecord* records = reinterpret_cast<const XRecord*>(xs + MAX_BATCH * STAGE_BLOCKS * 32);
-#pragma unroll
-    for (int b = 0; b < MAX_BATCH; ++b) {
-        if (b >= batch) break;
-        const int pair = b * STAGE_BLOCKS + x_block;
-        const uint4 x0 = xq[2 * pair];
-        const uint4 x1 = xq[2 * pair + 1];
-        int lo = __dp4a(static_cast<int>(q[0]), static_cast<int>(x0.x), 0);
-        lo = __dp4a(static_cast<int>(q[1]), static_cast<int>(x0.y), lo);
-        lo = __dp4a(static_cast<int>(q[2]), static_cast<int>(x0.z), lo);
-        lo = __dp4a(static_cast<int>(q[3]), static_cast<int>(x0.w), lo);
-        int hi = __dp4a(static_cast<int>(q[4]), static_cast<int>(x1.x), 0);
-        hi = __dp4a(static_cast<int>(q[5]), static_cast<int>(x1.y), hi);
-        hi = __dp4a(static_cast<int>(q[6]), static_cast<int>(x1.z), hi);
-        hi = __dp4a(static_cast<int>(q[7]), static_cast<int>(x1.w), hi);
-        const XRecord r = records[pair];
-        // |lo|, |hi| <= 16 * 63 * 127 < 2^24: exact as floats.
-        const float dot = fmaf(s.lo, static_cast<float>(lo), s.hi * static_cast<float>(hi));
-        acc[b] = fmaf(r.d, dot, acc[b]);
-        if constexpr (F::HAS_MIN) acc[b] = fmaf(s.m, r.sum, acc[b]);
-    }
+    unit_accumulate<MAX_BATCH, F::HAS_MIN>(q, F::scales(w, u), x_block, batch, xs, acc);
 }
 
 // warp_rows for a unit format: `ready` as there.

@@ -128,6 +128,9 @@ class DeviceStandIn:
     def default_prefill_tokens_per_step(self) -> int | None:
         return None  # as the CUDA backend's
 
+    def set_batch_invariant(self, on: bool) -> None:
+        """Hands back drawn ids, whatever the batch: nothing to choose."""
+
     def reserve(self, max_num_tokens: int, max_num_seqs: int, max_blocks_per_seq: int) -> None:
         max_tokens = max(max_num_tokens, max_num_seqs)
         max_rows = min(max_num_seqs, max_tokens)

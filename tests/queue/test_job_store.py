@@ -30,8 +30,8 @@ def test_submit_get_fetch_complete_wait(nats: EmbeddedNats) -> None:
         assert await queue.get("not a key!") is None
         assert (await queue.depth()).total == 1
 
-        [lease] = await queue.fetch(timeout=2)
-        assert lease.body == chat_body(0)
+        lease = await queue.fetch(timeout=2)
+        assert lease is not None and lease.body == chat_body(0)
         running = await queue.get(job.id)
         assert running is not None
         assert (running.status, running.attempts, running.worker) == (
@@ -75,7 +75,8 @@ def test_large_results_go_to_the_object_store(nats: EmbeddedNats) -> None:
     async def main() -> None:
         queue = await JobQueue.connect(nats.url, QueueSettings(inline_result_bytes=1000))
         job, _ = await queue.submit(JobKind.COMPLETION, "t", b"{}")
-        [lease] = await queue.fetch(timeout=2)
+        lease = await queue.fetch(timeout=2)
+        assert lease is not None
         answer = b'{"text": "' + b"x" * 100_000 + b'"}'
         assert await lease.complete(answer)
         done = await queue.get(job.id)
@@ -94,11 +95,11 @@ def test_cancel_queued_running_and_final(nats: EmbeddedNats) -> None:
         assert cancelled is not None and cancelled.status == JobStatus.CANCELLED
         # Its message left the stream: no worker gets it.
         assert (await queue.depth()).total == 0
-        assert await queue.fetch(timeout=0.5) == []
+        assert await queue.fetch(timeout=0.5) is None
 
         running, _ = await queue.submit(JobKind.CHAT, "t", b"{}")
-        [lease] = await queue.fetch(timeout=2)
-        assert await lease.heartbeat()
+        lease = await queue.fetch(timeout=2)
+        assert lease is not None and await lease.heartbeat()
         stopped = await queue.cancel(running.id)
         assert stopped is not None and stopped.status == JobStatus.CANCELLED
         # The worker sees it at its next heartbeat, and its result is not stored.
@@ -108,7 +109,8 @@ def test_cancel_queued_running_and_final(nats: EmbeddedNats) -> None:
         assert after is not None and after.status == JobStatus.CANCELLED and after.result is None
 
         finished, _ = await queue.submit(JobKind.CHAT, "t", b"{}")
-        [lease] = await queue.fetch(timeout=2)
+        lease = await queue.fetch(timeout=2)
+        assert lease is not None
         await lease.complete(ANSWER)
         unchanged = await queue.cancel(finished.id)
         assert unchanged is not None and unchanged.status == JobStatus.COMPLETED
@@ -149,7 +151,8 @@ def test_a_full_queue_refuses_and_leaves_no_orphan_state(nats: EmbeddedNats) -> 
         with pytest.raises(QueueFullError, match="3 jobs"):
             await queue.submit(JobKind.CHAT, "t", chat_body(3), "key-full")
         # The refused job's key is free again: a retry after room is made queues it.
-        [lease] = await queue.fetch(timeout=2)
+        lease = await queue.fetch(timeout=2)
+        assert lease is not None
         await lease.complete(ANSWER)
         job, new = await queue.submit(JobKind.CHAT, "t", chat_body(3), "key-full")
         assert new and (await queue.get(job.id)) is not None
@@ -179,7 +182,8 @@ def test_jobs_survive_kill_9_of_nats_server_and_clients_reconnect(tmp_path: Path
         stores = await StoredResults().start(server.url)
         leases: list[JobLease] = []
         while len(leases) < 50:
-            leases += await queue.fetch(timeout=2)
+            if (lease := await queue.fetch(timeout=2)) is not None:
+                leases.append(lease)
         await asyncio.gather(*(lease.complete(ANSWER) for lease in leases))
         for job_id in ids:
             job = await queue.get(job_id)
@@ -211,7 +215,7 @@ def test_failures_retry_then_dead_letter_after_max_deliver(nats: EmbeddedNats) -
         job, _ = await queue.submit(JobKind.CHAT, "t", b"{}")
         error = JobError(503, "the engine is away")
         for attempt in range(1, 4):
-            [lease] = await _fetch_one(queue)
+            lease = await _fetch_one(queue)
             assert lease.job.attempts == attempt
             await lease.retry(error)
         failed = await queue.get(job.id)
@@ -224,7 +228,7 @@ def test_failures_retry_then_dead_letter_after_max_deliver(nats: EmbeddedNats) -
         lost, _ = await queue.submit(JobKind.CHAT, "t", b"{}")
         for _ in range(3):
             await _fetch_one(queue)  # and never acknowledged: the ack wait (1 s) passes
-        assert await queue.fetch(timeout=3) == []
+        assert await queue.fetch(timeout=3) is None
         verdict = await queue.get(lost.id)
         assert verdict is not None and verdict.status == JobStatus.FAILED
         assert verdict.error is not None and "delivered 3 times" in verdict.error.message
@@ -233,7 +237,7 @@ def test_failures_retry_then_dead_letter_after_max_deliver(nats: EmbeddedNats) -
 
         # A permanent failure is failed at once.
         bad, _ = await queue.submit(JobKind.CHAT, "t", b"{}")
-        [lease] = await _fetch_one(queue)
+        lease = await _fetch_one(queue)
         await lease.fail(JobError(400, "bad body", "invalid_request_error"))
         permanent = await queue.get(bad.id)
         assert permanent is not None and permanent.status == JobStatus.FAILED
@@ -243,11 +247,11 @@ def test_failures_retry_then_dead_letter_after_max_deliver(nats: EmbeddedNats) -
     asyncio.run(main())
 
 
-async def _fetch_one(queue: JobQueue) -> list[JobLease]:
+async def _fetch_one(queue: JobQueue) -> JobLease:
     for _ in range(50):
-        leases = await queue.fetch(timeout=1)
-        if leases:
-            return leases
+        lease = await queue.fetch(timeout=1)
+        if lease is not None:
+            return lease
     raise AssertionError("no job delivered")
 
 
@@ -274,9 +278,10 @@ def test_many_concurrent_waits_share_one_subscription(nats: EmbeddedNats) -> Non
             asyncio.create_task(queue.wait(jobs[i % len(jobs)].id, timeout=30)) for i in range(1200)
         ]
         await asyncio.sleep(0.2)
-        leases = await queue.fetch(timeout=2)
+        leases: list[JobLease] = []
         while len(leases) < len(jobs):
-            leases += await queue.fetch(timeout=2)
+            if (lease := await queue.fetch(timeout=2)) is not None:
+                leases.append(lease)
         started = time.monotonic()
         for lease in leases:
             assert await lease.complete(ANSWER)

@@ -63,8 +63,8 @@ def test_a_job_body_as_large_as_a_server_takes_fits_a_message(tmp_path: Path) ->
         body = b'{"model": "m", "prompt": "' + b"x" * (4 << 20) + b'"}'
         _, new = await queue.submit(JobKind.COMPLETION, "t", body)
         assert new and (await queue.depth()).total == 1
-        [lease] = await queue.fetch(timeout=5)
-        assert lease.body == body
+        lease = await queue.fetch(timeout=5)
+        assert lease is not None and lease.body == body
         await queue.close()
 
     try:

@@ -412,8 +412,8 @@ class JobQueue:
 
     # -- worker side --------------------------------------------------------------------------
 
-    async def fetch(self, timeout: float) -> list[JobLease]:
-        """The next job, marked in_progress by this worker, or none after `timeout` (or when it
+    async def fetch(self, timeout: float) -> JobLease | None:
+        """The next job, marked in_progress by this worker; None after `timeout` (or when it
         was cancelled or finished meanwhile: acknowledged and left out). One job a call: a
         worker calls again for each free slot, at once, and a job that comes after an idle
         spell starts without waiting for others (nats-py's fetch of n > 1 waits out its whole
@@ -423,9 +423,8 @@ class JobQueue:
         try:
             [message] = await self._pull.fetch(1, timeout=timeout)
         except TimeoutError:  # nats-py's, or asyncio's from inside its fetch: no job came
-            return []
-        lease = await self._claim(message)
-        return [] if lease is None else [lease]
+            return None
+        return await self._claim(message)
 
     async def _claim(self, message: Msg) -> JobLease | None:
         job_id = job_id_of(message.subject)

@@ -133,20 +133,19 @@ class QueueWorker:
                     "at once)", self.queue.name, os.getpid(), self.config.visible_devices,
                     self.queue.url, self.config.max_concurrent_jobs)  # fmt: skip
         while not self._stopping:
-            room = self.config.max_concurrent_jobs - len(self._running)
-            if room == 0:
+            if len(self._running) == self.config.max_concurrent_jobs:
                 await asyncio.wait(self._running, timeout=self.config.fetch_timeout,
                                    return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
                 continue
             try:
-                leases = await self.queue.fetch(timeout=self.config.fetch_timeout)
+                lease = await self.queue.fetch(timeout=self.config.fetch_timeout)
             except EmberError:
                 raise
             except Exception as error:  # the connection is down: nats-py reconnects
                 logger.warning("fetching jobs failed (%r); retrying", error)
                 await asyncio.sleep(self.config.fetch_timeout)
                 continue
-            for lease in leases:
+            if lease is not None:
                 task = asyncio.create_task(self._run_job(lease))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)

@@ -27,8 +27,10 @@ from ember.serve.generation import GenerationRequest
 from ember.serve.metrics import ServerMetrics
 from ember.serve.openai_responses import ChunkEncoder, ResponseIdentity
 from ember.serve.served_model import ServedModel
+from ember.serve.system_fingerprint import system_fingerprint
 from ember.serve.worker_protocol import (
     FRAME_HEADER,
+    RequestDelta,
     ServerMessage,
     StepReport,
     WorkerReady,
@@ -53,7 +55,7 @@ async def run(sequences: int, steps: int, stop: tuple[str, ...]) -> float:
     config = ServerConfig(engine=EngineConfig(max_num_seqs=sequences), request_timeout=None)
     client = EngineClient(config, metrics)
     limits = SequenceLimits(model.tokenizer.vocab_size, model.context_length, 100_000, 16)
-    client.attach(DiscardingLink(), WorkerReady(0, "none", limits))
+    client.attach(DiscardingLink(), WorkerReady(0, "none", limits, 0.0))
     tokens = model.tokenizer.encode(TEXT)
     params = SamplingParams(max_tokens=steps, stop=stop)
     requests = []
@@ -62,7 +64,8 @@ async def run(sequences: int, steps: int, stop: tuple[str, ...]) -> float:
         request.add_choice([1, 2, 3], params, model.tokenizer)
         client.submit(request)
         requests.append(request)
-    encoder = ChunkEncoder(ResponseIdentity.new("cmpl", model.name), model.tokenizer, False, False)
+    identity = ResponseIdentity.new("cmpl", model.name, system_fingerprint(model.path))
+    encoder = ChunkEncoder(identity, model.tokenizer, False, False)
     sent_bytes = 0
 
     async def consume(request: GenerationRequest) -> None:
@@ -81,7 +84,9 @@ async def run(sequences: int, steps: int, stop: tuple[str, ...]) -> float:
     for step in range(steps):
         token = tokens[step % len(tokens)]
         finish = FinishReason.LENGTH if step == steps - 1 else None
-        deltas = [(request_id, [token], None, finish) for request_id in request_ids]
+        deltas: list[RequestDelta] = [
+            (request_id, [token], None, finish) for request_id in request_ids
+        ]
         frame = encode_frame(StepReport(deltas, request_ids if step == 0 else [], stats))
         client.on_message(decode_worker_message(frame[FRAME_HEADER.size :]))
         await asyncio.sleep(0)  # let the consumers run, as the event loop would between reads

@@ -71,7 +71,7 @@ def replay_worker_main(
     gguf = GGUFFile.open(resolve_model_path(config.model))
     tokens = Tokenizer.from_gguf(gguf).encode(TEXT)
     channel = FrameSocket(sock, SERVER_MESSAGES)
-    channel.send(WorkerReady(os.getpid(), "replay", SequenceLimits(49152, 8192, 100_000, 16)))
+    channel.send(WorkerReady(os.getpid(), "replay", SequenceLimits(49152, 8192, 100_000, 16), 0.0))
     running: dict[int, list[int]] = {}  # seq id -> [next position in tokens, tokens left]
     started: list[int] = []
     deadline = time.monotonic()

@@ -53,6 +53,7 @@ class _Request:
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, model: LoadedModel | None = None) -> None:
+        begun = time.monotonic()
         self.config = config
         self.model = model or load_model(config.model, config.device, config.show_progress)
         self.model_config = self.model.config
@@ -123,6 +124,8 @@ class LLMEngine:
         self._seed_rng = np.random.default_rng(config.seed)
         self._last_batch_size = 0
         self._last_batch_tokens = 0
+        # The construction's seconds: model, weights, KV cache (a worker's ready log says it).
+        self.load_seconds = time.monotonic() - begun
 
     def encode_prompt(self, prompt: str | SequenceOf[int]) -> list[int]:
         if isinstance(prompt, str):

@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 
@@ -51,13 +50,12 @@ def worker_main(sock: socket.socket, config: EngineConfig) -> None:
     from ember.serve.engine_loop import EngineLoop
 
     channel = FrameSocket(sock, SERVER_MESSAGES)
-    begun = time.monotonic()
     try:
         engine = LLMEngine(config)
     except EmberError as error:
         channel.send(WorkerFailed(str(error)))
         sys.exit(1)
-    channel.send(WorkerReady.of(engine, time.monotonic() - begun))
+    channel.send(WorkerReady.of(engine))
     try:
         with contextlib.suppress(ChannelClosedError, BrokenPipeError, ConnectionResetError):
             EngineLoop(engine, channel, channel.send).run()

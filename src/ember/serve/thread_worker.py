@@ -12,7 +12,6 @@ import contextlib
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable
 
 from ember.engine.config import EngineConfig
@@ -69,9 +68,8 @@ class ThreadWorker:
 
             how = "stopped"
             try:
-                begun = time.monotonic()
                 engine = LLMEngine(self._config)
-                deliver(WorkerReady.of(engine, time.monotonic() - begun))
+                deliver(WorkerReady.of(engine))
                 try:
                     EngineLoop(engine, self._inbox, deliver).run()
                 finally:

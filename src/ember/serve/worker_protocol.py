@@ -64,8 +64,10 @@ class WorkerReady(msgspec.Struct, frozen=True, array_like=True, tag=True):
     load_seconds: float  # the engine's construction: model, weights, KV cache (for the log)
 
     @classmethod
-    def of(cls, engine: LLMEngine, load_seconds: float) -> WorkerReady:
-        return cls(os.getpid(), engine.model.backend.device_name, engine.limits, load_seconds)
+    def of(cls, engine: LLMEngine) -> WorkerReady:
+        return cls(
+            os.getpid(), engine.model.backend.device_name, engine.limits, engine.load_seconds
+        )
 
 
 class WorkerFailed(msgspec.Struct, frozen=True, array_like=True, tag=True):

@@ -143,19 +143,32 @@ class DeviceStandIn:
         raise NotImplementedError("the stand-in samples on the device")
 
     def launch_sample(self, batch: ForwardBatch, sampling: SamplingBatch) -> CompletedStep:
+        self._fill(batch, sampling)
+        return self.sample(batch.logits_indices.shape[0], sampling, sampling.masks)
+
+    def launch_forward(self, batch: ForwardBatch, sampling: SamplingBatch) -> AwaitingMasks:
+        self._fill(batch, sampling)
+        return AwaitingMasks(self, batch.logits_indices.shape[0], sampling)
+
+    def _fill(self, batch: ForwardBatch, sampling: SamplingBatch) -> None:
         assert self._layout is not None
         started = time.perf_counter()
         rows = batch.logits_indices.shape[0]
         tokens_b = self._token_buckets[bisect.bisect_left(self._token_buckets, batch.num_tokens)]
         rows_b = self._row_buckets[bisect.bisect_left(self._row_buckets, max(rows, 1))]
         self._layout.fill(self._words, batch, sampling, tokens_b, min(rows_b, tokens_b))
-        filled = time.perf_counter()
+        filled = time.perf_counter() - started
+        self._clock.fill += filled
+        self._clock.fills.append(filled)
+
+    def sample(
+        self, rows: int, sampling: SamplingBatch, masks: npt.NDArray[np.int32] | None
+    ) -> CompletedStep:
+        started = time.perf_counter()
         token_ids = self._rng.choice(self._vocabulary, rows).astype(np.int32)
-        if sampling.masks is not None and sampling.mask_rows is not None:
-            self._constrain(token_ids, sampling.masks, sampling.mask_rows)
-        self._clock.excluded += time.perf_counter() - filled
-        self._clock.fill += filled - started
-        self._clock.fills.append(filled - started)
+        if masks is not None and sampling.mask_rows is not None:
+            self._constrain(token_ids, masks, sampling.mask_rows)
+        self._clock.excluded += time.perf_counter() - started
         return CompletedStep(SampledStep(token_ids=token_ids, host_logits=None))
 
     def _constrain(
@@ -170,6 +183,18 @@ class DeviceStandIn:
             allowed = np.flatnonzero(bits[: self._config.vocab_size])
             others = allowed[~np.isin(allowed, self._stop_ids)]
             token_ids[row] = self._rng.choice(others if others.shape[0] else allowed)
+
+
+class AwaitingMasks:
+    """The stand-in's step launched before its masks (`DeviceSamplingBackend.launch_forward`)."""
+
+    def __init__(self, backend: DeviceStandIn, rows: int, sampling: SamplingBatch) -> None:
+        self._backend = backend
+        self._rows = rows
+        self._sampling = sampling
+
+    def sample(self, masks: npt.NDArray[np.int32]) -> CompletedStep:
+        return self._backend.sample(self._rows, self._sampling, masks)
 
 
 class TimedForward:

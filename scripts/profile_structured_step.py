@@ -3,7 +3,7 @@ sequences, then N constrained by the benchmark's JSON schema, timing the token m
 the matchers' consumption and the whole step.
 
     python scripts/profile_structured_step.py [--model M] [--device cuda] [--seqs 64]
-        [--mask-workers N] [--no-cohorts] [--profile]
+        [--mask-workers N] [--sync] [--profile]
 
 With no model given it runs the default model's shape with random weights
 (`synthetic:smollm2-135m-q4_1`): the tokens are meaningless but the masks are real.
@@ -63,7 +63,10 @@ def main() -> None:
     parser.add_argument("--seqs", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=160)
     parser.add_argument(
-        "--no-cohorts", action="store_true", help="all constrained sequences in every other step"
+        "--sync",
+        action="store_true",
+        help="no overlapping steps (EngineConfig.async_scheduling off): each step's masks, and "
+        "its host work, between the device's steps",
     )
     parser.add_argument(
         "--profile", action="store_true", help="cProfile the constrained run (top 30 by own time)"
@@ -83,10 +86,9 @@ def main() -> None:
         max_num_seqs=args.seqs,
         show_progress=False,
         mask_workers=args.mask_workers,
+        async_scheduling=not args.sync,
     )
     engine = LLMEngine(config)
-    if args.no_cohorts:
-        engine.scheduler.alternate_constrained = False
     prompt = engine.tokenizer.encode("List six things in a shed as JSON.", add_special_tokens=True)
     workers = engine.mask_workers
     fill = Timed(engine.grammars, "fill_masks") if workers is None else Timed(workers, "fill")

@@ -26,15 +26,30 @@ class ReferenceSamplingLlama(NumpyLlama):
         super().__init__(inner.config, inner.weights)
         self.calls: list[SamplingBatch] = []
         self.placeholders = 0  # tokens taken from the previous step's ids
+        self.deferred = 0  # steps launched by `launch_forward` (their masks came later)
         self.tokens = 0
         self._previous: npt.NDArray[np.int32] = np.zeros(0, np.int32)
 
     def launch_sample(self, batch: ForwardBatch, sampling: SamplingBatch) -> PendingStep:
-        self.calls.append(sampling)
+        return self._forward(batch, sampling).sample(sampling.masks)
+
+    def launch_forward(self, batch: ForwardBatch, sampling: SamplingBatch) -> ReferenceForward:
+        """The forward pass now (its placeholders read the previous step's ids, which must be
+        sampled by then, as the device's stream orders it); the sampling at `sample`."""
+        if sampling.masks is not None or sampling.mask_rows is None:
+            raise AssertionError("launch_forward is for steps whose masks come later")
+        self.deferred += 1
+        return self._forward(batch, sampling)
+
+    def _forward(self, batch: ForwardBatch, sampling: SamplingBatch) -> ReferenceForward:
         self.placeholders += int((batch.token_ids <= -2).sum())
         self.tokens += batch.num_tokens
         token_ids = resolve_previous_tokens(batch.token_ids, self._previous)
         logits = self.forward(dataclasses.replace(batch, token_ids=token_ids))
+        return ReferenceForward(self, logits, sampling)
+
+    def sample(self, logits: npt.NDArray[np.float32], sampling: SamplingBatch) -> CompletedStep:
+        self.calls.append(sampling)
         params = row_params(
             sampling.temperature,
             sampling.top_k,
@@ -48,6 +63,26 @@ class ReferenceSamplingLlama(NumpyLlama):
         self._previous = ids
         host = logits[sampling.host_rows] if sampling.host_rows.shape[0] else None
         return CompletedStep(SampledStep(token_ids=ids, host_logits=host))
+
+
+class ReferenceForward:
+    """A step whose forward pass is done and whose sampling waits for its masks."""
+
+    def __init__(
+        self,
+        backend: ReferenceSamplingLlama,
+        logits: npt.NDArray[np.float32],
+        sampling: SamplingBatch,
+    ) -> None:
+        self._backend = backend
+        self._logits = logits
+        self._sampling = sampling
+
+    def sample(self, masks: npt.NDArray[np.int32] | None) -> PendingStep:
+        sampling = self._sampling
+        if (masks is None) != (sampling.mask_rows is None):
+            raise AssertionError("a step's masks and its rows' mask_rows must come together")
+        return self._backend.sample(self._logits, dataclasses.replace(sampling, masks=masks))
 
 
 def engine_over(model: LoadedModel, **options: object) -> tuple[LLMEngine, ReferenceSamplingLlama]:

@@ -1,7 +1,7 @@
 """Constrained decoding in the engine, on the tiny fixture model: outputs match their spec on
 the host sampler and on the device-sampling path (sampling.cu's NumPy model), constrained
-sequences wait for their pending token while others overlap steps, and nobody else's tokens
-change."""
+sequences overlap steps as free ones do (their masks computed once their pending token is
+taken), and nobody else's tokens change."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_outputs_match_their_spec_on_the_host_and_the_device_path(
             check(spec, tokenizer.decode(ids))
 
 
-def test_constrained_sequences_wait_for_their_token_while_others_overlap(
+def test_constrained_and_free_sequences_overlap_steps_without_changing_free_tokens(
     tiny_model: LoadedModel,
 ) -> None:
     free = SamplingParams(max_tokens=24, temperature=0.8, seed=5, ignore_eos=True)
@@ -89,9 +89,9 @@ def test_constrained_sequences_wait_for_their_token_while_others_overlap(
     )
     assert mixed[1] == alone  # the free sequence's tokens do not depend on its neighbour
     check(JSON, tiny_model.tokenizer.decode(mixed[2]))
-    # The free sequence decoded from the device's copy of its last token (steps overlapped).
-    assert backend.placeholders > 0
-    # Every step that sampled a constrained row had its mask: no placeholder was constrained.
+    # Both decoded from the device's copy of their last token (steps overlapped).
+    assert backend.placeholders > 0 and backend.deferred > 0
+    # Every step that sampled a constrained row had its mask.
     masked = [call for call in backend.calls if call.mask_rows is not None]
     assert masked and all(call.masks is not None for call in masked)
 
@@ -150,19 +150,27 @@ def test_an_aborted_request_leaves_nothing_compiling(tiny_model: LoadedModel) ->
     assert not engine.rejected and not engine.scheduler.num_unfinished
 
 
-def test_constrained_sequences_take_turns_in_two_cohorts(tiny_model: LoadedModel) -> None:
-    """With steps overlapping, at most half of the running constrained sequences decode in one
-    step: two cohorts alternate, so the host fills one's masks while the device runs the
-    other's step (the first step, their prefill, takes all)."""
-    engine, backend = engine_over(tiny_model, max_num_seqs=8)
+def test_constrained_sequences_overlap_steps_with_masks_after_their_token(
+    tiny_model: LoadedModel,
+) -> None:
+    """With steps overlapping, every running constrained sequence decodes in every step from
+    the device's copy of its last token: the step's forward pass is launched first and its
+    masks are computed once that token has reached the matchers. A mask computed before would
+    allow the previous position's tokens: the outputs would break their spec or differ from
+    the synchronous engine's (seeded draws depend only on the sequence and its step)."""
     requests = {seed: ("Go:", constrained(JSON, seed)) for seed in range(8)}
-    out = run(engine, requests)
+    engine, backend = engine_over(tiny_model, max_num_seqs=8)
+    out = run(engine, dict(requests))
     rows = [
         int((call.mask_rows >= 0).sum()) for call in backend.calls if call.mask_rows is not None
     ]
-    assert rows[0] == 8 and max(rows[1:]) <= 4 and rows.count(4) > 5
+    assert rows.count(8) > 5  # all eight in one step, step after step (no cohorts)
+    assert backend.deferred > 5 and backend.placeholders > 5 * 8
     for ids in out.values():
         check(JSON, tiny_model.tokenizer.decode(ids))
+    synchronous, reference = engine_over(tiny_model, max_num_seqs=8, async_scheduling=False)
+    assert run(synchronous, dict(requests)) == out
+    assert reference.deferred == 0 and reference.placeholders == 0
 
 
 def test_masks_are_cut_to_a_model_with_fewer_rows_than_tokens(tiny_model: LoadedModel) -> None:

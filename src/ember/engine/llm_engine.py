@@ -110,7 +110,6 @@ class LLMEngine:
             backend, config.block_size, self.pool.tables, self.grammars, self.mask_workers
         )
         self._asynchronous = config.async_scheduling and self.runner.device_sampling is not None
-        self.scheduler.alternate_constrained = self._asynchronous
         # The launched step whose tokens the next `step()` collects (asynchronous scheduling).
         self._in_flight: LaunchedStep | None = None
         self._requests: dict[RequestId, _Request] = {}
@@ -230,6 +229,9 @@ class LLMEngine:
         and its output reaches the caller one call later (no step is lost: the device computes
         while the host collects). A request that finishes on a stop token was scheduled once
         more meanwhile; that token is dropped (max_tokens is known ahead and wastes nothing).
+        A constrained sequence overlaps steps too: its step is launched before its previous
+        token is known, and its mask is computed once that token is collected, while the device
+        runs the step's forward pass (`ModelRunner.sample_constrained`).
         """
         previous, self._in_flight = self._in_flight, None
         self.rejected = []
@@ -241,9 +243,9 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         outputs: list[RequestOutput] = []
         if not batch.seqs and previous is not None and self.scheduler.running:
-            # Every running sequence waits for the step in flight (a constrained one needs its
-            # token for the next mask): take that step's tokens now and launch the next step in
-            # this call, rather than return with the device idle until the next call.
+            # Every running sequence waits for the step in flight (its last token is there):
+            # take that step's tokens now and launch the next step in this call, rather than
+            # return with the device idle until the next call.
             outputs, previous = self._collect(previous), None
             batch = self.scheduler.schedule()
         self.admitted = [seq.request_id for seq in batch.admitted]
@@ -253,6 +255,8 @@ class LLMEngine:
         if previous is not None:
             outputs = self._collect(previous)
         if launched is not None:
+            if launched.awaiting_masks is not None:  # its masks needed `previous`'s tokens
+                self.runner.sample_constrained(launched)
             self._mark_computed(launched)
             if launched.asynchronous:
                 self._in_flight = launched

@@ -2,6 +2,10 @@
 
 A step is launched, then collected: on a backend that samples on the device, the engine
 prepares and launches the next step between the two, so the host's work overlaps the device's.
+A step with constrained rows whose tokens are in flight is launched without their masks (its
+forward pass only: `DeviceSamplingBackend.launch_forward`); the engine collects the previous
+step, whose tokens the matchers then take, and `sample_constrained` computes the masks and
+queues the sampling, while the device runs the forward pass.
 
 A step's per-token inputs are built with a handful of vectorised NumPy operations over the
 whole batch (positions, cache slots, block tables gathered from the pool's `BlockTables`);
@@ -10,6 +14,7 @@ the only per-sequence Python work is reading a few integers from each sequence.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +26,13 @@ from ember.engine.mask_workers import MaskWorkers
 from ember.engine.sampler import Sampler
 from ember.engine.scheduler import ScheduledBatch
 from ember.engine.sequence import Sequence, TokenLogprob
-from ember.model.backend import DeviceSamplingBackend, ForwardBackend, PendingStep, SamplingBatch
+from ember.model.backend import (
+    DeviceSamplingBackend,
+    ForwardBackend,
+    PendingStep,
+    SamplingBatch,
+    StepAwaitingMasks,
+)
 from ember.model.forward_batch import ForwardBatch, previous_token
 
 F32 = npt.NDArray[np.float32]
@@ -40,20 +51,24 @@ class SampledTokens:
         return len(self.seqs)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LaunchedStep:
     """A step whose work is queued (or, on a host-sampling backend, done) but whose tokens the
     engine has not taken: `ModelRunner.collect` takes them."""
 
     batch: ScheduledBatch
     seqs: list[Sequence]  # the sequences that get a token, one per sampled row
-    pending: PendingStep | None  # a device-sampling backend's step
+    # A device-sampling backend's step; None on a host-sampling backend, and until
+    # `ModelRunner.sample_constrained` queues the sampling of a step `awaiting_masks`.
+    pending: PendingStep | None
     sampling: SamplingBatch | None
     logits: F32 | None  # a host-sampling backend's logits, one row per sequence of `seqs`
     token_masks: TokenMasks | None  # the constrained rows' masks; None: no row is
     # Its sequences count its tokens as pending: the next step may be launched before this
     # one is collected, naming them by placeholder.
     asynchronous: bool
+    # Its forward pass is queued; its sampling waits for the constrained rows' masks.
+    awaiting_masks: StepAwaitingMasks | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,17 +85,49 @@ class TokenMasks:
     ) -> TokenMasks | None:
         """The masks of `seqs`' constrained rows, computed by `workers` where the engine has
         them, else by `grammars` from the sequences' matchers."""
-        constrained = [row for row, seq in enumerate(seqs) if seq.grammar is not None]
-        if not constrained:
+        rows = mask_rows(seqs)
+        if rows is None:
             return None
-        masks = np.empty((len(constrained), grammars.mask_words), np.int32)
-        if workers is not None:
-            workers.fill([seqs[row] for row in constrained], masks)
-        else:
-            grammars.fill_masks([seqs[row].grammar for row in constrained], masks)  # type: ignore[misc]
-        rows = np.full(len(seqs), -1, np.int32)
-        rows[constrained] = np.arange(len(constrained), dtype=np.int32)
-        return cls(masks, rows)
+        return cls(fill_masks(seqs, rows, grammars, workers), rows)
+
+
+def mask_rows(seqs: list[Sequence]) -> npt.NDArray[np.int32] | None:
+    """Per sampled row, its row of the step's masks (-1: unconstrained); None: no row is."""
+    constrained = [row for row, seq in enumerate(seqs) if seq.grammar is not None]
+    if not constrained:
+        return None
+    rows = np.full(len(seqs), -1, np.int32)
+    rows[constrained] = np.arange(len(constrained), dtype=np.int32)
+    return rows
+
+
+def fill_masks(
+    seqs: list[Sequence],
+    rows: npt.NDArray[np.int32],
+    grammars: GrammarCompiler,
+    workers: MaskWorkers | None,
+) -> Masks:
+    """The masks `rows` (`mask_rows(seqs)`) name, of the sequences' matchers now. A sequence
+    that finished since the step was launched (the previous step's token ended it) gets every
+    token: its row's token is dropped, and its matcher may be done."""
+    constrained = np.flatnonzero(rows >= 0).tolist()
+    masks = np.empty((len(constrained), grammars.mask_words), np.int32)
+    live = [i for i, row in enumerate(constrained) if not seqs[row].is_finished]
+    if len(live) < len(constrained):
+        masks[:] = -1
+    if not live:
+        return masks
+    out = (
+        masks if len(live) == len(constrained) else np.empty((len(live), masks.shape[1]), np.int32)
+    )
+    live_seqs = [seqs[constrained[i]] for i in live]
+    if workers is not None:
+        workers.fill(live_seqs, out)
+    else:
+        grammars.fill_masks([seq.grammar for seq in live_seqs], out)  # type: ignore[misc]
+    if out is not masks:
+        masks[live] = out
+    return masks
 
 
 class ModelRunner:
@@ -107,23 +154,53 @@ class ModelRunner:
         """Start computing the batch (sequences whose prompt is then fully computed get a token,
         which `collect` returns). With `asynchronous`, on a device-sampling backend and when
         no row needs the host's sampler, return before the step is done: its sequences' new
-        tokens become pending (`Sequence.num_pending`) until `collect`."""
+        tokens become pending (`Sequence.num_pending`) until `collect`. Such a step with
+        constrained rows is only started (`awaiting_masks`): `sample_constrained` finishes its
+        launch once the previous step's tokens are taken."""
         forward_batch, seqs = self.prepare(batch)
-        masks = None
-        if batch.constrained and self.grammars is not None:
-            masks = TokenMasks.of(seqs, self.grammars, self.mask_workers)
         device = self.device_sampling
+        constrained = batch.constrained and self.grammars is not None
         if device is None:
+            masks = self._masks(seqs) if constrained else None
             logits = self.backend.forward(forward_batch)
             return LaunchedStep(batch, seqs, None, None, logits, masks, False)
-        sampling = sampling_batch(seqs, masks)
-        pending = device.launch_sample(forward_batch, sampling)
+        rows = mask_rows(seqs) if constrained else None
+        sampling = sampling_batch(seqs, rows)
+        # Overlapping steps, a constrained row's token from the step in flight is not known
+        # yet: its mask waits for `sample_constrained`, whether this step overlaps the next
+        # or (with host rows) is collected at once.
+        defer = rows is not None and asynchronous
         asynchronous = asynchronous and bool(seqs) and not sampling.host_rows.shape[0]
         if asynchronous:
             for row, seq in enumerate(seqs):
                 seq.num_pending += 1
                 seq.pending_row = row
+        if defer:
+            awaiting = device.launch_forward(forward_batch, sampling)
+            return LaunchedStep(batch, seqs, None, sampling, None, None, asynchronous, awaiting)
+        masks = None
+        if rows is not None:
+            assert self.grammars is not None
+            masks = TokenMasks(fill_masks(seqs, rows, self.grammars, self.mask_workers), rows)
+            sampling = dataclasses.replace(sampling, masks=masks.masks)
+        pending = device.launch_sample(forward_batch, sampling)
         return LaunchedStep(batch, seqs, pending, sampling, None, masks, asynchronous)
+
+    def sample_constrained(self, step: LaunchedStep) -> None:
+        """Queue the sampling of a step launched `awaiting_masks`, with its constrained rows'
+        masks as their matchers are now (they have taken every token before this step's)."""
+        awaiting, sampling = step.awaiting_masks, step.sampling
+        assert awaiting is not None and sampling is not None and sampling.mask_rows is not None
+        assert self.grammars is not None
+        rows = sampling.mask_rows
+        masks = TokenMasks(fill_masks(step.seqs, rows, self.grammars, self.mask_workers), rows)
+        step.pending = awaiting.sample(masks.masks)
+        step.token_masks = masks
+        step.awaiting_masks = None
+
+    def _masks(self, seqs: list[Sequence]) -> TokenMasks | None:
+        assert self.grammars is not None
+        return TokenMasks.of(seqs, self.grammars, self.mask_workers)
 
     def collect(self, step: LaunchedStep) -> SampledTokens:
         """Wait for the step; one token (and its logprob entry, if asked for) per sequence."""
@@ -140,7 +217,7 @@ class ModelRunner:
                 return _columns(seqs, self.sampler.sample(step.logits, seqs))
             picks = self.sampler.sample(step.logits, seqs, masks.masks, masks.rows.tolist())
             return _columns(seqs, picks)
-        assert step.sampling is not None
+        assert step.sampling is not None and step.awaiting_masks is None
         sampled = step.pending.wait()
         token_ids: list[int] = sampled.token_ids.tolist()
         logprobs: list[TokenLogprob | None] | None = None
@@ -222,8 +299,12 @@ def _columns(seqs: list[Sequence], picks: list[tuple[int, TokenLogprob | None]])
     return SampledTokens(seqs, token_ids, logprobs if has_logprobs else None)
 
 
-def sampling_batch(seqs: list[Sequence], masks: TokenMasks | None = None) -> SamplingBatch:
-    """Per-row sampling parameters for a device sampler; greedy rows get temperature 0."""
+def sampling_batch(
+    seqs: list[Sequence], mask_rows: npt.NDArray[np.int32] | None = None
+) -> SamplingBatch:
+    """Per-row sampling parameters for a device sampler; greedy rows get temperature 0.
+    `mask_rows`: each row's row of the step's masks (`mask_rows(seqs)`), which the caller adds
+    (`SamplingBatch.masks`) or sends later (`StepAwaitingMasks.sample`)."""
     if not seqs:
         temperature, top_k, top_p, min_p, seeds, host = (), (), (), (), (), ()
     else:
@@ -239,6 +320,5 @@ def sampling_batch(seqs: list[Sequence], masks: TokenMasks | None = None) -> Sam
         seeds=np.array(seeds, np.uint64),
         steps=np.array(steps, np.int32),
         host_rows=np.flatnonzero(np.array(host, np.bool_)).astype(np.int32),
-        masks=None if masks is None else masks.masks,
-        mask_rows=None if masks is None else masks.rows,
+        mask_rows=mask_rows,
     )

@@ -20,13 +20,9 @@ cannot be preempted back and forth without end. Preemption for priority is looke
 step, for the next waiting sequence only. Under the default `Scheduling` (all equal) none of
 this changes the order: first come, first served.
 A running sequence's tokens include those sampled by a step still in flight (`num_pending`):
-it decodes the next one from the device's copy, unless that token is its last by max_tokens
-or its grammar needs that token to allow the next (a constrained sequence runs every other
-step while others overlap steps). With `alternate_constrained` (the engine sets it when it
-overlaps steps) at most half of the running constrained sequences run in one step, so they
-fall into two cohorts that take turns: the host computes one cohort's token masks while the
-device runs the other's step, rather than the device waiting for all of them every other step.
-The scheduler says *what* runs; the model runner decides *how*.
+it decodes the next one from the device's copy, unless that token is its last by max_tokens.
+A constrained sequence does too: the model runner samples its step once the token in flight
+has reached its grammar. The scheduler says *what* runs; the model runner decides *how*.
 """
 
 from __future__ import annotations
@@ -82,8 +78,6 @@ class Scheduler:
         self.running: list[Sequence] = []  # by priority, then by admission
         self.num_preemptions = 0
         self._running_by_priority: dict[int, int] = {}
-        self.alternate_constrained = False
-        self._num_constrained_running = 0
 
     @property
     def num_unfinished(self) -> int:
@@ -114,24 +108,12 @@ class Scheduler:
         reserved = 0
         if head is not None and len(running) < config.max_num_seqs:
             reserved = min(prefill_budget // 2, head.num_uncomputed_tokens)
-        # Constrained sequences this step may still take (see the module's docstring).
-        constrained = (
-            (self._num_constrained_running + 1) // 2
-            if self.alternate_constrained
-            else self._num_constrained_running
-        )
         index = 0
         while index < len(running) and budget > 0:
             seq = running[index]
-            if seq.waits_for_pending:  # its last token, or its grammar's next input
+            if seq.waits_for_pending:  # its last token is in flight
                 index += 1
                 continue
-            if seq.grammar is not None:
-                if not constrained:
-                    index += 1
-                    continue
-                constrained -= 1
-                batch.constrained = True
             computed = seq.num_computed_tokens
             n = min(seq.num_uncomputed_tokens, budget)
             if n > 1:  # a prefill chunk (a decode is one token)
@@ -147,6 +129,7 @@ class Scheduler:
                 break  # `seq` itself was the newest and got preempted
             seqs.append(seq)
             counts.append(n)
+            batch.constrained = batch.constrained or seq.grammar is not None
             budget -= n
             index += 1
         if len(batch.preempted) == num_preempted_for_priority:
@@ -247,8 +230,6 @@ class Scheduler:
             running.insert(index, seq)
         by_priority = self._running_by_priority
         by_priority[priority] = by_priority.get(priority, 0) + 1
-        if seq.grammar is not None:
-            self._num_constrained_running += 1
 
     def _remove_running(self, seq: Sequence) -> None:
         self.running.remove(seq)
@@ -257,5 +238,3 @@ class Scheduler:
         by_priority[priority] -= 1
         if not by_priority[priority]:
             del by_priority[priority]
-        if seq.grammar is not None:
-            self._num_constrained_running -= 1

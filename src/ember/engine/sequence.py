@@ -79,7 +79,8 @@ class Sequence:
     # The seed `rng` was made from; a device sampler derives its draws from it and the step.
     seed: int = 0
     # Its structured output's matcher, at its tokens so far (`params.structured`); the mask of
-    # its next token needs every token before it, so it never has a token pending.
+    # its next token needs every token before it, so with a token pending its next step is
+    # sampled only once that token is taken (`ModelRunner.sample_constrained`).
     grammar: LLMatcher | None = None
     # What a device sampler needs of `params` and `seed`, made once rather than every step:
     # (temperature, 0 if greedy; top_k; top_p; min_p; seed; whether the host must sample).
@@ -125,9 +126,9 @@ class Sequence:
 
     @property
     def waits_for_pending(self) -> bool:
-        """Whether a step now would be no use before its pending token arrives: that token is
-        its last, or its grammar needs it for the next token's mask."""
-        return bool(self.num_pending) and (self.grammar is not None or self.reaches_max_tokens)
+        """Whether a step now would be no use before its pending token arrives (that token is
+        its last)."""
+        return bool(self.num_pending) and self.reaches_max_tokens
 
     @property
     def is_protected(self) -> bool:

@@ -102,6 +102,15 @@ class CompletedStep:
         return self.result
 
 
+class StepAwaitingMasks(Protocol):
+    """A launched step whose forward pass is queued and whose sampling waits for token masks."""
+
+    def sample(self, masks: npt.NDArray[np.int32]) -> PendingStep:
+        """Queue the step's sampling with `masks` (`SamplingBatch.masks`, which its
+        `mask_rows` name); the step is then a `PendingStep` like `launch_sample`'s."""
+        ...
+
+
 @runtime_checkable
 class DeviceSamplingBackend(ForwardBackend, Protocol):
     """A backend that samples where the logits are, so only token ids cross to the host.
@@ -110,6 +119,14 @@ class DeviceSamplingBackend(ForwardBackend, Protocol):
     the next step while this one runs. The next step's batch may then name this step's sampled
     ids by placeholder (`forward_batch.previous_token`). The engine waits for each step before
     it launches the one after next, and waits at once for a step with host rows.
+
+    `launch_forward` is `launch_sample` for a step with constrained rows whose masks are not
+    known yet (`sampling.mask_rows` set, `sampling.masks` None): a constrained row's mask needs
+    the token the previous step samples, which the host takes only after that step. The forward
+    pass is queued at once and the sampling when `sample` brings the masks, so the host computes
+    them while the device runs the forward pass (the step waits only for a late mask).
     """
 
     def launch_sample(self, batch: ForwardBatch, sampling: SamplingBatch) -> PendingStep: ...
+
+    def launch_forward(self, batch: ForwardBatch, sampling: SamplingBatch) -> StepAwaitingMasks: ...

@@ -34,6 +34,7 @@ on its own tokens, positions and context.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
@@ -145,7 +146,10 @@ class CudaLlama:
         self.activations: Activations | None = None
         self._token_buckets: list[int] = []
         self._row_buckets: list[int] = []
-        self._graphs: dict[tuple[int, int], GraphExec] = {}
+        # Per bucket (tokens, rows) and whether the graph ends with the sampling kernel.
+        self._graphs: dict[tuple[int, int, bool], GraphExec] = {}
+        # Per bucket, the sampling kernel of a step whose masks came after its forward pass.
+        self._sample_launches: dict[tuple[int, int], Launch] = {}
         # Per bucket, made once: a step must not rebuild a dozen views to find its outputs.
         self._bucket_views: dict[tuple[int, int], ActivationViews] = {}
         # Per slot (StepInputs.SLOTS): sampled ids' pinned buffer, the event after the step
@@ -304,6 +308,12 @@ class CudaLlama:
     def launch_sample(self, batch: ForwardBatch, sampling: SamplingBatch) -> PendingStep:
         return self._launch(batch, sampling, sampling.host_rows)
 
+    def launch_forward(self, batch: ForwardBatch, sampling: SamplingBatch) -> _CudaForward:
+        if sampling.masks is not None or sampling.mask_rows is None:
+            raise ValueError("launch_forward is for steps whose masks come later (mask_rows set)")
+        bucket = self._start(batch, sampling, sample=False)
+        return _CudaForward(self, bucket, sampling.host_rows)
+
     def close(self) -> None:
         self.context.make_current()
         self.stream.synchronize()
@@ -327,6 +337,13 @@ class CudaLlama:
     def _launch(
         self, batch: ForwardBatch, sampling: SamplingBatch | None, host_rows: npt.NDArray[np.int32]
     ) -> _CudaStep:
+        return self._finish(self._start(batch, sampling, sample=True), host_rows)
+
+    def _start(
+        self, batch: ForwardBatch, sampling: SamplingBatch | None, sample: bool
+    ) -> _StepBucket:
+        """Fill and upload the step's inputs and queue its forward pass (and its sampling, with
+        `sample`); `_finish` queues the copies back."""
         inputs = self.inputs
         if inputs is None:
             raise EmberError("reserve must be called before the first forward")
@@ -339,14 +356,36 @@ class CudaLlama:
         tokens_b = _bucket(self._token_buckets, batch.num_tokens)
         rows_b = min(_bucket(self._row_buckets, max(rows, 1)), tokens_b)
         inputs.fill(batch, sampling, tokens_b, rows_b, slot)
-        graph = self._graph(tokens_b, rows_b) if self.use_graphs else None
+        graph = self._graph(tokens_b, rows_b, sample) if self.use_graphs else None
         inputs.upload(self.stream)
         if graph is not None:
             graph.launch(self.stream)
         else:
-            for launch in self._plan(tokens_b, rows_b):
+            plan = self._plan(tokens_b, rows_b)
+            for launch in plan if sample else plan[:-1]:
                 launch(self.stream)
-        views = self._views(tokens_b, rows_b)
+        return _StepBucket(slot, tokens_b, rows_b, rows)
+
+    def _sample_masked(
+        self,
+        bucket: _StepBucket,
+        masks: npt.NDArray[np.int32],
+        host_rows: npt.NDArray[np.int32],
+    ) -> _CudaStep:
+        """The sampling of a step `_start` queued without it, with its masks."""
+        assert self.inputs is not None
+        self.inputs.upload_masks(masks, bucket.slot, self.stream)
+        key = (bucket.tokens, bucket.rows)
+        launch = self._sample_launches.get(key)
+        if launch is None:
+            # The plan's last launch is the sampling kernel, over this bucket's fixed buffers.
+            launch = self._sample_launches[key] = self._plan(bucket.tokens, bucket.rows)[-1]
+        launch(self.stream)
+        return self._finish(bucket, host_rows)
+
+    def _finish(self, bucket: _StepBucket, host_rows: npt.NDArray[np.int32]) -> _CudaStep:
+        slot, rows = bucket.slot, bucket.sampled_rows
+        views = self._views(bucket.tokens, bucket.rows)
         ids = self._ids_hosts[slot].array(np.int32, (rows,))
         if rows:
             views.sampled.buffer.view(0, 4 * rows).copy_to_host(ids, self.stream)
@@ -387,22 +426,25 @@ class CudaLlama:
             views = self._bucket_views[tokens, rows] = self.activations.views(tokens, rows)
         return views
 
-    def _graph(self, tokens: int, rows: int) -> GraphExec:
-        graph = self._graphs.get((tokens, rows))
+    def _graph(self, tokens: int, rows: int, sample: bool) -> GraphExec:
+        """The bucket's forward pass as a graph, ending with the sampling kernel (`sample`) or
+        without it (a step whose masks come later samples with a launch of its own)."""
+        graph = self._graphs.get((tokens, rows, sample))
         if graph is None:
             plan = self._plan(tokens, rows)
             with StreamCapture(self.stream) as capture:
-                for launch in plan:
+                for launch in plan if sample else plan[:-1]:
                     launch(self.stream)
             graph = capture.graph.instantiate()
             capture.graph.destroy()
-            self._graphs[tokens, rows] = graph
+            self._graphs[tokens, rows, sample] = graph
         return graph
 
     def _drop_graphs(self) -> None:
         for graph in self._graphs.values():
             graph.destroy()
         self._graphs.clear()
+        self._sample_launches.clear()
 
     def _splits(self, tokens: int) -> int:
         if self._batch_invariant:
@@ -617,6 +659,36 @@ class CudaLlama:
         return self.kernels.quant_gemm.gemm_launch(
             m.data, m.quant, x, y, workspace=self._gemm_workspace, y_at=y_at
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _StepBucket:
+    """A step `_start` queued: its inputs' slot, its bucket, and its rows that sample."""
+
+    slot: int
+    tokens: int
+    rows: int
+    sampled_rows: int
+
+
+class _CudaForward:
+    """A step whose forward pass is queued and whose sampling waits for its token masks."""
+
+    __slots__ = ("_backend", "_bucket", "_host_rows", "_step")
+
+    def __init__(
+        self, backend: CudaLlama, bucket: _StepBucket, host_rows: npt.NDArray[np.int32]
+    ) -> None:
+        self._backend = backend
+        self._bucket = bucket
+        self._host_rows = host_rows
+        self._step: _CudaStep | None = None
+
+    def sample(self, masks: npt.NDArray[np.int32]) -> PendingStep:
+        if self._step is not None:
+            raise EmberError("this step's sampling is already queued")
+        self._step = self._backend._sample_masked(self._bucket, masks, self._host_rows)
+        return self._step
 
 
 class _CudaStep:

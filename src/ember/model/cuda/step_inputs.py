@@ -185,17 +185,28 @@ class StepInputs:
         masks = None if sampling is None else sampling.masks
         self._masks_used = 0 if masks is None else masks.shape[0]
         if masks is not None:
-            if masks.shape[1] != self.mask_words or masks.shape[0] > self.max_rows:
-                raise ValueError(
-                    f"token masks {masks.shape} do not fit [{self.max_rows}, {self.mask_words}]"
-                )
-            self._masks[slot][: masks.shape[0]] = masks
+            self._put_masks(masks, slot)
 
     def upload(self, stream: Stream) -> None:
         """Queue the copy of what `fill` wrote; that slot must not change until it ran."""
         self.device.copy_from_host(self._words[self._slot][: self._used], stream)
         if self._masks_used:
             self.mask_device.copy_from_host(self._masks[self._slot][: self._masks_used], stream)
+
+    def upload_masks(self, masks: npt.NDArray[np.int32], slot: int, stream: Stream) -> None:
+        """Write and queue the copy of a step's masks that came after its other inputs (`fill`
+        with `sampling.masks` None, then `upload`): stream-ordered after the forward pass it
+        follows, before the sampling that reads them."""
+        self._put_masks(masks, slot)
+        if masks.shape[0]:
+            self.mask_device.copy_from_host(self._masks[slot][: masks.shape[0]], stream)
+
+    def _put_masks(self, masks: npt.NDArray[np.int32], slot: int) -> None:
+        if masks.shape[1] != self.mask_words or masks.shape[0] > self.max_rows:
+            raise ValueError(
+                f"token masks {masks.shape} do not fit [{self.max_rows}, {self.mask_words}]"
+            )
+        self._masks[slot][: masks.shape[0]] = masks
 
     def free(self) -> None:
         for host in (*self.hosts, *self.mask_hosts):

@@ -260,9 +260,9 @@ def test_ember_run_on_cuda_prints_the_engines_greedy_text(
 
 def test_structured_outputs_on_the_gpu(cuda_model: LoadedModel) -> None:
     """Token masks in the sampling kernel: seeded JSON-schema and choice outputs are valid, with
-    asynchronous steps (free rows overlapping, constrained rows waiting for their token) and
-    without. (Their tokens may differ: the batches differ, and so may the kernels the batch
-    sizes pick, until the batch-invariant mode.)"""
+    asynchronous steps (every row overlapping; a constrained step's masks sent after its
+    forward pass) and without. (Their tokens may differ: the batches differ, and so may the
+    kernels the batch sizes pick, outside the batch-invariant mode.)"""
     schema = {
         "type": "object",
         "properties": {
@@ -356,3 +356,71 @@ def test_mask_workers_give_the_engines_own_tokens_on_the_gpu(cuda_model: LoadedM
         else:
             assert text in ("north", "south"), text
     assert len(pids) == 2 and not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+
+
+def test_constrained_steps_sampled_after_their_forward_pass_match_synchronous_steps(
+    cuda_model: LoadedModel,
+) -> None:
+    """Overlapping steps launch a constrained step's forward pass before its masks (the
+    previous step's tokens are not known yet) and upload the masks and sample once they are
+    (`CudaLlama.launch_forward`). In batch-invariant mode (a row's bits do not depend on its
+    batch), seeded constrained requests beside free ones give the same tokens that way, from
+    the captured graphs and from eager launches, as with synchronous steps (masks uploaded
+    with the step's inputs): a mask uploaded late, to the wrong rows or from the wrong slot
+    would allow other tokens and change them."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "word": {"type": "string", "maxLength": 12},
+            "count": {"type": "integer", "minimum": 0, "maximum": 500},
+            "kind": {"enum": ["noun", "verb", "other"]},
+        },
+        "required": ["word", "count", "kind"],
+        "additionalProperties": False,
+    }
+    tokenizer = cuda_model.tokenizer
+    prompt = tokenizer.encode("One word as JSON:", add_special_tokens=True)
+    params = [
+        SamplingParams(
+            max_tokens=60,
+            temperature=1.0,
+            seed=i,
+            structured=StructuredOutput.json_schema(schema)
+            if i % 4
+            else StructuredOutput.choice(["up", "down", "sideways"]),
+        )
+        for i in range(12)
+    ] + [SamplingParams(max_tokens=30, temperature=0.8, seed=i, ignore_eos=True) for i in (7, 8)]
+    backend = cuda_model.backend
+    assert isinstance(backend, CudaLlama)
+    deferred = 0
+    launch_forward = backend.launch_forward
+
+    def counted(batch: object, sampling: object) -> object:
+        nonlocal deferred
+        deferred += 1
+        return launch_forward(batch, sampling)  # type: ignore[arg-type]
+
+    backend.launch_forward = counted  # type: ignore[method-assign,assignment]
+    results = {}
+    try:
+        for asynchronous, graphs in ((False, True), (True, True), (True, False)):
+            backend.use_graphs = graphs
+            before = deferred
+            eng = engine(
+                cuda_model, batch_invariant=True, async_scheduling=asynchronous, mask_workers=0
+            )
+            results[asynchronous, graphs] = generate(eng, [prompt] * len(params), params)
+            eng.close()
+            assert (deferred > before + 10) == asynchronous, (asynchronous, deferred - before)
+    finally:
+        del backend.launch_forward
+        backend.use_graphs = True
+    assert results[True, True] == results[False, True]
+    assert results[True, False] == results[False, True]
+    for i, ids in enumerate(results[True, True][:12]):
+        text = tokenizer.decode(ids)
+        if i % 4:
+            assert set(json.loads(text)) == {"word", "count", "kind"}, text
+        else:
+            assert text in ("up", "down", "sideways"), text

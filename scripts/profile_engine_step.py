@@ -5,6 +5,8 @@ except the model's forward pass.
     python scripts/profile_engine_step.py --shapes 135m --forward numpy --batch-sizes 1,8 \
         --prompt-tokens 16 --steps 5
     python scripts/profile_engine_step.py --profile 256        # cProfile of 256-row steps
+    python scripts/profile_engine_step.py --shapes 135m --batch-sizes 64 --constrained \
+        [--mask-workers N]                                      # JSON-schema sequences
 
 It prints, per batch size, the median over decode steps of the step's wall time less the
 excluded (model) time, per step and per sequence, and the part of it spent in
@@ -346,6 +348,12 @@ def main() -> int:
         help="every sequence constrained by the structured-output benchmark's JSON schema "
         "(the stand-in draws among the tokens its mask allows)",
     )
+    parser.add_argument(
+        "--mask-workers",
+        type=int,
+        default=None,
+        help="with --constrained: mask worker processes (default: the engine's; 0: none)",
+    )
     args = parser.parse_args()
     structured = None
     if args.constrained:
@@ -361,9 +369,13 @@ def main() -> int:
                 max_num_seqs=max(batches),
                 num_kv_blocks=max(batches) * blocks_per_seq + 64,
                 show_progress=False,
+                mask_workers=args.mask_workers,
             ),
             model=model,
         )
+        workers = engine.mask_workers
+        if structured is not None and workers is not None and not workers.wait_ready(60):
+            raise SystemExit("the mask workers did not start within 60 s")
         print(f"\n{shape}: vocab {model.config.vocab_size}, forward {args.forward}")
         print(f"{'batch':>5} {'engine ms/step':>15} {'us/seq':>7} {'fill ms':>8} {'model ms':>9}")
         for batch in batches:

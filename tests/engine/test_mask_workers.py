@@ -283,7 +283,10 @@ def test_a_mirror_gone_astray_falls_back_to_the_engines_matcher(tiny_model: Load
     workers = MaskWorkers(grammars, tokenizer, count=1, max_rows=4)
     unplaced: list[int] = []
     unplace = workers._unplace
-    workers._unplace = lambda rows, sent, row: (unplaced.append(row), unplace(rows, sent, row))  # type: ignore[method-assign,assignment,func-returns-value]
+    workers._unplace = lambda seq_id, placement: (  # type: ignore[method-assign,assignment]
+        unplaced.append(seq_id),  # type: ignore[func-returns-value]
+        unplace(seq_id, placement),
+    )
     try:
         assert workers.wait_ready(30)
         seqs = [_Seq(i, [1], 1, _Params(CHOICE), grammars.matcher(CHOICE)) for i in range(2)]
@@ -300,7 +303,7 @@ def test_a_mirror_gone_astray_falls_back_to_the_engines_matcher(tiny_model: Load
             workers.fill(seqs, out)  # type: ignore[arg-type]
             reference.fill_masks([seq.grammar for seq in seqs], expected)  # type: ignore[misc]
             np.testing.assert_array_equal(out, expected)
-        assert unplaced == [seqs.index(on_worker)]
+        assert unplaced == [on_worker.seq_id]
     finally:
         workers.close()
 

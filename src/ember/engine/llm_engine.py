@@ -278,12 +278,19 @@ class LLMEngine:
         sampled = self.runner.collect(step)
         requests = self._requests
         logprobs = sampled.logprobs or [None] * len(sampled)
-        outputs = []
+        live: list[tuple[_Request, int, TokenLogprob | None]] = []
+        constrained: list[tuple[Sequence, int]] = []
         for seq, token_id, logprob in zip(sampled.seqs, sampled.token_ids, logprobs, strict=True):
             request = requests.get(seq.request_id)
             if request is not None and request.seq is seq:  # not finished nor aborted since
-                outputs.append(self._advance(request, token_id, logprob))
-        return outputs
+                live.append((request, token_id, logprob))
+                if seq.grammar is not None:
+                    constrained.append((seq, token_id))
+        if constrained and self.mask_workers is not None:
+            # Their next masks are computed meanwhile (`MaskWorkers.ask`): the next step that
+            # runs them waits for nothing else of theirs.
+            self.mask_workers.ask(constrained)
+        return [self._advance(request, token_id, logprob) for request, token_id, logprob in live]
 
     def stats(self) -> EngineStats:
         return EngineStats(

@@ -3,11 +3,17 @@ threads of one process (docs/benchmarks.md), masks in separate processes do.
 
 The engine keeps its own matcher per constrained sequence for everything but masks (consuming
 tokens, finishing on a complete grammar). Each sequence is placed on one mask worker
-(`engine/mask_worker.py`), which holds a mirror matcher compiled from the same spec; each step
-sends every worker, per sequence of the step placed on it, the tokens sampled since its last
-mask, and the worker writes the masks into shared memory at the step's rows. The engine's own
-thread is one more place: it computes its share with its own matchers while the workers compute
-theirs, then waits for their replies.
+(`engine/mask_worker.py`), which holds a mirror matcher compiled from the same spec and a row
+of the shared masks (the sequence's slot). The worker is sent the tokens sampled since its last
+mask of the sequence and writes the next mask into the slot; the step that runs the sequence
+copies it out.
+
+A mask is asked for as soon as the sequence's token is known (`ask`, when the engine collects a
+step), not when the next step is built: the workers compute while the engine's thread does the
+rest of its work (stop checks, outputs, the caller's turn, scheduling, the step's inputs), and
+`fill` mostly finds the masks written. A constrained sequence's next step cannot launch before
+its mask, so this is the host's critical path on a GPU; for the same reason the engine's thread
+computes no share of the masks while a worker is ready (a share there would be on that path).
 
 A mirror is only ever the sequence's spec and its outputs, so a sequence can be placed again at
 any time (all its outputs sent at once): one whose worker has not started yet, or died, or
@@ -15,6 +21,8 @@ failed it, has its masks computed on the engine's thread (the engine's matcher i
 current, so no request is lost) until it is placed on a worker again. A worker that dies, errs
 or does not answer within `_REPLY_SECONDS` is killed, logged and replaced; a slot whose worker
 fails `_MAX_FAILURES` times in a row is given up (its share stays on the engine's thread).
+A worker has at most one request in flight, and a slot is freed only once no request that
+names it is in flight, so a late write can never land in another sequence's mask.
 
 Nothing outlives the engine: the shared masks are an anonymous `memfd` (no name to leak; freed
 when the last process mapping it exits), and a worker exits when the engine's end of its socket
@@ -65,6 +73,11 @@ _REPLY_SECONDS = 10.0
 _MAX_FAILURES = 3
 _WORKER_MODULE = "ember.engine.mask_worker"
 _ENGINE = -1  # the place of a sequence whose masks the engine's thread computes
+# The engine's thread computes a share of the masks only where the workers hold this many more
+# sequences each: its share is on the step's critical path, the workers' is computed while the
+# engine's thread does the rest of its step (~1 ms on a 2-core machine, ~20 masks' time; a
+# cohort step runs half the sequences). With one worker it keeps ~a fifth, with 8 none.
+_ENGINE_HEADROOM = 40
 
 
 def mask_worker_count() -> int:
@@ -82,7 +95,9 @@ def mask_worker_count() -> int:
 @dataclass(slots=True)
 class _Placement:
     place: int  # a worker's slot, or _ENGINE
-    sent: int  # outputs its mirror has taken (meaningless on _ENGINE)
+    sent: int  # outputs its mirror has taken (-1: its mirror is not made; unused on _ENGINE)
+    row: int = -1  # its row of the shared masks (on a worker)
+    masked: int = -1  # outputs the mask in `row` is for, once written (-1: none)
 
 
 class _Worker:
@@ -93,6 +108,10 @@ class _Worker:
         self.connection = connection
         self.ready = False
         self.gone: list[int] = []  # sequences to drop, sent with the next request
+        # The request in flight (at most one): per shared row, its sequence, placement and the
+        # outputs its mask will be for; None when nothing is in flight.
+        self.asked: dict[int, tuple[int, _Placement, int]] | None = None
+        self.freeing: list[int] = []  # rows of released sequences, free once `asked` is answered
 
     def end(self) -> None:
         self.connection.close()
@@ -103,14 +122,15 @@ class _Worker:
 
 class MaskWorkers:
     """The engine's mask worker processes; `fill` is `GrammarCompiler.fill_masks` for a step's
-    constrained sequences. Workers start at the first `start()` or `fill`, in the background:
-    a step never waits for one to start."""
+    constrained sequences, `ask` starts their next masks as soon as their tokens are known.
+    Workers start at the first `start()` or `fill`, in the background: a step never waits for
+    one to start."""
 
     def __init__(
         self, grammars: GrammarCompiler, tokenizer: Tokenizer, count: int, max_rows: int
     ) -> None:
-        """`grammars`: the engine's (its matchers compute the engine's share); `count`: worker
-        processes; `max_rows`: the most constrained rows a step can have."""
+        """`grammars`: the engine's (its matchers compute the masks no worker does); `count`:
+        worker processes; `max_rows`: the most constrained rows a step can have."""
         if count < 1:
             raise ValueError(f"a mask worker pool needs at least one worker, not {count}")
         self._grammars = grammars
@@ -118,6 +138,9 @@ class MaskWorkers:
         self._count = count
         self._words = grammars.tokenizer_words
         self._max_rows = max_rows
+        # A row per live sequence, and room for those released while a request names them.
+        self._num_shared = 2 * max_rows
+        self._free_rows = list(range(self._num_shared - 1, -1, -1))
         self._workers: list[_Worker | None] = [None] * count
         self._failures = [0] * count
         self._load = [0] * count  # live sequences placed on each worker
@@ -135,11 +158,11 @@ class MaskWorkers:
         if self._started:
             return
         self._started = True
-        size = self._max_rows * self._words * 4
+        size = self._num_shared * self._words * 4
         self._memory_fd = os.memfd_create("ember-token-masks")
         os.ftruncate(self._memory_fd, size)
         memory = mmap.mmap(self._memory_fd, size)
-        self._shared = np.frombuffer(memory, np.int32).reshape(self._max_rows, self._words)
+        self._shared = np.frombuffer(memory, np.int32).reshape(self._num_shared, self._words)
         pickled = pickle.dumps(self._tokenizer, protocol=pickle.HIGHEST_PROTOCOL)
         self._tokenizer_fd = os.memfd_create("ember-tokenizer")
         os.write(self._tokenizer_fd, pickled)
@@ -177,8 +200,29 @@ class MaskWorkers:
             return
         self._load[placement.place] -= 1
         worker = self._workers[placement.place]
-        if worker is not None:
-            worker.gone.append(seq.seq_id)
+        if worker is None:
+            self._free_rows.append(placement.row)
+            return
+        worker.gone.append(seq.seq_id)
+        if worker.asked is None:
+            self._free_rows.append(placement.row)
+        else:
+            worker.freeing.append(placement.row)
+
+    def ask(self, tokens: list[tuple[Sequence, int]]) -> None:
+        """Each sequence's `token` is sampled but not yet appended: its worker takes it and
+        computes the mask after it now, which `fill` then finds written. Sequences not on a
+        ready worker are left to `fill`; nothing waits here but for a worker's earlier reply."""
+        if not self._started or not tokens:
+            return
+        self._drain()
+        requests: dict[int, list[MaskRow]] = {}
+        for seq, token_id in tokens:
+            placement = self._placements.get(seq.seq_id)
+            if placement is None or placement.place == _ENGINE:
+                continue
+            requests.setdefault(placement.place, []).append(self._row(seq, placement, token_id))
+        self._send(requests)
 
     def fill(self, seqs: list[Sequence], out: Masks) -> None:
         """Row i of `out` (int32 [>= len(seqs), mask_words]) = seqs[i]'s mask now (every one
@@ -189,35 +233,59 @@ class MaskWorkers:
         assert shared is not None
         if len(seqs) > self._max_rows:
             raise ValueError(f"{len(seqs)} masks in one step; this pool holds {self._max_rows}")
+        self._drain()  # masks asked for when the tokens came
         requests: dict[int, list[MaskRow]] = {}
         own: list[int] = []
+        on_workers: list[int] = []
         ready = [slot for slot, w in enumerate(self._workers) if w is not None and w.ready]
         for row, seq in enumerate(seqs):
             placement = self._place(seq, ready)
             if placement.place == _ENGINE:
                 own.append(row)
                 continue
-            new = placement.sent < 0  # its mirror is made from its spec and all its outputs
-            outputs = seq.token_ids[seq.num_prompt_tokens + max(placement.sent, 0) :]
-            placement.sent = seq.num_output_tokens
-            requests.setdefault(placement.place, []).append(
-                MaskRow(seq.seq_id, row, outputs, seq.params.structured if new else None)
-            )
-        asked = self._send(requests)
+            on_workers.append(row)
+            if placement.masked != seq.num_output_tokens:
+                requests.setdefault(placement.place, []).append(self._row(seq, placement))
+        self._send(requests)
         self._fill_here(seqs, own, out)
-        redo = self._collect(asked, requests, shared, out)
+        self._drain()
+        written: list[int] = []
+        shared_rows: list[int] = []
+        redo: list[int] = []
+        for row in on_workers:
+            seq = seqs[row]
+            now = self._placements.get(seq.seq_id)
+            if now is None or now.masked != seq.num_output_tokens:
+                redo.append(row)  # its worker failed it, or it is still compiling
+            else:
+                written.append(row)
+                shared_rows.append(now.row)
+        if written:
+            self._copy(shared, shared_rows, written, out)
         self._fill_here(seqs, redo, out)
 
     def ping(self) -> None:
         """An empty request to every started worker, and their replies: the round trip a step
         pays (benchmarks)."""
         self._check_started()
-        shared = self._shared
-        assert shared is not None
+        self._drain()
         empty: dict[int, list[MaskRow]] = {
             slot: [] for slot, w in enumerate(self._workers) if w is not None and w.ready
         }
-        self._collect(self._send(empty), empty, shared, shared)
+        self._send(empty)
+        self._drain()
+
+    def _row(self, seq: Sequence, placement: _Placement, token_id: int | None = None) -> MaskRow:
+        """The request for the sequence's mask after its outputs (and `token_id`, sampled but
+        not appended yet): the outputs its mirror has not taken, or with its spec, all of them
+        for a new mirror."""
+        new = placement.sent < 0
+        outputs = seq.token_ids[seq.num_prompt_tokens + max(placement.sent, 0) :]
+        if token_id is not None:
+            outputs.append(token_id)
+        placement.sent = seq.num_output_tokens + (token_id is not None)
+        placement.masked = -1
+        return MaskRow(seq.seq_id, placement.row, outputs, seq.params.structured if new else None)
 
     def _check_started(self) -> None:
         """Workers whose readiness arrived take sequences from now on; ones that died while
@@ -235,15 +303,21 @@ class MaskWorkers:
             worker.ready = True
 
     def _place(self, seq: Sequence, ready: list[int]) -> _Placement:
-        """Where the sequence's mask is computed: on the least loaded of the ready workers
-        and the engine's thread; a sequence on the engine's thread moves to a ready worker as
-        soon as that evens the load (`sent` -1: its mirror must be made)."""
+        """Where the sequence's mask is computed: on the least loaded ready worker, or on the
+        engine's thread while none is ready (or no shared row is free) or while the least
+        loaded holds `_ENGINE_HEADROOM` more sequences than the engine's thread. A sequence
+        on the engine's thread moves to a worker once that holds (`sent` -1: its mirror must
+        be made)."""
         placement = self._placements.get(seq.seq_id)
         if placement is not None and placement.place != _ENGINE:
             return placement
         least = min(ready, key=self._load.__getitem__) if ready else None
         engine_load = self._engine_load - (placement is not None)
-        if least is None or self._load[least] >= engine_load + 1:
+        if (
+            least is None
+            or not self._free_rows
+            or self._load[least] >= engine_load + 1 + _ENGINE_HEADROOM
+        ):
             if placement is None:
                 placement = self._placements[seq.seq_id] = _Placement(_ENGINE, 0)
                 self._engine_load += 1
@@ -251,65 +325,75 @@ class MaskWorkers:
         if placement is not None:
             self._engine_load -= 1
         self._load[least] += 1
-        placement = self._placements[seq.seq_id] = _Placement(least, -1)
+        placement = _Placement(least, -1, self._free_rows.pop())
+        self._placements[seq.seq_id] = placement
         return placement
 
-    def _send(self, requests: dict[int, list[MaskRow]]) -> list[int]:
-        asked = []
+    def _send(self, requests: dict[int, list[MaskRow]]) -> None:
         for slot, rows in requests.items():
             worker = self._workers[slot]
-            assert worker is not None
+            assert worker is not None and worker.asked is None
+            asked = {}
+            for row in rows:
+                placement = self._placements[row.seq_id]
+                asked[row.row] = (row.seq_id, placement, placement.sent)
             try:
                 worker.connection.send_bytes(ENCODER.encode(MaskRequest(rows, worker.gone)))
             except OSError as error:
                 self._fail(slot, f"its socket failed ({error})")
                 continue
             worker.gone = []
-            asked.append(slot)
-        return asked
+            worker.asked = asked
 
-    def _collect(
-        self, asked: list[int], requests: dict[int, list[MaskRow]], shared: Masks, out: Masks
-    ) -> list[int]:
-        """Wait for the asked workers; copy their masks into `out`; the rows left to the
-        engine's thread (failed workers' rows, and rows a worker did not write)."""
-        redo = [row.row for slot, rows in requests.items() if slot not in asked for row in rows]
-        waiting = {self._workers[slot].connection: slot for slot in asked}  # type: ignore[union-attr]
+    def _drain(self) -> None:
+        """Wait for every request in flight; the masks they wrote are current from now on."""
+        waiting = {
+            w.connection: slot
+            for slot, w in enumerate(self._workers)
+            if w is not None and w.asked is not None
+        }
         deadline = time.monotonic() + _REPLY_SECONDS
         while waiting:
             readable = wait(list(waiting), max(0.0, deadline - time.monotonic()))
             if not readable:
                 for slot in waiting.values():
                     self._fail(slot, f"it did not answer within {_REPLY_SECONDS:.0f} s")
-                    redo += [row.row for row in requests[slot]]
-                break
+                return
             for connection in readable:
                 slot = waiting.pop(connection)  # type: ignore[call-overload]
-                rows = [row.row for row in requests[slot]]
                 try:
                     reply = REPLY_DECODER.decode(connection.recv_bytes())  # type: ignore[union-attr]
                 except (EOFError, OSError) as error:
                     self._fail(slot, f"it exited ({error or 'no reply'})")
-                    redo += rows
                     continue
-                self._failures[slot] = 0
-                for row in reply.failed:  # its mirror is gone: placed again next step
-                    self._unplace(rows, requests[slot], row)
-                skipped = set(reply.not_ready) | set(reply.failed)
-                written = [row for row in rows if row not in skipped] if skipped else rows
-                redo += [row for row in rows if row in skipped]
-                if written:
-                    self._copy(shared, written, out)
-        return redo
+                self._answered(slot, reply.not_ready, reply.failed)
 
-    def _copy(self, shared: Masks, rows: list[int], out: Masks) -> None:
-        first, last = rows[0], rows[-1]
-        if last - first + 1 == len(rows):  # rows in one run: no gather
-            self._grammars.cut_masks(shared[first : last + 1], out[first : last + 1])
-            return
+    def _answered(self, slot: int, not_ready: list[int], failed: list[int]) -> None:
+        worker = self._workers[slot]
+        assert worker is not None and worker.asked is not None
+        asked, worker.asked = worker.asked, None
+        self._failures[slot] = 0
+        skipped = set(not_ready) | set(failed)
+        for row, (seq_id, placement, outputs) in asked.items():
+            if row in skipped:
+                if row in failed:  # its mirror is gone: placed again at its next mask
+                    self._unplace(seq_id, placement)
+            elif placement.sent == outputs:  # no later request is behind this one
+                placement.masked = outputs
+        self._free_rows += worker.freeing
+        worker.freeing = []
+
+    def _unplace(self, seq_id: int, placement: _Placement) -> None:
+        if self._placements.get(seq_id) is not placement:
+            return  # released meanwhile
+        del self._placements[seq_id]
+        self._load[placement.place] -= 1
+        self._free_rows.append(placement.row)
+
+    def _copy(self, shared: Masks, rows: list[int], to: list[int], out: Masks) -> None:
         cut = np.empty((len(rows), out.shape[1]), np.int32)
         self._grammars.cut_masks(shared[rows], cut)
-        out[rows] = cut
+        out[to] = cut
 
     def _fill_here(self, seqs: list[Sequence], rows: list[int], out: Masks) -> None:
         if not rows:
@@ -318,21 +402,16 @@ class MaskWorkers:
         self._grammars.fill_masks([seqs[row].grammar for row in rows], masks)  # type: ignore[misc]
         out[rows] = masks
 
-    def _unplace(self, rows: list[int], sent: list[MaskRow], row: int) -> None:
-        seq_id = sent[rows.index(row)].seq_id
-        placement = self._placements.pop(seq_id, None)
-        if placement is not None and placement.place != _ENGINE:
-            self._load[placement.place] -= 1
-
     def _fail(self, slot: int, why: str) -> None:
         """End the slot's worker; its sequences go back to the engine's thread until placed
         again; a new worker is started unless this slot keeps failing."""
         worker = self._workers[slot]
         assert worker is not None
-        worker.end()
+        worker.end()  # reaped: nothing it was asked can be written any more
         self._workers[slot] = None
         for seq_id in [s for s, p in self._placements.items() if p.place == slot]:
-            del self._placements[seq_id]
+            self._free_rows.append(self._placements.pop(seq_id).row)
+        self._free_rows += worker.freeing
         self._load[slot] = 0
         self._failures[slot] += 1
         if self._failures[slot] >= _MAX_FAILURES:

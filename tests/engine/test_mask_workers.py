@@ -120,6 +120,78 @@ def test_masks_are_the_engines_own_step_after_step(tiny_model: LoadedModel) -> N
         workers.close()
 
 
+def test_masks_asked_for_when_tokens_come_are_the_ones_the_next_step_uses(
+    tiny_model: LoadedModel,
+) -> None:
+    """`ask` with each step's tokens (as the engine does when it collects them): the next
+    `fill` sends nothing for those sequences and its masks are still the matchers' own, while
+    sequences join, and leave on the token they were just asked for (their shared rows, still
+    named by a request in flight, go to no one else until it is answered)."""
+    tokenizer = tiny_model.tokenizer
+    grammars = GrammarCompiler(tokenizer, threads=1)
+    reference = GrammarCompiler(tokenizer)
+    workers = MaskWorkers(grammars, tokenizer, count=2, max_rows=8)
+    sent_by_fill: list[int] = []
+    send = workers._send
+
+    def recording_send(requests: dict[int, list[MaskRow]]) -> None:
+        sent_by_fill.extend(row.seq_id for rows in requests.values() for row in rows)
+        send(requests)
+
+    try:
+        assert workers.wait_ready(30)
+        # Each worker compiles each spec once, in the background (its rows wait meanwhile):
+        # from then on a new sequence's mirror is a copy, and its first mask comes at once.
+        warm = [_Seq(100 + i, [1], 1, _Params(SPECS[i % 3]), None) for i in range(6)]
+        deadline = time.monotonic() + 30
+        for seq in warm:
+            seq.grammar = grammars.matcher(seq.params.structured)
+        while any(workers._placements.get(s.seq_id) is None for s in warm) or any(
+            workers._placements[s.seq_id].masked != 0 for s in warm
+        ):
+            assert time.monotonic() < deadline
+            workers.fill(warm, np.zeros((6, grammars.mask_words), np.int32))  # type: ignore[arg-type]
+        for seq in warm:
+            workers.release(seq)  # type: ignore[arg-type]
+        answers = {s: tokenizer.encode(ANSWERS[s], add_special_tokens=False) for s in SPECS}
+        live: list[_Seq] = []
+        next_id = 0
+        steps = 0
+        while live or next_id < 12:
+            if next_id < 12 and len(live) < 8:
+                spec = SPECS[next_id % 3]
+                live.append(_Seq(next_id, [1, 2], 2, _Params(spec), grammars.matcher(spec)))
+                next_id += 1
+            new = {seq.seq_id for seq in live if seq.seq_id not in workers._placements}
+            sent_by_fill.clear()
+            workers._send = recording_send  # type: ignore[method-assign]
+            out = np.full((8, grammars.mask_words), -1, np.int32)
+            workers.fill(live, out)  # type: ignore[arg-type]
+            workers._send = send  # type: ignore[method-assign]
+            assert set(sent_by_fill) == new, f"step {steps}"
+            expected = np.zeros((len(live), grammars.mask_words), np.int32)
+            reference.fill_masks([seq.grammar for seq in live], expected)  # type: ignore[misc]
+            np.testing.assert_array_equal(out[: len(live)], expected, err_msg=f"step {steps}")
+            tokens = []
+            for seq in live:
+                answer = answers[seq.params.structured]
+                tokens.append((seq, answer[seq.num_output_tokens]))
+            workers.ask(tokens)  # type: ignore[arg-type]
+            in_flight = {p.row for p in workers._placements.values() if p.place >= 0}
+            for seq, token_id in tokens:
+                assert seq.grammar.consume_token(token_id)  # type: ignore[attr-defined]
+                seq.token_ids.append(token_id)
+                if seq.num_output_tokens == len(answers[seq.params.structured]):
+                    live.remove(seq)
+                    workers.release(seq)  # type: ignore[arg-type]
+            assert not in_flight & set(workers._free_rows)  # freed once answered
+            steps += 1
+        assert not workers._placements
+        assert len(workers._free_rows) == 16 or any(w and w.asked for w in workers._workers)
+    finally:
+        workers.close()
+
+
 def test_a_killed_worker_costs_no_request(
     tiny_model: LoadedModel, caplog: pytest.LogCaptureFixture
 ) -> None:

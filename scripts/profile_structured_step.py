@@ -3,7 +3,7 @@ sequences, then N constrained by the benchmark's JSON schema, timing the token m
 the matchers' consumption and the whole step.
 
     python scripts/profile_structured_step.py [--model M] [--device cuda] [--seqs 64]
-        [--mask-workers N] [--sync] [--profile]
+        [--mask-workers N] [--no-ask] [--engine-headroom N] [--sync] [--profile]
 
 With no model given it runs the default model's shape with random weights
 (`synthetic:smollm2-135m-q4_1`): the tokens are meaningless but the masks are real.
@@ -18,8 +18,10 @@ import pstats
 import time
 from pathlib import Path
 
+import ember.engine.mask_workers as mask_workers_module
 from ember.engine.config import EngineConfig
 from ember.engine.llm_engine import LLMEngine
+from ember.engine.mask_workers import MaskWorkers
 from ember.engine.sampling_params import SamplingParams
 from ember.engine.structured_output import StructuredOutput
 
@@ -77,7 +79,24 @@ def main() -> None:
         default=None,
         help="mask worker processes (default: the engine's; 0: masks on the engine's threads)",
     )
+    parser.add_argument(
+        "--no-ask",
+        action="store_true",
+        help="mask workers get a sequence's token only when its next masks are filled, not "
+        "when the token is collected (`MaskWorkers.ask` off: the tree before it, to compare)",
+    )
+    parser.add_argument(
+        "--engine-headroom",
+        type=int,
+        default=None,
+        help="sequences each worker holds beyond the engine's thread before that thread takes "
+        "a share (default: `mask_workers._ENGINE_HEADROOM`; 0: an even share, as before)",
+    )
     args = parser.parse_args()
+    if args.no_ask:
+        MaskWorkers.ask = lambda self, tokens: None  # type: ignore[method-assign]
+    if args.engine_headroom is not None:
+        mask_workers_module._ENGINE_HEADROOM = args.engine_headroom
     schema = json.loads(SCHEMA_BODY.read_text())["response_format"]["json_schema"]["schema"]
     spec = StructuredOutput.json_schema(schema)
     config = EngineConfig(

@@ -9,11 +9,11 @@ the GIL meanwhile, so `submit` compiles on a thread of its own while steps go on
 
 Where a step's masks are computed: on more than one CPU, an engine's `MaskWorkers`
 (`engine/mask_workers.py`) compute them in worker processes, each holding a mirror matcher per
-sequence compiled by a `GrammarCompiler` of its own, while the engine's thread computes a share
-with its own matchers (`threads=1`); the engine's matchers still take every token and finish a
-sequence whose grammar is complete. `fill_masks` is that share, the fallback for a worker that
-fails, and the whole step in an engine without workers (one CPU, or `EngineConfig.mask_workers`
-0).
+sequence compiled by a `GrammarCompiler` of its own; the engine's thread computes with its own
+matchers (`threads=1`) the masks no worker does; the engine's matchers still take every token
+and finish a sequence whose grammar is complete. `fill_masks` is that share, the fallback for a
+worker that fails, and the whole step in an engine without workers (one CPU, or
+`EngineConfig.mask_workers` 0).
 
 Why processes: llguidance's masks do not scale over threads of one process. Copies of one
 compiled matcher (`LLMatcher.deep_copy`) share its lexer, and computing a mask holds that

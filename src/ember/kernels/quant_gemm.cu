@@ -22,9 +22,10 @@
 // with the previous step's buffers, which that step's copies then overwrite.
 //
 // The formats of quant_formats.cuh (Q5_0, Q5_1: one 32-weight unit a block; Q4_K, Q5_K, Q6_K:
-// eight a 256-weight super-block) are read a unit at a time (unit_fragment). A super-block is
-// one W step: its bytes (the header of scales and minimums with the codes) are copied whole,
-// once. Where its x tile (BM x 256) would not fit (tiles of 64 and 128 rows), x goes PARTS
+// eight a 256-weight super-block) are read a unit at a time (unit_fragment; super_fragment for
+// the super-blocks, whose units pair with x's columns in their own order, Tile::PERMUTED). A
+// super-block is one W step: its bytes (the header of scales and minimums with the codes) are
+// copied whole, once. Where its x tile (BM x 256) would not fit (tiles of 64 and 128 rows), x goes PARTS
 // steps of UK units a W step (x_step_units: 64 weights for 64 rows, 32 for 128, as the 32-weight
 // formats' steps of those tiles), each with its own barrier, all of them reading the one W stage. A K-warp takes the same units of a
 // super-block in the same order however many parts it is cut into.
@@ -104,7 +105,7 @@ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 constexpr int cmin(int a, int b) { return a < b ? a : b; }
 
 // 32-weight units a block holds: the formats of quant_formats.cuh say; Q4_0/Q4_1/Q8_0 are one.
-// `format`: the block is read through ember::Format (its fragments by unit_fragment).
+// `format`: the block is read through ember::Format (unit_fragment) or SuperUnit (super_fragment).
 template <typename Block, typename = void>
 struct BlockUnits {
     static constexpr int value = 1;
@@ -155,6 +156,8 @@ struct Tile {
     static constexpr int WARPS_M = S::WARPS_M, WARPS_N = S::WARPS_N, WARPS_K = S::WARPS_K;
     static constexpr int WARPS_MN = WARPS_M * WARPS_N;
     static constexpr bool X_ASYNC = S::X_ASYNC;
+    // x's columns in each unit in super_fragment's order (the super-block formats), else in K's.
+    static constexpr bool PERMUTED = UNITS > 1;
     static constexpr int WM = BM / WARPS_M;  // rows per warp
     static constexpr int WN = BN / WARPS_N;  // columns per warp
     static constexpr int MT = WM / 16;       // m16 tiles per warp
@@ -371,6 +374,120 @@ __device__ __forceinline__ void unit_fragment(
     }
 }
 
+// A super-block format's unit as mma B fragments, faster than unit_fragment: lane t's 8 weights
+// are codes 8t .. 8t + 7 of the unit, words of 4 contiguous codes, instead of codes 2t, 2t + 1,
+// 2t + 8, ... . The x tile holds its columns in the matching order (Tile::PERMUTED, store_x): mma
+// pairs column k of x with row k of the fragment, so which weight a k stands for does not
+// matter as long as both sides agree. Codes become fp16 as 1024 + code (a byte under the 0x64
+// exponent byte, one PRMT a pair) less 1024 + OFFSET, exactly; the unit's scale and minimum are
+// fp16 products of the block's fp16 d and 6- or 8-bit sub-block scales, so a weight is one
+// HFMA2 of exact operands: scale * code - min rounded once, from a scale and minimum rounded
+// once (unit_fragment rounds only the weight; the difference is within fp16's rounding of x).
+// Each format's `codes` gives half h of the lane's codes (8t + 4h ..) as the bytes of a word, and
+// `scales` the lane's scale and minus minimum as fp16 pairs.
+template <typename Block>
+struct SuperUnit;
+
+// Q4_K and Q5_K blocks are 144 and 176 bytes, whole 16-byte granules, so with W 16-byte aligned
+// every block starts 16-byte aligned in a stage (a row's shift is 0) and the header and code
+// reads below are aligned vector loads.
+static_assert(sizeof(ember::block_q4_k) % 16 == 0 && sizeof(ember::block_q5_k) % 16 == 0,
+              "Q4_K and Q5_K blocks are whole granules");
+
+// Q4_K/Q5_K's scale and minimum of sub-block u as (d * sc, -(dmin * mn)), each an fp16 pair:
+// the 16-byte header is d, dmin, then 12 bytes of packed 6-bit values (scale_min in
+// quant_formats.cuh, four sub-blocks at once).
+__device__ __forceinline__ void scale_min_pairs(const uint8_t* b, int u, uint32_t& scale,
+                                                uint32_t& neg_min) {
+    const uint4 h = *reinterpret_cast<const uint4*>(b);
+    const uint32_t sc4 =
+        u < 4 ? h.y & 0x3F3F3F3Fu : (h.w & 0x0F0F0F0Fu) | ((h.y >> 2) & 0x30303030u);
+    const uint32_t mn4 =
+        u < 4 ? h.z & 0x3F3F3F3Fu : ((h.w >> 4) & 0x0F0F0F0Fu) | ((h.z >> 2) & 0x30303030u);
+    const uint32_t sel = 0x0400u + 0x0101u * static_cast<uint32_t>(u & 3);  // sc, -, mn, -
+    const uint32_t sc_mn = ember::hsub2(
+        and_or<0x00FF00FFu>(__byte_perm(sc4, mn4, sel), 0x64006400u), 0x64006400u);
+    const uint32_t dm = ember::hmul2(sc_mn, h.x);  // (d * sc, dmin * mn)
+    scale = __byte_perm(dm, 0, 0x1010);
+    neg_min = __byte_perm(dm, 0, 0x3232) ^ 0x80008000u;
+}
+
+template <>
+struct SuperUnit<ember::block_q4_k> {
+    static constexpr uint32_t OFFSET = 0x64006400u;  // 1024
+    __device__ static __forceinline__ uint32_t codes(const uint8_t* b, int u, int t, int h) {
+        const uint32_t q = *reinterpret_cast<const uint32_t*>(b + 16 + 32 * (u >> 1) + 8 * t + 4 * h);
+        return (q >> (4 * (u & 1))) & 0x0F0F0F0Fu;
+    }
+    __device__ static __forceinline__ void scales(const uint8_t* b, int u, int, uint32_t& scale,
+                                                  uint32_t& neg_min) {
+        scale_min_pairs(b, u, scale, neg_min);
+    }
+};
+
+template <>
+struct SuperUnit<ember::block_q5_k> {
+    static constexpr uint32_t OFFSET = 0x64006400u;  // 1024
+    __device__ static __forceinline__ uint32_t codes(const uint8_t* b, int u, int t, int h) {
+        const uint32_t q = *reinterpret_cast<const uint32_t*>(b + 48 + 32 * (u >> 1) + 8 * t + 4 * h);
+        const uint32_t hi = *reinterpret_cast<const uint32_t*>(b + 16 + 8 * t + 4 * h);
+        return ((q >> (4 * (u & 1))) & 0x0F0F0F0Fu) | (((hi >> u) & 0x01010101u) << 4);
+    }
+    __device__ static __forceinline__ void scales(const uint8_t* b, int u, int, uint32_t& scale,
+                                                  uint32_t& neg_min) {
+        scale_min_pairs(b, u, scale, neg_min);
+    }
+};
+
+template <>
+struct SuperUnit<ember::block_q6_k> {
+    static constexpr uint32_t OFFSET = 0x64206420u;  // 1056: 1024 + code - 1056 = code - 32
+    // Unit u = 4 h + p: weights 32 p .. of half h (Format<block_q6_k>::word's bits). A block is
+    // 210 bytes, so its words are only 2-byte aligned in a row.
+    // Every word read is 4k bytes into the block, so all share the block's alignment: two
+    // aligned words and one PRMT each, without a branch (at 4-byte alignment the PRMT takes
+    // the first word whole).
+    __device__ static __forceinline__ uint32_t codes(const uint8_t* b, int u, int t, int h) {
+        const int half = u >> 2, p = u & 3;
+        const uintptr_t a = reinterpret_cast<uintptr_t>(b);
+        const uint32_t* w = reinterpret_cast<const uint32_t*>(a & ~static_cast<uintptr_t>(3));
+        const uint32_t sel = 0x3210u + static_cast<uint32_t>(a & 2) * 0x1111u;  // 0x5432 at +2
+        const int lo_at = 16 * half + 8 * (p & 1) + 2 * t + h;  // words from w
+        const int hi_at = 32 + 8 * half + 2 * t + h;
+        const uint32_t lo = __byte_perm(w[lo_at], w[lo_at + 1], sel);
+        const uint32_t hi = __byte_perm(w[hi_at], w[hi_at + 1], sel);
+        return ((lo >> (4 * (p >> 1))) & 0x0F0F0F0Fu) | (((hi >> (2 * p)) & 0x03030303u) << 4);
+    }
+    // One int8 scale a 16 weights: lanes 0-1 hold codes 0-15 of the unit, lanes 2-3 codes 16-31.
+    // xor 0x80 makes the scale + 128 in [0, 255], under the 0x64 exponent byte 1152 + scale.
+    __device__ static __forceinline__ void scales(const uint8_t* b, int u, int t, uint32_t& scale,
+                                                  uint32_t& neg_min) {
+        const uint32_t s8 = b[192 + 2 * u + (t >> 1)] ^ 0x80u;
+        const uint32_t sc = ember::hsub2((s8 | s8 << 16) | 0x64006400u, 0x64806480u);
+        scale = ember::hmul2(sc, ember::splat_half(*reinterpret_cast<const half*>(b + 208)));
+        neg_min = 0;
+    }
+};
+
+// Unit u of the super-block at `block` as lane t's B fragment (SuperUnit's order): b[2h] and
+// b[2h + 1] are codes 0, 1 and 2, 3 of half h's word.
+template <typename Block>
+__device__ __forceinline__ void super_fragment(const uint8_t* block, int u, int t,
+                                               uint32_t (&b)[4]) {
+    using U = SuperUnit<Block>;
+    constexpr uint32_t EXP = 0x64646464u;  // the exponent byte under each code
+    uint32_t scale, neg_min;
+    U::scales(block, u, t, scale, neg_min);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const uint32_t codes = U::codes(block, u, t, h);
+        b[2 * h] = ember::hfma2(ember::hsub2(__byte_perm(codes, EXP, 0x4140), U::OFFSET), scale,
+                                neg_min);
+        b[2 * h + 1] = ember::hfma2(ember::hsub2(__byte_perm(codes, EXP, 0x4342), U::OFFSET),
+                                    scale, neg_min);
+    }
+}
+
 template <typename Block, typename Shape, bool SLICED>
 __device__ __forceinline__ void gemm(
     const uint8_t* __restrict__ w, const float* __restrict__ x, float* __restrict__ y, int m,
@@ -429,12 +546,29 @@ __device__ __forceinline__ void gemm(
         const int r = (tid + v * THREADS) / (T::KS / 4);
         return static_cast<uint32_t>(min(m0 + r, m - 1) * k + x_col(v));
     };
-    auto store_x = [&](int buf, int v, float4 f) {
+    // Where this thread's float4 v of an x step goes in an x buffer (halves), worked out once:
+    // (the compiler otherwise keeps, and spills, the parts of the sum).
+    int x_place[T::X_VECS];
+#pragma unroll
+    for (int v = 0; v < T::X_VECS; ++v) {
         const int i = tid + v * THREADS;
-        const int r = i / (T::KS / 4);
         const int c = 4 * (i % (T::KS / 4));
-        *reinterpret_cast<uint2*>(xs + buf * T::BM * T::XS + r * T::XS + c) =
-            make_uint2(pack_half2(f.x, f.y), pack_half2(f.z, f.w));
+        // Super-block formats: x[c .. c + 3] pair with codes 8 t' + 4 h .. of their unit
+        // (super_fragment), which b[2 h] and b[2 h + 1] of lane t' hold: columns 2 t' + 16 h
+        // (+ 1) and 2 t' + 16 h + 8 (+ 1).
+        const int in_unit = c & 31;
+        const int col =
+            T::PERMUTED ? c - in_unit + 2 * (in_unit >> 3) + 16 * ((in_unit >> 2) & 1) : c;
+        x_place[v] = i / (T::KS / 4) * T::XS + col;
+    }
+    auto store_x = [&](int buf, int v, float4 f) {
+        half* at = xs + buf * T::BM * T::XS + x_place[v];
+        if constexpr (T::PERMUTED) {
+            *reinterpret_cast<uint32_t*>(at) = pack_half2(f.x, f.y);
+            *reinterpret_cast<uint32_t*>(at + 8) = pack_half2(f.z, f.w);
+        } else {
+            *reinterpret_cast<uint2*>(at) = make_uint2(pack_half2(f.x, f.y), pack_half2(f.z, f.w));
+        }
     };
     // X_ASYNC: this thread's float4s of step s into stage `slot` (columns past K are skipped:
     // no warp reads the quant blocks they would belong to).
@@ -503,17 +637,17 @@ __device__ __forceinline__ void gemm(
             uint32_t frag[T::NT][4];
 #pragma unroll
             for (int j = 0; j < T::NT; ++j) {
+                // A row of whole 16-byte blocks starts its stage row (w_phase unused).
                 const uint32_t shift =
-                    (w_phase[j] + static_cast<uint32_t>(kb0 * T::BLOCK_BYTES)) & 15;
+                    T::BLOCK_BYTES % 16 == 0
+                        ? 0
+                        : (w_phase[j] + static_cast<uint32_t>(kb0 * T::BLOCK_BYTES)) & 15;
                 if constexpr (!BlockUnits<Block>::format) {
                     Fragment<Block>::load(src + w_row[j] + shift + b * T::BLOCK_BYTES, t, frag[j]);
                 } else if constexpr (T::UNITS == 1) {
                     unit_fragment<Block>(src + w_row[j] + shift + b * T::BLOCK_BYTES, 0, t, frag[j]);
                 } else {
-                    const int unit = p * T::UK + b + wk;
-                    unit_fragment<Block>(
-                        src + w_row[j] + shift + unit / T::UNITS * T::BLOCK_BYTES,
-                        unit % T::UNITS, t, frag[j]);
+                    super_fragment<Block>(src + w_row[j] + shift, p * T::UK + b + wk, t, frag[j]);
                 }
             }
 #pragma unroll

@@ -6,8 +6,11 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pytest
+from gguf import GGMLQuantizationType
 
 from ember.kernels.quant_gemv import QuantType
+from ember.model.quant import dequantize
+from ember.model.quant_blocks import Floats
 from ember.model.quant_k import scale_min_6bit
 
 # Per type: (byte offset, low, high) of each f16 scale field, drawn uniformly so that weights
@@ -65,6 +68,42 @@ def unit_minimums(
     else:
         return None
     return terms.reshape(n, k // 32)
+
+
+def gemm_weights16(raw: npt.NDArray[np.uint8], quant: QuantType, n: int, k: int) -> Floats:
+    """The fp16 weights quant_gemm.cu's tensor cores multiply, as float32 [n, k]: each weight
+    rounded once from the exact one, except the K-quants' (super_fragment), which round the
+    sub-block's scale d * sc and minimum dmin * m to fp16 first and then scale * code - minimum
+    once. Their codes come from the decoder itself, on the blocks with d = 1, every scale 1 and
+    every minimum 0 (so nothing of the bit layout is written twice)."""
+    ggml = GGMLQuantizationType[quant.name]
+    exact = dequantize(raw, ggml, (n, k))
+    if quant not in (QuantType.Q4_K, QuantType.Q5_K, QuantType.Q6_K):
+        return exact.astype(np.float16).astype(np.float32)
+    blocks = raw.reshape(-1, quant.block_bytes)
+    unit = blocks.copy()
+
+    def half(at: int) -> npt.NDArray[np.float64]:
+        return blocks[:, at : at + 2].copy().view(np.float16)[:, :1].astype(np.float64)
+
+    def rounded(v: npt.NDArray[np.float64], weights: int) -> npt.NDArray[np.float64]:
+        return np.repeat(v.astype(np.float16).astype(np.float64), weights, axis=1)
+
+    one = np.array([1.0], np.float16).view(np.uint8)
+    if quant is QuantType.Q6_K:
+        unit[:, 192:208] = 1
+        unit[:, 208:210] = one
+        scale = rounded(half(208) * blocks[:, 192:208].view(np.int8), 16)
+        minimum = np.zeros_like(scale)
+    else:
+        scales, minimums = scale_min_6bit(blocks[:, 4:16])
+        unit[:, 0:2], unit[:, 2:4] = one, 0
+        unit[:, 4:16] = [1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1]  # every scale 1, every minimum 0
+        scale = rounded(half(0) * scales, 32)
+        minimum = rounded(half(2) * minimums, 32)
+    codes = dequantize(unit, ggml, (blocks.shape[0], quant.block_weights)).astype(np.float64)
+    weights = (scale * codes - minimum).astype(np.float16)  # exact in float64, rounded once
+    return weights.astype(np.float32).reshape(n, k)
 
 
 # Filled into y before a product writes part of it: a float no product here gives.

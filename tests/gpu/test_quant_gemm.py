@@ -24,7 +24,12 @@ from ember.kernels.quant_gemm import (
 )
 from ember.kernels.quant_gemv import QuantType
 from ember.model.quant import dequantize
-from tests.gpu.quant_data import SENTINEL_BITS, assert_parts_written, random_weight
+from tests.gpu.quant_data import (
+    SENTINEL_BITS,
+    assert_parts_written,
+    gemm_weights16,
+    random_weight,
+)
 
 gpu = pytest.mark.gpu
 
@@ -57,7 +62,8 @@ ROWS = (1, 16, 17, 64, 200, 512)
 # truncate) and the float32 reference add far less: below 2^-19 of it in a NumPy simulation of
 # truncating fp32 accumulation at K 14336. Hence 2^-9. (Random data stays below 2^-13.)
 ROUNDED = 2.0**-9
-# Against a reference that rounds x and W to fp16 the same way, only the order and precision of
+# Against a reference that rounds x and W to fp16 the same way (`gemm_weights16`: the K-quants
+# round their sub-block scales first), only the order and precision of
 # the fp32 sums differ (below 2^-19 in that simulation), so this bound can be much tighter: a
 # block of 32 weights read from the wrong place moves the median output by ~2^-11 of the scale
 # at K 14336, and by more at smaller K.
@@ -80,7 +86,7 @@ class Reference:
         weight = dequantize(raw, GGMLQuantizationType[quant.name], (n, k))
         want = x @ weight.T
         x16 = x.astype(np.float16).astype(np.float32)
-        want16 = x16 @ weight.astype(np.float16).astype(np.float32).T
+        want16 = x16 @ gemm_weights16(raw, quant, n, k).T
         scale = np.abs(x) @ np.abs(weight, out=weight).T
         return cls(want, want16, scale)
 

@@ -27,6 +27,7 @@ class ReferenceSamplingLlama(NumpyLlama):
         self.calls: list[SamplingBatch] = []
         self.placeholders = 0  # tokens taken from the previous step's ids
         self.deferred = 0  # steps launched by `launch_forward` (their masks came later)
+        self.awaiting = 0  # of those, the ones whose sampling is not queued yet
         self.tokens = 0
         self._previous: npt.NDArray[np.int32] = np.zeros(0, np.int32)
 
@@ -39,7 +40,10 @@ class ReferenceSamplingLlama(NumpyLlama):
         if sampling.masks is not None or sampling.mask_rows is None:
             raise AssertionError("launch_forward is for steps whose masks come later")
         self.deferred += 1
-        return self._forward(batch, sampling)
+        self.awaiting += 1
+        step = self._forward(batch, sampling)
+        step.deferred = True
+        return step
 
     def _forward(self, batch: ForwardBatch, sampling: SamplingBatch) -> ReferenceForward:
         self.placeholders += int((batch.token_ids <= -2).sum())
@@ -77,11 +81,14 @@ class ReferenceForward:
         self._backend = backend
         self._logits = logits
         self._sampling = sampling
+        self.deferred = False  # launched by `launch_forward`
 
     def sample(self, masks: npt.NDArray[np.int32] | None) -> PendingStep:
         sampling = self._sampling
         if (masks is None) != (sampling.mask_rows is None):
             raise AssertionError("a step's masks and its rows' mask_rows must come together")
+        if self.deferred:
+            self._backend.awaiting -= 1
         return self._backend.sample(self._logits, dataclasses.replace(sampling, masks=masks))
 
 

@@ -173,6 +173,29 @@ def test_constrained_sequences_overlap_steps_with_masks_after_their_token(
     assert reference.deferred == 0 and reference.placeholders == 0
 
 
+def test_a_constrained_step_returns_with_the_next_forward_pass_launched(
+    tiny_model: LoadedModel,
+) -> None:
+    """A constrained step's sampling is queued only once its masks are computed, late in the
+    call; the call then launches the next step's forward pass before it returns, so the device
+    computes while the caller handles the outputs (else it would idle until the next call).
+    Never more than one such pass waits, and the tokens stay the synchronous engine's."""
+    requests = {seed: ("Go:", constrained(JSON, seed)) for seed in range(4)}
+    engine, backend = engine_over(tiny_model, max_num_seqs=4)
+    for seed, (prompt, params) in requests.items():
+        engine.add_request(seed, prompt, params)
+    out: dict[int, list[int]] = {seed: [] for seed in requests}
+    waiting_at_return = []
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            out[output.request_id] += output.new_token_ids
+        waiting_at_return.append(backend.awaiting)
+    assert max(waiting_at_return) == 1
+    assert waiting_at_return.count(1) > len(waiting_at_return) // 2
+    synchronous, _ = engine_over(tiny_model, max_num_seqs=4, async_scheduling=False)
+    assert run(synchronous, dict(requests)) == out
+
+
 def test_masks_are_cut_to_a_model_with_fewer_rows_than_tokens(tiny_model: LoadedModel) -> None:
     """A file may list more tokens than the model has rows: masks are the model's width (the
     logits'), and allow no token beyond its rows."""

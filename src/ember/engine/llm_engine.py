@@ -19,7 +19,7 @@ from ember.engine.mask_workers import MaskWorkers, mask_worker_count
 from ember.engine.model_runner import LaunchedStep, ModelRunner
 from ember.engine.request_output import RequestOutput
 from ember.engine.sampling_params import SamplingParams
-from ember.engine.scheduler import Scheduler, SchedulerConfig
+from ember.engine.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 from ember.engine.scheduling import Scheduling
 from ember.engine.sequence import (
     EQUAL_SCHEDULING,
@@ -112,6 +112,9 @@ class LLMEngine:
         self._asynchronous = config.async_scheduling and self.runner.device_sampling is not None
         # The launched step whose tokens the next `step()` collects (asynchronous scheduling).
         self._in_flight: LaunchedStep | None = None
+        # The step launched ahead, by the call before, whose masks the next `step()` computes
+        # (a constrained step's forward pass: `_launch_ahead`).
+        self._ahead: LaunchedStep | None = None
         self._requests: dict[RequestId, _Request] = {}
         # Requests the last `step()` admitted into the running batch (the scheduler's word).
         self.admitted: list[RequestId] = []
@@ -231,38 +234,60 @@ class LLMEngine:
         more meanwhile; that token is dropped (max_tokens is known ahead and wastes nothing).
         A constrained sequence overlaps steps too: its step is launched before its previous
         token is known, and its mask is computed once that token is collected, while the device
-        runs the step's forward pass (`ModelRunner.sample_constrained`).
+        runs the step's forward pass (`ModelRunner.sample_constrained`). Such a step's sampling
+        is queued only then, so the call launches the next step's forward pass before it
+        returns (`_launch_ahead`): the device runs it while the caller handles the outputs and
+        the next call collects and computes masks, rather than idling until that call.
         """
         previous, self._in_flight = self._in_flight, None
+        launched, self._ahead = self._ahead, None
         self.rejected = []
-        if self._compiling:
-            if previous is None and not self.scheduler.num_unfinished:
-                futures = [request.compiling for request in self._compiling]
-                wait_for_futures(futures, _COMPILE_WAIT_SECONDS, "FIRST_COMPLETED")  # type: ignore[arg-type]
-            self._schedule_compiled()
-        batch = self.scheduler.schedule()
+        self.admitted = []
         outputs: list[RequestOutput] = []
-        if not batch.seqs and previous is not None and self.scheduler.running:
-            # Every running sequence waits for the step in flight (its last token is there):
-            # take that step's tokens now and launch the next step in this call, rather than
-            # return with the device idle until the next call.
-            outputs, previous = self._collect(previous), None
+        if launched is None:
+            if self._compiling:
+                if previous is None and not self.scheduler.num_unfinished:
+                    futures = [request.compiling for request in self._compiling]
+                    wait_for_futures(futures, _COMPILE_WAIT_SECONDS, "FIRST_COMPLETED")  # type: ignore[arg-type]
+                self._schedule_compiled()
             batch = self.scheduler.schedule()
-        self.admitted = [seq.request_id for seq in batch.admitted]
-        self._last_batch_size = len(batch)
-        self._last_batch_tokens = batch.num_tokens
-        launched = self.runner.launch(batch, self._asynchronous) if batch.seqs else None
+            if not batch.seqs and previous is not None and self.scheduler.running:
+                # Every running sequence waits for the step in flight (its last token is there):
+                # take that step's tokens now and launch the next step in this call, rather
+                # than return with the device idle until the next call.
+                outputs, previous = self._collect(previous), None
+                batch = self.scheduler.schedule()
+            launched = self._launch(batch)
         if previous is not None:
             outputs = self._collect(previous)
         if launched is not None:
-            if launched.awaiting_masks is not None:  # its masks needed `previous`'s tokens
+            constrained = launched.awaiting_masks is not None
+            if constrained:  # its masks needed `previous`'s tokens
                 self.runner.sample_constrained(launched)
             self._mark_computed(launched)
             if launched.asynchronous:
                 self._in_flight = launched
+                if constrained:
+                    self._ahead = self._launch_ahead()
             else:
                 outputs += self._collect(launched)
         return outputs
+
+    def _launch(self, batch: ScheduledBatch) -> LaunchedStep | None:
+        """Launch a scheduled batch (None for an empty one); the call reports its admissions."""
+        self.admitted += [seq.request_id for seq in batch.admitted]
+        self._last_batch_size = len(batch)
+        self._last_batch_tokens = batch.num_tokens
+        return self.runner.launch(batch, self._asynchronous) if batch.seqs else None
+
+    def _launch_ahead(self) -> LaunchedStep | None:
+        """The next step, scheduled and launched now (its constrained rows' sampling waits for
+        the next call's masks): as the next call would schedule it, with the step just sampled
+        in flight, except that requests added meanwhile join one step later."""
+        if self._compiling:
+            self._schedule_compiled()
+        batch = self.scheduler.schedule()
+        return self._launch(batch) if batch.seqs else None
 
     def _mark_computed(self, step: LaunchedStep) -> None:
         """The step's K/V count as computed once its inputs are known on the host (its pending

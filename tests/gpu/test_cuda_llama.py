@@ -306,6 +306,28 @@ def test_structured_outputs_on_the_gpu(cuda_model: LoadedModel) -> None:
         assert all(len(out[str(i)]) == 40 for i in range(8, 12))
 
 
+def constrained_and_free(
+    schema: dict[str, object], choices: list[str], every: int, free_seeds: tuple[int, int]
+) -> list[SamplingParams]:
+    """Twelve seeded requests at temperature 1, each `every`-th a choice of `choices` and the
+    others `schema`'s JSON, then two free ones (seeds `free_seeds`) that ignore EOS."""
+    constrained = [
+        SamplingParams(
+            max_tokens=60,
+            temperature=1.0,
+            seed=i,
+            structured=StructuredOutput.json_schema(schema)
+            if i % every
+            else StructuredOutput.choice(choices),
+        )
+        for i in range(12)
+    ]
+    free = [
+        SamplingParams(max_tokens=30, temperature=0.8, seed=i, ignore_eos=True) for i in free_seeds
+    ]
+    return constrained + free
+
+
 def test_mask_workers_give_the_engines_own_tokens_on_the_gpu(cuda_model: LoadedModel) -> None:
     """Masks from worker processes are the engine's own: in batch-invariant mode (a row's bits
     do not depend on its batch, so a compile finishing a step earlier or later changes
@@ -323,17 +345,7 @@ def test_mask_workers_give_the_engines_own_tokens_on_the_gpu(cuda_model: LoadedM
     }
     tokenizer = cuda_model.tokenizer
     prompt = tokenizer.encode("A city as JSON:", add_special_tokens=True)
-    params = [
-        SamplingParams(
-            max_tokens=60,
-            temperature=1.0,
-            seed=i,
-            structured=StructuredOutput.json_schema(schema)
-            if i % 3
-            else StructuredOutput.choice(["north", "south"]),
-        )
-        for i in range(12)
-    ] + [SamplingParams(max_tokens=30, temperature=0.8, seed=7, ignore_eos=True)] * 2
+    params = constrained_and_free(schema, ["north", "south"], 3, free_seeds=(7, 7))
 
     def run(workers: int) -> tuple[list[list[int]], list[int]]:
         eng = engine(cuda_model, batch_invariant=True, mask_workers=workers)
@@ -380,17 +392,7 @@ def test_constrained_steps_sampled_after_their_forward_pass_match_synchronous_st
     }
     tokenizer = cuda_model.tokenizer
     prompt = tokenizer.encode("One word as JSON:", add_special_tokens=True)
-    params = [
-        SamplingParams(
-            max_tokens=60,
-            temperature=1.0,
-            seed=i,
-            structured=StructuredOutput.json_schema(schema)
-            if i % 4
-            else StructuredOutput.choice(["up", "down", "sideways"]),
-        )
-        for i in range(12)
-    ] + [SamplingParams(max_tokens=30, temperature=0.8, seed=i, ignore_eos=True) for i in (7, 8)]
+    params = constrained_and_free(schema, ["up", "down", "sideways"], 4, free_seeds=(7, 8))
     backend = cuda_model.backend
     assert isinstance(backend, CudaLlama)
     deferred = 0

@@ -54,7 +54,15 @@ def tokenizer() -> Tokenizer:
     return Tokenizer.from_metadata(default_tokenizer_metadata(), source="default model")
 
 
-STOPS = [(), ("\n",), ("the",), ("e t", "th", "xyz"), ("ing the", "g"), ("😀",), ("a", "ab")]
+STOPS = [
+    (),
+    ("\n",),
+    ("the",),
+    ("e t", "th", "xyz"),
+    ("ing the", "g"),
+    ("😀",),
+    ("a", "ab"),
+]
 
 
 @pytest.mark.parametrize("stops", STOPS)
@@ -91,3 +99,23 @@ def test_a_long_stream_holds_back_only_a_stop_prefix(tokenizer: Tokenizer) -> No
     for _ in range(50_000):
         stream.push(token_id)
     assert len(stream.take_delta(final=False)) == 5 * 50_000 - len("never appears") + 1
+
+
+def test_a_stop_string_spread_over_one_character_tokens_is_found(tokenizer: Tokenizer) -> None:
+    """Each token one character, as a grammar's punctuation and keys often come: the text
+    before the stop string is shorter than the stop string, and it must all be kept as the
+    tail where the stop string may start."""
+    text = '{"id": 7, "ok": true}'
+    ids = [tokenizer.encode(ch)[0] for ch in text]
+    assert tokenizer.decode(ids) == text
+    params = SamplingParams(stop=('"ok"',))
+    stream, reference = TextStream(tokenizer, params), ReferenceStream(tokenizer, params)
+    stopped_at = None
+    for i, token_id in enumerate(ids):
+        stopped = stream.push(token_id)
+        assert stopped == reference.push(token_id)
+        if stopped:
+            stopped_at = i
+            break
+    assert stopped_at == text.index('"ok"') + 3
+    assert stream.take_delta(final=True) == '{"id": 7, '

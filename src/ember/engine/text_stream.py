@@ -86,7 +86,8 @@ class TextStream:
         if found is None:
             self._pending.append(delta)
             self._pending_len += len(delta)
-            self._tail = window[len(window) - self._holdback :] if self._holdback else ""
+            # (the whole window while it is shorter: a negative start would cut it)
+            self._tail = window[-self._holdback :] if self._holdback else ""
             return False
         index, stop = found
         end = index + (len(stop) if self._include_stop else 0)  # the text ends here in window

@@ -1,13 +1,14 @@
 """Where a step's time goes with constrained sequences: the engine alone (no server), N free
-sequences, then N constrained by the benchmark's JSON schema, timing the token masks' fill,
-the matchers' consumption and the whole step.
+sequences, then N constrained by the benchmark's JSON schema, then N/8 of those beside 7N/8
+free ones (issue 17's mix: what a free stream loses), timing the token masks' fill and the
+step's phases on the host.
 
     python scripts/profile_structured_step.py [--model M] [--device cuda] [--seqs 64]
-        [--mask-workers N] [--no-ask] [--engine-headroom N] [--sync] [--profile]
+        [--mask-workers N] [--no-ask] [--engine-headroom N] [--sync] [--no-jump-forward]
+        [--profile]
 
 With no model given it runs the default model's shape with random weights
-(`synthetic:smollm2-135m-q4_1`): the tokens are meaningless but the masks are real.
-"""
+(`synthetic:smollm2-135m-q4_1`): the tokens are meaningless but the masks are real."""
 
 from __future__ import annotations
 
@@ -47,15 +48,25 @@ class Timed:
         setattr(owner, name, timed)
 
 
-def run(engine: LLMEngine, params: list[SamplingParams], prompt: list[int]) -> tuple[int, float]:
+def run(
+    engine: LLMEngine, params: list[SamplingParams], prompt: list[int], counted: int | None = None
+) -> tuple[int, float]:
+    """The tokens of the first `counted` requests (all: None) and the seconds until the last of
+    them finished."""
+    counted = len(params) if counted is None else counted
     for i, p in enumerate(params):
         engine.add_request(i, prompt, p)
-    tokens, steps = 0, 0
+    tokens, left, seconds = 0, counted, 0.0
     started = time.perf_counter()
     while engine.has_unfinished_requests():
-        tokens += sum(len(o.new_token_ids) for o in engine.step())
-        steps += 1
-    return tokens, time.perf_counter() - started
+        for output in engine.step():
+            if output.request_id < counted:
+                tokens += len(output.new_token_ids)
+                if output.finished:
+                    left -= 1
+                    if not left:
+                        seconds = time.perf_counter() - started
+    return tokens, seconds
 
 
 def main() -> None:
@@ -72,6 +83,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile", action="store_true", help="cProfile the constrained run (top 30 by own time)"
+    )
+    parser.add_argument(
+        "--no-jump-forward",
+        action="store_true",
+        help="sample every token, forced ones too (EngineConfig.jump_forward off)",
     )
     parser.add_argument(
         "--mask-workers",
@@ -106,11 +122,21 @@ def main() -> None:
         show_progress=False,
         mask_workers=args.mask_workers,
         async_scheduling=not args.sync,
+        jump_forward=not args.no_jump_forward,
     )
     engine = LLMEngine(config)
     prompt = engine.tokenizer.encode("List six things in a shed as JSON.", add_special_tokens=True)
     workers = engine.mask_workers
     fill = Timed(engine.grammars, "fill_masks") if workers is None else Timed(workers, "fill")
+    # Where a step's host time goes (nested: collect holds the wait for the device's tokens,
+    # sample_constrained holds the fill).
+    phases = {
+        "step": Timed(engine, "step"),
+        "collect": Timed(engine, "_collect"),
+        "wait tokens": Timed(engine.runner, "collect"),
+        "sample_constrained": Timed(engine.runner, "sample_constrained"),
+        "launch": Timed(engine.runner, "launch"),
+    }
     free = [
         SamplingParams(max_tokens=args.tokens, temperature=0.8, seed=i, ignore_eos=True)
         for i in range(args.seqs)
@@ -125,20 +151,37 @@ def main() -> None:
         raise SystemExit("the mask workers did not start within 60 s")
     print(f"mask workers: {0 if workers is None else workers.num_ready}")
     rows = []
-    for label, params in (("free", free), ("constrained", constrained)):
+    few = args.seqs // 8  # the benchmark's mix: 56 free streams and 8 constrained of 64
+    runs = [
+        ("free", free, None),
+        ("constrained", constrained, None),
+        (f"free beside {few} constrained", free[: args.seqs - few] + constrained[:few], -few),
+    ]
+    for label, params, counted in runs:
         fill.seconds, fill.calls = 0.0, 0
+        for timed in phases.values():
+            timed.seconds, timed.calls = 0.0, 0
         profiler = cProfile.Profile() if args.profile and label == "constrained" else None
         if profiler is not None:
             profiler.enable()
-        tokens, seconds = run(engine, params, prompt)
+        tokens, seconds = run(
+            engine, params, prompt, None if counted is None else len(params) + counted
+        )
         if profiler is not None:
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
         per_fill = fill.seconds / max(fill.calls, 1) * 1e3
         rows.append((label, tokens, tokens / seconds, fill.calls, per_fill))
-    print(f"{'run':<12} {'tokens':>7} {'tok/s':>9} {'mask fills':>10} {'ms/fill':>8}")
+        steps = max(phases["step"].calls, 1)
+        print(
+            f"{label}: {steps} steps; per step, ms: "
+            + ", ".join(f"{name} {t.seconds / steps * 1e3:.2f}" for name, t in phases.items())
+        )
+    print(f"{'run':<28} {'tokens':>7} {'tok/s':>9} {'mask fills':>10} {'ms/fill':>8}")
     for label, tokens, rate, calls, per_fill in rows:
-        print(f"{label:<12} {tokens:>7} {rate:>9.0f} {calls:>10} {per_fill:>8.2f}")
+        print(f"{label:<28} {tokens:>7} {rate:>9.0f} {calls:>10} {per_fill:>8.2f}")
+    free_rate, mixed_rate = rows[0][2] / args.seqs, rows[2][2] / (args.seqs - few)
+    print(f"a free stream beside constrained ones: {mixed_rate / free_rate - 1:+.1%} tok/s")
     engine.close()
 
 

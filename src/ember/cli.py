@@ -298,6 +298,12 @@ def _add_engine_serve_args(parser: argparse.ArgumentParser) -> None:
         help="processes that compute structured outputs' token masks beside the engine "
         "(default: the CPUs it may use less one, at most 8; 0: on the engine's threads)",
     )
+    add(
+        "--no-jump-forward",
+        action="store_true",
+        help="sample every token of a structured output, even those its grammar forces "
+        "(by default forced tokens are taken without sampling, several in one step)",
+    )
     add("--no-prefix-caching", action="store_true")
     add(
         "--no-async-scheduling",
@@ -699,6 +705,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         batch_invariant=args.batch_invariant,
         starvation_steps=args.starvation_steps,
         mask_workers=args.mask_workers,
+        jump_forward=not args.no_jump_forward,
         seed=args.seed,
     )
     return ServerConfig(

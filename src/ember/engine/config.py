@@ -42,3 +42,7 @@ class EngineConfig:
     # (engine/mask_workers.py). None: the CPUs this process may use less one, at most 8, none
     # on one CPU; 0: masks on the engine's threads only (engine/grammar.py).
     mask_workers: int | None = None
+    # A constrained sequence whose grammar forces the next tokens (a JSON key, the punctuation
+    # between fields) takes them without sampling, and one step computes them all: its output
+    # is then the forced text's canonical tokens (engine/forced_tokens.py).
+    jump_forward: bool = True

@@ -13,6 +13,7 @@ import numpy as np
 
 from ember.engine.config import EngineConfig
 from ember.engine.engine_stats import EngineStats
+from ember.engine.forced_tokens import GrammarStep, take_token
 from ember.engine.grammar import GrammarCompiler, mask_threads
 from ember.engine.kv_cache_pool import KVCachePool
 from ember.engine.mask_workers import MaskWorkers, mask_worker_count
@@ -259,7 +260,7 @@ class LLMEngine:
                 batch = self.scheduler.schedule()
             launched = self._launch(batch)
         if previous is not None:
-            outputs = self._collect(previous)
+            outputs = self._collect(previous, launched)
         if launched is not None:
             constrained = launched.awaiting_masks is not None
             if constrained:  # its masks needed `previous`'s tokens
@@ -299,23 +300,40 @@ class LLMEngine:
             seqs, counts = [seqs[i] for i in live], [counts[i] for i in live]
         self.pool.mark_computed(seqs, counts)
 
-    def _collect(self, step: LaunchedStep) -> list[RequestOutput]:
+    def _collect(
+        self, step: LaunchedStep, following: LaunchedStep | None = None
+    ) -> list[RequestOutput]:
+        """Take the step's tokens. `following`: the step launched after it and not collected
+        yet, whose rows of sequences that take forced tokens now are dropped."""
         sampled = self.runner.collect(step)
         requests = self._requests
         logprobs = sampled.logprobs or [None] * len(sampled)
-        live: list[tuple[_Request, int, TokenLogprob | None]] = []
-        constrained: list[tuple[Sequence, int]] = []
+        live: list[tuple[_Request, int, TokenLogprob | None, GrammarStep | None]] = []
+        constrained: list[tuple[Sequence, list[int]]] = []
         for seq, token_id, logprob in zip(sampled.seqs, sampled.token_ids, logprobs, strict=True):
             request = requests.get(seq.request_id)
-            if request is not None and request.seq is seq:  # not finished nor aborted since
-                live.append((request, token_id, logprob))
-                if seq.grammar is not None:
-                    constrained.append((seq, token_id))
+            if request is None or request.seq is not seq:  # finished or aborted since
+                continue
+            grammar = seq.grammar
+            if grammar is None:
+                live.append((request, token_id, logprob, None))
+                continue
+            # Room for forced tokens: none after its last token, nor where each token needs
+            # its logprob entry.
+            room = 0
+            if self.config.jump_forward and seq.params.logprobs is None:
+                room = seq.params.max_tokens - seq.num_output_tokens - 1
+            taken = take_token(grammar, token_id, room)
+            live.append((request, token_id, logprob, taken))
+            constrained.append((seq, [token_id, *taken.forced]))
         if constrained and self.mask_workers is not None:
             # Their next masks are computed meanwhile (`MaskWorkers.ask`): the next step that
             # runs them waits for nothing else of theirs.
             self.mask_workers.ask(constrained)
-        return [self._advance(request, token_id, logprob) for request, token_id, logprob in live]
+        return [
+            self._advance(request, token_id, logprob, taken, following)
+            for request, token_id, logprob, taken in live
+        ]
 
     def stats(self) -> EngineStats:
         return EngineStats(
@@ -333,9 +351,16 @@ class LLMEngine:
         )
 
     def _advance(
-        self, request: _Request, token_id: int, logprob: TokenLogprob | None
+        self,
+        request: _Request,
+        token_id: int,
+        logprob: TokenLogprob | None,
+        taken: GrammarStep | None,
+        following: LaunchedStep | None,
     ) -> RequestOutput:
-        """Add a sampled token to its request; what the request has to report."""
+        """Add a sampled token, and the tokens its grammar then forces (`taken`: what the
+        token did to the grammar of a constrained sequence), to its request; what the request
+        has to report."""
         seq = request.seq
         if seq.first_token_time is None:
             seq.first_token_time = time.monotonic()
@@ -344,15 +369,18 @@ class LLMEngine:
         if logprob is not None:
             request.pending_logprobs.append(logprob)
         finish = request.stop.accept(token_id)
-        grammar = seq.grammar
-        # Its grammar complete (or broken: the sampler kept to its mask, so never by a token it
-        # was given), the sequence ends as at a stop.
-        if (
-            grammar is not None
-            and finish is None
-            and (not grammar.consume_token(token_id) or grammar.is_stopped())
-        ):
-            finish = FinishReason.STOP
+        if taken is not None and finish is None:
+            if taken.forced:
+                if following is not None:
+                    following.drop(seq)  # its row there samples what the grammar forced
+                for forced in taken.forced:
+                    seq.append_token(forced)
+                    request.pending_tokens.append(forced)
+                    finish = request.stop.accept(forced)
+                    if finish is not None:
+                        break
+            if finish is None and taken.complete:
+                finish = FinishReason.STOP
         text = request.stop.text
         if finish is not None:
             self._finish(seq, finish)

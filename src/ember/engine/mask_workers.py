@@ -209,19 +209,20 @@ class MaskWorkers:
         else:
             worker.freeing.append(placement.row)
 
-    def ask(self, tokens: list[tuple[Sequence, int]]) -> None:
-        """Each sequence's `token` is sampled but not yet appended: its worker takes it and
-        computes the mask after it now, which `fill` then finds written. Sequences not on a
-        ready worker are left to `fill`; nothing waits here but for a worker's earlier reply."""
+    def ask(self, tokens: list[tuple[Sequence, list[int]]]) -> None:
+        """Each sequence's new `tokens` (its sampled token and those its grammar forces after
+        it) are not yet appended: its worker takes them and computes the mask after them now,
+        which `fill` then finds written. Sequences not on a ready worker are left to `fill`;
+        nothing waits here but for a worker's earlier reply."""
         if not self._started or not tokens:
             return
         self._drain()
         requests: dict[int, list[MaskRow]] = {}
-        for seq, token_id in tokens:
+        for seq, new in tokens:
             placement = self._placements.get(seq.seq_id)
             if placement is None or placement.place == _ENGINE:
                 continue
-            requests.setdefault(placement.place, []).append(self._row(seq, placement, token_id))
+            requests.setdefault(placement.place, []).append(self._row(seq, placement, new))
         self._send(requests)
 
     def fill(self, seqs: list[Sequence], out: Masks) -> None:
@@ -275,17 +276,17 @@ class MaskWorkers:
         self._send(empty)
         self._drain()
 
-    def _row(self, seq: Sequence, placement: _Placement, token_id: int | None = None) -> MaskRow:
-        """The request for the sequence's mask after its outputs (and `token_id`, sampled but
-        not appended yet): the outputs its mirror has not taken, or with its spec, all of them
-        for a new mirror."""
-        new = placement.sent < 0
+    def _row(self, seq: Sequence, placement: _Placement, new: list[int] | None = None) -> MaskRow:
+        """The request for the sequence's mask after its outputs (and `new` tokens, not
+        appended yet): the outputs its mirror has not taken, or with its spec, all of them for a
+        new mirror."""
+        fresh = placement.sent < 0
         outputs = seq.token_ids[seq.num_prompt_tokens + max(placement.sent, 0) :]
-        if token_id is not None:
-            outputs.append(token_id)
-        placement.sent = seq.num_output_tokens + (token_id is not None)
+        if new:
+            outputs += new
+        placement.sent = seq.num_output_tokens + (len(new) if new else 0)
         placement.masked = -1
-        return MaskRow(seq.seq_id, placement.row, outputs, seq.params.structured if new else None)
+        return MaskRow(seq.seq_id, placement.row, outputs, seq.params.structured if fresh else None)
 
     def _check_started(self) -> None:
         """Workers whose readiness arrived take sequences from now on; ones that died while

@@ -69,6 +69,20 @@ class LaunchedStep:
     asynchronous: bool
     # Its forward pass is queued; its sampling waits for the constrained rows' masks.
     awaiting_masks: StepAwaitingMasks | None = None
+    # Sequences whose row's token is not theirs to take: the step was launched before the grammar
+    # forced their next tokens (engine/forced_tokens.py). The row still computes the K/V of
+    # its input token; `collect` leaves its sample out, and their pending count is settled.
+    dropped: set[Sequence] = dataclasses.field(default_factory=set)
+
+    def drop(self, seq: Sequence) -> None:
+        """Leave `seq`'s sample out of this step, if the step samples one for it."""
+        if self.asynchronous:
+            if not seq.num_pending:  # its row, if any, is no sample of its
+                return
+            seq.num_pending -= 1
+        elif seq not in self.seqs:
+            return
+        self.dropped.add(seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +109,19 @@ def fill_masks(
     rows: npt.NDArray[np.int32],
     grammars: GrammarCompiler,
     workers: MaskWorkers | None,
+    dropped: set[Sequence] | None = None,
 ) -> Masks:
     """The masks `rows` (`mask_rows(seqs)`) name, of the sequences' matchers now. A sequence
-    that finished since the step was launched (the previous step's token ended it) gets every
-    token: its row's token is dropped, and its matcher may be done."""
+    that finished since the step was launched (the previous step's token ended it), or whose
+    row is `dropped`, gets every token: its row's token is dropped, and its matcher may be
+    done or past that row."""
     constrained = np.flatnonzero(rows >= 0).tolist()
     masks = np.empty((len(constrained), grammars.mask_words), np.int32)
-    live = [i for i, row in enumerate(constrained) if not seqs[row].is_finished]
+    live = [
+        i
+        for i, row in enumerate(constrained)
+        if not seqs[row].is_finished and not (dropped and seqs[row] in dropped)
+    ]
     if len(live) < len(constrained):
         masks[:] = -1
     if not live:
@@ -179,23 +199,45 @@ class ModelRunner:
         masks as their matchers are now (they have taken every token before this step's)."""
         awaiting, sampling = step.awaiting_masks, step.sampling
         assert awaiting is not None and sampling is not None and sampling.mask_rows is not None
-        masks = self._masks(step.seqs, sampling.mask_rows)
+        masks = self._masks(step.seqs, sampling.mask_rows, step.dropped)
         step.pending = awaiting.sample(masks.masks)
         step.token_masks = masks
         step.awaiting_masks = None
 
-    def _masks(self, seqs: list[Sequence], rows: npt.NDArray[np.int32]) -> TokenMasks:
+    def _masks(
+        self,
+        seqs: list[Sequence],
+        rows: npt.NDArray[np.int32],
+        dropped: set[Sequence] | None = None,
+    ) -> TokenMasks:
         """The masks of `seqs`' constrained rows (`rows`: `mask_rows(seqs)`) as their matchers
         are now, from the mask workers where the engine has them."""
         assert self.grammars is not None
-        return TokenMasks(fill_masks(seqs, rows, self.grammars, self.mask_workers), rows)
+        masks = fill_masks(seqs, rows, self.grammars, self.mask_workers, dropped)
+        return TokenMasks(masks, rows)
 
     def collect(self, step: LaunchedStep) -> SampledTokens:
-        """Wait for the step; one token (and its logprob entry, if asked for) per sequence."""
+        """Wait for the step; one token (and its logprob entry, if asked for) per sequence,
+        but those it `dropped`."""
+        sampled = self._collect_rows(step)
+        dropped = step.dropped
+        if not dropped:
+            return sampled
+        keep = [i for i, seq in enumerate(sampled.seqs) if seq not in dropped]
+        logprobs = sampled.logprobs
+        return SampledTokens(
+            [sampled.seqs[i] for i in keep],
+            [sampled.token_ids[i] for i in keep],
+            None if logprobs is None else [logprobs[i] for i in keep],
+        )
+
+    def _collect_rows(self, step: LaunchedStep) -> SampledTokens:
         seqs = step.seqs
         if step.asynchronous:
+            dropped = step.dropped  # their pending count was settled when dropped
             for seq in seqs:
-                seq.num_pending -= 1
+                if seq not in dropped:
+                    seq.num_pending -= 1
         if step.pending is None:
             if not seqs:
                 return SampledTokens([], [], None)

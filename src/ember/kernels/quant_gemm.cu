@@ -750,10 +750,17 @@ __device__ __forceinline__ void gemm(
 #pragma unroll
             for (int j = 0; j < T::NT; ++j) {
                 // A row of whole 16-byte blocks starts its stage row (w_phase unused).
+                // Super-blocks (Q6_K) take row j = 0's phase for every j: rows 8 apart start
+                // 8 * row_bytes apart in W, a multiple of 16 (even block bytes), so they share
+                // it, but rows past N, which copy_w clamps to the last: those read their stage row
+                // at another offset, and their sums go to columns of y never stored (a row of W
+                // is a column of the mma). Q6_K's tall tiles spilled the 3 registers this saves.
+                static_assert(!T::PERMUTED || T::BLOCK_BYTES % 2 == 0, "rows 8 apart share a phase");
                 const uint32_t shift =
                     T::BLOCK_BYTES % 16 == 0
                         ? 0
-                        : (w_phase[j] + static_cast<uint32_t>(kb0 * T::BLOCK_BYTES)) & 15;
+                        : (w_phase[T::PERMUTED ? 0 : j] + static_cast<uint32_t>(kb0 * T::BLOCK_BYTES)) &
+                              15;
                 if constexpr (!BlockUnits<Block>::format) {
                     Fragment<Block>::load(src + w_row[j] + shift + b * T::BLOCK_BYTES, t, frag[j]);
                 } else if constexpr (T::UNITS == 1) {

@@ -28,7 +28,9 @@
 // copied whole, once. Where its x tile (BM x 256) would not fit (tiles of 64 and 128 rows), x goes PARTS
 // steps of UK units a W step (x_step_units: 64 weights for 64 rows, 32 for 128, as the 32-weight
 // formats' steps of those tiles), each with its own barrier, all of them reading the one W stage. A K-warp takes the same units of a
-// super-block in the same order however many parts it is cut into.
+// super-block in the same order however many parts it is cut into. Those tiles decode each
+// super-block's scales and minimums once, into a table in the stage (Tile::SCALE_TABLE), between
+// two of the barriers the x steps already have, instead of in every lane for every fragment.
 //
 // Split-K (gridDim.z > 1): split z takes a contiguous share of the K steps, writes its tile's
 // sums to `partials`, and the last split of a tile to arrive (a counter per tile) adds all the
@@ -642,7 +644,8 @@ __device__ __forceinline__ void gemm(
             if constexpr (PER_THREAD % 4 == 0) {
 #pragma unroll
                 for (int i = 0; i < PER_THREAD; i += 4)
-                    *reinterpret_cast<uint4*>(table + i) = make_uint4(e[i], e[i + 1], e[i + 2], e[i + 3]);
+                    *reinterpret_cast<uint4*>(table + i) =
+                        make_uint4(e[i], e[i + 1], e[i + 2], e[i + 3]);
             } else {
 #pragma unroll
                 for (int i = 0; i < PER_THREAD; ++i) table[i] = e[i];
@@ -755,12 +758,12 @@ __device__ __forceinline__ void gemm(
                 // it, but rows past N, which copy_w clamps to the last: those read their stage row
                 // at another offset, and their sums go to columns of y never stored (a row of W
                 // is a column of the mma). Q6_K's tall tiles spilled the 3 registers this saves.
-                static_assert(!T::PERMUTED || T::BLOCK_BYTES % 2 == 0, "rows 8 apart share a phase");
+                static_assert(!T::PERMUTED || T::BLOCK_BYTES % 2 == 0, "rows 8 apart, one phase");
+                const uint32_t phase = w_phase[T::PERMUTED ? 0 : j];
                 const uint32_t shift =
                     T::BLOCK_BYTES % 16 == 0
                         ? 0
-                        : (w_phase[T::PERMUTED ? 0 : j] + static_cast<uint32_t>(kb0 * T::BLOCK_BYTES)) &
-                              15;
+                        : (phase + static_cast<uint32_t>(kb0 * T::BLOCK_BYTES)) & 15;
                 if constexpr (!BlockUnits<Block>::format) {
                     Fragment<Block>::load(src + w_row[j] + shift + b * T::BLOCK_BYTES, t, frag[j]);
                 } else if constexpr (T::UNITS == 1) {
@@ -852,7 +855,8 @@ __device__ __forceinline__ void gemm(
                     }
                     cp_async_commit();  // possibly empty: keeps one group per W step
                 }
-                if (decode_next) decode_scales(s + 1, read_slot + 1 == T::STAGES ? 0 : read_slot + 1);
+                if (decode_next)
+                    decode_scales(s + 1, read_slot + 1 == T::STAGES ? 0 : read_slot + 1);
                 compute(s, p, read_slot, j & 1);
                 if (j + 1 < count * T::PARTS) flush_x((j + 1) & 1);
             }

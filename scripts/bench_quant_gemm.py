@@ -2,6 +2,10 @@
 """Time ember.kernels.quant_gemm on the default model's and Llama-8B's shapes and print a table.
 
     PYTHONPATH=src python3 scripts/bench_quant_gemm.py [TYPE ...]   # e.g. Q4_K Q6_K; default all
+    PYTHONPATH=src python3 scripts/bench_quant_gemm.py --invariant --rows 1,16,64 Q4_K
+
+Each launch has a split-K workspace, as the engine's do, so the small-M rows split K where the
+engine's plan would (`--invariant`: batch-invariant mode's plan, its fixed K shares).
 
 Each timing replays a CUDA graph of LAUNCHES gemms, cycling through enough copies of the
 weight (over 256 MiB in all) that none is still in the 50 MiB L2 when read again, so the
@@ -12,6 +16,7 @@ of the M tiles hit L2).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -51,14 +56,19 @@ def time_gemm(
     k: int,
     x: DeviceArray,
     y: DeviceArray,
+    workspace: DeviceArray,
+    invariant: bool,
 ) -> float:
-    """Seconds per gemm, the best of REPLAYS graph replays."""
+    """Seconds per gemm, the best of REPLAYS graph replays (the launches share `workspace`, one
+    after another on one stream, as the engine's do)."""
     nbytes = n * quant.row_bytes(k)
     copies = max(2, -(-ROTATE_BYTES // nbytes))
     weights = [DeviceArray.empty((n, quant.row_bytes(k)), np.uint8) for _ in range(copies)]
     for w in weights:
         w.buffer.memset_d32(0x3C003C00, stream)  # fp16 1.0 everywhere: finite scales, any quants
-    launches = [gemm.gemm_launch(w, quant, x, y) for w in weights]
+    launches = [
+        gemm.gemm_launch(w, quant, x, y, workspace=workspace, invariant=invariant) for w in weights
+    ]
     with StreamCapture(stream) as capture:
         for i in range(LAUNCHES):
             launches[i % copies](stream)
@@ -80,31 +90,45 @@ def time_gemm(
     return best
 
 
-def _types() -> list[QuantType]:
-    """The types named on the command line (e.g. Q4_K Q6_K), or every type."""
-    names = sys.argv[1:]
-    return [QuantType[name.upper()] for name in names] if names else list(QuantType)
-
-
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("types", nargs="*", help="block types (e.g. Q4_K Q6_K); default all")
+    parser.add_argument("--rows", default=",".join(map(str, ROWS)), help="rows of x (M)")
+    parser.add_argument("--invariant", action="store_true", help="batch-invariant plans")
+    args = parser.parse_args()
+    types = [QuantType[name.upper()] for name in args.types] or list(QuantType)
+    rows = [int(r) for r in args.rows.split(",")]
     device = Device.get(0)
     context = device.retain_primary_context()
     context.make_current()
     gemm = QuantGemm.load(device)
     print(f"{device.name}, {device.multiprocessor_count} SMs\n")
-    print("| type | N | K | M | tile | µs | TFLOP/s | W GB/s |\n|---|---|---|---|---|---|---|---|")
-    with Stream.create() as stream:
-        for quant in _types():
+    print(
+        "| type | N | K | M | tile x splits x slices | µs | TFLOP/s | W GB/s |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
+    with (
+        Stream.create() as stream,
+        DeviceArray.empty((gemm.max_workspace_bytes,), np.uint8) as workspace,
+    ):
+        workspace.buffer.memset_d32(0, stream)  # the split counters start (and stay) at zero
+        for quant in types:
             for n, k in SHAPES:
                 if k % quant.block_weights:  # K-quant rows are whole 256-weight blocks
                     continue
-                for m in ROWS:
+                for m in rows:
                     with (
                         DeviceArray.from_numpy(np.ones((m, k), np.float32)) as x,
                         DeviceArray.empty((m, n), np.float32) as y,
                     ):
-                        seconds = time_gemm(gemm, stream, quant, n, k, x, y)
-                    tile = gemm.plan(m, n, k, quant=quant).tile.name.lower()
+                        seconds = time_gemm(
+                            gemm, stream, quant, n, k, x, y, workspace, args.invariant
+                        )
+                    if args.invariant:
+                        plan = gemm.invariant_plan(quant, m, n, k, workspace.nbytes)
+                    else:
+                        plan = gemm.plan(m, n, k, quant=quant)
+                    tile = f"{plan.tile.name.lower()} x {plan.splits} x {plan.slices}"
                     flops = 2 * m * n * k
                     w_bytes = n * quant.row_bytes(k)
                     print(

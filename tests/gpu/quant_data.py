@@ -47,6 +47,11 @@ def skip_unless_fits(quant: QuantType, k: int) -> None:
         pytest.skip(f"{quant.name} rows are whole {quant.block_weights}-weight blocks, K is {k}")
 
 
+def half_field(blocks: npt.NDArray[np.uint8], at: int) -> npt.NDArray[np.float64]:
+    """Each block's fp16 field at byte `at` (blocks: uint8 [n, block bytes]), as float64 [n]."""
+    return blocks[:, at : at + 2].copy().view(np.float16)[:, 0].astype(np.float64)
+
+
 def unit_minimums(
     raw: npt.NDArray[np.uint8], quant: QuantType, n: int, k: int
 ) -> npt.NDArray[np.float64] | None:
@@ -54,17 +59,13 @@ def unit_minimums(
     for the types whose GEMV applies it to the exact sum of x: Q4_1 (as m + 8 d, its kernel's
     split), Q5_1, Q4_K and Q5_K; None for the others."""
     blocks = raw.reshape(-1, quant.block_bytes)
-
-    def half(at: int) -> npt.NDArray[np.float64]:
-        return blocks[:, at : at + 2].copy().view(np.float16)[:, 0].astype(np.float64)
-
     if quant is QuantType.Q4_1:
-        terms = half(2) + 8 * half(0)
+        terms = half_field(blocks, 2) + 8 * half_field(blocks, 0)
     elif quant is QuantType.Q5_1:
-        terms = half(2)
+        terms = half_field(blocks, 2)
     elif quant in (QuantType.Q4_K, QuantType.Q5_K):
         _, minimums = scale_min_6bit(blocks[:, 4:16])
-        terms = -(half(2)[:, None] * minimums.astype(np.float64))
+        terms = -(half_field(blocks, 2)[:, None] * minimums.astype(np.float64))
     else:
         return None
     return terms.reshape(n, k // 32)
@@ -84,7 +85,7 @@ def gemm_weights16(raw: npt.NDArray[np.uint8], quant: QuantType, n: int, k: int)
     unit = blocks.copy()
 
     def half(at: int) -> npt.NDArray[np.float64]:
-        return blocks[:, at : at + 2].copy().view(np.float16)[:, :1].astype(np.float64)
+        return half_field(blocks, at)[:, None]
 
     def rounded(v: npt.NDArray[np.float64], weights: int) -> npt.NDArray[np.float64]:
         return np.repeat(v.astype(np.float16).astype(np.float64), weights, axis=1)

@@ -75,8 +75,8 @@ _WORKER_MODULE = "ember.engine.mask_worker"
 _ENGINE = -1  # the place of a sequence whose masks the engine's thread computes
 # The engine's thread computes a share of the masks only where the workers hold this many more
 # sequences each: its share is on the step's critical path, the workers' is computed while the
-# engine's thread does the rest of its step (~1 ms on a 2-core machine, ~20 masks' time; a
-# cohort step runs half the sequences). With one worker it keeps ~a fifth, with 8 none.
+# engine's thread does the rest of its step (~1 ms on a 2-core machine, ~20 masks' time).
+# With one worker it keeps ~a fifth, with 8 none.
 _ENGINE_HEADROOM = 40
 
 

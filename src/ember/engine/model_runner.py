@@ -79,17 +79,6 @@ class TokenMasks:
     masks: Masks  # int32 [constrained rows, mask words]
     rows: npt.NDArray[np.int32]  # [sampled rows]
 
-    @classmethod
-    def of(
-        cls, seqs: list[Sequence], grammars: GrammarCompiler, workers: MaskWorkers | None = None
-    ) -> TokenMasks | None:
-        """The masks of `seqs`' constrained rows, computed by `workers` where the engine has
-        them, else by `grammars` from the sequences' matchers."""
-        rows = mask_rows(seqs)
-        if rows is None:
-            return None
-        return cls(fill_masks(seqs, rows, grammars, workers), rows)
-
 
 def mask_rows(seqs: list[Sequence]) -> npt.NDArray[np.int32] | None:
     """Per sampled row, its row of the step's masks (-1: unconstrained); None: no row is."""
@@ -160,11 +149,11 @@ class ModelRunner:
         forward_batch, seqs = self.prepare(batch)
         device = self.device_sampling
         constrained = batch.constrained and self.grammars is not None
+        rows = mask_rows(seqs) if constrained else None
         if device is None:
-            masks = self._masks(seqs) if constrained else None
+            masks = None if rows is None else self._masks(seqs, rows)
             logits = self.backend.forward(forward_batch)
             return LaunchedStep(batch, seqs, None, None, logits, masks, False)
-        rows = mask_rows(seqs) if constrained else None
         sampling = sampling_batch(seqs, rows)
         # Overlapping steps, a constrained row's token from the step in flight is not known
         # yet: its mask waits for `sample_constrained`, whether this step overlaps the next
@@ -180,8 +169,7 @@ class ModelRunner:
             return LaunchedStep(batch, seqs, None, sampling, None, None, asynchronous, awaiting)
         masks = None
         if rows is not None:
-            assert self.grammars is not None
-            masks = TokenMasks(fill_masks(seqs, rows, self.grammars, self.mask_workers), rows)
+            masks = self._masks(seqs, rows)
             sampling = dataclasses.replace(sampling, masks=masks.masks)
         pending = device.launch_sample(forward_batch, sampling)
         return LaunchedStep(batch, seqs, pending, sampling, None, masks, asynchronous)
@@ -191,16 +179,16 @@ class ModelRunner:
         masks as their matchers are now (they have taken every token before this step's)."""
         awaiting, sampling = step.awaiting_masks, step.sampling
         assert awaiting is not None and sampling is not None and sampling.mask_rows is not None
-        assert self.grammars is not None
-        rows = sampling.mask_rows
-        masks = TokenMasks(fill_masks(step.seqs, rows, self.grammars, self.mask_workers), rows)
+        masks = self._masks(step.seqs, sampling.mask_rows)
         step.pending = awaiting.sample(masks.masks)
         step.token_masks = masks
         step.awaiting_masks = None
 
-    def _masks(self, seqs: list[Sequence]) -> TokenMasks | None:
+    def _masks(self, seqs: list[Sequence], rows: npt.NDArray[np.int32]) -> TokenMasks:
+        """The masks of `seqs`' constrained rows (`rows`: `mask_rows(seqs)`) as their matchers
+        are now, from the mask workers where the engine has them."""
         assert self.grammars is not None
-        return TokenMasks.of(seqs, self.grammars, self.mask_workers)
+        return TokenMasks(fill_masks(seqs, rows, self.grammars, self.mask_workers), rows)
 
     def collect(self, step: LaunchedStep) -> SampledTokens:
         """Wait for the step; one token (and its logprob entry, if asked for) per sequence."""

@@ -25,8 +25,8 @@
 // eight a 256-weight super-block) are read a unit at a time (unit_fragment; super_fragment for
 // the super-blocks, whose units pair with x's columns in their own order, Tile::PERMUTED). A
 // super-block is one W step: its bytes (the header of scales and minimums with the codes) are
-// copied whole, once. Where its x tile (BM x 256) would not fit (tiles of 64 and 128 rows), x goes PARTS
-// steps of UK units a W step (x_step_units: 64 weights for 64 rows, 32 for 128, as the 32-weight
+// copied whole, once. Where its x tile (BM x 256) would not fit (tiles of 64 and 128 rows), x
+// goes PARTS steps of UK units a W step (x_step_units: 64 weights for 64 rows, 32 for 128, as the 32-weight
 // formats' steps of those tiles), each with its own barrier, all of them reading the one W stage. A K-warp takes the same units of a
 // super-block in the same order however many parts it is cut into. Those tiles decode each
 // super-block's scales and minimums once, into a table in the stage (Tile::SCALE_TABLE), between
@@ -419,7 +419,8 @@ __device__ __forceinline__ uint32_t splat_high(uint32_t v) {
 
 // Q4_K and Q5_K blocks are 144 and 176 bytes, whole 16-byte granules, so with W 16-byte aligned
 // every block starts 16-byte aligned in a stage (a row's shift is 0) and the header and code
-// reads below are aligned vector loads.
+// reads below are aligned vector loads. Their `codes` are Format<Block>::word(b, u, 2t + h)'s
+// bits (quant_formats.cuh) read as aligned words, without load_u32_even's 2-byte case.
 static_assert(sizeof(ember::block_q4_k) % 16 == 0 && sizeof(ember::block_q5_k) % 16 == 0,
               "Q4_K and Q5_K blocks are whole granules");
 

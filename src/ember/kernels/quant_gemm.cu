@@ -28,9 +28,10 @@
 // copied whole, once. Where its x tile (BM x 256) would not fit (tiles of 64 and 128 rows), x
 // goes PARTS steps of UK units a W step (x_step_units: 64 weights for 64 rows, 32 for 128, as the 32-weight
 // formats' steps of those tiles), each with its own barrier, all of them reading the one W stage. A K-warp takes the same units of a
-// super-block in the same order however many parts it is cut into. Those tiles decode each
-// super-block's scales and minimums once, into a table in the stage (Tile::SCALE_TABLE), between
-// two of the barriers the x steps already have, instead of in every lane for every fragment.
+// super-block in the same order however many parts it is cut into. Those tiles (Q4_K's and
+// Q6_K's) decode each super-block's scales and minimums once, into a table in the stage
+// (Tile::SCALE_TABLE), between two of the barriers the x steps already have, instead of in every
+// lane for every fragment.
 //
 // Split-K (gridDim.z > 1): split z takes a contiguous share of the K steps, writes its tile's
 // sums to `partials`, and the last split of a tile to arrive (a counter per tile) adds all the
@@ -145,6 +146,15 @@ constexpr int x_step_units() {
     return uk;
 }
 
+template <typename Block>
+struct IsQ5K {
+    static constexpr bool value = false;
+};
+template <>
+struct IsQ5K<ember::block_q5_k> {
+    static constexpr bool value = true;
+};
+
 template <typename Block, typename S>
 struct Tile {
     static constexpr int BM = S::BM, BN = S::BN;
@@ -163,8 +173,11 @@ struct Tile {
     // A super-block's scales decoded once per W step into a table in its stage (SuperUnit), where
     // a W step spans several x steps: the table of W step i is decoded after the last x step
     // barrier of step i - 1 and read after the next barrier. (With one x step a W step, the
-    // table would cost a barrier, or a stage of copies in flight, a step.)
-    static constexpr bool SCALE_TABLE = PERMUTED && PARTS > 1;
+    // table would cost a barrier, or a stage of copies in flight, a step.) Not Q5_K's: on an
+    // H200 its tall tiles took 5-10 % longer with the table (its 176-byte blocks' copies are the
+    // longest, and the table waits for the next stage a part earlier), where Q6_K's took 27 %
+    // less and Q4_K's the same or less (scripts/bench_quant_gemm.py, 2026-12-07).
+    static constexpr bool SCALE_TABLE = PERMUTED && PARTS > 1 && !IsQ5K<Block>::value;
     static constexpr int WM = BM / WARPS_M;  // rows per warp
     static constexpr int WN = BN / WARPS_N;  // columns per warp
     static constexpr int MT = WM / 16;       // m16 tiles per warp
@@ -482,7 +495,6 @@ struct SuperUnit<ember::block_q4_k> {
 template <>
 struct SuperUnit<ember::block_q5_k> {
     static constexpr uint32_t OFFSET = 0x64006400u;  // 1024
-    static constexpr int TABLE_AT = 176;  // past the block, as Q4_K's
     __device__ static __forceinline__ uint32_t codes(const uint8_t* b, int u, int t, int h) {
         const uint32_t q = *reinterpret_cast<const uint32_t*>(b + 48 + 32 * (u >> 1) + 8 * t + 4 * h);
         const uint32_t hi = *reinterpret_cast<const uint32_t*>(b + 16 + 8 * t + 4 * h);
@@ -491,13 +503,6 @@ struct SuperUnit<ember::block_q5_k> {
     __device__ static __forceinline__ void scales(const uint8_t* b, int u, int, uint32_t& scale,
                                                   uint32_t& neg_min) {
         scale_min_pairs(b, u, scale, neg_min);
-    }
-    __device__ static __forceinline__ uint32_t entry(const uint8_t* b, int u) {
-        return scale_min_entry(b, u);
-    }
-    __device__ static __forceinline__ void table_scales(const uint8_t* table, int u, int,
-                                                        uint32_t& scale, uint32_t& neg_min) {
-        scale_min_from_table(table, u, scale, neg_min);
     }
 };
 

@@ -28,7 +28,10 @@
 // copied whole, once. Where its x tile (BM x 256) would not fit (tiles of 64 and 128 rows), x
 // goes PARTS steps of UK units a W step (x_step_units: 64 weights for 64 rows, 32 for 128, as the 32-weight
 // formats' steps of those tiles), each with its own barrier, all of them reading the one W stage. A K-warp takes the same units of a
-// super-block in the same order however many parts it is cut into.
+// super-block in the same order however many parts it is cut into. Those tiles (Q4_K's and
+// Q6_K's) decode each super-block's scales and minimums once, into a table in the stage
+// (Tile::SCALE_TABLE), between two of the barriers the x steps already have, instead of in every
+// lane for every fragment.
 //
 // Split-K (gridDim.z > 1): split z takes a contiguous share of the K steps, writes its tile's
 // sums to `partials`, and the last split of a tile to arrive (a counter per tile) adds all the
@@ -143,6 +146,15 @@ constexpr int x_step_units() {
     return uk;
 }
 
+template <typename Block>
+struct IsQ5K {
+    static constexpr bool value = false;
+};
+template <>
+struct IsQ5K<ember::block_q5_k> {
+    static constexpr bool value = true;
+};
+
 template <typename Block, typename S>
 struct Tile {
     static constexpr int BM = S::BM, BN = S::BN;
@@ -158,6 +170,14 @@ struct Tile {
     static constexpr bool X_ASYNC = S::X_ASYNC;
     // x's columns in each unit in super_fragment's order (the super-block formats), else in K's.
     static constexpr bool PERMUTED = UNITS > 1;
+    // A super-block's scales decoded once per W step into a table in its stage (SuperUnit), where
+    // a W step spans several x steps: the table of W step i is decoded after the last x step
+    // barrier of step i - 1 and read after the next barrier. (With one x step a W step, the
+    // table would cost a barrier, or a stage of copies in flight, a step.) Not Q5_K's: on an
+    // H200 its tall tiles took 5-10 % longer with the table (its 176-byte blocks' copies are the
+    // longest, and the table waits for the next stage a part earlier), where Q6_K's took 27 %
+    // less and Q4_K's the same or less (scripts/bench_quant_gemm.py, 2026-12-07).
+    static constexpr bool SCALE_TABLE = PERMUTED && PARTS > 1 && !IsQ5K<Block>::value;
     static constexpr int WM = BM / WARPS_M;  // rows per warp
     static constexpr int WN = BN / WARPS_N;  // columns per warp
     static constexpr int MT = WM / 16;       // m16 tiles per warp
@@ -385,8 +405,30 @@ __device__ __forceinline__ void unit_fragment(
 // once (unit_fragment rounds only the weight; the difference is within fp16's rounding of x).
 // Each format's `codes` gives half h of the lane's codes (8t + 4h ..) as the bytes of a word, and
 // `scales` the lane's scale and minus minimum as fp16 pairs.
+//
+// Tiles that compute a super-block in several x steps (Tile::SCALE_TABLE) decode those pairs
+// once per W step instead, spread over the block (gemm's decode_scales), into a table of 8
+// words a row at byte TABLE_AT of the row's stage: `entry` packs unit u's pairs (the same
+// values, computed by `scales` itself) into one word, `table_scales` unpacks a lane's from the
+// table. Without it every lane decodes them for every unit and row it reads, the 4 lanes of a
+// row the same ones: a large share of a fragment's instructions.
 template <typename Block>
 struct SuperUnit;
+
+// Both halves of an fp16x2 word its low (high) half. Written as PTX moves, which ptxas folds
+// into the HFMA2 that reads them as an operand swizzle (.H0_H0, .H1_H1): no instruction, where
+// a byte_perm is a PRMT.
+__device__ __forceinline__ uint32_t splat_low(uint32_t v) {
+    uint32_t d;
+    asm("{.reg .b16 lo, hi; mov.b32 {lo, hi}, %1; mov.b32 %0, {lo, lo};}" : "=r"(d) : "r"(v));
+    return d;
+}
+
+__device__ __forceinline__ uint32_t splat_high(uint32_t v) {
+    uint32_t d;
+    asm("{.reg .b16 lo, hi; mov.b32 {lo, hi}, %1; mov.b32 %0, {hi, hi};}" : "=r"(d) : "r"(v));
+    return d;
+}
 
 // Q4_K and Q5_K blocks are 144 and 176 bytes, whole 16-byte granules, so with W 16-byte aligned
 // every block starts 16-byte aligned in a stage (a row's shift is 0) and the header and code
@@ -413,9 +455,26 @@ __device__ __forceinline__ void scale_min_pairs(const uint8_t* b, int u, uint32_
     neg_min = __byte_perm(dm, 0, 0x3232) ^ 0x80008000u;
 }
 
+// Q4_K/Q5_K's table entry: the low halves of the scale and minus-minimum pairs (each pair is one
+// value twice), which table_scales splats back.
+__device__ __forceinline__ uint32_t scale_min_entry(const uint8_t* b, int u) {
+    uint32_t scale, neg_min;
+    scale_min_pairs(b, u, scale, neg_min);
+    return __byte_perm(scale, neg_min, 0x5410);
+}
+
+__device__ __forceinline__ void scale_min_from_table(const uint8_t* table, int u,
+                                                     uint32_t& scale, uint32_t& neg_min) {
+    const uint32_t e = *reinterpret_cast<const uint32_t*>(table + 4 * u);
+    scale = splat_low(e);
+    neg_min = splat_high(e);
+}
+
 template <>
 struct SuperUnit<ember::block_q4_k> {
     static constexpr uint32_t OFFSET = 0x64006400u;  // 1024
+    // Past the block: a row's block starts its stage row, and no copy writes beyond it.
+    static constexpr int TABLE_AT = 144;
     __device__ static __forceinline__ uint32_t codes(const uint8_t* b, int u, int t, int h) {
         const uint32_t q = *reinterpret_cast<const uint32_t*>(b + 16 + 32 * (u >> 1) + 8 * t + 4 * h);
         return (q >> (4 * (u & 1))) & 0x0F0F0F0Fu;
@@ -423,6 +482,13 @@ struct SuperUnit<ember::block_q4_k> {
     __device__ static __forceinline__ void scales(const uint8_t* b, int u, int, uint32_t& scale,
                                                   uint32_t& neg_min) {
         scale_min_pairs(b, u, scale, neg_min);
+    }
+    __device__ static __forceinline__ uint32_t entry(const uint8_t* b, int u) {
+        return scale_min_entry(b, u);
+    }
+    __device__ static __forceinline__ void table_scales(const uint8_t* table, int u, int,
+                                                        uint32_t& scale, uint32_t& neg_min) {
+        scale_min_from_table(table, u, scale, neg_min);
     }
 };
 
@@ -447,12 +513,14 @@ struct SuperUnit<ember::block_q6_k> {
     // 210 bytes, so its words are only 2-byte aligned in a row.
     // Every word read is 4k bytes into the block, so all share the block's alignment: two
     // aligned words and one PRMT each, without a branch (at 4-byte alignment the PRMT takes
-    // the first word whole).
+    // the first word whole). The aligned pointer is b less its offset, not b's address masked:
+    // a pointer made from an integer loses its address space, and its loads were generic (LD.E,
+    // 64-bit addresses: the registers the tall tiles spilled).
     __device__ static __forceinline__ uint32_t codes(const uint8_t* b, int u, int t, int h) {
         const int half = u >> 2, p = u & 3;
-        const uintptr_t a = reinterpret_cast<uintptr_t>(b);
-        const uint32_t* w = reinterpret_cast<const uint32_t*>(a & ~static_cast<uintptr_t>(3));
-        const uint32_t sel = 0x3210u + static_cast<uint32_t>(a & 2) * 0x1111u;  // 0x5432 at +2
+        const uint32_t off = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(b)) & 2;
+        const uint32_t* w = reinterpret_cast<const uint32_t*>(b - off);
+        const uint32_t sel = 0x3210u + off * 0x1111u;  // 0x5432 at +2
         const int lo_at = 16 * half + 8 * (p & 1) + 2 * t + h;  // words from w
         const int hi_at = 32 + 8 * half + 2 * t + h;
         const uint32_t lo = __byte_perm(w[lo_at], w[lo_at + 1], sel);
@@ -468,17 +536,33 @@ struct SuperUnit<ember::block_q6_k> {
         scale = ember::hmul2(sc, ember::splat_half(*reinterpret_cast<const half*>(b + 208)));
         neg_min = 0;
     }
+    // The block starts up to 14 bytes into its row, so the bytes past it may be as few as 14;
+    // the table takes the 4-aligned 32 at 208, over the block's scales and d (decode_scales reads
+    // them all first), which no code read reaches (the last word `codes` reads ends at byte 195
+    // past the block's 4-aligned start, itself at most 12 bytes into the row).
+    static constexpr int TABLE_AT = 208;
+    // Sub-blocks 2u and 2u + 1's scales (lanes 0-1's and 2-3's) as the low and high halves.
+    __device__ static __forceinline__ uint32_t entry(const uint8_t* b, int u) {
+        uint32_t lo, hi, neg_min;
+        scales(b, u, 0, lo, neg_min);
+        scales(b, u, 2, hi, neg_min);
+        return __byte_perm(lo, hi, 0x5410);
+    }
+    __device__ static __forceinline__ void table_scales(const uint8_t* table, int u, int t,
+                                                        uint32_t& scale, uint32_t& neg_min) {
+        scale = splat_low(ember::load_u16(table + 4 * u + 2 * (t >> 1)));
+        neg_min = 0;
+    }
 };
 
 // Unit u of the super-block at `block` as lane t's B fragment (SuperUnit's order): b[2h] and
 // b[2h + 1] are codes 0, 1 and 2, 3 of half h's word.
+// `scale` and `neg_min` are SuperUnit::scales' pairs for the lane and unit.
 template <typename Block>
-__device__ __forceinline__ void super_fragment(const uint8_t* block, int u, int t,
-                                               uint32_t (&b)[4]) {
+__device__ __forceinline__ void super_fragment(const uint8_t* block, int u, int t, uint32_t scale,
+                                               uint32_t neg_min, uint32_t (&b)[4]) {
     using U = SuperUnit<Block>;
     constexpr uint32_t EXP = 0x64646464u;  // the exponent byte under each code
-    uint32_t scale, neg_min;
-    U::scales(block, u, t, scale, neg_min);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const uint32_t codes = U::codes(block, u, t, h);
@@ -536,6 +620,42 @@ __device__ __forceinline__ void gemm(
             const uint32_t shift = start & 15;
             if (r < T::BN && 16 * q < static_cast<int>(shift) + bytes)
                 cp_async16(smem_addr(dst + r * T::W_ROW + 16 * q), w + (start - shift + 16 * q));
+        }
+    };
+
+    // SCALE_TABLE: W step s's scale table (SuperUnit) into each row of stage `slot`, whose copies
+    // are complete and visible. ROW_THREADS threads of one warp take a row, PER_THREAD units each.
+    auto decode_scales = [&](int s, int slot) {
+        if constexpr (T::SCALE_TABLE) {
+            using U = SuperUnit<Block>;
+            constexpr int ROW_THREADS = THREADS / T::BN;
+            constexpr int PER_THREAD = T::UNITS / ROW_THREADS;
+            static_assert(THREADS % T::BN == 0 && 32 % ROW_THREADS == 0 &&
+                              T::UNITS % ROW_THREADS == 0,
+                          "whole rows of the table per warp, whole entries per thread");
+            static_assert(U::TABLE_AT % 16 == 0 && U::TABLE_AT + 4 * T::UNITS <= T::W_ROW,
+                          "a row's table: aligned, within its stage row");
+            const int r = tid / ROW_THREADS;
+            const int u0 = tid % ROW_THREADS * PER_THREAD;
+            uint8_t* row = stages + slot * T::STAGE + r * T::W_ROW;
+            const uint32_t start = static_cast<uint32_t>(min(n0 + r, n - 1)) * row_bytes +
+                                   static_cast<uint32_t>(s * T::BLOCK_BYTES);
+            const uint8_t* block = row + (T::BLOCK_BYTES % 16 == 0 ? 0 : start & 15);
+            uint32_t e[PER_THREAD];
+#pragma unroll
+            for (int i = 0; i < PER_THREAD; ++i) e[i] = U::entry(block, u0 + i);
+            // Q6_K's table covers bytes that the row's other threads read.
+            __syncwarp();
+            uint32_t* table = reinterpret_cast<uint32_t*>(row + U::TABLE_AT) + u0;
+            if constexpr (PER_THREAD % 4 == 0) {
+#pragma unroll
+                for (int i = 0; i < PER_THREAD; i += 4)
+                    *reinterpret_cast<uint4*>(table + i) =
+                        make_uint4(e[i], e[i + 1], e[i + 2], e[i + 3]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < PER_THREAD; ++i) table[i] = e[i];
+            }
         }
     };
 
@@ -639,16 +759,30 @@ __device__ __forceinline__ void gemm(
 #pragma unroll
             for (int j = 0; j < T::NT; ++j) {
                 // A row of whole 16-byte blocks starts its stage row (w_phase unused).
+                // Super-blocks (Q6_K) take row j = 0's phase for every j: rows 8 apart start
+                // 8 * row_bytes apart in W, a multiple of 16 (even block bytes), so they share
+                // it, but rows past N, which copy_w clamps to the last: those read their stage row
+                // at another offset, and their sums go to columns of y never stored (a row of W
+                // is a column of the mma). Q6_K's tall tiles spilled the 3 registers this saves.
+                static_assert(!T::PERMUTED || T::BLOCK_BYTES % 2 == 0, "rows 8 apart, one phase");
+                const uint32_t phase = w_phase[T::PERMUTED ? 0 : j];
                 const uint32_t shift =
                     T::BLOCK_BYTES % 16 == 0
                         ? 0
-                        : (w_phase[j] + static_cast<uint32_t>(kb0 * T::BLOCK_BYTES)) & 15;
+                        : (phase + static_cast<uint32_t>(kb0 * T::BLOCK_BYTES)) & 15;
                 if constexpr (!BlockUnits<Block>::format) {
                     Fragment<Block>::load(src + w_row[j] + shift + b * T::BLOCK_BYTES, t, frag[j]);
                 } else if constexpr (T::UNITS == 1) {
                     unit_fragment<Block>(src + w_row[j] + shift + b * T::BLOCK_BYTES, 0, t, frag[j]);
                 } else {
-                    super_fragment<Block>(src + w_row[j] + shift, p * T::UK + b + wk, t, frag[j]);
+                    using U = SuperUnit<Block>;
+                    const int u = p * T::UK + b + wk;
+                    uint32_t scale, neg_min;
+                    if constexpr (T::SCALE_TABLE)
+                        U::table_scales(src + w_row[j] + U::TABLE_AT, u, t, scale, neg_min);
+                    else
+                        U::scales(src + w_row[j] + shift, u, t, scale, neg_min);
+                    super_fragment<Block>(src + w_row[j] + shift, u, t, scale, neg_min, frag[j]);
                 }
             }
 #pragma unroll
@@ -685,12 +819,24 @@ __device__ __forceinline__ void gemm(
         }
         load_x(first * T::PARTS);
         flush_x(0);
+        if constexpr (T::SCALE_TABLE) {
+            // W step `first`'s copies (group 0) done and visible, then its table, which the first
+            // x step's barrier makes visible.
+            cp_async_wait<T::STAGES - 2>();
+            __syncthreads();
+            if (count > 0) decode_scales(first, 0);
+        }
         int read_slot = 0;
         int write_slot = T::STAGES - 1;
         // x step j (local) is part p of W step i. At each x step's barrier every warp is done
         // with the step before: its x buffer (flushed again after this step's compute) and, at
         // part 0, the W stage of the W step before (which the copies issued then overwrite).
         // The parts after the first read a W stage that part 0's wait and barrier made visible.
+        // SCALE_TABLE: W step i + 1's stage is waited for at part PARTS - 1 of step i instead (the
+        // same count of pending groups, as step i's group is committed by then), so that after
+        // that part's barrier its table is decoded (while the warps compute part PARTS - 1 from
+        // stage i) and step i + 1's first barrier makes it visible. No warp reads that stage
+        // then: the last to was step i + 1 - STAGES, before an earlier barrier.
         for (int i = 0; i < count; ++i) {
             const int s = first + i;
             // Not unrolled: the parts' fragment loads then stay in their part (ptxas spilled
@@ -698,13 +844,15 @@ __device__ __forceinline__ void gemm(
 #pragma unroll 1
             for (int p = 0; p < T::PARTS; ++p) {
                 const int j = i * T::PARTS + p;
+                const bool decode_next = T::SCALE_TABLE && p == T::PARTS - 1 && i + 1 < count;
                 if (j + 1 < count * T::PARTS) load_x(first * T::PARTS + j + 1);
-                if (p == 0) {
+                if (p == 0 && !T::SCALE_TABLE) {
                     // Copy group i (W step s) is done once at most STAGES - 2 newer groups are
                     // pending.
                     cp_async_wait<T::STAGES - 2>();
                     convert_x(read_slot, i & 1);
                 }
+                if (decode_next) cp_async_wait<T::STAGES - 2>();  // group i + 1
                 __syncthreads();
                 if (p == 0) {
                     if (i + T::STAGES - 1 < count) {
@@ -713,6 +861,8 @@ __device__ __forceinline__ void gemm(
                     }
                     cp_async_commit();  // possibly empty: keeps one group per W step
                 }
+                if (decode_next)
+                    decode_scales(s + 1, read_slot + 1 == T::STAGES ? 0 : read_slot + 1);
                 compute(s, p, read_slot, j & 1);
                 if (j + 1 < count * T::PARTS) flush_x((j + 1) & 1);
             }

@@ -6,7 +6,7 @@ except the model's forward pass.
         --prompt-tokens 16 --steps 5
     python scripts/profile_engine_step.py --profile 256        # cProfile of 256-row steps
     python scripts/profile_engine_step.py --shapes 135m --batch-sizes 64 --constrained \
-        [--mask-workers N]                                      # JSON-schema sequences
+        [--mask-workers N] [--no-jump-forward]                  # JSON-schema sequences
 
 It prints, per batch size, the median over decode steps of the step's wall time less the
 excluded (model) time, per step and per sequence, and the part of it spent in
@@ -354,6 +354,11 @@ def main() -> int:
         default=None,
         help="with --constrained: mask worker processes (default: the engine's; 0: none)",
     )
+    parser.add_argument(
+        "--no-jump-forward",
+        action="store_true",
+        help="with --constrained: sample every token, forced ones too",
+    )
     args = parser.parse_args()
     structured = None
     if args.constrained:
@@ -370,6 +375,7 @@ def main() -> int:
                 num_kv_blocks=max(batches) * blocks_per_seq + 64,
                 show_progress=False,
                 mask_workers=args.mask_workers,
+                jump_forward=not args.no_jump_forward,
             ),
             model=model,
         )

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import TYPE_CHECKING
 
+import pytest
+
+from ember.engine import llm_engine
 from ember.engine.config import EngineConfig
+from ember.engine.forced_tokens import force
 from ember.engine.llm_engine import LLMEngine
 from ember.engine.request_output import RequestOutput
 from ember.engine.sampling_params import SamplingParams
@@ -16,6 +21,9 @@ from ember.engine.sequence import FinishReason
 from ember.model.loader import LoadedModel
 from tests.engine.reference_sampling import engine_over
 from tests.engine.test_structured_output import JSON, check, constrained, run
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
 
 
 def outputs_and_steps(
@@ -77,19 +85,32 @@ def test_steps_in_flight_drop_their_rows_and_give_the_synchronous_tokens(
         assert all(not seq.num_pending for seq in asynchronous.scheduler.running)
 
 
-def test_mask_workers_take_the_forced_tokens_with_the_sampled_one(
-    tiny_model: LoadedModel,
+def test_mask_workers_find_the_forced_tokens_and_give_the_engines_outputs(
+    tiny_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Workers' mirrors are sent each sampled token with the tokens forced after it: their masks
-    keep the outputs the engine's own matchers give."""
+    """A sequence on a mask worker has its mirror find its forced tokens beside its mask, off
+    the engine's thread (which finds them only for sequences no worker holds yet); the outputs
+    are those of an engine without workers."""
     requests = {seed: ("Go:", constrained(JSON, seed)) for seed in range(6)}
     alone, _ = engine_over(tiny_model, max_num_seqs=8, mask_workers=0)
+    expected = run(alone, dict(requests))
+    on_engine_thread: list[int] = []
+
+    def counted(grammar: LLMatcher, room: int) -> list[int]:
+        on_engine_thread.append(room)
+        return force(grammar, room)
+
+    monkeypatch.setattr(llm_engine, "force", counted)
     workers, _ = engine_over(tiny_model, max_num_seqs=8, mask_workers=2)
     try:
         assert workers.mask_workers is not None and workers.mask_workers.wait_ready(30)
-        assert run(workers, dict(requests)) == run(alone, dict(requests))
+        out = run(workers, dict(requests))
     finally:
         workers.close()
+    assert out == expected
+    # Each sequence's first token is collected before a worker holds its mirror.
+    assert len(on_engine_thread) <= len(requests), on_engine_thread
+    assert sum(map(len, out.values())) > 10 * len(requests)
 
 
 def test_forced_tokens_stop_at_max_tokens_and_at_a_stop_string(tiny_model: LoadedModel) -> None:

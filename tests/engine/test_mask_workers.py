@@ -176,7 +176,7 @@ def test_masks_asked_for_when_tokens_come_are_the_ones_the_next_step_uses(
             for seq in live:
                 answer = answers[seq.params.structured]
                 tokens.append((seq, answer[seq.num_output_tokens]))
-            workers.ask([(seq, [token_id]) for seq, token_id in tokens])  # type: ignore[misc]
+            workers.ask([(seq, token_id, 0) for seq, token_id in tokens])  # type: ignore[misc]
             in_flight = {p.row for p in workers._placements.values() if p.place >= 0}
             for seq, token_id in tokens:
                 assert seq.grammar.consume_token(token_id)  # type: ignore[attr-defined]

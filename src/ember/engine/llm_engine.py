@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence as SequenceOf
 from concurrent.futures import Future
@@ -13,7 +14,7 @@ import numpy as np
 
 from ember.engine.config import EngineConfig
 from ember.engine.engine_stats import EngineStats
-from ember.engine.forced_tokens import GrammarStep, take_token
+from ember.engine.forced_tokens import force, take
 from ember.engine.grammar import GrammarCompiler, mask_threads
 from ember.engine.kv_cache_pool import KVCachePool
 from ember.engine.mask_workers import MaskWorkers, mask_worker_count
@@ -37,6 +38,8 @@ from ember.model.loader import LoadedModel, load_model
 
 if TYPE_CHECKING:
     from llguidance import LLMatcher
+
+log = logging.getLogger(__name__)
 
 # A step with nothing to run but grammars compiling waits this long for one, rather than spin.
 _COMPILE_WAIT_SECONDS = 0.005
@@ -303,37 +306,84 @@ class LLMEngine:
     def _collect(
         self, step: LaunchedStep, following: LaunchedStep | None = None
     ) -> list[RequestOutput]:
-        """Take the step's tokens. `following`: the step launched after it and not collected
-        yet, whose rows of sequences that take forced tokens now are dropped."""
+        """Take the step's tokens, and the tokens constrained sequences' grammars force after
+        them. `following`: the step launched after it and not collected yet, whose rows of
+        sequences that take forced tokens now are dropped."""
         sampled = self.runner.collect(step)
         requests = self._requests
         logprobs = sampled.logprobs or [None] * len(sampled)
-        live: list[tuple[_Request, int, TokenLogprob | None, GrammarStep | None]] = []
-        constrained: list[tuple[Sequence, list[int]]] = []
+        live: list[tuple[_Request, int, TokenLogprob | None, bool, int]] = []
+        asks: list[tuple[Sequence, int, int]] = []
         for seq, token_id, logprob in zip(sampled.seqs, sampled.token_ids, logprobs, strict=True):
             request = requests.get(seq.request_id)
             if request is None or request.seq is not seq:  # finished or aborted since
                 continue
             grammar = seq.grammar
             if grammar is None:
-                live.append((request, token_id, logprob, None))
+                live.append((request, token_id, logprob, False, 0))
                 continue
-            # Room for forced tokens: none after its last token, nor where each token needs
-            # its logprob entry.
-            room = 0
-            if self.config.jump_forward and seq.params.logprobs is None:
-                room = seq.params.max_tokens - seq.num_output_tokens - 1
-            taken = take_token(grammar, token_id, room)
-            live.append((request, token_id, logprob, taken))
-            constrained.append((seq, [token_id, *taken.forced]))
-        if constrained and self.mask_workers is not None:
-            # Their next masks are computed meanwhile (`MaskWorkers.ask`): the next step that
-            # runs them waits for nothing else of theirs.
-            self.mask_workers.ask(constrained)
-        return [
-            self._advance(request, token_id, logprob, taken, following)
-            for request, token_id, logprob, taken in live
-        ]
+            complete = take(grammar, token_id)
+            room = 0 if complete else self._forced_room(seq)
+            live.append((request, token_id, logprob, complete, room))
+            asks.append((seq, token_id, room))
+        workers = self.mask_workers
+        # Their next masks (and forced tokens) are computed meanwhile (`MaskWorkers.ask`): the
+        # next step that runs them waits for nothing else of theirs.
+        asked = workers.ask(asks) if asks and workers is not None else set()
+        outputs: list[RequestOutput] = []
+        # Outputs whose forced tokens their mask workers find, and the room for them.
+        forcing: list[tuple[_Request, RequestOutput, int]] = []
+        for request, token_id, logprob, complete, room in live:
+            forced: list[int] = []
+            if room and request.seq.seq_id not in asked:  # no mirror finds them: find them here
+                grammar = request.seq.grammar
+                assert grammar is not None
+                forced = force(grammar, room)
+                complete = bool(forced) and grammar.is_stopped()
+            output = self._advance(request, token_id, logprob, complete, forced, following)
+            outputs.append(output)
+            if room and not forced and not output.finished and request.seq.seq_id in asked:
+                forcing.append((request, output, room))
+        if forcing:
+            self._take_forced(forcing, following)
+        return outputs
+
+    def _forced_room(self, seq: Sequence) -> int:
+        """How many forced tokens a constrained sequence may take after its token now being
+        collected: none after its last token, nor where each token needs its logprob entry."""
+        if not self.config.jump_forward or seq.params.logprobs is not None:
+            return 0
+        return seq.params.max_tokens - seq.num_output_tokens - 1
+
+    def _take_forced(
+        self, forcing: list[tuple[_Request, RequestOutput, int]], following: LaunchedStep | None
+    ) -> None:
+        """The forced tokens the mask workers' mirrors took, into their sequences and into the
+        outputs `_advance` made of this collection (with each one's room); those whose worker
+        did not answer are found on the engine's thread, as without workers."""
+        assert self.mask_workers is not None
+        found = self.mask_workers.take_forced()
+        for request, output, room in forcing:
+            seq = request.seq
+            grammar = seq.grammar
+            assert grammar is not None
+            forced = found.get(seq.seq_id)
+            if forced is None:
+                forced = force(grammar, room)
+            elif forced:
+                taken = grammar.try_consume_tokens(forced)
+                if taken < len(forced):  # the same grammar as its mirror's: never expected
+                    log.error(
+                        "sequence %d's grammar refused the tokens its mask worker forced (%d "
+                        "of %d taken); its mirror is made again",
+                        seq.seq_id,
+                        taken,
+                        len(forced),
+                    )
+                    self.mask_workers.release(seq)
+                    forced = forced[:taken]
+            if forced:
+                self._extend(request, output, forced, following)
 
     def stats(self) -> EngineStats:
         return EngineStats(
@@ -355,12 +405,12 @@ class LLMEngine:
         request: _Request,
         token_id: int,
         logprob: TokenLogprob | None,
-        taken: GrammarStep | None,
+        complete: bool,
+        forced: list[int],
         following: LaunchedStep | None,
     ) -> RequestOutput:
-        """Add a sampled token, and the tokens its grammar then forces (`taken`: what the
-        token did to the grammar of a constrained sequence), to its request; what the request
-        has to report."""
+        """Add a sampled token, and the tokens its grammar then forces, to its request (a
+        `complete` grammar ends it); what the request has to report."""
         seq = request.seq
         if seq.first_token_time is None:
             seq.first_token_time = time.monotonic()
@@ -369,18 +419,10 @@ class LLMEngine:
         if logprob is not None:
             request.pending_logprobs.append(logprob)
         finish = request.stop.accept(token_id)
-        if taken is not None and finish is None:
-            if taken.forced:
-                if following is not None:
-                    following.drop(seq)  # its row there samples what the grammar forced
-                for forced in taken.forced:
-                    seq.append_token(forced)
-                    request.pending_tokens.append(forced)
-                    finish = request.stop.accept(forced)
-                    if finish is not None:
-                        break
-            if finish is None and taken.complete:
-                finish = FinishReason.STOP
+        if finish is None and forced:
+            finish = self._append_forced(request, forced, request.pending_tokens, following)
+        if finish is None and complete:
+            finish = FinishReason.STOP
         text = request.stop.text
         if finish is not None:
             self._finish(seq, finish)
@@ -398,3 +440,47 @@ class LLMEngine:
         )
         request.pending_tokens, request.pending_logprobs = [], []
         return output
+
+    def _append_forced(
+        self,
+        request: _Request,
+        forced: list[int],
+        pending: list[int],
+        following: LaunchedStep | None,
+    ) -> FinishReason | None:
+        """Add tokens the grammar forced (and has taken) to the request's sequence and to
+        `pending` (its tokens to report), up to one that ends it; why it ends, if one does."""
+        seq = request.seq
+        if following is not None:
+            following.drop(seq)  # its row there samples what the grammar forced
+        stop = request.stop
+        for token_id in forced:
+            seq.append_token(token_id)
+            pending.append(token_id)
+            finish = stop.accept(token_id)
+            if finish is not None:
+                return finish
+        return None
+
+    def _extend(
+        self,
+        request: _Request,
+        output: RequestOutput,
+        forced: list[int],
+        following: LaunchedStep | None,
+    ) -> None:
+        """Add forced tokens (that its grammar has taken) to the request, and to the output
+        `_advance` made of its sampled token, not yet returned."""
+        seq = request.seq
+        assert seq.grammar is not None
+        finish = self._append_forced(request, forced, output.new_token_ids, following)
+        if finish is None and seq.grammar.is_stopped():
+            finish = FinishReason.STOP
+        text = request.stop.text
+        if text is not None:
+            output.new_text += text.take_delta(final=finish is not None)
+        output.num_output_tokens = len(seq.token_ids) - seq.num_prompt_tokens
+        if finish is not None:
+            self._finish(seq, finish)
+            del self._requests[seq.request_id]
+            output.finished, output.finish_reason = True, finish

@@ -17,7 +17,8 @@ from ember.engine.structured_output import StructuredOutput
 
 class MaskRow(msgspec.Struct, array_like=True, frozen=True):
     """One sequence's mask this step: its mirror matcher first takes `tokens` (the outputs the
-    engine sampled since the worker's last mask of it), then writes its mask into `row`."""
+    engine sampled since the worker's last mask of it), then up to `room` tokens its grammar
+    forces after them (jump-forward; the reply's `forced`), then writes its mask into `row`."""
 
     seq_id: int
     row: int
@@ -25,6 +26,7 @@ class MaskRow(msgspec.Struct, array_like=True, frozen=True):
     # Set the first time the worker sees the sequence (its mirror is compiled from it; `tokens`
     # are then all its outputs so far).
     spec: StructuredOutput | None = None
+    room: int = 0
 
 
 class MaskRequest(msgspec.Struct, array_like=True, frozen=True):
@@ -38,6 +40,9 @@ class MaskReply(msgspec.Struct, array_like=True, frozen=True):
     # tokens), or it failed (the mirror is gone; the engine computes the mask itself).
     not_ready: list[int]
     failed: list[int]
+    # Per row written, the tokens its mirror took as forced (rows that had `room` and forced
+    # tokens only); the engine's sequence takes the same.
+    forced: dict[int, list[int]] = msgspec.field(default_factory=dict)
 
 
 class MaskWorkerReady(msgspec.Struct, array_like=True, frozen=True):

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ember.engine.forced_tokens import force
 from ember.engine.grammar import GrammarCompiler, Masks
 from ember.engine.mask_messages import (
     ENCODER,
@@ -77,6 +78,7 @@ class MaskWorker:
             self._mirrors.pop(seq_id, None)
         not_ready: list[int] = []
         failed: list[int] = []
+        forced: dict[int, list[int]] = {}
         masks = self._masks
         words = masks.shape[1]
         for row in request.rows:
@@ -103,8 +105,12 @@ class MaskWorker:
                     del self._mirrors[row.seq_id]
                     failed.append(row.row)
                     continue
+            if row.room:
+                tokens = force(matcher, row.room)
+                if tokens:
+                    forced[row.row] = tokens
             matcher.unsafe_compute_mask_ptr(masks.ctypes.data + row.row * words * 4, words * 4)
-        return MaskReply(not_ready, failed)
+        return MaskReply(not_ready, failed, forced)
 
     def close(self) -> None:
         self._grammars.close()

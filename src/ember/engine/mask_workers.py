@@ -55,6 +55,7 @@ from ember.engine.mask_messages import (
     ENCODER,
     READY_DECODER,
     REPLY_DECODER,
+    MaskReply,
     MaskRequest,
     MaskRow,
 )
@@ -108,9 +109,10 @@ class _Worker:
         self.connection = connection
         self.ready = False
         self.gone: list[int] = []  # sequences to drop, sent with the next request
-        # The request in flight (at most one): per shared row, its sequence, placement and the
-        # outputs its mask will be for; None when nothing is in flight.
-        self.asked: dict[int, tuple[int, _Placement, int]] | None = None
+        # The request in flight (at most one): per shared row, its sequence, placement, the
+        # outputs its mask will be for, and whether it has room for forced tokens; None when
+        # nothing is in flight.
+        self.asked: dict[int, tuple[int, _Placement, int, bool]] | None = None
         self.freeing: list[int] = []  # rows of released sequences, free once `asked` is answered
 
     def end(self) -> None:
@@ -146,6 +148,8 @@ class MaskWorkers:
         self._load = [0] * count  # live sequences placed on each worker
         self._engine_load = 0
         self._placements: dict[int, _Placement] = {}
+        # Per sequence, the forced tokens its mirror took, until `take_forced`.
+        self._forced: dict[int, list[int]] = {}
         self._memory_fd = -1
         self._tokenizer_fd = -1
         self._tokenizer_bytes = 0
@@ -193,6 +197,7 @@ class MaskWorkers:
     def release(self, seq: Sequence) -> None:
         """The sequence is finished or aborted: its mirror goes with the worker's next request."""
         placement = self._placements.pop(seq.seq_id, None)
+        self._forced.pop(seq.seq_id, None)
         if placement is None:
             return
         if placement.place == _ENGINE:
@@ -209,21 +214,37 @@ class MaskWorkers:
         else:
             worker.freeing.append(placement.row)
 
-    def ask(self, tokens: list[tuple[Sequence, list[int]]]) -> None:
-        """Each sequence's new `tokens` (its sampled token and those its grammar forces after
-        it) are not yet appended: its worker takes them and computes the mask after them now,
-        which `fill` then finds written. Sequences not on a ready worker are left to `fill`;
+    def ask(self, tokens: list[tuple[Sequence, int, int]]) -> set[int]:
+        """Each sequence's sampled `token` (not yet appended) and `room` for forced tokens: its
+        worker takes the token, then up to `room` tokens its grammar forces (jump-forward), and
+        computes the mask after them now, which `fill` then finds written. Returns the ids of
+        the sequences asked (their forced tokens come from `take_forced`; the others' are for
+        the engine's thread to find). Sequences not on a ready worker are left to `fill`;
         nothing waits here but for a worker's earlier reply."""
         if not self._started or not tokens:
-            return
+            return set()
         self._drain()
         requests: dict[int, list[MaskRow]] = {}
-        for seq, new in tokens:
+        asked: set[int] = set()
+        for seq, token_id, room in tokens:
             placement = self._placements.get(seq.seq_id)
             if placement is None or placement.place == _ENGINE:
                 continue
-            requests.setdefault(placement.place, []).append(self._row(seq, placement, new))
+            row = self._row(seq, placement, token_id, room)
+            requests.setdefault(placement.place, []).append(row)
+            asked.add(seq.seq_id)
         self._send(requests)
+        return asked
+
+    def take_forced(self) -> dict[int, list[int]]:
+        """Per sequence asked with room since the last call, the tokens its mirror took as
+        forced, none included (after their replies: this waits for them). The engine's
+        sequence must take the same tokens: its mirror has. A sequence left out was not
+        answered (its worker failed, or its mirror is still compiling): the engine's thread
+        finds its forced tokens."""
+        self._drain()
+        forced, self._forced = self._forced, {}
+        return forced
 
     def fill(self, seqs: list[Sequence], out: Masks) -> None:
         """Row i of `out` (int32 [>= len(seqs), mask_words]) = seqs[i]'s mask now (every one
@@ -276,17 +297,20 @@ class MaskWorkers:
         self._send(empty)
         self._drain()
 
-    def _row(self, seq: Sequence, placement: _Placement, new: list[int] | None = None) -> MaskRow:
-        """The request for the sequence's mask after its outputs (and `new` tokens, not
-        appended yet): the outputs its mirror has not taken, or with its spec, all of them for a
-        new mirror."""
+    def _row(
+        self, seq: Sequence, placement: _Placement, token_id: int | None = None, room: int = 0
+    ) -> MaskRow:
+        """The request for the sequence's mask after its outputs (and `token_id`, sampled but
+        not appended yet, and up to `room` forced tokens): the outputs its mirror has not taken,
+        or with its spec, all of them for a new mirror."""
         fresh = placement.sent < 0
         outputs = seq.token_ids[seq.num_prompt_tokens + max(placement.sent, 0) :]
-        if new:
-            outputs += new
-        placement.sent = seq.num_output_tokens + (len(new) if new else 0)
+        if token_id is not None:
+            outputs.append(token_id)
+        placement.sent = seq.num_output_tokens + (token_id is not None)
         placement.masked = -1
-        return MaskRow(seq.seq_id, placement.row, outputs, seq.params.structured if fresh else None)
+        spec = seq.params.structured if fresh else None
+        return MaskRow(seq.seq_id, placement.row, outputs, spec, room)
 
     def _check_started(self) -> None:
         """Workers whose readiness arrived take sequences from now on; ones that died while
@@ -337,7 +361,7 @@ class MaskWorkers:
             asked = {}
             for row in rows:
                 placement = self._placements[row.seq_id]
-                asked[row.row] = (row.seq_id, placement, placement.sent)
+                asked[row.row] = (row.seq_id, placement, placement.sent, row.room > 0)
             try:
                 worker.connection.send_bytes(ENCODER.encode(MaskRequest(rows, worker.gone)))
             except OSError as error:
@@ -367,20 +391,25 @@ class MaskWorkers:
                 except (EOFError, OSError) as error:
                     self._fail(slot, f"it exited ({error or 'no reply'})")
                     continue
-                self._answered(slot, reply.not_ready, reply.failed)
+                self._answered(slot, reply)
 
-    def _answered(self, slot: int, not_ready: list[int], failed: list[int]) -> None:
+    def _answered(self, slot: int, reply: MaskReply) -> None:
         worker = self._workers[slot]
         assert worker is not None and worker.asked is not None
         asked, worker.asked = worker.asked, None
         self._failures[slot] = 0
-        skipped = set(not_ready) | set(failed)
-        for row, (seq_id, placement, outputs) in asked.items():
+        failed = reply.failed
+        skipped = set(reply.not_ready) | set(failed)
+        for row, (seq_id, placement, outputs, room) in asked.items():
             if row in skipped:
                 if row in failed:  # its mirror is gone: placed again at its next mask
                     self._unplace(seq_id, placement)
             elif placement.sent == outputs:  # no later request is behind this one
-                placement.masked = outputs
+                if room and self._placements.get(seq_id) is placement:  # still live
+                    forced = reply.forced.get(row, [])
+                    placement.sent += len(forced)
+                    self._forced[seq_id] = forced
+                placement.masked = placement.sent
         self._free_rows += worker.freeing
         worker.freeing = []
 

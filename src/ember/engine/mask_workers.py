@@ -9,7 +9,8 @@ mask of the sequence and writes the next mask into the slot; the step that runs 
 copies it out.
 
 A mask is asked for as soon as the sequence's token is known (`ask`, when the engine collects a
-step), not when the next step is built: the workers compute while the engine's thread does the
+step; with room for the tokens its grammar then forces, which the mirror takes and the reply
+reports, `take_forced`: engine/forced_tokens.py), not when the next step is built: the workers compute while the engine's thread does the
 rest of its work (stop checks, outputs, the caller's turn, scheduling, the step's inputs), and
 `fill` mostly finds the masks written. A constrained sequence's next step cannot launch before
 its mask, so this is the host's critical path on a GPU; for the same reason the engine's thread

@@ -20,9 +20,10 @@ is dropped (`LaunchedStep.dropped`); the forced tokens follow in the next step.
 Asking for the forced tokens costs a tokenization of the forced bytes (~10-25 us), about 30
 times a step of 64 sequences along the benchmark's schema: ~0.8 ms a step on a 2-core
 machine, on the engine's thread, which is the step's critical path. So a sequence on a mask
-worker has its mirror find them (`MaskRow.room`), beside its mask, and the engine takes them
-from the reply (`MaskWorkers.take_forced`) and patches them into the step's outputs; the
-engine's thread forces only the sequences no worker holds.
+worker has its mirror find them (`MaskRow.room`), before its mask and in parallel with the
+other workers', and the engine takes them from the reply (`MaskWorkers.take_forced`, which
+waits for it) and patches them into the step's outputs; the engine's thread forces only the
+sequences no worker answered for.
 """
 
 from __future__ import annotations

@@ -128,7 +128,10 @@ def main(argv: list[str]) -> None:
     masks = np.frombuffer(memory, np.int32).reshape(rows, words)
     worker = MaskWorker(tokenizer, masks)
     worker.warm()
-    connection.send_bytes(ENCODER.encode(MaskWorkerReady(os.getpid())))
+    try:
+        connection.send_bytes(ENCODER.encode(MaskWorkerReady(os.getpid())))
+    except OSError:  # the engine closed while this worker started: nothing to do
+        os._exit(0)
     while True:
         try:
             frame = connection.recv_bytes()

@@ -9,12 +9,16 @@ mask of the sequence and writes the next mask into the slot; the step that runs 
 copies it out.
 
 A mask is asked for as soon as the sequence's token is known (`ask`, when the engine collects a
-step; with room for the tokens its grammar then forces, which the mirror takes and the reply
-reports, `take_forced`: engine/forced_tokens.py), not when the next step is built: the workers compute while the engine's thread does the
-rest of its work (stop checks, outputs, the caller's turn, scheduling, the step's inputs), and
-`fill` mostly finds the masks written. A constrained sequence's next step cannot launch before
-its mask, so this is the host's critical path on a GPU; for the same reason the engine's thread
-computes no share of the masks while a worker is ready (a share there would be on that path).
+step), not when the next step is built: the workers compute while the engine's thread does the
+rest of the collection (stop checks, outputs). The request gives each row room for the tokens
+its grammar then forces (engine/forced_tokens.py): the mirror takes them before its mask, and
+the reply reports them. The engine waits for the replies at the end of the collection
+(`take_forced`), since the next step's inputs need those tokens: so the masks are written
+before the engine's thread goes on to the caller's turn, scheduling and the step's inputs
+(with steps overlapping on a GPU, `fill` waited there anyway; a synchronous step's caller
+now waits for them). A constrained sequence's next step cannot launch before its mask, so
+this is the host's critical path on a GPU; for the same reason the engine's thread computes no
+share of the masks while a worker is ready (a share there would be on that path).
 
 A mirror is only ever the sequence's spec and its outputs, so a sequence can be placed again at
 any time (all its outputs sent at once): one whose worker has not started yet, or died, or

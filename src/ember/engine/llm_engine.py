@@ -329,23 +329,17 @@ class LLMEngine:
         workers = self.mask_workers
         # Their next masks (and forced tokens) are computed meanwhile (`MaskWorkers.ask`): the
         # next step that runs them waits for nothing else of theirs.
-        asked = workers.ask(asks) if asks and workers is not None else set()
+        asked: set[int] = workers.ask(asks) if asks and workers is not None else set()
         outputs: list[RequestOutput] = []
-        # Outputs whose forced tokens their mask workers find, and the room for them.
+        # Outputs of sequences whose grammar may force tokens now, and the room for them.
         forcing: list[tuple[_Request, RequestOutput, int]] = []
         for request, token_id, logprob, complete, room in live:
-            forced: list[int] = []
-            if room and request.seq.seq_id not in asked:  # no mirror finds them: find them here
-                grammar = request.seq.grammar
-                assert grammar is not None
-                forced = force(grammar, room)
-                complete = bool(forced) and grammar.is_stopped()
-            output = self._advance(request, token_id, logprob, complete, forced, following)
+            output = self._advance(request, token_id, logprob, complete)
             outputs.append(output)
-            if room and not forced and not output.finished and request.seq.seq_id in asked:
+            if room and not output.finished:
                 forcing.append((request, output, room))
         if forcing:
-            self._take_forced(forcing, following)
+            self._take_forced(forcing, asked, following)
         return outputs
 
     def _forced_room(self, seq: Sequence) -> int:
@@ -356,23 +350,30 @@ class LLMEngine:
         return seq.params.max_tokens - seq.num_output_tokens - 1
 
     def _take_forced(
-        self, forcing: list[tuple[_Request, RequestOutput, int]], following: LaunchedStep | None
+        self,
+        forcing: list[tuple[_Request, RequestOutput, int]],
+        asked: set[int],
+        following: LaunchedStep | None,
     ) -> None:
-        """The forced tokens the mask workers' mirrors took, into their sequences and into the
-        outputs `_advance` made of this collection (with each one's room); those whose worker
-        did not answer are found on the engine's thread, as without workers."""
-        assert self.mask_workers is not None
-        found = self.mask_workers.take_forced()
+        """The tokens the grammars force after this collection's tokens, into their sequences
+        and into the outputs `_advance` made of it (with each one's room): those the mask
+        workers' mirrors took (`asked`: the sequences whose worker was asked), else found on the
+        engine's thread, as without workers."""
+        workers = self.mask_workers
+        found: dict[int, list[int]] = {}
+        if workers is not None and any(request.seq.seq_id in asked for request, _, _ in forcing):
+            found = workers.take_forced()
         for request, output, room in forcing:
             seq = request.seq
             grammar = seq.grammar
             assert grammar is not None
             forced = found.get(seq.seq_id)
-            if forced is None:
+            if forced is None:  # no mirror found them (none asked, or none answered)
                 forced = force(grammar, room)
             elif forced:
                 taken = grammar.try_consume_tokens(forced)
                 if taken < len(forced):  # the same grammar as its mirror's: never expected
+                    assert workers is not None
                     log.error(
                         "sequence %d's grammar refused the tokens its mask worker forced (%d "
                         "of %d taken); its mirror is made again",
@@ -380,7 +381,7 @@ class LLMEngine:
                         taken,
                         len(forced),
                     )
-                    self.mask_workers.release(seq)
+                    workers.release(seq)
                     forced = forced[:taken]
             if forced:
                 self._extend(request, output, forced, following)
@@ -406,11 +407,9 @@ class LLMEngine:
         token_id: int,
         logprob: TokenLogprob | None,
         complete: bool,
-        forced: list[int],
-        following: LaunchedStep | None,
     ) -> RequestOutput:
-        """Add a sampled token, and the tokens its grammar then forces, to its request (a
-        `complete` grammar ends it); what the request has to report."""
+        """Add a sampled token to its request (a `complete` grammar ends it); what the request
+        has to report."""
         seq = request.seq
         if seq.first_token_time is None:
             seq.first_token_time = time.monotonic()
@@ -419,8 +418,6 @@ class LLMEngine:
         if logprob is not None:
             request.pending_logprobs.append(logprob)
         finish = request.stop.accept(token_id)
-        if finish is None and forced:
-            finish = self._append_forced(request, forced, request.pending_tokens, following)
         if finish is None and complete:
             finish = FinishReason.STOP
         text = request.stop.text
@@ -441,27 +438,6 @@ class LLMEngine:
         request.pending_tokens, request.pending_logprobs = [], []
         return output
 
-    def _append_forced(
-        self,
-        request: _Request,
-        forced: list[int],
-        pending: list[int],
-        following: LaunchedStep | None,
-    ) -> FinishReason | None:
-        """Add tokens the grammar forced (and has taken) to the request's sequence and to
-        `pending` (its tokens to report), up to one that ends it; why it ends, if one does."""
-        seq = request.seq
-        if following is not None:
-            following.drop(seq)  # its row there samples what the grammar forced
-        stop = request.stop
-        for token_id in forced:
-            seq.append_token(token_id)
-            pending.append(token_id)
-            finish = stop.accept(token_id)
-            if finish is not None:
-                return finish
-        return None
-
     def _extend(
         self,
         request: _Request,
@@ -469,16 +445,24 @@ class LLMEngine:
         forced: list[int],
         following: LaunchedStep | None,
     ) -> None:
-        """Add forced tokens (that its grammar has taken) to the request, and to the output
-        `_advance` made of its sampled token, not yet returned."""
+        """Add tokens the grammar forced (and has taken) to the request, up to one that ends
+        it, and to the output `_advance` made of its sampled token, not yet returned."""
         seq = request.seq
         assert seq.grammar is not None
-        finish = self._append_forced(request, forced, output.new_token_ids, following)
+        if following is not None:
+            following.drop(seq)  # its row there samples what the grammar forced
+        stop = request.stop
+        finish = None
+        for token_id in forced:
+            seq.append_token(token_id)
+            output.new_token_ids.append(token_id)
+            finish = stop.accept(token_id)
+            if finish is not None:
+                break
         if finish is None and seq.grammar.is_stopped():
             finish = FinishReason.STOP
-        text = request.stop.text
-        if text is not None:
-            output.new_text += text.take_delta(final=finish is not None)
+        if stop.text is not None:
+            output.new_text += stop.text.take_delta(final=finish is not None)
         output.num_output_tokens = len(seq.token_ids) - seq.num_prompt_tokens
         if finish is not None:
             self._finish(seq, finish)

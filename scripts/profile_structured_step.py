@@ -161,7 +161,11 @@ def main() -> None:
     runs = [
         ("free", free, None),
         ("constrained", constrained, None),
-        (f"free beside {few} constrained", free[: args.seqs - few] + constrained[:few], -few),
+        (
+            f"free beside {few} constrained",
+            free[: args.seqs - few] + constrained[:few],
+            args.seqs - few,
+        ),
     ]
     for label, params, counted in runs:
         fill.seconds, fill.calls = 0.0, 0
@@ -170,9 +174,7 @@ def main() -> None:
         profiler = cProfile.Profile() if args.profile and label == "constrained" else None
         if profiler is not None:
             profiler.enable()
-        tokens, seconds = run(
-            engine, params, prompt, None if counted is None else len(params) + counted
-        )
+        tokens, seconds = run(engine, params, prompt, counted)
         if profiler is not None:
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(30)

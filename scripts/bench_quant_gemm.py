@@ -3,9 +3,11 @@
 
     PYTHONPATH=src python3 scripts/bench_quant_gemm.py [TYPE ...]   # e.g. Q4_K Q6_K; default all
     PYTHONPATH=src python3 scripts/bench_quant_gemm.py --invariant --rows 1,16,64 Q4_K
+    PYTHONPATH=src python3 scripts/bench_quant_gemm.py --invariant --shares 1,2,4,8 Q4_K
 
 Each launch has a split-K workspace, as the engine's do, so the small-M rows split K where the
-engine's plan would (`--invariant`: batch-invariant mode's plan, its fixed K shares).
+engine's plan would (`--invariant`: batch-invariant mode's plan, its fixed K shares;
+`--shares`: that plan with each of these K share counts instead, a row each).
 
 Each timing replays a CUDA graph of LAUNCHES gemms, cycling through enough copies of the
 weight (over 256 MiB in all) that none is still in the 50 MiB L2 when read again, so the
@@ -25,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from ember.gpu import Device, DeviceArray, Event, Stream, StreamCapture
-from ember.kernels.quant_gemm import QuantGemm
+from ember.kernels.quant_gemm import GemmPlan, QuantGemm
 from ember.kernels.quant_gemv import QuantType
 
 # (N, K): the default model's (q and o; fused q, k, v; gate or up; fused gate and up; the
@@ -57,17 +59,31 @@ def time_gemm(
     x: DeviceArray,
     y: DeviceArray,
     workspace: DeviceArray,
-    invariant: bool,
+    plan: GemmPlan | None,
 ) -> float:
     """Seconds per gemm, the best of REPLAYS graph replays (the launches share `workspace`, one
-    after another on one stream, as the engine's do)."""
+    after another on one stream, as the engine's do); `plan`: batch-invariant mode's, else the
+    default plan."""
     nbytes = n * quant.row_bytes(k)
     copies = max(2, -(-ROTATE_BYTES // nbytes))
     weights = [DeviceArray.empty((n, quant.row_bytes(k)), np.uint8) for _ in range(copies)]
     for w in weights:
         w.buffer.memset_d32(0x3C003C00, stream)  # fp16 1.0 everywhere: finite scales, any quants
     launches = [
-        gemm.gemm_launch(w, quant, x, y, workspace=workspace, invariant=invariant) for w in weights
+        gemm.gemm_launch(w, quant, x, y, workspace=workspace)
+        if plan is None
+        else gemm.gemm_launch(
+            w,
+            quant,
+            x,
+            y,
+            plan.tile,
+            workspace,
+            plan.splits,
+            invariant=True,
+            slices=plan.slices,
+        )
+        for w in weights
     ]
     with StreamCapture(stream) as capture:
         for i in range(LAUNCHES):
@@ -95,7 +111,13 @@ def main() -> None:
     parser.add_argument("types", nargs="*", help="block types (e.g. Q4_K Q6_K); default all")
     parser.add_argument("--rows", default=",".join(map(str, ROWS)), help="rows of x (M)")
     parser.add_argument("--invariant", action="store_true", help="batch-invariant plans")
+    parser.add_argument(
+        "--shares", help="with --invariant: K share counts to run instead of the plan's (1,2,4)"
+    )
     args = parser.parse_args()
+    shares: list[int | None] = (
+        [int(s) for s in args.shares.split(",")] if args.shares and args.invariant else [None]
+    )
     types = [QuantType[name.upper()] for name in args.types] or list(QuantType)
     rows = [int(r) for r in args.rows.split(",")]
     device = Device.get(0)
@@ -116,18 +138,18 @@ def main() -> None:
             for n, k in SHAPES:
                 if k % quant.block_weights:  # K-quant rows are whole 256-weight blocks
                     continue
-                for m in rows:
+                for m, share in ((m, s) for m in rows for s in shares):
+                    invariant = (
+                        gemm.invariant_plan(quant, m, n, k, workspace.nbytes, share)
+                        if args.invariant
+                        else None
+                    )
                     with (
                         DeviceArray.from_numpy(np.ones((m, k), np.float32)) as x,
                         DeviceArray.empty((m, n), np.float32) as y,
                     ):
-                        seconds = time_gemm(
-                            gemm, stream, quant, n, k, x, y, workspace, args.invariant
-                        )
-                    if args.invariant:
-                        plan = gemm.invariant_plan(quant, m, n, k, workspace.nbytes)
-                    else:
-                        plan = gemm.plan(m, n, k, quant=quant)
+                        seconds = time_gemm(gemm, stream, quant, n, k, x, y, workspace, invariant)
+                    plan = invariant or gemm.plan(m, n, k, quant=quant)
                     tile = f"{plan.tile.name.lower()} x {plan.splits} x {plan.slices}"
                     flops = 2 * m * n * k
                     w_bytes = n * quant.row_bytes(k)

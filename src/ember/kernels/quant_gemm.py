@@ -191,10 +191,12 @@ def choose_invariant_plan(
     multiprocessors: int,
     residency: Mapping[GemmTile, int] = DEFAULT_RESIDENCY,
     workspace_bytes: int = 0,
+    shares: int | None = None,
 ) -> GemmPlan:
     """Batch-invariant mode's plan: the tile of INVARIANT_TILES for m rows, and the product's
     fixed K shares, run as splits where the tiles alone leave SMs idle and the workspace holds
-    the splits' sums, else as slices of each block (the same result either way)."""
+    the splits' sums, else as slices of each block (the same result either way). `shares`
+    overrides the K shares (for tuning them)."""
     tile = next(t for rows, t in INVARIANT_TILES if m <= rows)
     missing = [t.name for _, t in INVARIANT_TILES if t not in residency]
     if missing:
@@ -202,7 +204,8 @@ def choose_invariant_plan(
             f"batch-invariant GEMMs need the {', '.join(missing)} tiles, which do not fit this "
             "GPU's shared memory; run without --batch-invariant"
         )
-    shares = invariant_shares(n, k, multiprocessors, residency[GemmTile.S16])
+    if shares is None:
+        shares = invariant_shares(n, k, multiprocessors, residency[GemmTile.S16])
     split = GemmPlan(tile, shares, shares)
     count = tile.tiles(m, n)
     if (
@@ -310,12 +313,20 @@ class QuantGemm:
         return choose_plan(m, n, k, self.multiprocessors, residency, split)
 
     def invariant_plan(
-        self, quant: QuantType, m: int, n: int, k: int, workspace_bytes: int = 0
+        self,
+        quant: QuantType,
+        m: int,
+        n: int,
+        k: int,
+        workspace_bytes: int = 0,
+        shares: int | None = None,
     ) -> GemmPlan:
         """`quant`'s invariant plan; the 32-weight types share their tiles' residency."""
         shared = quant.block_weights == BLOCK_WEIGHTS
         residency = self.residency if shared else self.type_residency[quant]
-        return choose_invariant_plan(m, n, k, self.multiprocessors, residency, workspace_bytes)
+        return choose_invariant_plan(
+            m, n, k, self.multiprocessors, residency, workspace_bytes, shares
+        )
 
     def workspace_bytes(self, m: int, n: int, k: int) -> int:
         """Workspace bytes that gemm_launch's own plan for this product needs."""

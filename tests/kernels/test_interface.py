@@ -37,6 +37,7 @@ from ember.kernels.quant_gemv import (
     QuantType,
     RmsNorm,
 )
+from ember.kernels.quant_mmq import MMQ_TYPES, MmqTile, QuantMmq, workspace_bytes
 from ember.kernels.rope import Rope, RopeCache, RopeQkvArgs
 from ember.kernels.sampling import ROW_PARAMS_DTYPE, Sampling, check_row_params
 from ember.kernels.synthetic import Synthetic
@@ -207,6 +208,20 @@ def drive_quant_gemv(module: StandInModule) -> None:
             )()
 
 
+def drive_quant_mmq(module: StandInModule) -> None:
+    family = QuantMmq(module, H100)  # type: ignore[arg-type]
+    m, k, n = 70, 512, 200
+    workspace = device_array((workspace_bytes(m, k),), np.uint8)
+    for quant in MMQ_TYPES:
+        weight = device_array((n, quant.row_bytes(k)), np.uint8)
+        for launch in family.launches(weight, quant, f32(m, k), f32(m, n), workspace):
+            launch()
+        for tile in MmqTile:
+            family.gemm_launch(
+                weight, quant, f32(m, k), f32(m, n + 9), workspace, y_at=9, tile=tile
+            )()
+
+
 def drive_synthetic(module: StandInModule) -> None:
     family = Synthetic(module)  # type: ignore[arg-type]
     for quant in QuantType:
@@ -221,6 +236,7 @@ DRIVERS: dict[str, Callable[[StandInModule], None]] = {
     "norm": drive_norm,
     "quant_gemm": drive_quant_gemm,
     "quant_gemv": drive_quant_gemv,
+    "quant_mmq": drive_quant_mmq,
     "rope": drive_rope,
     "sampling": drive_sampling,
     "synthetic": drive_synthetic,

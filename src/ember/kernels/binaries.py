@@ -13,7 +13,7 @@ BIN_DIR: Final = Path(__file__).resolve().parent / "bin"
 # Families whose every kernel calls common.cuh's await_prior_grid before touching memory, and
 # so may be launched as programmatic dependents (tests/kernels/test_programmatic_launch.py).
 AWAITING_FAMILIES: Final = frozenset(
-    {"attention", "elementwise", "embedding", "norm", "quant_gemv", "rope", "sampling"}
+    {"attention", "elementwise", "embedding", "norm", "quant_gemv", "quant_mmq", "rope", "sampling"}
 )
 
 

@@ -13,6 +13,7 @@ from ember.kernels.embedding import Embedding
 from ember.kernels.norm import Norm
 from ember.kernels.quant_gemm import QuantGemm
 from ember.kernels.quant_gemv import QuantGemv
+from ember.kernels.quant_mmq import QuantMmq
 from ember.kernels.rope import Rope
 from ember.kernels.sampling import Sampling
 
@@ -81,6 +82,13 @@ def quant_gemv(context: Context, device: Device) -> Iterator[QuantGemv]:
 @pytest.fixture(scope="session")
 def quant_gemm(context: Context, device: Device) -> Iterator[QuantGemm]:
     family = QuantGemm.load(device)
+    yield family
+    family.unload()
+
+
+@pytest.fixture(scope="session")
+def quant_mmq(context: Context, device: Device) -> Iterator[QuantMmq]:
+    family = QuantMmq.load(device)
     yield family
     family.unload()
 

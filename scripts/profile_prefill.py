@@ -29,8 +29,13 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--ncu", action="store_true")
+    parser.add_argument(
+        "--no-mmq", action="store_true", help="K-quant products on the fp16 GEMM (quant_mmq off)"
+    )
     args = parser.parse_args()
     engine = LLMEngine(EngineConfig(model=args.model, device="cuda", show_progress=False))
+    if args.no_mmq:
+        engine.runner.backend.use_mmq = False  # type: ignore[attr-defined]
     rng = np.random.default_rng(0)
     walls = [bench_prefill(engine, args.prompt_tokens, rng).seconds for _ in range(args.runs)]
     best = min(walls[1:] or walls)

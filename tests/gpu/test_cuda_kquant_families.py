@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from ember.kernels.quant_gemv import QuantType
 from ember.model.config import ModelConfig
 from ember.model.cuda.llama import CudaLlama
 from ember.model.gguf_file import GGUFFile
@@ -87,3 +88,29 @@ def test_cuda_logits_match_numpy_on_llama_quantize_files(
     compare.check(cuda.forward(step), reference.forward(step), "a 5-token prefill")
     cuda.fused_decode = True
     print(f"{name} ({'fused' if fused else 'separate'}): worst row error {compare.worst:.4f}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mmq", [True, False], ids=["int8-mmq", "fp16-gemm"])
+def test_a_prefill_of_many_rows_matches_numpy_on_either_k_quant_gemm(
+    backends: tuple[str, NumpyLlama, CudaLlama], mmq: bool
+) -> None:
+    """Six 60-token prompts in one step: 360 rows of x, past the rows where K-quant products
+    take the int8 tensor-core GEMM (quant_mmq), so its quantised x is checked at the model's
+    level, against NumPy and within the bound the fp16 GEMM's rows meet."""
+    name, reference, cuda = backends
+    seqs_count, length = 6, 60
+    reset(reference, cuda, seqs_count)
+    assert cuda.kernels.quant_mmq.runs(QuantType.Q4_K) and cuda._mmq_workspace is not None
+    cuda.use_mmq = mmq
+    golden = goldens(name)
+    seqs = Sequences()
+    ids = []
+    for j in range(seqs_count):
+        prompt = golden[j % len(golden)].prompt
+        ids.append(seqs.add([prompt[(j + t) % len(prompt)] for t in range(length)]))
+    step = seqs.batch([(i, length) for i in ids])
+    try:
+        Comparison(name).check(cuda.forward(step), reference.forward(step), "a 360-row prefill")
+    finally:
+        cuda.use_mmq = True

@@ -11,6 +11,7 @@ from ember.kernels.embedding import Embedding
 from ember.kernels.norm import Norm
 from ember.kernels.quant_gemm import QuantGemm
 from ember.kernels.quant_gemv import QuantGemv
+from ember.kernels.quant_mmq import QuantMmq
 from ember.kernels.rope import Rope
 from ember.kernels.sampling import Sampling
 
@@ -23,6 +24,7 @@ class KernelSet:
     norm: Norm
     quant_gemm: QuantGemm
     quant_gemv: QuantGemv
+    quant_mmq: QuantMmq
     rope: Rope
     sampling: Sampling
 
@@ -35,6 +37,7 @@ class KernelSet:
             norm=Norm.load(device),
             quant_gemm=QuantGemm.load(device),
             quant_gemv=QuantGemv.load(device),
+            quant_mmq=QuantMmq.load(device),
             rope=Rope.load(device),
             sampling=Sampling.load(device),
         )

@@ -54,6 +54,8 @@ from ember.kernels.attention import Attention, choose_splits, partials_size
 from ember.kernels.kernel_set import KernelSet
 from ember.kernels.quant_gemv import MAX_BATCH as GEMV_MAX_ROWS
 from ember.kernels.quant_gemv import Output, RmsNorm
+from ember.kernels.quant_mmq import MMQ_TYPES
+from ember.kernels.quant_mmq import workspace_bytes as mmq_workspace_bytes
 from ember.kernels.rope import RopeCache
 from ember.model.backend import PendingStep, SampledStep, SamplingBatch
 from ember.model.config import ModelConfig
@@ -82,6 +84,12 @@ _KV_MEMORY_CAP: Final = 16 << 30
 # norm's extra work in quantising x (g read and multiplied per row of x) costs more than the
 # launches it saves.
 _FUSED_MAX_TOKENS: Final = 4
+# K-quant products of more rows than this run the int8 tensor-core GEMM (quant_mmq.cu), fewer
+# the fp16 one. Measured on an H100 (scripts/bench_quant_gemm.py --mmq, 2026-12-07), Llama-8B
+# shapes: at 512 rows MMQ took 0.77x the fp16 GEMM's time on Q4_K's 4096-row products, 0.93x on
+# gate/up, 0.94-0.98x on Q6_K; at 128 rows it was slower but on gate/up (no split-K, 64-row
+# tiles). Not measured between.
+_MMQ_MIN_ROWS: Final = 256
 
 
 def buckets(limit: int) -> list[int]:
@@ -165,6 +173,9 @@ class CudaLlama:
             (kernels.quant_gemm.max_workspace_bytes,), np.dtype(np.uint8)
         )
         self._gemm_workspace.buffer.memset_d32(0, stream)
+        # x quantised to int8 for quant_mmq (sized in reserve, for the step's largest x).
+        self._mmq_workspace: DeviceArray | None = None
+        self.use_mmq = True
         self._inv_freq = DeviceArray.from_numpy(radians_per_position(config.rope))
         self.use_graphs = True
         self._fused_decode = True
@@ -292,6 +303,14 @@ class CudaLlama:
             partials_size(t, c.n_heads, c.head_dim, self._splits(t)) for t in self._token_buckets
         )
         self.activations = Activations(c, max_tokens, max_rows, partials)
+        if self._mmq_workspace is not None:
+            self._mmq_workspace.free()
+            self._mmq_workspace = None
+        if max_tokens > _MMQ_MIN_ROWS:
+            widest = max(c.d_model, c.ffn_dim, c.q_dim)
+            self._mmq_workspace = DeviceArray.empty(
+                (mmq_workspace_bytes(max_tokens, widest),), np.dtype(np.uint8)
+            )
         self._bucket_views.clear()
         for slot, host in enumerate(self._ids_hosts):
             if host.nbytes < 4 * max_rows:
@@ -326,6 +345,8 @@ class CudaLlama:
         for event in self._slot_events:
             event.destroy()
         self._gemm_workspace.free()
+        if self._mmq_workspace is not None:
+            self._mmq_workspace.free()
         self._inv_freq.free()
         self.weights.free()
         self.kernels.unload()
@@ -476,10 +497,10 @@ class CudaLlama:
             plan.append(k.norm.add_rms_norm_launch(a.delta, a.residual, layer.ffn_norm, a.x, eps))
             plan += self._stacked_linear(a.x, layer.w_gate_up, a.gate_up)
             plan.append(k.elementwise.silu_mul_launch(a.gate_up, a.act))
-            plan.append(self._linear(a.act, layer.w_down, a.delta))
+            plan += self._linear(a.act, layer.w_down, a.delta)
             plan.append(k.norm.add_rms_norm_launch(a.delta, a.residual, next_norm, a.x, eps))
         plan.append(k.elementwise.gather_rows_launch(a.x, s.logits_rows, a.last))
-        plan.append(self._linear(a.last, w.lm_head, a.logits))
+        plan += self._linear(a.last, w.lm_head, a.logits)
         plan.append(k.sampling.sample_launch(a.logits, s.params, a.sampled, masks=s.masks))
         return plan
 
@@ -605,7 +626,7 @@ class CudaLlama:
             *self._stacked_linear(a.x, wqkv, a.qkv),
             self.kernels.rope.qkv_cache_launch(a.qkv, self._rope_cache(layer, s)),
             self._attention(layer, tokens, a, s),
-            self._linear(a.attn, wo, a.delta),
+            *self._linear(a.attn, wo, a.delta),
         ]
 
     def _rope_cache(self, layer: int, s: StepArrays) -> RopeCache:
@@ -642,11 +663,42 @@ class CudaLlama:
         """y = x @ W.T over a stack: one product, or one a part, each into its columns of y."""
         single = m.single
         if single is not None:
-            return [self._linear(x, single, y)]
-        return [self._linear(x, part, y, first) for first, part in m.placed()]
+            return self._linear(x, single, y)
+        launches: list[Launch] = []
+        quantised = False  # x is in the MMQ workspace already (an earlier part put it there)
+        for first, part in m.placed():
+            part_launches = self._linear(x, part, y, first, quantised)
+            quantised = quantised or len(part_launches) == 2
+            launches += part_launches
+        return launches
 
     def _linear(
-        self, x: DeviceArray, m: QuantMatrix, y: DeviceArray, y_at: int | None = None
+        self,
+        x: DeviceArray,
+        m: QuantMatrix,
+        y: DeviceArray,
+        y_at: int | None = None,
+        quantised: bool = False,
+    ) -> list[Launch]:
+        """The launches of y = x @ W.T: the GEMV's, the fp16 GEMM's, or (K-quant W, many rows)
+        x's int8 quantisation then the int8 GEMM's; `quantised`: x is in the MMQ workspace
+        already, so only the GEMM is launched."""
+        mmq = self.kernels.quant_mmq
+        workspace = self._mmq_workspace
+        if (
+            self.use_mmq
+            and not self._batch_invariant
+            and x.shape[0] > _MMQ_MIN_ROWS
+            and workspace is not None
+            and m.quant in MMQ_TYPES
+            and mmq.runs(m.quant)
+        ):
+            gemm = mmq.gemm_launch(m.data, m.quant, x, y, workspace, y_at=y_at)
+            return [gemm] if quantised else [mmq.quantize_launch(x, workspace), gemm]
+        return [self._fp16_linear(x, m, y, y_at)]
+
+    def _fp16_linear(
+        self, x: DeviceArray, m: QuantMatrix, y: DeviceArray, y_at: int | None
     ) -> Launch:
         if self._batch_invariant:
             # The GEMV's int8 x and its per-tier warps sum other terms in other orders than the

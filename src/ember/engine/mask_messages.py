@@ -1,8 +1,6 @@
 """What the engine and its mask worker processes say to each other (`engine/mask_workers.py`,
 `engine/mask_worker.py`): one `MaskRequest` per step that has rows for the worker, one
-`MaskReply` back, or two where rows have room for forced tokens (the forced tokens first, then
-the masks: the engine needs the former to go on with the step, the latter only to sample);
-`MaskWorkerReady` once, when the worker can take requests.
+`MaskReply` back; `MaskWorkerReady` once, when the worker can take requests.
 
 MessagePack frames of these `msgspec.Struct`s over a socket pair between the engine and a child
 it started; each end decodes only the type it expects. The masks themselves never cross the
@@ -45,9 +43,6 @@ class MaskReply(msgspec.Struct, array_like=True, frozen=True):
     # Per row written, the tokens its mirror took as forced (rows that had `room` and forced
     # tokens only); the engine's sequence takes the same.
     forced: dict[int, list[int]] = msgspec.field(default_factory=dict)
-    # False: the first of two replies, sent before the masks are computed; the second (empty
-    # lists, True) says they are written.
-    masks_written: bool = True
 
 
 class MaskWorkerReady(msgspec.Struct, array_like=True, frozen=True):

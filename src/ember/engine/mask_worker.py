@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
 
-import msgspec
 import numpy as np
 
 from ember.engine.forced_tokens import force
@@ -65,7 +64,6 @@ class MaskWorker:
         self._grammars = GrammarCompiler(tokenizer, threads=1)
         self._masks = masks
         self._mirrors: dict[int, _Mirror] = {}
-        self._rows: list[tuple[LLMatcher, int]] = []  # (mirror, shared row) `take` made ready
 
     def warm(self) -> None:
         self._grammars.lltokenizer()
@@ -76,26 +74,18 @@ class MaskWorker:
         return self._grammars.native_tokenizer
 
     def serve(self, request: MaskRequest) -> MaskReply:
-        """`take` the request, then `write_masks`: one reply for both."""
-        reply = self.take(request)
-        self.write_masks()
-        return reply
-
-    def take(self, request: MaskRequest) -> MaskReply:
-        """The rows' mirrors take their tokens and the tokens their grammars force; the reply
-        says which rows' masks `write_masks` will write (all but not_ready and failed)."""
         for seq_id in request.gone:
             self._mirrors.pop(seq_id, None)
         not_ready: list[int] = []
         failed: list[int] = []
         forced: dict[int, list[int]] = {}
-        rows = self._rows
-        rows.clear()
+        masks = self._masks
+        words = masks.shape[1]
         for row in request.rows:
             if row.spec is not None:
                 self._mirrors[row.seq_id] = _Mirror(self._grammars.submit(row.spec))
             mirror = self._mirrors.get(row.seq_id)
-            if mirror is None or not 0 <= row.row < self._masks.shape[0]:
+            if mirror is None or not 0 <= row.row < masks.shape[0]:
                 failed.append(row.row)
                 continue
             mirror.backlog += row.tokens
@@ -119,16 +109,8 @@ class MaskWorker:
                 tokens = force(matcher, row.room)
                 if tokens:
                     forced[row.row] = tokens
-            rows.append((matcher, row.row))
+            matcher.unsafe_compute_mask_ptr(masks.ctypes.data + row.row * words * 4, words * 4)
         return MaskReply(not_ready, failed, forced)
-
-    def write_masks(self) -> None:
-        """The masks of the rows the last `take` made ready, into the shared memory."""
-        masks = self._masks
-        words = masks.shape[1]
-        for matcher, row in self._rows:
-            matcher.unsafe_compute_mask_ptr(masks.ctypes.data + row * words * 4, words * 4)
-        self._rows.clear()
 
     def close(self) -> None:
         self._grammars.close()
@@ -155,18 +137,9 @@ def main(argv: list[str]) -> None:
             frame = connection.recv_bytes()
         except (EOFError, OSError):  # the engine closed its end, or died
             break
-        request = REQUEST_DECODER.decode(frame)
-        reply = worker.take(request)
+        reply = worker.serve(REQUEST_DECODER.decode(frame))
         try:
-            if any(row.room for row in request.rows):  # the forced tokens before the masks
-                connection.send_bytes(
-                    ENCODER.encode(msgspec.structs.replace(reply, masks_written=False))
-                )
-                worker.write_masks()
-                connection.send_bytes(ENCODER.encode(MaskReply([], [])))
-            else:
-                worker.write_masks()
-                connection.send_bytes(ENCODER.encode(reply))
+            connection.send_bytes(ENCODER.encode(reply))
         except OSError:  # the engine gave up on this worker, or ended
             break
     worker.close()

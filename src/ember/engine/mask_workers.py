@@ -118,12 +118,6 @@ class _Worker:
         # outputs its mask will be for, and whether it has room for forced tokens; None when
         # nothing is in flight.
         self.asked: dict[int, tuple[int, _Placement, int, bool]] | None = None
-        # The request in flight has room for forced tokens: its worker sends them in a first
-        # reply, then the masks. `taken`: the reply naming the rows it masks has come (the
-        # first, or the only one), and `masking` holds their placements.
-        self.forced_due = False
-        self.taken = False
-        self.masking: list[_Placement] = []
         self.freeing: list[int] = []  # rows of released sequences, free once `asked` is answered
 
     def end(self) -> None:
@@ -252,8 +246,8 @@ class MaskWorkers:
         forced, none included (after their replies: this waits for them). The engine's
         sequence must take the same tokens: its mirror has. A sequence left out was not
         answered (its worker failed, or its mirror is still compiling): the engine's thread
-        finds its forced tokens. The masks may still be in the making (`fill` waits for them)."""
-        self._drain(forced_only=True)
+        finds its forced tokens."""
+        self._drain()
         forced, self._forced = self._forced, {}
         return forced
 
@@ -380,16 +374,13 @@ class MaskWorkers:
                 continue
             worker.gone = []
             worker.asked = asked
-            worker.forced_due = any(row.room for row in rows)
-            worker.taken = False
 
-    def _drain(self, forced_only: bool = False) -> None:
-        """Wait for every request in flight; the masks they wrote are current from now on.
-        `forced_only`: only for the forced tokens of those asked with room (`take_forced`)."""
+    def _drain(self) -> None:
+        """Wait for every request in flight; the masks they wrote are current from now on."""
         waiting = {
             w.connection: slot
             for slot, w in enumerate(self._workers)
-            if w is not None and w.asked is not None and (w.forced_due or not forced_only)
+            if w is not None and w.asked is not None
         }
         deadline = time.monotonic() + _REPLY_SECONDS
         while waiting:
@@ -405,23 +396,16 @@ class MaskWorkers:
                 except (EOFError, OSError) as error:
                     self._fail(slot, f"it exited ({error or 'no reply'})")
                     continue
-                worker = self._workers[slot]
-                assert worker is not None
-                if not worker.taken:
-                    self._forced_answered(worker, reply)
-                if reply.masks_written:
-                    self._answered(slot, worker)
-                elif not forced_only:  # its masks come in a second reply
-                    waiting[connection] = slot  # type: ignore[index]
+                self._answered(slot, reply)
 
-    def _forced_answered(self, worker: _Worker, reply: MaskReply) -> None:
-        """The reply that says which rows' masks the worker writes, and their forced tokens."""
-        assert worker.asked is not None
-        worker.forced_due, worker.taken = False, True
+    def _answered(self, slot: int, reply: MaskReply) -> None:
+        worker = self._workers[slot]
+        assert worker is not None and worker.asked is not None
+        asked, worker.asked = worker.asked, None
+        self._failures[slot] = 0
         failed = reply.failed
         skipped = set(reply.not_ready) | set(failed)
-        masking: list[_Placement] = []
-        for row, (seq_id, placement, outputs, room) in worker.asked.items():
+        for row, (seq_id, placement, outputs, room) in asked.items():
             if row in skipped:
                 if row in failed:  # its mirror is gone: placed again at its next mask
                     self._unplace(seq_id, placement)
@@ -430,15 +414,7 @@ class MaskWorkers:
                     forced = reply.forced.get(row, [])
                     placement.sent += len(forced)
                     self._forced[seq_id] = forced
-                masking.append(placement)
-        worker.masking = masking
-
-    def _answered(self, slot: int, worker: _Worker) -> None:
-        """The worker's masks are written: its request is answered."""
-        for placement in worker.masking:
-            placement.masked = placement.sent
-        worker.asked, worker.masking = None, []
-        self._failures[slot] = 0
+                placement.masked = placement.sent
         self._free_rows += worker.freeing
         worker.freeing = []
 

@@ -30,12 +30,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--ncu", action="store_true")
     parser.add_argument(
-        "--no-mmq", action="store_true", help="K-quant products on the fp16 GEMM (quant_mmq off)"
+        "--mmq",
+        action="store_true",
+        help="K-quant products of many rows on the int8 tensor-core GEMM (CudaLlama.use_mmq)",
     )
     args = parser.parse_args()
     engine = LLMEngine(EngineConfig(model=args.model, device="cuda", show_progress=False))
-    if args.no_mmq:
-        engine.runner.backend.use_mmq = False  # type: ignore[attr-defined]
+    if args.mmq:
+        engine.runner.backend.use_mmq = True  # type: ignore[attr-defined]
     rng = np.random.default_rng(0)
     walls = [bench_prefill(engine, args.prompt_tokens, rng).seconds for _ in range(args.runs)]
     best = min(walls[1:] or walls)

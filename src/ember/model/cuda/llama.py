@@ -84,11 +84,15 @@ _KV_MEMORY_CAP: Final = 16 << 30
 # norm's extra work in quantising x (g read and multiplied per row of x) costs more than the
 # launches it saves.
 _FUSED_MAX_TOKENS: Final = 4
-# K-quant products of more rows than this run the int8 tensor-core GEMM (quant_mmq.cu), fewer
-# the fp16 one. Measured on an H100 (scripts/bench_quant_gemm.py --mmq, 2026-12-07), Llama-8B
-# shapes: at 512 rows MMQ took 0.77x the fp16 GEMM's time on Q4_K's 4096-row products, 0.93x on
-# gate/up, 0.94-0.98x on Q6_K; at 128 rows it was slower but on gate/up (no split-K, 64-row
-# tiles). Not measured between.
+# With `use_mmq` (off by default), K-quant products of more rows than this run the int8
+# tensor-core GEMM (quant_mmq.cu), fewer the fp16 one. Measured on an H100 (2026-12-07/08): at
+# 512 rows MMQ took 0.77x the fp16 GEMM's time on Q4_K's 4096-row products, 0.93x on gate/up,
+# 0.94-0.98x on Q6_K (scripts/bench_quant_gemm.py --mmq); the 8B Q4_K_M shape's prefill of 512
+# tokens 9,464 tok/s against 8,896, but the 1B shape's 37,975 against 39,882 (its narrower
+# products leave SMs idle without split-K), and a 360-row prefill of llama.cpp's Qwen3 K-quant
+# fixture moved 9.4 % of a row from NumPy's logits, past the 8.1 % the fp16 GEMM keeps within
+# (scripts/profile_prefill.py [--mmq]; tests/gpu/test_cuda_kquant_families.py). At 128 rows it
+# was slower but on gate/up.
 _MMQ_MIN_ROWS: Final = 256
 
 
@@ -175,7 +179,7 @@ class CudaLlama:
         self._gemm_workspace.buffer.memset_d32(0, stream)
         # x quantised to int8 for quant_mmq (sized in reserve, for the step's largest x).
         self._mmq_workspace: DeviceArray | None = None
-        self.use_mmq = True
+        self.use_mmq = False  # see _MMQ_MIN_ROWS
         self._inv_freq = DeviceArray.from_numpy(radians_per_position(config.rope))
         self.use_graphs = True
         self._fused_decode = True

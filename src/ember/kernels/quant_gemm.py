@@ -250,7 +250,8 @@ def choose_tile(m: int, n: int, multiprocessors: int, k: int = 4096) -> GemmTile
 
 @dataclass(frozen=True, slots=True)
 class TileLayout:
-    """One kernel's layout, as quant_gemm.cu exports it (`layouts`) on this device."""
+    """One kernel's layout, as quant_gemm.cu (or quant_mmq.cu) exports it (`layouts`), on this
+    device."""
 
     shared_bytes: int  # dynamic shared memory per block
     per_sm: int  # blocks an SM holds (registers and shared memory), 0: cannot run here

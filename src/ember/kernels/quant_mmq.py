@@ -10,7 +10,6 @@ M_pad being M rounded up to the tallest tile (quant_mmq.cu); `workspace_bytes(m,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
@@ -21,7 +20,7 @@ from ember.gpu.launch import Dim3, Kernel, Launch
 from ember.gpu.module import Module
 from ember.kernels.binaries import load_family
 from ember.kernels.interface import family_interface
-from ember.kernels.quant_gemm import fills
+from ember.kernels.quant_gemm import TileLayout, fills
 from ember.kernels.quant_gemv import SUPER_BLOCK_WEIGHTS, QuantType, check_fit, check_operands
 
 _INTERFACE: Final = family_interface("quant_mmq")
@@ -64,14 +63,6 @@ class MmqTile(Enum):
         return grid[0] * grid[1]
 
 
-@dataclass(frozen=True, slots=True)
-class MmqLayout:
-    """One kernel's layout, as quant_mmq.cu exports it, on this device."""
-
-    shared_bytes: int  # dynamic shared memory per block
-    per_sm: int  # blocks an SM holds (registers and shared memory), 0: cannot run here
-
-
 def padded_rows(m: int) -> int:
     """The workspace's rows of x for m rows: m rounded up to ROWS_MULTIPLE."""
     return -(-m // ROWS_MULTIPLE) * ROWS_MULTIPLE
@@ -95,7 +86,7 @@ def choose_tile(m: int, n: int, multiprocessors: int, residency: dict[MmqTile, i
     return MmqTile.T64 if MmqTile.T64 in residency else MmqTile.T128
 
 
-def mmq_layouts(max_shared: int) -> dict[tuple[QuantType, MmqTile], MmqLayout]:
+def mmq_layouts(max_shared: int) -> dict[tuple[QuantType, MmqTile], TileLayout]:
     """Every GEMM kernel's layout on a device with `max_shared` bytes of shared memory per block
     (opt-in), from quant_mmq.cu's exported table (6 ints a kernel: block bytes, tile ID, rows,
     columns, dynamic shared memory, blocks per SM its registers were fitted for), each row
@@ -118,7 +109,7 @@ def mmq_layouts(max_shared: int) -> dict[tuple[QuantType, MmqTile], MmqLayout]:
                 f"quant_mmq kernels do not match MmqTile.{tile.name} for {q.name}: {row}"
             )
         fit = per_sm_bytes // (shared + _SHARED_RESERVED) if shared <= max_shared else 0
-        layouts[q, tile] = MmqLayout(shared, min(min_blocks, fit))
+        layouts[q, tile] = TileLayout(shared, min(min_blocks, fit))
     return layouts
 
 

@@ -177,9 +177,10 @@ class CudaLlama:
             (kernels.quant_gemm.max_workspace_bytes,), np.dtype(np.uint8)
         )
         self._gemm_workspace.buffer.memset_d32(0, stream)
-        # x quantised to int8 for quant_mmq (sized in reserve, for the step's largest x).
+        # x quantised to int8 for quant_mmq, for the step's largest x: only while `use_mmq`.
         self._mmq_workspace: DeviceArray | None = None
-        self.use_mmq = False  # see _MMQ_MIN_ROWS
+        self._use_mmq = False  # see _MMQ_MIN_ROWS
+        self._max_tokens = 0  # a step's most tokens (reserve)
         self._inv_freq = DeviceArray.from_numpy(radians_per_position(config.rope))
         self.use_graphs = True
         self._fused_decode = True
@@ -194,6 +195,29 @@ class CudaLlama:
     def fused_decode(self, on: bool) -> None:
         self._fused_decode = on
         self._drop_graphs()
+
+    @property
+    def use_mmq(self) -> bool:
+        """Whether K-quant products of many rows run the int8 tensor-core GEMM (_MMQ_MIN_ROWS)."""
+        return self._use_mmq
+
+    @use_mmq.setter
+    def use_mmq(self, on: bool) -> None:
+        self._use_mmq = on
+        self._drop_graphs()
+        self._size_mmq_workspace()
+
+    def _size_mmq_workspace(self) -> None:
+        """The MMQ workspace for the reserved steps' largest x, or none where MMQ cannot run."""
+        if self._mmq_workspace is not None:
+            self._mmq_workspace.free()
+            self._mmq_workspace = None
+        if self._use_mmq and self._max_tokens > _MMQ_MIN_ROWS:
+            c = self._config
+            widest = max(c.d_model, c.ffn_dim, c.q_dim)
+            self._mmq_workspace = DeviceArray.empty(
+                (mmq_workspace_bytes(self._max_tokens, widest),), np.dtype(np.uint8)
+            )
 
     @property
     def batch_invariant(self) -> bool:
@@ -307,14 +331,8 @@ class CudaLlama:
             partials_size(t, c.n_heads, c.head_dim, self._splits(t)) for t in self._token_buckets
         )
         self.activations = Activations(c, max_tokens, max_rows, partials)
-        if self._mmq_workspace is not None:
-            self._mmq_workspace.free()
-            self._mmq_workspace = None
-        if max_tokens > _MMQ_MIN_ROWS:
-            widest = max(c.d_model, c.ffn_dim, c.q_dim)
-            self._mmq_workspace = DeviceArray.empty(
-                (mmq_workspace_bytes(max_tokens, widest),), np.dtype(np.uint8)
-            )
+        self._max_tokens = max_tokens
+        self._size_mmq_workspace()
         self._bucket_views.clear()
         for slot, host in enumerate(self._ids_hosts):
             if host.nbytes < 4 * max_rows:
@@ -671,10 +689,19 @@ class CudaLlama:
         launches: list[Launch] = []
         quantised = False  # x is in the MMQ workspace already (an earlier part put it there)
         for first, part in m.placed():
-            part_launches = self._linear(x, part, y, first, quantised)
-            quantised = quantised or len(part_launches) == 2
-            launches += part_launches
+            launches += self._linear(x, part, y, first, quantised)
+            quantised = quantised or self._takes_mmq(x, part)
         return launches
+
+    def _takes_mmq(self, x: DeviceArray, m: QuantMatrix) -> bool:
+        """Whether y = x @ W.T runs the int8 tensor-core GEMM (use_mmq, _MMQ_MIN_ROWS)."""
+        return (
+            self._mmq_workspace is not None
+            and not self._batch_invariant
+            and x.shape[0] > _MMQ_MIN_ROWS
+            and m.quant in MMQ_TYPES
+            and self.kernels.quant_mmq.runs(m.quant)
+        )
 
     def _linear(
         self,
@@ -684,24 +711,18 @@ class CudaLlama:
         y_at: int | None = None,
         quantised: bool = False,
     ) -> list[Launch]:
-        """The launches of y = x @ W.T: the GEMV's, the fp16 GEMM's, or (K-quant W, many rows)
-        x's int8 quantisation then the int8 GEMM's; `quantised`: x is in the MMQ workspace
-        already, so only the GEMM is launched."""
-        mmq = self.kernels.quant_mmq
+        """The launches of y = x @ W.T: the GEMV's, the GEMM's, or (`_takes_mmq`) x's int8
+        quantisation then the int8 GEMM's; `quantised`: x is in the MMQ workspace already, so
+        only the GEMM is launched."""
+        if not self._takes_mmq(x, m):
+            return [self._gemv_or_gemm(x, m, y, y_at)]
         workspace = self._mmq_workspace
-        if (
-            self.use_mmq
-            and not self._batch_invariant
-            and x.shape[0] > _MMQ_MIN_ROWS
-            and workspace is not None
-            and m.quant in MMQ_TYPES
-            and mmq.runs(m.quant)
-        ):
-            gemm = mmq.gemm_launch(m.data, m.quant, x, y, workspace, y_at=y_at)
-            return [gemm] if quantised else [mmq.quantize_launch(x, workspace), gemm]
-        return [self._fp16_linear(x, m, y, y_at)]
+        assert workspace is not None  # _takes_mmq
+        mmq = self.kernels.quant_mmq
+        gemm = mmq.gemm_launch(m.data, m.quant, x, y, workspace, y_at=y_at)
+        return [gemm] if quantised else [mmq.quantize_launch(x, workspace), gemm]
 
-    def _fp16_linear(
+    def _gemv_or_gemm(
         self, x: DeviceArray, m: QuantMatrix, y: DeviceArray, y_at: int | None
     ) -> Launch:
         if self._batch_invariant:

@@ -304,3 +304,43 @@ def test_a_waiting_sequence_with_a_token_in_flight_waits_for_it() -> None:
     assert not sched.schedule().seqs and seq.status is SequenceStatus.WAITING
     seq.num_pending = 0
     assert sched.schedule().admitted == [seq]
+
+
+def test_an_interactive_arrival_gets_an_urgent_step_of_its_own_beside_a_batch_flood() -> None:
+    """Its first token comes from a step of the interactive sequences alone, not from one of
+    every batch decode too; the batch skips that step only, never two in a row."""
+    sched = Scheduler(SchedulerConfig(max_num_seqs=16), KVCachePool(256, 4))
+    bulk = [make_seq([1] * 5, SamplingParams(max_tokens=50), scheduling=BATCH) for _ in range(9)]
+    for seq in bulk:
+        sched.add(seq)
+    step(sched)
+    chats = [make_seq([2] * 3, SamplingParams(max_tokens=20), scheduling=INTERACTIVE)]
+    sched.add(chats[0])
+    batch = step(sched)
+    assert batch.seqs == batch.admitted == chats and sched.num_urgent_steps == 1
+    chats.append(make_seq([3] * 3, SamplingParams(max_tokens=20), scheduling=INTERACTIVE))
+    sched.add(chats[1])
+    batch = step(sched)  # never two in a row: everyone, the second chat admitted too
+    assert batch.seqs == [chats[0], *bulk, chats[1]] and batch.admitted == [chats[1]]
+    chats.append(make_seq([4] * 3, SamplingParams(max_tokens=20), scheduling=INTERACTIVE))
+    sched.add(chats[2])
+    batch = step(sched)  # 9 batch sequences against 2 running chats and this one: not 4 to 1
+    assert batch.seqs == [*chats[:2], *bulk, chats[2]] and sched.num_urgent_steps == 1
+    assert not sched.num_preemptions
+
+
+def test_no_urgent_step_for_an_arrival_that_cannot_be_admitted() -> None:
+    sched = Scheduler(SchedulerConfig(), KVCachePool(24, 4))
+    bulk = [make_seq([1] * 7, SamplingParams(max_tokens=50), scheduling=BATCH) for _ in range(5)]
+    for seq in bulk:
+        sched.add(seq)
+    step(sched)  # 10 of the 24 blocks
+    chat = make_seq([2] * 12, SamplingParams(max_tokens=50), scheduling=INTERACTIVE)
+    sched.add(chat)
+    assert step(sched).seqs == [chat] and sched.num_urgent_steps == 1
+    step(sched)
+    late = make_seq([3] * 100, SamplingParams(max_tokens=2), scheduling=INTERACTIVE)
+    sched.add(late)  # 25 blocks: no room whatever is preempted, so the batch is not held up
+    batch = step(sched)
+    assert not batch.admitted and batch.seqs == [chat, *bulk]
+    assert sched.num_urgent_steps == 1 and not sched.num_preemptions

@@ -134,6 +134,7 @@ def parse_mix(spec: str, base: LoadPlan, processes: int | None = None) -> list[T
 @dataclass(slots=True)
 class RequestRecord:
     outcome: str = "ok"  # "ok", an HTTP status, "stream error", "timeout", "connection error"
+    sent: float = 0.0  # time.perf_counter() when the request was sent
     ttft: float | None = None
     itls: list[float] = field(default_factory=list)
     output_tokens: int = 0
@@ -367,8 +368,8 @@ def read_extra_body(path: str) -> dict[str, object]:
 
 async def _stream_one(session: aiohttp.ClientSession, plan: LoadPlan, model: str) -> RequestRecord:
     path = "chat/completions" if plan.endpoint == "chat" else "completions"
-    record = RequestRecord()
     sent = last = time.perf_counter()
+    record = RequestRecord(sent=sent)
     chunks = 0
     usage_tokens: int | None = None
     try:

@@ -13,6 +13,8 @@ gets one warm-up request first.
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import socket
 import statistics
 import subprocess
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -65,6 +68,15 @@ def wait_until_ready(
         time.sleep(0.25)
     process.kill()
     raise TimeoutError("server did not become ready")
+
+
+def recorded_by(server: subprocess.Popen[bytes], dump: str) -> Any:
+    """What a server patched with recorders wrote to `dump` as JSON when sent SIGUSR1."""
+    server.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while not Path(dump).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return json.loads(Path(dump).read_text())
 
 
 def start_server(log: Path, options: list[str]) -> tuple[subprocess.Popen[bytes], str]:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bench_serve_overhead import PROMPT, free_port, wait_until_ready
+from bench_serve_overhead import PROMPT, free_port, recorded_by, wait_until_ready
 
 HOPS = (
     ("send → ASGI", "send", "asgi"),
@@ -49,14 +49,14 @@ HOPS = (
 def serve(port: int, model: str | None, device: str, dump: str) -> None:
     """The server subprocess: `ember serve` with the timestamps patched in."""
     from ember.engine.config import EngineConfig
-    from ember.serve import engine_client, openai_routes
+    from ember.serve import engine_client, generation_runner, openai_routes
     from ember.serve import server as server_module
     from ember.serve.config import ServerConfig
 
     marks: dict[str, dict[str, float]] = {}  # request id -> stamp name -> perf_counter
     entered: contextvars.ContextVar[tuple[float, float]] = contextvars.ContextVar("entered")
-    routes = openai_routes.OpenAIRoutes
-    completions, start, events = routes.completions, routes._start, routes._events
+    routes, runner = openai_routes.OpenAIRoutes, generation_runner.GenerationRunner
+    completions, start, events = routes.completions, runner.start, routes._events
 
     async def timed_completions(self: Any, request: Any) -> Any:
         entered.set((request.scope["ember_asgi"], time.perf_counter()))
@@ -96,7 +96,7 @@ def serve(port: int, model: str | None, device: str, dump: str) -> None:
         return stamped
 
     routes.completions = timed_completions  # type: ignore[method-assign]
-    routes._start = timed_start  # type: ignore[method-assign]
+    runner.start = timed_start  # type: ignore[method-assign]
     routes._events = timed_events  # type: ignore[method-assign]
     engine_client.EngineClient._on_step = timed_on_step  # type: ignore[method-assign]
     server_module.build_app = timed_build_app  # type: ignore[assignment]
@@ -177,11 +177,7 @@ def main() -> None:
     try:
         model = httpx.get(url + "/v1/models", timeout=30).json()["data"][0]["id"]
         results = asyncio.run(burst(url, model, args.streams, args.max_tokens))
-        server.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 30
-        while not Path(dump).exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        marks = json.loads(Path(dump).read_text())
+        marks = recorded_by(server, dump)
     finally:
         server.terminate()
         server.wait(120)

@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from bench_serve_overhead import free_port, wait_until_ready
+from bench_serve_overhead import free_port, recorded_by, wait_until_ready
 
 from ember.bench.serve_load import LoadPlan, LoadReport, run_load_async
 
@@ -209,11 +209,7 @@ def main() -> None:
         os.killpg(load.pid, signal.SIGKILL)
         load.wait(60)
         print(f"interactive beside flood: {percentiles(loaded)}")
-        server.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 30
-        while not Path(dump).exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        trace = json.loads(Path(dump).read_text())
+        trace = recorded_by(server, dump)
     finally:
         server.terminate()
         server.wait(120)

@@ -175,3 +175,57 @@ def test_prefill_chunk_after_cached_prefix_matches_numpy(
         for d in (*devs, out):
             d.free()
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    ("q_heads", "kv_heads", "head_dim"),
+    [(9, 3, 64), (32, 8, 64), (32, 8, 128), (16, 8, 128), (8, 8, 128), (24, 3, 64), (4, 4, 64)],
+    ids=["smollm2", "llama-1b", "llama-8b", "g2", "g1", "g8", "g1-hd64"],
+)
+def test_rows_kernel_gives_the_attention_kernels_bits(
+    attention: Attention, stream: Stream, q_heads: int, kv_heads: int, head_dim: int
+) -> None:
+    """Every token, whichever block it shares and with whom: a 600-token prefill from key 0
+    (tiles of 256 past their rows' ends), a chunk after a cached prefix, decode rows of other
+    sequences between them, a one-token chunk and padded rows, so that blocks straddle
+    sequences at every offset. The rows kernel's output is the unsplit kernel's, bit for bit
+    (which the tests above check against NumPy), for every block size it offers."""
+    block = 16
+    rng = np.random.default_rng(head_dim + q_heads)
+    lengths = [600, 72, 300, 5, 1000]  # tokens each sequence has in the cache
+    width = max(-(-n // block) for n in lengths)
+    num_blocks = len(lengths) * width + 2
+    tables = rng.permutation(num_blocks)[: len(lengths) * width]
+    tables = tables.reshape(len(lengths), width).astype(np.int32)
+    cache_shape = (num_blocks * block, kv_heads, head_dim)
+    k_cache = rng.standard_normal(cache_shape).astype(np.float16)
+    v_cache = rng.standard_normal(cache_shape).astype(np.float16)
+    rows = [(0, p) for p in range(600)]  # a whole prefill
+    rows.insert(37, (2, 299))  # a decode row inside it
+    rows += [(1, p) for p in range(40, 72)]  # a chunk after 40 cached keys
+    rows += [(3, 4), (0, -1), (4, 999), (2, -1)]  # a one-token chunk, decode, padding
+    positions = np.array([p for _, p in rows], np.int32)
+    token_seq = np.array([s for s, _ in rows], np.int32)
+    tokens = len(rows)
+    qkv = rng.standard_normal((tokens, (q_heads + 2 * kv_heads) * head_dim)).astype(np.float32)
+    arrays = [qkv, k_cache, v_cache, positions, token_seq, tables]
+    devs = [DeviceArray.from_numpy(a) for a in arrays]
+    out = DeviceArray.empty((tokens, q_heads * head_dim), np.float32)
+    try:
+        attention.attention_launch(*devs, out, block)(stream)
+        stream.synchronize()
+        want = out.to_numpy()
+        offered = attention.rows_per_block(head_dim, q_heads // kv_heads)
+        assert offered, "every model shape we run has a rows kernel"
+        for rows_per_block in offered:
+            out.buffer.memset_d32(0x7FC00000)  # NaN: every element must be written
+            attention.rows_launch(*devs, out, block, rows_per_block)(stream)
+            stream.synchronize()
+            got = out.to_numpy()
+            assert got.view(np.uint32).tobytes() == want.view(np.uint32).tobytes(), (
+                f"{rows_per_block} tokens a block: "
+                f"{np.flatnonzero((got != want).any(axis=1)).tolist()[:10]} differ"
+            )
+    finally:
+        for d in (*devs, out):
+            d.free()

@@ -175,6 +175,16 @@ def drive_attention(module: StandInModule) -> None:
         f32(partials_size(tokens, q_heads, head_dim, splits)),
         i32(counters_size(tokens, kv_heads)),
     )()
+    family.rows_launch(
+        f32(tokens, (q_heads + 2 * kv_heads) * head_dim),
+        cache,
+        cache,
+        i32(tokens),
+        i32(tokens),
+        i32(1, 4),
+        f32(tokens, q_heads * head_dim),
+        16,
+    )()
 
 
 def drive_quant_gemm(module: StandInModule) -> None:
@@ -554,3 +564,21 @@ def test_the_image_check_names_the_kernel_and_parameter(
     with pytest.raises(CudaError, match=message) as caught:
         gpu_module.check_image_params(None, "kernel k of test", (Arg.PTR, Arg.I64, Arg.I32))
     assert "kernel k of test" in str(caught.value)
+
+
+def test_attention_rows_kernels_cover_the_llama_shapes_and_refuse_what_they_lack() -> None:
+    family = Attention(StandInModule())  # type: ignore[arg-type]
+    assert family.rows_per_block(128, 4)[0] >= 2  # Llama 8B and Qwen3 8B
+    assert family.rows_per_block(64, 4)[0] >= 4  # Llama 3.2 1B
+    assert family.rows_per_block(64, 3)[0] >= 5  # SmolLM2
+    tokens, q_heads, kv_heads, head_dim = 3, 16, 2, 128  # G = 8: no rows kernel
+    cache = device_array((64, kv_heads, head_dim), np.float16)
+    arrays = (f32(tokens, (q_heads + 2 * kv_heads) * head_dim), cache, cache)
+    arrays += (i32(tokens), i32(tokens), i32(1, 4), f32(tokens, q_heads * head_dim))
+    with pytest.raises(ValueError, match="no rows kernel of any tokens for head_dim 128 with 8"):
+        family.rows_launch(*arrays, 16)
+    cache = device_array((64, 4, head_dim), np.float16)
+    arrays = (f32(tokens, 24 * head_dim), cache, cache)
+    arrays += (i32(tokens), i32(tokens), i32(1, 4), f32(tokens, 16 * head_dim))
+    with pytest.raises(ValueError, match="no rows kernel of 3 tokens"):
+        family.rows_launch(*arrays, 16, rows=3)

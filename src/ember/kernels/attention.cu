@@ -269,6 +269,197 @@ __device__ __forceinline__ void attend(
     if (threadIdx.x == 0) *counter = 0;  // ready for the next launch
 }
 
+// The same attention as `attend` for up to R consecutive query tokens a block, unsplit and
+// without a sliding window: the tokens of one sequence share each tile's K and V rows (read
+// once for R * G query heads, where `attend` reads them once per token), which is what a
+// prefill chunk spends its time on. Each (token, head) row takes exactly `attend`'s
+// arithmetic in `attend`'s order, so its output is the same bits: a tile's keys in the same
+// threads, its scores as the same fma chain over the dimensions, the same butterfly and warp
+// order for the tile's max and sum, its values' p * v in the same order per thread and the
+// KG partial sums added in the same order. A row's keys past its own end (a later token of
+// the chunk sees more) are -inf scores and 0 probabilities there, as a thread without a key
+// is in `attend`, and take no part in the value sums; a tile beyond its end leaves its state
+// untouched (as `attend`, which never reaches that tile). Tokens of different sequences in one
+// block (chunk boundaries, decode rows) are computed in turns, one sequence a turn. A padded
+// row (position < 0) gets zeros.
+template <int HD, int G, int R>
+__device__ __forceinline__ void attend_rows(
+    const float* __restrict__ qkv, const half* __restrict__ k_cache,
+    const half* __restrict__ v_cache, const int* __restrict__ positions,
+    const int* __restrict__ token_seq, const int* __restrict__ block_tables, int table_stride,
+    float* __restrict__ out, int tokens, int kv_heads, int block_shift, float scale_log2) {
+    static_assert(HD % 8 == 0 && THREADS % (HD / 2) == 0, "a thread's value dims: a half2");
+    static_assert(R >= 1 && R <= 32, "a block's tokens fit a 32-bit mask");
+    constexpr int RG = R * G;  // query rows of the block: token i's head g is row i * G + g
+    constexpr int PAIRS = HD / 2;
+    constexpr int KG = THREADS / PAIRS;
+    constexpr int P_FLOATS = RG * THREADS;  // a tile's probabilities
+    constexpr int ACC_FLOATS = KG * RG * PAIRS * 2;  // the value sums, after the last tile
+    __shared__ float s_q[RG][HD];
+    __shared__ long long s_row[THREADS];
+    __shared__ float s_scratch[RG][WARPS];
+    __shared__ float s_l[RG];
+    __shared__ __align__(16) float s_buf[P_FLOATS > ACC_FLOATS ? P_FLOATS : ACC_FLOATS];
+    auto s_p = reinterpret_cast<float (*)[THREADS]>(s_buf);
+    auto s_acc = reinterpret_cast<float2 (*)[RG][PAIRS]>(s_buf);
+
+    ember::await_prior_grid();
+    const int t0 = blockIdx.x * R;
+    const int h = blockIdx.y;
+    const int tid = threadIdx.x;
+    const int q_heads = kv_heads * G;
+    const long long row_floats = static_cast<long long>(q_heads + 2 * kv_heads) * HD;
+    const int block_mask = (1 << block_shift) - 1;
+    const int pair = tid % PAIRS;
+    const int kg = tid / PAIRS;
+
+    int ends[R];  // one past each token's own key (0: a padded row)
+    int seqs[R];
+    unsigned todo = 0;  // tokens of this block not yet computed
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+        const int t = t0 + i;
+        ends[i] = t < tokens ? max(positions[t] + 1, 0) : 0;
+        seqs[i] = t < tokens ? token_seq[t] : -1;
+        if (t < tokens) todo |= 1u << i;
+    }
+
+    while (todo) {
+        // This turn: the tokens of the first remaining token's sequence.
+        int seq = 0;
+#pragma unroll
+        for (int i = R - 1; i >= 0; --i)
+            if (todo >> i & 1) seq = seqs[i];
+        unsigned active = 0;
+        int turn_end = 0;
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+            if ((todo >> i & 1) && seqs[i] == seq) {
+                active |= 1u << i;
+                turn_end = max(turn_end, ends[i]);
+            }
+        }
+        todo &= ~active;
+        const int* table = block_tables + static_cast<long long>(seq) * table_stride;
+        for (int x = tid; x < RG * HD; x += THREADS) {
+            const int r = x / HD;
+            if (active >> (r / G) & 1)
+                s_q[r][x % HD] =
+                    qkv[(t0 + r / G) * row_floats + h * G * HD + r % G * HD + x % HD] * scale_log2;
+        }
+        __syncthreads();  // s_q, and every warp is done with the previous turn's s_buf
+
+        float m[RG], l[RG];
+        float2 acc[RG];
+#pragma unroll
+        for (int r = 0; r < RG; ++r) {
+            m[r] = -INFINITY;
+            l[r] = 0.0f;
+            acc[r] = make_float2(0.0f, 0.0f);
+        }
+        for (int base = 0; base < turn_end; base += THREADS) {
+            const int n = min(THREADS, turn_end - base);
+            const bool has_key = tid < n;
+            uint4 k[HD / 8];
+            if (has_key) {
+                const int j = base + tid;
+                const long long slot =
+                    (static_cast<long long>(table[j >> block_shift]) << block_shift) |
+                    (j & block_mask);
+                const long long at = (slot * kv_heads + h) * HD;
+                s_row[tid] = at;
+                const uint4* k_row = reinterpret_cast<const uint4*>(k_cache + at);
+#pragma unroll
+                for (int c = 0; c < HD / 8; ++c) k[c] = k_row[c];
+            }
+            // Row r sees this thread's key, and has keys in this tile at all.
+            bool sees[RG], in_tile[RG];
+            float s[RG];
+#pragma unroll
+            for (int r = 0; r < RG; ++r) {
+                const int i = r / G;
+                in_tile[r] = (active >> i & 1) && base < ends[i];
+                sees[r] = in_tile[r] && has_key && base + tid < ends[i];
+                s[r] = sees[r] ? 0.0f : -INFINITY;
+            }
+#pragma unroll
+            for (int c = 0; c < HD / 8; ++c) {
+                const half2* k2 = reinterpret_cast<const half2*>(&k[c]);
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float2 kf = __half22float2(k2[e]);
+#pragma unroll
+                    for (int r = 0; r < RG; ++r) {
+                        if (!sees[r]) continue;
+                        s[r] = fmaf(s_q[r][c * 8 + 2 * e], kf.x, s[r]);
+                        s[r] = fmaf(s_q[r][c * 8 + 2 * e + 1], kf.y, s[r]);
+                    }
+                }
+            }
+            float tile_max[RG];
+#pragma unroll
+            for (int r = 0; r < RG; ++r) tile_max[r] = s[r];
+            block_reduce<RG, true>(tile_max, s_scratch);
+            float p_sum[RG];
+#pragma unroll
+            for (int r = 0; r < RG; ++r) {
+                p_sum[r] = 0.0f;
+                if (in_tile[r]) {
+                    const float m_new = fmaxf(m[r], tile_max[r]);  // finite: the row has a key
+                    const float c = exp2f(m[r] - m_new);
+                    l[r] *= c;
+                    acc[r].x *= c;
+                    acc[r].y *= c;
+                    m[r] = m_new;
+                    p_sum[r] = exp2f(s[r] - m_new);  // 0 where the row does not see the key
+                }
+                s_p[r][tid] = p_sum[r];
+            }
+            block_reduce<RG, false>(p_sum, s_scratch);  // its barriers also publish s_p, s_row
+#pragma unroll
+            for (int r = 0; r < RG; ++r)
+                if (in_tile[r]) l[r] += p_sum[r];
+#pragma unroll 4
+            for (int jj = kg; jj < n; jj += KG) {
+                const float2 v = __half22float2(
+                    *reinterpret_cast<const half2*>(v_cache + s_row[jj] + 2 * pair));
+#pragma unroll
+                for (int r = 0; r < RG; ++r) {
+                    if (!in_tile[r] || base + jj >= ends[r / G]) continue;
+                    const float p = s_p[r][jj];
+                    acc[r].x = fmaf(p, v.x, acc[r].x);
+                    acc[r].y = fmaf(p, v.y, acc[r].y);
+                }
+            }
+            __syncthreads();  // the next tile overwrites s_p and s_row
+        }
+
+        // Every thread holds each row's l (the block sums'); s_buf is free since the last
+        // tile's barrier (or, with no tile, the turn's first).
+#pragma unroll
+        for (int r = 0; r < RG; ++r) {
+            s_acc[kg][r][pair] = acc[r];
+            if (tid == 0) s_l[r] = l[r];
+        }
+        __syncthreads();
+        for (int x = tid; x < RG * HD; x += THREADS) {
+            const int r = x / HD;
+            const int d = x % HD;
+            if (!(active >> (r / G) & 1)) continue;
+            float o = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < KG; ++kk) {
+                const float2 a = s_acc[kk][r][d / 2];
+                o += d & 1 ? a.y : a.x;
+            }
+            const float l_r = s_l[r];
+            out[static_cast<long long>(t0 + r / G) * q_heads * HD + (h * G + r % G) * HD + d] =
+                l_r > 0.0f ? o / l_r : 0.0f;
+        }
+        __syncthreads();  // the next turn overwrites s_q, s_acc and s_l
+    }
+}
+
 }  // namespace ember_attention
 
 // qkv [T, (kv_heads * G + 2 kv_heads) * HD] float32 (q heads first, rotated); caches
@@ -302,4 +493,33 @@ EMBER_ATTENTION_SHAPES(EMBER_PAGED_ATTENTION)
 
 #define EMBER_ATTENTION_SHAPE(HD, G) HD, G,
 EMBER_EXPORT_CONST(shapes, EMBER_ATTENTION_SHAPES(EMBER_ATTENTION_SHAPE))  // (head_dim, G) pairs
+
+// attend_rows, R tokens a block: the same arguments as paged_attention (less the split
+// workspace and the window, plus T), grid (ceil(T / R), kv_heads), block 32 * WARPS. Each
+// token's output is paged_attention's, bit for bit, with one split and no window.
+#define EMBER_PAGED_ATTENTION_ROWS(HD, G, R)                                                  \
+    extern "C" __global__ void __launch_bounds__(ember_attention::THREADS)                   \
+        paged_attention_rows_hd##HD##_g##G##_r##R(                                            \
+            const float* __restrict__ qkv, const half* __restrict__ k_cache,                  \
+            const half* __restrict__ v_cache, const int* __restrict__ positions,              \
+            const int* __restrict__ token_seq, const int* __restrict__ block_tables,          \
+            int table_stride, float* __restrict__ out, int tokens, int kv_heads,              \
+            int block_shift, float scale_log2) {                                              \
+        ember_attention::attend_rows<HD, G, R>(qkv, k_cache, v_cache, positions, token_seq,   \
+                                               block_tables, table_stride, out, tokens,       \
+                                               kv_heads, block_shift, scale_log2);            \
+    }                                                                                         \
+    EMBER_EXPORT_PARAMS(paged_attention_rows_hd##HD##_g##G##_r##R)
+
+// (head_dim, G, tokens a block): 16 query rows a block where head_dim is 64 (SmolLM2's 3 heads a
+// kv head take 15), 8 where it is 128 (its K row takes twice the registers); and half as many
+// tokens for the Llama shapes, to compare.
+#define EMBER_ATTENTION_ROWS_SHAPES(X)                                                       \
+    X(64, 1, 16) X(64, 2, 8) X(64, 3, 5) X(64, 3, 2) X(64, 4, 4) X(64, 4, 2) X(64, 7, 2)          \
+        X(64, 8, 2) X(128, 1, 8) X(128, 2, 4) X(128, 4, 2) X(128, 4, 4)
+
+EMBER_ATTENTION_ROWS_SHAPES(EMBER_PAGED_ATTENTION_ROWS)
+
+#define EMBER_ATTENTION_ROWS_SHAPE(HD, G, R) HD, G, R,
+EMBER_EXPORT_CONST(rows_shapes, EMBER_ATTENTION_ROWS_SHAPES(EMBER_ATTENTION_ROWS_SHAPE))
 EMBER_EXPORT_CONST(threads, ember_attention::THREADS)  // a block's

@@ -34,10 +34,17 @@ def main() -> int:
         action="store_true",
         help="K-quant products of many rows on the int8 tensor-core GEMM (CudaLlama.use_mmq)",
     )
+    parser.add_argument(
+        "--attention-rows",
+        action="store_true",
+        help="prefill's attention on the rows kernels (CudaLlama.attention_rows)",
+    )
     args = parser.parse_args()
     engine = LLMEngine(EngineConfig(model=args.model, device="cuda", show_progress=False))
     if args.mmq:
         engine.runner.backend.use_mmq = True  # type: ignore[attr-defined]
+    if args.attention_rows:
+        engine.runner.backend.attention_rows = True  # type: ignore[attr-defined]
     rng = np.random.default_rng(0)
     walls = [bench_prefill(engine, args.prompt_tokens, rng).seconds for _ in range(args.runs)]
     best = min(walls[1:] or walls)

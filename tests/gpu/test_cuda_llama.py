@@ -199,6 +199,24 @@ def test_fused_and_separate_decode_kernels_agree(
         assert_same_up_to_a_near_tie(f"prompt {i}", got[:16], want[:16], tops)
 
 
+def test_attention_rows_kernels_give_the_same_tokens_and_logprobs(
+    cuda_model: LoadedModel, golden: dict[str, np.ndarray]
+) -> None:
+    """Prefill steps on the attention rows kernels (several tokens of a prompt a block) give
+    the very tokens and top logprobs of the one-token kernel: the same bits, no near tie."""
+    backend = cuda_model.backend
+    assert isinstance(backend, CudaLlama)
+    prompts = [golden[f"prompt_{i}"].tolist() for i in range(NUM_PROMPTS)]
+    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True, logprobs=5)
+    one_token = generate_with_tops(engine(cuda_model), prompts, params)
+    backend.attention_rows = True
+    try:
+        rows = generate_with_tops(engine(cuda_model), prompts, params)
+    finally:
+        backend.attention_rows = False
+    assert rows == one_token
+
+
 def test_async_steps_match_sync_steps(
     cuda_model: LoadedModel, golden: dict[str, np.ndarray]
 ) -> None:

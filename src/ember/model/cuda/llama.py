@@ -94,6 +94,11 @@ _FUSED_MAX_TOKENS: Final = 4
 # (scripts/profile_prefill.py [--mmq]; tests/gpu/test_cuda_kquant_families.py). At 128 rows it
 # was slower but on gate/up.
 _MMQ_MIN_ROWS: Final = 256
+# With `attention_rows` (off by default), steps of at least this many tokens a sampled row
+# (mostly prefill chunks) run attention.cu's rows kernels, which read each key and value once
+# for several tokens of one sequence (the same bits as the one-token kernel). Not yet measured
+# (scripts/bench_attention.py, scripts/profile_prefill.py --attention-rows).
+_ROWS_MIN_TOKENS_PER_ROW: Final = 4
 
 
 def buckets(limit: int) -> list[int]:
@@ -180,6 +185,7 @@ class CudaLlama:
         # x quantised to int8 for quant_mmq, for the step's largest x: only while `use_mmq`.
         self._mmq_workspace: DeviceArray | None = None
         self._use_mmq = False  # see _MMQ_MIN_ROWS
+        self._attention_rows = False  # see _ROWS_MIN_TOKENS_PER_ROW
         self._max_tokens = 0  # a step's most tokens (reserve)
         self._inv_freq = DeviceArray.from_numpy(radians_per_position(config.rope))
         self.use_graphs = True
@@ -206,6 +212,16 @@ class CudaLlama:
         self._use_mmq = on
         self._drop_graphs()
         self._size_mmq_workspace()
+
+    @property
+    def attention_rows(self) -> bool:
+        """Whether prefill-heavy steps run the attention rows kernels (_ROWS_MIN_TOKENS_PER_ROW)."""
+        return self._attention_rows
+
+    @attention_rows.setter
+    def attention_rows(self, on: bool) -> None:
+        self._attention_rows = on
+        self._drop_graphs()
 
     def _size_mmq_workspace(self) -> None:
         """The MMQ workspace for the reserved steps' largest x, or none where MMQ cannot run."""
@@ -624,20 +640,26 @@ class CudaLlama:
         )
 
     def _attention(self, layer: int, tokens: int, a: ActivationViews, s: StepArrays) -> Launch:
+        c = self._config
         k_cache, v_cache = self._layer_cache(layer)
-        return self.kernels.attention.attention_launch(
-            a.qkv,
-            k_cache,
-            v_cache,
-            s.positions,
-            s.token_seq,
-            s.block_tables,
-            a.attn,
+        arrays = (a.qkv, k_cache, v_cache, s.positions, s.token_seq, s.block_tables, a.attn)
+        attention = self.kernels.attention
+        splits = self._splits(tokens)
+        if (
+            self._attention_rows
+            and splits == 1
+            and c.sliding_window is None
+            and tokens >= _ROWS_MIN_TOKENS_PER_ROW * a.last.shape[0]
+            and attention.rows_per_block(c.head_dim, c.n_heads // c.n_kv_heads)
+        ):
+            return attention.rows_launch(*arrays, self.block_size)
+        return attention.attention_launch(
+            *arrays,
             self.block_size,
-            self._splits(tokens),
+            splits,
             a.partials,
             a.counters,
-            window=self._config.sliding_window,
+            window=c.sliding_window,
         )
 
     def _attention_block(

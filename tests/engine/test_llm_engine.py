@@ -244,3 +244,39 @@ def test_priority_preemption_gives_same_outputs(
     assert engine.stats().num_preemptions == 2
     assert admitted[:4] == [0, 1, 2, 3] and sorted(admitted[4:]) == [0, 1, 4]
     assert engine.stats().kv_usage == 0.0
+
+
+def test_an_interactive_arrival_beside_a_batch_flood_gets_its_first_token_from_its_own_step(
+    make_tiny_llm: MakeLLM,
+) -> None:
+    """Eight batch requests decoding; an interactive one arrives: the next step is its own
+    (its prefill, its first token; no batch token), counted in the stats, and the batch goes on
+    at the step after it. Everyone's tokens are those they get alone."""
+    engine = make_tiny_llm(max_num_seqs=16).engine
+    bulk, chat = Scheduling(priority=2, tenant="bulk"), Scheduling(priority=0, tenant="chat")
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    got: dict[int, list[int]] = {}
+
+    def step() -> set[int]:
+        stepped = set()
+        for out in engine.step():
+            got.setdefault(out.request_id, []).extend(out.new_token_ids)
+            stepped.add(out.request_id)
+        return stepped
+
+    for i in range(8):
+        engine.add_request(i, PROMPTS[i % len(PROMPTS)], params, scheduling=bulk)
+    while len(got) < 8:  # their prefills, a few a step on the CPU
+        step()
+    assert step() == set(range(8))  # all decoding
+    engine.add_request(8, PROMPTS[0], params, scheduling=chat)
+    assert step() == {8} and len(got[8]) == 1
+    assert engine.stats().num_urgent_steps == 1
+    assert step() == set(range(9))  # never two in a row: everyone
+    while engine.has_unfinished_requests():
+        step()
+    alone = make_tiny_llm().generate(PROMPTS, params)
+    assert [got[i] for i in range(9)] == [alone[i % len(PROMPTS)].token_ids for i in range(8)] + [
+        alone[0].token_ids
+    ]
+    assert engine.stats().num_urgent_steps == 1

@@ -21,3 +21,5 @@ class EngineStats:
     # none are left out.
     running_by_priority: dict[int, int] = field(default_factory=dict)
     waiting_by_priority: dict[int, int] = field(default_factory=dict)
+    # Steps the scheduler gave to a more urgent class's arrival alone (engine/scheduler.py).
+    num_urgent_steps: int = 0

@@ -399,6 +399,7 @@ class LLMEngine:
             last_batch_tokens=self._last_batch_tokens,
             running_by_priority=self.scheduler.running_by_priority(),
             waiting_by_priority=self.scheduler.waiting.counts_by_priority(),
+            num_urgent_steps=self.scheduler.num_urgent_steps,
         )
 
     def _advance(

@@ -251,6 +251,9 @@ class ServerMetrics:
             "vllm:prefix_cache_hits", "Prefix cache hits, in prompt tokens served from cache."
         )
         self.preemptions = counter("vllm:num_preemptions", "Sequences preempted by the engine.")
+        self.urgent_steps = counter(
+            "ember:urgent_steps", "Engine steps given to a more urgent class's arrival alone."
+        )
         self.prompt_tokens = counter("vllm:prompt_tokens", "Prompt tokens of started sequences.")
         self.generation_tokens = counter("vllm:generation_tokens", "Generated tokens.")
         self.iteration_tokens = histogram(
@@ -316,10 +319,12 @@ class ServerMetrics:
             self.prefix_queries.inc(max(0, stats.prefix_cache_queries - last.prefix_cache_queries))
             self.prefix_hits.inc(max(0, stats.prefix_cache_hits - last.prefix_cache_hits))
             self.preemptions.inc(max(0, stats.num_preemptions - last.num_preemptions))
+            self.urgent_steps.inc(max(0, stats.num_urgent_steps - last.num_urgent_steps))
         else:
             self.prefix_queries.inc(stats.prefix_cache_queries)
             self.prefix_hits.inc(stats.prefix_cache_hits)
             self.preemptions.inc(stats.num_preemptions)
+            self.urgent_steps.inc(stats.num_urgent_steps)
         self._last_stats = stats
         if stats.last_batch_size:
             self.batch_size.observe(stats.last_batch_size)

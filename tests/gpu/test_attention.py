@@ -179,8 +179,18 @@ def test_prefill_chunk_after_cached_prefix_matches_numpy(
 
 @pytest.mark.parametrize(
     ("q_heads", "kv_heads", "head_dim"),
-    [(9, 3, 64), (32, 8, 64), (32, 8, 128), (16, 8, 128), (8, 8, 128), (24, 3, 64), (4, 4, 64)],
-    ids=["smollm2", "llama-1b", "llama-8b", "g2", "g1", "g8", "g1-hd64"],
+    [
+        (9, 3, 64),
+        (32, 8, 64),
+        (32, 8, 128),
+        (16, 8, 128),
+        (8, 8, 128),
+        (24, 3, 64),
+        (4, 4, 64),
+        (14, 2, 64),
+        (16, 8, 64),
+    ],
+    ids=["smollm2", "llama-1b", "llama-8b", "g2", "g1", "g8", "g1-hd64", "qwen2.5-0.5b", "g2-hd64"],
 )
 def test_rows_kernel_gives_the_attention_kernels_bits(
     attention: Attention, stream: Stream, q_heads: int, kv_heads: int, head_dim: int
@@ -202,6 +212,7 @@ def test_rows_kernel_gives_the_attention_kernels_bits(
     v_cache = rng.standard_normal(cache_shape).astype(np.float16)
     rows = [(0, p) for p in range(600)]  # a whole prefill
     rows.insert(37, (2, 299))  # a decode row inside it
+    rows.insert(101, (0, -1))  # padding as the engine writes it: sequence 0, position -1
     rows += [(1, p) for p in range(40, 72)]  # a chunk after 40 cached keys
     rows += [(3, 4), (0, -1), (4, 999), (2, -1)]  # a one-token chunk, decode, padding
     positions = np.array([p for _, p in rows], np.int32)

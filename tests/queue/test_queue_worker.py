@@ -105,7 +105,9 @@ def test_kill_9_of_a_worker_with_1000_jobs_loses_none_and_stores_each_once(
 def test_a_generation_longer_than_the_ack_wait_is_delivered_once_and_sigterm_finishes_it(
     nats: EmbeddedNats, tmp_path: Path
 ) -> None:
-    settings = QueueSettings(ack_wait_seconds=1.0)
+    # The job takes ~0.8 s on a 2-core machine: two ack waits (it took more than 1 s when
+    # the machines were busier, and the ack wait was 1 s).
+    settings = QueueSettings(ack_wait_seconds=0.4)
 
     async def main() -> None:
         queue = await JobQueue.connect(nats.url, settings)
@@ -117,7 +119,8 @@ def test_a_generation_longer_than_the_ack_wait_is_delivered_once_and_sigterm_fin
         try:
             await wait_until(lambda: _status(queue, job.id, JobStatus.IN_PROGRESS), 120,
                              "the job runs")  # fmt: skip
-            await asyncio.sleep(1.5)  # past the ack wait
+            await asyncio.sleep(1.25 * settings.ack_wait_seconds)  # past the ack wait
+            assert await _status(queue, job.id, JobStatus.IN_PROGRESS)  # still running
             worker.terminate()  # stops fetching, lets the running job finish
             assert await worker.wait(120) == 0, worker.output()
         finally:

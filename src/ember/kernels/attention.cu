@@ -460,7 +460,8 @@ __device__ __forceinline__ void attend_rows(
             out[static_cast<long long>(t0 + r / G) * q_heads * HD + (h * G + r % G) * HD + d] =
                 l_r > 0.0f ? o / l_r : 0.0f;
         }
-        __syncthreads();  // the next turn overwrites s_q, s_acc and s_l
+        // The next turn's first barrier (after s_q, which nothing here reads) comes before it
+        // writes s_buf, s_l or s_row.
     }
 }
 
@@ -516,8 +517,8 @@ EMBER_EXPORT_CONST(shapes, EMBER_ATTENTION_SHAPES(EMBER_ATTENTION_SHAPE))  // (h
     EMBER_EXPORT_PARAMS(paged_attention_rows_hd##HD##_g##G##_r##R)
 
 // (head_dim, G, tokens a block): 16 query rows a block where head_dim is 64 (SmolLM2's 3 heads a
-// kv head take 15), 8 where it is 128 (its K row takes twice the registers); and half as many
-// tokens for the Llama shapes, to compare.
+// kv head take 15), 8 where it is 128 (its K row takes twice the registers), and for the Llama
+// shapes a second size to compare (the 1B's 8 rows, the 8B's 16, which spills a little).
 #define EMBER_ATTENTION_ROWS_SHAPES(X)                                                       \
     X(64, 1, 16) X(64, 2, 8) X(64, 3, 5) X(64, 3, 2) X(64, 4, 4) X(64, 4, 2) X(64, 7, 2)          \
         X(64, 8, 2) X(128, 1, 8) X(128, 2, 4) X(128, 4, 2) X(128, 4, 4)

@@ -28,8 +28,8 @@ position (Llama 3's frequency factors and linear scaling folded in), and the sli
 
 `batch_invariant` (docs/batch_invariance.md): every projection, whatever its rows, runs the
 tensor-core GEMM's batch-invariant plan (no GEMV, no fused decode plan), and attention runs one
-block per token and kv head over its keys from key 0 (no splits), so a row's bits depend only
-on its own tokens, positions and context.
+block per token and kv head over its keys from key 0 (no splits; or `attention_rows`' kernels,
+the same bits), so a row's bits depend only on its own tokens, positions and context.
 """
 
 from __future__ import annotations

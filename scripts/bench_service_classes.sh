@@ -6,8 +6,10 @@
 #
 #   scripts/bench_service_classes.sh MODEL [DEVICE] [ROUNDS]
 #
-# Prints `ember bench serve --mix`'s tables; the interactive tenant's TTFT/ITL p99 under load
-# against its p99 alone, and the aggregate tok/s of both servers, are what to compare.
+# Prints `ember bench serve --mix`'s tables, then a line per round with what the issue's targets
+# compare: the interactive tenant's TTFT and ITL p99 beside the flood over its p99 alone (on the
+# server with classes; target <= 2x), the aggregate tok/s with classes over without (target
+# >= 95 %), and the batch tenant's share of the tokens.
 set -euo pipefail
 model=$1
 device=${2:-cuda}
@@ -50,8 +52,34 @@ for round in $(seq "$rounds"); do
     for port in 8130 8131; do
         name=$([ "$port" = 8130 ] && echo "with classes" || echo "without classes")
         echo "######## round $round, server $name, interactive alone"
-        ember bench serve --url "http://127.0.0.1:$port" --mix "$alone" --ignore-eos
+        ember bench serve --url "http://127.0.0.1:$port" --mix "$alone" --ignore-eos \
+            --json "$dir/alone-$round-$port.json"
         echo "######## round $round, server $name, interactive + batch"
-        ember bench serve --url "http://127.0.0.1:$port" --mix "$loaded" --ignore-eos
+        ember bench serve --url "http://127.0.0.1:$port" --mix "$loaded" --ignore-eos \
+            --json "$dir/loaded-$round-$port.json"
     done
 done
+python3 - "$dir" "$rounds" <<'PY'
+import json
+import sys
+
+directory, rounds = sys.argv[1], int(sys.argv[2])
+def figures(phase, round_, port):
+    with open(f"{directory}/{phase}-{round_}-{port}.json") as f:
+        return json.load(f)
+print("round | TTFT p99 alone / beside (x) | ITL p99 alone / beside (x) | aggregate with / "
+      "without classes | batch share")
+for r in range(1, rounds + 1):
+    alone = figures("alone", r, 8130)["tenants"]["interactive"]
+    loaded = figures("loaded", r, 8130)
+    chat = loaded["tenants"]["interactive"]
+    plain = figures("loaded", r, 8131)["aggregate"]["output_tokens_per_s"]
+    with_classes = loaded["aggregate"]["output_tokens_per_s"]
+    print(
+        f"{r} | {alone['ttft_p99_s']:.3f} / {chat['ttft_p99_s']:.3f} "
+        f"({chat['ttft_p99_s'] / alone['ttft_p99_s']:.1f}x) | {alone['itl_p99_s']:.3f} / "
+        f"{chat['itl_p99_s']:.3f} ({chat['itl_p99_s'] / alone['itl_p99_s']:.1f}x) | "
+        f"{with_classes:,.0f} / {plain:,.0f} ({with_classes / plain:.1%}) | "
+        f"{loaded['tenants']['batch']['output_token_share']:.1%}"
+    )
+PY

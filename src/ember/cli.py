@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -397,6 +398,12 @@ def _add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
         help="load-generating processes (default: one per 64 streams, at most a quarter of "
         "the cores)",
     )
+    add(
+        "--json",
+        default=None,
+        metavar="FILE",
+        help="also write the figures to FILE as JSON (with --mix: per tenant and aggregate)",
+    )
 
 
 _NO_ASYNC_HELP = (
@@ -773,8 +780,10 @@ def _bench_serve(args: argparse.Namespace) -> int:
         default_processes,
         format_mix_report,
         format_report,
+        mix_figures,
         parse_mix,
         read_extra_body,
+        report_figures,
         run_load,
         run_mix,
     )
@@ -802,10 +811,19 @@ def _bench_serve(args: argparse.Namespace) -> int:
         extra_body=None if args.extra_body is None else read_extra_body(args.extra_body),
     )
     if args.mix is None:
-        print(format_report(plan, run_load(plan)))
-        return 0
-    loads = parse_mix(args.mix, plan, processes=args.processes)
-    print(format_mix_report(loads, run_mix(loads)))
+        report = run_load(plan)
+        print(format_report(plan, report))
+        figures = report_figures(report)
+    else:
+        loads = parse_mix(args.mix, plan, processes=args.processes)
+        reports = run_mix(loads)
+        print(format_mix_report(loads, reports))
+        figures = mix_figures(loads, reports)
+    if args.json is not None:
+        try:
+            Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+        except OSError as error:
+            raise EmberError(f"--json {args.json}: {error.strerror or error}") from None
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import statistics
 from collections.abc import Iterator
@@ -109,14 +110,23 @@ def tenants_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
 
 @pytest.mark.slow
 def test_bench_serve_mix_against_tenants(
-    tenants_server: RunningServer, capsys: pytest.CaptureFixture[str]
+    tenants_server: RunningServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """`ember bench serve --mix`: both tenants' loads at once, each in its own process, a
-    table per tenant with its share of the output tokens, and the aggregate; a key the server
-    does not know is counted as its 401s."""
+    table per tenant with its share of the output tokens, and the aggregate, also as JSON; a
+    key the server does not know is counted as its 401s."""
     argv = ["bench", "serve", "--url", tenants_server.url, "--endpoint", "completions"]
     argv += ["--model", MODEL, "--requests", "4", "--max-tokens", "4", "--ignore-eos"]
-    assert main([*argv, "--mix", "chat:key-chat:1:2,bulk:key-bulk:4,stranger:sk-nope:1"]) == 0
+    mix = ["--mix", "chat:key-chat:1:2,bulk:key-bulk:4,stranger:sk-nope:1"]
+    assert main([*argv, *mix, "--json", str(tmp_path / "mix.json")]) == 0
+    figures = json.loads((tmp_path / "mix.json").read_text())
+    tenants, everything = figures["tenants"], figures["aggregate"]
+    assert list(tenants) == ["chat", "bulk", "stranger"]
+    assert tenants["chat"]["output_tokens"] == 8 and tenants["bulk"]["output_tokens"] == 16
+    assert tenants["chat"]["output_token_share"] == pytest.approx(1 / 3)
+    assert tenants["stranger"]["errors"] == {"401": 4} and tenants["stranger"]["ttft_p99_s"] is None
+    assert everything["completed"] == 8 and everything["errors"] == {"401": 4}
+    assert 0 < tenants["chat"]["ttft_p50_s"] <= tenants["chat"]["ttft_p99_s"]
     text = capsys.readouterr().out
     chat, bulk, stranger, aggregate = text.split("\n\n")
     assert chat.startswith("== tenant chat") and "concurrency 1," in chat
@@ -130,6 +140,8 @@ def test_bench_serve_mix_against_tenants(
     assert re.search(r"errors +401: 4", aggregate) and "TTFT p50 / p99" in aggregate
     assert main([*argv, "--mix", "a:k:1", "--concurrency", "2"]) == 2
     assert "drop --api-key and --concurrency" in capsys.readouterr().err
+    assert main([*argv, *mix, "--json", str(tmp_path / "no" / "such" / "dir.json")]) == 2
+    assert "--json" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -437,13 +437,46 @@ def format_mix_report(loads: list[TenantLoad], reports: list[LoadReport]) -> str
                 ]
             )
         )
-    everything = LoadReport(
+    aggregate = [f"== aggregate of {len(loads)} tenants", *_figure_lines(_aggregate(reports))]
+    return "\n\n".join([*sections, "\n".join(aggregate)])
+
+
+def report_figures(report: LoadReport) -> dict[str, object]:
+    """The figures of `_figure_lines`, as numbers (None where there were none), for --json."""
+    return {
+        "duration_s": report.duration,
+        "requests": len(report.records),
+        "completed": len(report.completed),
+        "requests_per_s": report.requests_per_second,
+        "output_tokens": sum(r.output_tokens for r in report.completed),
+        "output_tokens_per_s": report.output_tokens_per_second,
+        "ttft_p50_s": report.ttft_percentile(50),
+        "ttft_p99_s": report.ttft_percentile(99),
+        "itl_p50_s": report.itl_percentile(50),
+        "itl_p99_s": report.itl_percentile(99),
+        "errors": dict(sorted(report.errors.items())),
+    }
+
+
+def mix_figures(loads: list[TenantLoad], reports: list[LoadReport]) -> dict[str, object]:
+    """`format_mix_report`'s figures as numbers: each tenant's (with its share of the output
+    tokens) under its label, and the aggregate's."""
+    tokens = [sum(r.output_tokens for r in report.completed) for report in reports]
+    total = sum(tokens)
+    tenants = {}
+    for load, report, own in zip(loads, reports, tokens, strict=True):
+        figures = report_figures(report)
+        figures["output_token_share"] = own / total if total else None
+        tenants[load.label] = figures
+    return {"tenants": tenants, "aggregate": report_figures(_aggregate(reports))}
+
+
+def _aggregate(reports: list[LoadReport]) -> LoadReport:
+    return LoadReport(
         ", ".join(sorted({r.model for r in reports})),
         max(r.duration for r in reports),
         [record for report in reports for record in report.records],
     )
-    aggregate = [f"== aggregate of {len(loads)} tenants", *_figure_lines(everything)]
-    return "\n\n".join([*sections, "\n".join(aggregate)])
 
 
 def _plan_lines(plan: LoadPlan, report: LoadReport) -> list[str]:

@@ -156,9 +156,12 @@ class LoadReport:
         return len(self.completed) / self.duration if self.duration > 0 else 0.0
 
     @property
+    def output_tokens(self) -> int:
+        return sum(r.output_tokens for r in self.completed)
+
+    @property
     def output_tokens_per_second(self) -> float:
-        tokens = sum(r.output_tokens for r in self.completed)
-        return tokens / self.duration if self.duration > 0 else 0.0
+        return self.output_tokens / self.duration if self.duration > 0 else 0.0
 
     def ttft_percentile(self, q: float) -> float | None:
         return _percentile([r.ttft for r in self.completed if r.ttft is not None], q)
@@ -422,11 +425,9 @@ def format_report(plan: LoadPlan, report: LoadReport) -> str:
 
 def format_mix_report(loads: list[TenantLoad], reports: list[LoadReport]) -> str:
     """The table per tenant with its share of the output tokens, then the aggregate."""
-    tokens = [sum(r.output_tokens for r in report.completed) for report in reports]
-    total = sum(tokens)
     sections = []
-    for load, report, own in zip(loads, reports, tokens, strict=True):
-        share = f"{own / total:.1%}" if total else "-"
+    for load, report, own in zip(loads, reports, _token_shares(reports), strict=True):
+        share = "-" if own is None else f"{own:.1%}"
         sections.append(
             "\n".join(
                 [
@@ -448,7 +449,7 @@ def report_figures(report: LoadReport) -> dict[str, object]:
         "requests": len(report.records),
         "completed": len(report.completed),
         "requests_per_s": report.requests_per_second,
-        "output_tokens": sum(r.output_tokens for r in report.completed),
+        "output_tokens": report.output_tokens,
         "output_tokens_per_s": report.output_tokens_per_second,
         "ttft_p50_s": report.ttft_percentile(50),
         "ttft_p99_s": report.ttft_percentile(99),
@@ -461,14 +462,18 @@ def report_figures(report: LoadReport) -> dict[str, object]:
 def mix_figures(loads: list[TenantLoad], reports: list[LoadReport]) -> dict[str, object]:
     """`format_mix_report`'s figures as numbers: each tenant's (with its share of the output
     tokens) under its label, and the aggregate's."""
-    tokens = [sum(r.output_tokens for r in report.completed) for report in reports]
-    total = sum(tokens)
     tenants = {}
-    for load, report, own in zip(loads, reports, tokens, strict=True):
+    for load, report, share in zip(loads, reports, _token_shares(reports), strict=True):
         figures = report_figures(report)
-        figures["output_token_share"] = own / total if total else None
+        figures["output_token_share"] = share
         tenants[load.label] = figures
     return {"tenants": tenants, "aggregate": report_figures(_aggregate(reports))}
+
+
+def _token_shares(reports: list[LoadReport]) -> list[float | None]:
+    """Each report's share of all the output tokens (None where there were none)."""
+    total = sum(report.output_tokens for report in reports)
+    return [report.output_tokens / total if total else None for report in reports]
 
 
 def _aggregate(reports: list[LoadReport]) -> LoadReport:

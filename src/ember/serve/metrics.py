@@ -9,7 +9,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
@@ -225,6 +225,10 @@ class QueueMetrics:
         self.reachable.set(0)
 
 
+# What a worker has counted before its first report.
+_NOTHING_COUNTED: Final = EngineStats(0, 0, 0.0, 0, 0, 0, 0, 0, 0)
+
+
 class ServerMetrics:
     def __init__(self, model_name: str, context_length: int) -> None:
         self.registry = CollectorRegistry()
@@ -314,17 +318,13 @@ class ServerMetrics:
         self.running.set(stats.num_running)
         self.waiting.set(stats.num_waiting)
         self.kv_usage.set(stats.kv_usage)
-        last = self._last_stats
-        if last is not None:
-            self.prefix_queries.inc(max(0, stats.prefix_cache_queries - last.prefix_cache_queries))
-            self.prefix_hits.inc(max(0, stats.prefix_cache_hits - last.prefix_cache_hits))
-            self.preemptions.inc(max(0, stats.num_preemptions - last.num_preemptions))
-            self.urgent_steps.inc(max(0, stats.num_urgent_steps - last.num_urgent_steps))
-        else:
-            self.prefix_queries.inc(stats.prefix_cache_queries)
-            self.prefix_hits.inc(stats.prefix_cache_hits)
-            self.preemptions.inc(stats.num_preemptions)
-            self.urgent_steps.inc(stats.num_urgent_steps)
+        # The engine's totals since it started; each counter takes what it grew by since the
+        # previous report (a new worker's first report: all of it).
+        before = self._last_stats or _NOTHING_COUNTED
+        self.prefix_queries.inc(max(0, stats.prefix_cache_queries - before.prefix_cache_queries))
+        self.prefix_hits.inc(max(0, stats.prefix_cache_hits - before.prefix_cache_hits))
+        self.preemptions.inc(max(0, stats.num_preemptions - before.num_preemptions))
+        self.urgent_steps.inc(max(0, stats.num_urgent_steps - before.num_urgent_steps))
         self._last_stats = stats
         if stats.last_batch_size:
             self.batch_size.observe(stats.last_batch_size)

@@ -149,27 +149,31 @@ def windows(report: LoadReport) -> list[tuple[str, float, float]]:
 
 def explain(report: LoadReport, steps: np.ndarray, lags: np.ndarray, slowest: int) -> None:
     step_times = steps[:, 0]
-    intervals = np.diff(step_times, prepend=step_times[0])
+    previous = np.concatenate([step_times[:1], step_times[:-1]])  # each step's predecessor
+    spans_of = windows(report)
     for kind in ("ttft", "itl"):
         spans = sorted(
-            (w for w in windows(report) if w[0] == kind), key=lambda w: w[2] - w[1], reverse=True
+            (w for w in spans_of if w[0] == kind), key=lambda w: w[2] - w[1], reverse=True
         )[:slowest]
         print(f"\nslowest {kind}: seconds; in the window: longest loop stall, longest step")
         print("interval, largest step (sequences / tokens), most waiting")
         stalled = stepped = 0
         for _, start, end in spans:
-            overlaps = (lags[:, 0] > start) & (lags[:, 0] - lags[:, 1] < end)
-            lag_in = lags[overlaps] if len(lags) else lags
-            inside = (step_times > start) & (step_times <= end)
+            lag_in = lags[(lags[:, 0] > start) & (lags[:, 0] - lags[:, 1] < end)]
             stall = float(lag_in[:, 1].max()) if len(lag_in) else 0.0
-            # A step that ended in the window, timed from the previous one or the window's start.
-            begun = np.maximum(step_times - intervals, start)
-            interval = float((step_times - begun)[inside].max()) if inside.any() else end - start
-            largest = steps[inside][np.argmax(steps[inside][:, 2])] if inside.any() else None
-            waiting = int(steps[inside][:, 3].max()) if inside.any() else 0
+            inside = (step_times > start) & (step_times <= end)
+            in_window = steps[inside]
+            if len(in_window):
+                # A step that ended in the window, timed from the previous one or the window's
+                # start.
+                interval = float((step_times - np.maximum(previous, start))[inside].max())
+                largest = in_window[np.argmax(in_window[:, 2])]
+                size = f"{int(largest[1])} / {int(largest[2])}"
+                waiting = int(in_window[:, 3].max())
+            else:
+                interval, size, waiting = end - start, "-", 0
             stalled += stall >= 0.005
             stepped += interval >= 0.005
-            size = "-" if largest is None else f"{int(largest[1])} / {int(largest[2])}"
             print(
                 f"  {end - start:.4f}: stall {stall:.4f}, step interval {interval:.4f}, "
                 f"step {size}, waiting {waiting}"

@@ -161,30 +161,17 @@ def drive_attention(module: StandInModule) -> None:
     family = Attention(module)  # type: ignore[arg-type]
     tokens, q_heads, kv_heads, head_dim = 2, 8, 2, 128
     cache = device_array((64, kv_heads, head_dim), np.float16)
+    arrays = (f32(tokens, (q_heads + 2 * kv_heads) * head_dim), cache, cache)
+    arrays += (i32(tokens), i32(tokens), i32(1, 4), f32(tokens, q_heads * head_dim))
     splits = choose_splits(tokens, kv_heads, 132, 4096)
     family.attention_launch(
-        f32(tokens, (q_heads + 2 * kv_heads) * head_dim),
-        cache,
-        cache,
-        i32(tokens),
-        i32(tokens),
-        i32(1, 4),
-        f32(tokens, q_heads * head_dim),
+        *arrays,
         16,
         splits,
         f32(partials_size(tokens, q_heads, head_dim, splits)),
         i32(counters_size(tokens, kv_heads)),
     )()
-    family.rows_launch(
-        f32(tokens, (q_heads + 2 * kv_heads) * head_dim),
-        cache,
-        cache,
-        i32(tokens),
-        i32(tokens),
-        i32(1, 4),
-        f32(tokens, q_heads * head_dim),
-        16,
-    )()
+    family.rows_launch(*arrays, 16)()
 
 
 def drive_quant_gemm(module: StandInModule) -> None:
